@@ -1,0 +1,295 @@
+//! `ibkit`: the command line. Exit codes: 0 all rules pass, 1 a rule fails,
+//! 2 the command could not run (the reason is printed on stderr).
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use ibkit_image::container::BackingPolicy;
+use ibkit_image::{inspect, InspectOptions};
+use ibkit_report::{render, Format, TextOptions};
+use ibkit_rules::manifest::Manifest;
+use ibkit_rules::profile::Profile;
+use ibkit_rules::waiver::Waivers;
+use ibkit_rules::{catalogue, check, find_rule, CheckOptions};
+
+#[derive(Parser)]
+#[command(name = "ibkit", version, about = "Build, check and run image-based applications for OpenStack marketplaces")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OutputFormat {
+    Text,
+    Json,
+    Sarif,
+    Junit,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum ColorChoice {
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check an image (qcow2, raw, or an unpacked root directory) against every rule, offline.
+    Check {
+        /// The image file or root directory.
+        image: PathBuf,
+        /// The app manifest (ibkit.toml): app units, ports, docs.
+        #[arg(long, short)]
+        manifest: Option<PathBuf>,
+        /// A waiver file accepting findings with a reason.
+        #[arg(long, short)]
+        waivers: Option<PathBuf>,
+        /// `marketplace` (default) or a profile file.
+        #[arg(long, default_value = "marketplace")]
+        profile: String,
+        /// Only check these rule IDs (repeatable).
+        #[arg(long = "rule", value_name = "ID")]
+        rules: Vec<String>,
+        /// Report format.
+        #[arg(long, short, value_enum, default_value = "text")]
+        format: OutputFormat,
+        /// Write the report to this file instead of stdout.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// Also let qcow2 backing files come from this directory (repeatable).
+        #[arg(long, value_name = "DIR")]
+        allow_backing_dir: Vec<PathBuf>,
+        /// Show passing rules' evidence and informational findings.
+        #[arg(long, short)]
+        verbose: bool,
+        /// Colour in the text report.
+        #[arg(long, value_enum, default_value = "auto")]
+        color: ColorChoice,
+        /// No progress lines on stderr.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Show what is in an image: partitions, volumes, mounts, OS.
+    Inspect {
+        /// The image file or root directory.
+        image: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Also let qcow2 backing files come from this directory.
+        #[arg(long, value_name = "DIR")]
+        allow_backing_dir: Vec<PathBuf>,
+    },
+    /// Explain a rule: what it checks, why, evidence, remediation, traps.
+    Explain {
+        /// Rule ID, e.g. IMG-NO-HISTORY.
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List every rule.
+    Rules {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("IBKIT_LOG"))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ibkit: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn step(quiet: bool, msg: &str) {
+    if !quiet {
+        eprintln!("ibkit: {msg}");
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Check {
+            image,
+            manifest,
+            waivers,
+            profile,
+            rules,
+            format,
+            output,
+            allow_backing_dir,
+            verbose,
+            color,
+            quiet,
+        } => {
+            let quiet = quiet || !std::io::stderr().is_terminal();
+            for r in &rules {
+                if find_rule(r).is_none() {
+                    bail!("unknown rule ID {r:?} (see `ibkit rules`)");
+                }
+            }
+            let manifest = manifest.map(|p| Manifest::load(&p)).transpose()?;
+            let waivers = waivers.map(|p| Waivers::load(&p).map_err(anyhow::Error::msg)).transpose()?;
+            let profile = Profile::resolve(&profile).map_err(anyhow::Error::msg)?;
+            let t = Instant::now();
+            step(quiet, &format!("opening {}", image.display()));
+            let insp = inspect(
+                &image,
+                &InspectOptions {
+                    backing: BackingPolicy {
+                        allowed_dirs: allow_backing_dir,
+                    },
+                },
+            )
+            .with_context(|| format!("cannot inspect {}", image.display()))?;
+            step(
+                quiet,
+                &format!(
+                    "found root on {}, {} mounts; checking {} rules",
+                    insp.root.map(|r| insp.volumes[r].name.clone()).unwrap_or_else(|| "directory".into()),
+                    insp.mounts.len(),
+                    profile.active().count()
+                ),
+            );
+            let report = check(
+                &insp,
+                &CheckOptions {
+                    manifest: manifest.as_ref(),
+                    waivers: waivers.as_ref(),
+                    profile: Some(&profile),
+                    only: rules,
+                },
+            );
+            step(quiet, &format!("done in {} ms", t.elapsed().as_millis()));
+            let fmt = match format {
+                OutputFormat::Text => Format::Text,
+                OutputFormat::Json => Format::Json,
+                OutputFormat::Sarif => Format::Sarif,
+                OutputFormat::Junit => Format::Junit,
+            };
+            let to_terminal = output.is_none() && std::io::stdout().is_terminal();
+            let color = match color {
+                ColorChoice::Always => true,
+                ColorChoice::Never => false,
+                ColorChoice::Auto => to_terminal && std::env::var_os("NO_COLOR").is_none(),
+            };
+            let text = render(&report, fmt, &TextOptions { color, verbose });
+            match output {
+                Some(p) => std::fs::write(&p, text).with_context(|| format!("cannot write {}", p.display()))?,
+                None => write_stdout(&text)?,
+            }
+            Ok(if report.failed() { ExitCode::from(1) } else { ExitCode::SUCCESS })
+        }
+        Command::Inspect {
+            image,
+            json,
+            allow_backing_dir,
+        } => {
+            let insp = inspect(
+                &image,
+                &InspectOptions {
+                    backing: BackingPolicy {
+                        allowed_dirs: allow_backing_dir,
+                    },
+                },
+            )
+            .with_context(|| format!("cannot inspect {}", image.display()))?;
+            let report = check(
+                &insp,
+                &CheckOptions {
+                    only: vec!["__none__".into()],
+                    ..Default::default()
+                },
+            );
+            if json {
+                let v = serde_json::json!({ "image": report.image, "notes": report.notes });
+                write_stdout(&format!("{}\n", serde_json::to_string_pretty(&v)?))?;
+            } else {
+                let i = &report.image;
+                let mut s = format!("image: {} ({})\n", i.path, i.format);
+                for l in i.layers.iter().skip(1) {
+                    s.push_str(&format!("  backing: {l}\n"));
+                }
+                if let Some(v) = i.virtual_size {
+                    s.push_str(&format!("virtual size: {v} bytes\n"));
+                }
+                s.push_str(&format!("partition table: {}\n", i.partition_table.as_deref().unwrap_or("none")));
+                for v in &i.volumes {
+                    s.push_str(&format!(
+                        "  {:<12} {:<12} {:>12}  {}{}\n",
+                        v.name,
+                        v.kind,
+                        v.size,
+                        v.uuid.as_deref().map(|u| format!("UUID={u}")).unwrap_or_default(),
+                        v.label.as_deref().map(|l| format!(" LABEL={l}")).unwrap_or_default()
+                    ));
+                }
+                for m in &i.mounts {
+                    s.push_str(&format!("mount: {:<12} {} ({})\n", m.point, m.volume, m.fs_type));
+                }
+                s.push_str(&format!("os: {}\n", i.os.as_deref().unwrap_or("unknown")));
+                for n in &report.notes {
+                    s.push_str(&format!("note: {n}\n"));
+                }
+                write_stdout(&s)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Explain { id, json } => {
+            let Some(r) = find_rule(&id) else {
+                bail!("unknown rule ID {id:?} (see `ibkit rules`)");
+            };
+            if json {
+                let v = serde_json::json!({
+                    "id": r.id, "title": r.title, "requirement": r.requirement,
+                    "severity": r.severity, "doc": r.doc, "remediation": r.remediation,
+                });
+                write_stdout(&format!("{}\n", serde_json::to_string_pretty(&v)?))?;
+            } else {
+                write_stdout(&format!("# {} — {}\n\n> {}\n\n{}\n", r.id, r.title, r.requirement, r.doc))?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Rules { json } => {
+            if json {
+                let v: Vec<_> = catalogue()
+                    .iter()
+                    .map(|r| serde_json::json!({"id": r.id, "title": r.title, "severity": r.severity}))
+                    .collect();
+                write_stdout(&format!("{}\n", serde_json::to_string_pretty(&v)?))?;
+            } else {
+                let mut s = String::new();
+                for r in catalogue() {
+                    s.push_str(&format!("{:<20} {}\n", r.id, r.title));
+                }
+                write_stdout(&s)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Write to stdout; a closed pipe (`ibkit check ... | head`) is not an error.
+fn write_stdout(s: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(s.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.context("cannot write to stdout"),
+    }
+}

@@ -1,0 +1,29 @@
+//! Read-only, unprivileged access to VM disk images.
+//!
+//! Layers, bottom up:
+//! - [`source`] and [`container`]: bytes — raw files, qcow2 with gated
+//!   backing chains, windows onto them.
+//! - [`partition`], [`lvm`], [`probe`]: volumes on a disk — MBR, GPT, LVM2
+//!   logical volumes, and what each holds.
+//! - [`fs`]: filesystem readers — ext2/3/4 (our own), XFS, a host directory.
+//! - [`guest`]: one guest view — mounts, symlinks resolved inside the guest
+//!   root, bounded reads.
+//! - [`inspect`]: find the root filesystem and assemble the guest from
+//!   `/etc/fstab`.
+//!
+//! Limits that protect against hostile images are in [`limits`].
+
+pub mod container;
+mod error;
+pub mod fs;
+pub mod guest;
+pub mod inspect;
+pub mod limits;
+pub mod lvm;
+pub mod partition;
+pub mod probe;
+pub mod source;
+
+pub use error::ImageError;
+pub use guest::{Guest, GuestError};
+pub use inspect::{inspect, InspectOptions, Inspection};

@@ -1,0 +1,18 @@
+//! Every limit that protects us from hostile images, in one place.
+
+/// Longest qcow2 backing chain we follow.
+pub const MAX_BACKING_DEPTH: usize = 16;
+/// Symlinks followed while resolving one guest path (Linux uses 40).
+pub const MAX_SYMLINK_HOPS: usize = 40;
+/// Longest guest path we build while resolving.
+pub const MAX_PATH_LEN: usize = 4096;
+/// Default cap on one file read into memory.
+pub const DEFAULT_READ_CAP: u64 = 64 * 1024 * 1024;
+/// Most partitions we accept in one table (GPT allows 128 by default).
+pub const MAX_PARTITIONS: usize = 256;
+/// Most logical partitions in an MBR extended chain.
+pub const MAX_LOGICAL_PARTITIONS: usize = 64;
+/// Most entries returned for one directory.
+pub const MAX_DIR_ENTRIES: usize = 1_000_000;
+/// Most fstab lines considered.
+pub const MAX_FSTAB_ENTRIES: usize = 256;

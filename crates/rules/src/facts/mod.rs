@@ -1,0 +1,10 @@
+//! Facts the rules read from the guest, each parsed once.
+
+pub mod accounts;
+pub mod boot;
+pub mod cloudinit;
+pub mod initramfs;
+pub mod kernel;
+pub mod os_release;
+pub mod packages;
+pub mod systemd;

@@ -1,0 +1,25 @@
+//! The marketplace's image rules (SPEC §1), checked offline on a guest view.
+//!
+//! - [`facts`]: what the rules read from the guest (accounts, packages,
+//!   systemd units, boot command lines, kernels and initramfs, cloud-init
+//!   config), each loaded once, lazily, through [`Context`].
+//! - [`rules`]: one file per SPEC rule ID with its documentation and check;
+//!   [`catalogue`] lists them in report order.
+//! - [`manifest`], [`waiver`], [`profile`]: the vendor's app manifest, accepted
+//!   findings, and which rules apply with which severity.
+//! - [`engine`]: run the catalogue over an inspected image into a [`Report`].
+
+pub mod context;
+pub mod engine;
+pub mod facts;
+pub mod manifest;
+pub mod model;
+pub mod profile;
+pub mod rule;
+pub mod rules;
+pub mod waiver;
+
+pub use context::Context;
+pub use engine::{check, CheckOptions, Report};
+pub use model::{Evidence, Finding, Level, Outcome, RuleResult, Severity, Status};
+pub use rule::{catalogue, find_rule, RuleDef};

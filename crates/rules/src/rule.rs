@@ -1,0 +1,34 @@
+//! A rule's definition: its stable ID, what it proves, its documentation and
+//! its check. One `RuleDef` per file in `rules/`.
+
+use crate::context::Context;
+use crate::model::{Outcome, Severity};
+
+/// One rule of the catalogue.
+pub struct RuleDef {
+    /// SPEC rule ID, never renamed (reports, waivers and tests use it).
+    pub id: &'static str,
+    /// Short title.
+    pub title: &'static str,
+    /// The marketplace's requirement, as SPEC §1 states it.
+    pub requirement: &'static str,
+    /// Default severity in the marketplace profile.
+    pub severity: Severity,
+    /// Markdown documentation with the headings `What it checks`, `Why`,
+    /// `Evidence`, `Remediation`, `Traps` (checked by a test).
+    pub doc: &'static str,
+    /// One-paragraph fix, shown with failures.
+    pub remediation: &'static str,
+    /// The check: pure over the context's facts.
+    pub check: fn(&Context) -> Outcome,
+}
+
+/// Every rule, in report order.
+pub fn catalogue() -> &'static [&'static RuleDef] {
+    crate::rules::ALL
+}
+
+/// Look a rule up by ID (case-insensitive).
+pub fn find_rule(id: &str) -> Option<&'static RuleDef> {
+    catalogue().iter().copied().find(|r| r.id.eq_ignore_ascii_case(id))
+}

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The README's second command: the whole test suite, as CI runs it.
+# Installs system packages, builds the real example images (cached by
+# content under $IBKIT_CACHE_DIR, default /var/cache/ibkit), then runs every
+# test: unit, integration on real disk images, and brief fuzzing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+export IBKIT_CACHE_DIR="${IBKIT_CACHE_DIR:-/var/cache/ibkit}"
+
+echo "test: building the example Debian 12 image (cached by content)" >&2
+mapfile -t images < <(./scripts/build-debian-image.sh)
+export IBKIT_DEBIAN_QCOW2="${images[0]}" IBKIT_DEBIAN_QCOW2_ZLIB="${images[1]}" IBKIT_DEBIAN_RAW="${images[2]}"
+
+echo "test: cargo test (workspace)" >&2
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast
+  cargo test --workspace --doc
+else
+  cargo test --workspace --no-fail-fast
+fi
+
+if [ -x scripts/fuzz.sh ]; then
+  echo "test: brief fuzzing" >&2
+  ./scripts/fuzz.sh "${IBKIT_FUZZ_SECONDS:-20}"
+fi
