@@ -254,7 +254,7 @@ with_policy_rc() {
 
 tar_rootfs() { # tar_rootfs DIR OUTFILE
 	tar --numeric-owner --xattrs --xattrs-include='*' --acls --one-file-system \
-		-C "$1" -cf - . | zstd -q -T0 -6 -o "$2"
+		-C "$1" -cf - . | zstd -q -T0 -3 -o "$2"
 }
 
 untar_rootfs() { # untar_rootfs TARBALL DIR
@@ -266,7 +266,9 @@ untar_rootfs() { # untar_rootfs TARBALL DIR
 
 chroot_stage1() {
 	apt-get -q update
-	apt-get -q -y -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold dist-upgrade
+	# No Recommends, like debootstrap (a new kernel would pull apparmor and firmware).
+	apt-get -q -y --no-install-recommends \
+		-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold dist-upgrade
 	# Keep only the kernel the metapackage points at.
 	local want p
 	want=$(dpkg-query -W -f='${Depends}' linux-image-cloud-amd64 | sed 's/[ ,(].*//')
@@ -386,6 +388,13 @@ chroot_stage2() { # chroot_stage2 MODULE...
 	local kver m
 	echo 'cloud-init cloud-init/datasources multiselect NoCloud, ConfigDrive, OpenStack, None' |
 		debconf-set-selections
+	# cloud-init's locale module wants en_US.UTF-8 (its Debian default) and
+	# fails when that locale is not generated; generate it and make it the default.
+	echo 'locales locales/locales_to_be_generated multiselect en_US.UTF-8 UTF-8' | debconf-set-selections
+	echo 'locales locales/default_environment_locale select en_US.UTF-8' | debconf-set-selections
+	sed -i 's/^# *\(en_US.UTF-8 UTF-8\)/\1/' /etc/locale.gen
+	locale-gen
+	update-locale LANG=en_US.UTF-8
 	usermod -p '*' root
 	systemctl enable ssh.service
 	update-initramfs -u -k all

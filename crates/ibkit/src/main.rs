@@ -6,18 +6,22 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use ibkit_image::container::BackingPolicy;
-use ibkit_image::{inspect, InspectOptions};
-use ibkit_report::{render, Format, TextOptions};
+use ibkit_image::{InspectOptions, inspect};
+use ibkit_report::{Format, TextOptions, render};
 use ibkit_rules::manifest::Manifest;
 use ibkit_rules::profile::Profile;
 use ibkit_rules::waiver::Waivers;
-use ibkit_rules::{catalogue, check, find_rule, CheckOptions};
+use ibkit_rules::{CheckOptions, catalogue, check, find_rule};
 
 #[derive(Parser)]
-#[command(name = "ibkit", version, about = "Build, check and run image-based applications for OpenStack marketplaces")]
+#[command(
+    name = "ibkit",
+    version,
+    about = "Build, check and run image-based applications for OpenStack marketplaces"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -145,7 +149,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
             }
             let manifest = manifest.map(|p| Manifest::load(&p)).transpose()?;
-            let waivers = waivers.map(|p| Waivers::load(&p).map_err(anyhow::Error::msg)).transpose()?;
+            let waivers = waivers
+                .map(|p| Waivers::load(&p).map_err(anyhow::Error::msg))
+                .transpose()?;
             let profile = Profile::resolve(&profile).map_err(anyhow::Error::msg)?;
             let t = Instant::now();
             step(quiet, &format!("opening {}", image.display()));
@@ -162,7 +168,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 quiet,
                 &format!(
                     "found root on {}, {} mounts; checking {} rules",
-                    insp.root.map(|r| insp.volumes[r].name.clone()).unwrap_or_else(|| "directory".into()),
+                    insp.root
+                        .map(|r| insp.volumes[r].name.clone())
+                        .unwrap_or_else(|| "directory".into()),
                     insp.mounts.len(),
                     profile.active().count()
                 ),
@@ -191,10 +199,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             let text = render(&report, fmt, &TextOptions { color, verbose });
             match output {
-                Some(p) => std::fs::write(&p, text).with_context(|| format!("cannot write {}", p.display()))?,
+                Some(p) => std::fs::write(&p, text)
+                    .with_context(|| format!("cannot write {}", p.display()))?,
                 None => write_stdout(&text)?,
             }
-            Ok(if report.failed() { ExitCode::from(1) } else { ExitCode::SUCCESS })
+            Ok(if report.failed() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
         }
         Command::Inspect {
             image,
@@ -229,19 +242,31 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 if let Some(v) = i.virtual_size {
                     s.push_str(&format!("virtual size: {v} bytes\n"));
                 }
-                s.push_str(&format!("partition table: {}\n", i.partition_table.as_deref().unwrap_or("none")));
+                s.push_str(&format!(
+                    "partition table: {}\n",
+                    i.partition_table.as_deref().unwrap_or("none")
+                ));
                 for v in &i.volumes {
                     s.push_str(&format!(
                         "  {:<12} {:<12} {:>12}  {}{}\n",
                         v.name,
                         v.kind,
                         v.size,
-                        v.uuid.as_deref().map(|u| format!("UUID={u}")).unwrap_or_default(),
-                        v.label.as_deref().map(|l| format!(" LABEL={l}")).unwrap_or_default()
+                        v.uuid
+                            .as_deref()
+                            .map(|u| format!("UUID={u}"))
+                            .unwrap_or_default(),
+                        v.label
+                            .as_deref()
+                            .map(|l| format!(" LABEL={l}"))
+                            .unwrap_or_default()
                     ));
                 }
                 for m in &i.mounts {
-                    s.push_str(&format!("mount: {:<12} {} ({})\n", m.point, m.volume, m.fs_type));
+                    s.push_str(&format!(
+                        "mount: {:<12} {} ({})\n",
+                        m.point, m.volume, m.fs_type
+                    ));
                 }
                 s.push_str(&format!("os: {}\n", i.os.as_deref().unwrap_or("unknown")));
                 for n in &report.notes {
@@ -262,7 +287,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 });
                 write_stdout(&format!("{}\n", serde_json::to_string_pretty(&v)?))?;
             } else {
-                write_stdout(&format!("# {} — {}\n\n> {}\n\n{}\n", r.id, r.title, r.requirement, r.doc))?;
+                write_stdout(&format!(
+                    "# {} — {}\n\n> {}\n\n{}\n",
+                    r.id, r.title, r.requirement, r.doc
+                ))?;
             }
             Ok(ExitCode::SUCCESS)
         }

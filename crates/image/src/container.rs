@@ -10,14 +10,14 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use imago::FormatAccess;
 use imago::file::File as ImagoFile;
 use imago::qcow2::Qcow2;
 use imago::raw::Raw;
-use imago::FormatAccess;
 
-use crate::limits::MAX_BACKING_DEPTH;
-use crate::source::{check_bounds, RawFile, ReadAt, Source};
 use crate::ImageError;
+use crate::limits::MAX_BACKING_DEPTH;
+use crate::source::{RawFile, ReadAt, Source, check_bounds};
 
 /// The container format of one layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,7 +99,10 @@ fn sniff(path: &Path) -> Result<Format, ImageError> {
     if head.starts_with(b"conectix") {
         return refuse("VHD");
     }
-    if head.starts_with(b"<<< ") && head.len() >= 0x44 && head[0x40..0x44] == [0x7f, 0x10, 0xda, 0xbe] {
+    if head.starts_with(b"<<< ")
+        && head.len() >= 0x44
+        && head[0x40..0x44] == [0x7f, 0x10, 0xda, 0xbe]
+    {
         return refuse("VDI");
     }
     if head.starts_with(b"QFI") {

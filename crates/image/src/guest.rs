@@ -73,6 +73,9 @@ pub struct Guest {
     cache: Mutex<HashMap<Vec<u8>, Option<Metadata>>>,
 }
 
+/// A streaming reader over one guest file.
+pub type FileReader<'a> = Box<dyn Read + Send + 'a>;
+
 /// A resolved path: absolute, normalised, no symlinks in its parents.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Resolved {
@@ -83,7 +86,8 @@ pub struct Resolved {
 }
 
 fn components(path: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
-    path.split(|&b| b == b'/').filter(|c| !c.is_empty() && *c != b".")
+    path.split(|&b| b == b'/')
+        .filter(|c| !c.is_empty() && *c != b".")
 }
 
 fn join(parts: &[Vec<u8>]) -> Vec<u8> {
@@ -143,16 +147,20 @@ impl Guest {
             path.to_vec()
         } else {
             let rest = &path[m.point.len()..];
-            if rest.is_empty() { b"/".to_vec() } else { rest.to_vec() }
+            if rest.is_empty() {
+                b"/".to_vec()
+            } else {
+                rest.to_vec()
+            }
         };
         (m, rel)
     }
 
     fn lstat_resolved(&self, path: &[u8]) -> Result<Option<Metadata>, GuestError> {
-        if let Ok(c) = self.cache.lock() {
-            if let Some(hit) = c.get(path) {
-                return Ok(*hit);
-            }
+        if let Ok(c) = self.cache.lock()
+            && let Some(hit) = c.get(path)
+        {
+            return Ok(*hit);
         }
         let (m, rel) = self.locate(path);
         let meta = match m.fs.lstat(&rel) {
@@ -169,7 +177,11 @@ impl Guest {
     /// Resolve `path`: follow every symlink in the parents, and the last
     /// component too if `follow_last`. A missing component yields
     /// `meta: None` with the path as far as it was resolved.
-    pub fn resolve(&self, path: impl AsRef<[u8]>, follow_last: bool) -> Result<Resolved, GuestError> {
+    pub fn resolve(
+        &self,
+        path: impl AsRef<[u8]>,
+        follow_last: bool,
+    ) -> Result<Resolved, GuestError> {
         let orig = path.as_ref();
         let mut done: Vec<Vec<u8>> = Vec::new();
         let mut todo: VecDeque<Vec<u8>> = components(orig).map(<[u8]>::to_vec).collect();
@@ -205,7 +217,10 @@ impl Guest {
                         return Err(GuestError::SymlinkLoop { path: lossy(orig) });
                     }
                     let (mnt, rel) = self.locate(&here);
-                    let target = mnt.fs.read_link(&rel).map_err(|e| GuestError::fs(&here, e))?;
+                    let target = mnt
+                        .fs
+                        .read_link(&rel)
+                        .map_err(|e| GuestError::fs(&here, e))?;
                     done.pop();
                     if target.first() == Some(&b'/') {
                         done.clear();
@@ -274,7 +289,10 @@ impl Guest {
         match r.meta {
             Some(m) if m.kind == FileKind::Dir => {
                 let (mnt, rel) = self.locate(&r.path);
-                let mut entries = mnt.fs.read_dir(&rel).map_err(|e| GuestError::fs(&r.path, e))?;
+                let mut entries = mnt
+                    .fs
+                    .read_dir(&rel)
+                    .map_err(|e| GuestError::fs(&r.path, e))?;
                 entries.sort_by(|a, b| a.name.cmp(&b.name));
                 Ok(Some(entries))
             }
@@ -284,7 +302,10 @@ impl Guest {
 
     /// Open a regular file for streaming (following symlinks). `None` if
     /// missing or not a regular file.
-    pub fn open(&self, path: impl AsRef<[u8]>) -> Result<Option<(Box<dyn Read + Send + '_>, Metadata)>, GuestError> {
+    pub fn open(
+        &self,
+        path: impl AsRef<[u8]>,
+    ) -> Result<Option<(FileReader<'_>, Metadata)>, GuestError> {
         let r = self.resolve(path, true)?;
         match r.meta {
             Some(m) if m.kind == FileKind::File => {
@@ -297,7 +318,11 @@ impl Guest {
     }
 
     /// Read a whole regular file, refusing files above `cap` bytes.
-    pub fn read_capped(&self, path: impl AsRef<[u8]>, cap: u64) -> Result<Option<Vec<u8>>, GuestError> {
+    pub fn read_capped(
+        &self,
+        path: impl AsRef<[u8]>,
+        cap: u64,
+    ) -> Result<Option<Vec<u8>>, GuestError> {
         let path = path.as_ref();
         let Some((reader, meta)) = self.open(path)? else {
             return Ok(None);
@@ -318,7 +343,11 @@ impl Guest {
     }
 
     /// Read at most `max` bytes from the start of a regular file.
-    pub fn read_head(&self, path: impl AsRef<[u8]>, max: u64) -> Result<Option<Vec<u8>>, GuestError> {
+    pub fn read_head(
+        &self,
+        path: impl AsRef<[u8]>,
+        max: u64,
+    ) -> Result<Option<Vec<u8>>, GuestError> {
         let path = path.as_ref();
         let Some((reader, meta)) = self.open(path)? else {
             return Ok(None);

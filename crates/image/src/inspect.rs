@@ -6,17 +6,18 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::container::{open_disk, BackingPolicy, Layer};
+use crate::ImageError;
+use crate::container::{BackingPolicy, Layer, open_disk};
 use crate::fs::dir::DirFs;
 use crate::fs::ext4::Ext4;
+use crate::fs::vfat::Vfat;
 use crate::fs::xfs::XfsFs;
 use crate::fs::{FileSystem, FsError};
 use crate::guest::Guest;
 use crate::limits::MAX_FSTAB_ENTRIES;
-use crate::partition::{read_table, Partition, TableKind};
-use crate::probe::{probe, Probe, VolumeKind};
+use crate::partition::{Partition, TableKind, read_table};
+use crate::probe::{Probe, VolumeKind, probe};
 use crate::source::{Source, Window};
-use crate::ImageError;
 
 /// Options for [`inspect`].
 #[derive(Clone, Debug, Default)]
@@ -97,7 +98,11 @@ pub fn open_filesystem(kind: VolumeKind, source: Source) -> Result<Arc<dyn FileS
     match kind {
         VolumeKind::Ext => Ok(Arc::new(Ext4::open(source)?)),
         VolumeKind::Xfs => Ok(Arc::new(XfsFs::open(source)?)),
-        other => Err(FsError::Unsupported(format!("{} filesystems", other.name()))),
+        VolumeKind::Vfat => Ok(Arc::new(Vfat::open(source)?)),
+        other => Err(FsError::Unsupported(format!(
+            "{} filesystems",
+            other.name()
+        ))),
     }
 }
 
@@ -142,10 +147,24 @@ pub fn inspect(path: &Path, opts: &InspectOptions) -> Result<Inspection, ImageEr
             notes.extend(t.warnings.iter().map(|w| format!("partition table: {w}")));
             for p in t.partitions {
                 let src: Source = Arc::new(Window::new(disk.source.clone(), p.offset, p.len));
-                add_volume(&mut found, &mut notes, format!("p{}", p.number), src, Some(p), None);
+                add_volume(
+                    &mut found,
+                    &mut notes,
+                    format!("p{}", p.number),
+                    src,
+                    Some(p),
+                    None,
+                );
             }
         }
-        None => add_volume(&mut found, &mut notes, "disk".into(), disk.source.clone(), None, None),
+        None => add_volume(
+            &mut found,
+            &mut notes,
+            "disk".into(),
+            disk.source.clone(),
+            None,
+            None,
+        ),
     }
 
     // Root: a filesystem with os-release.
@@ -179,14 +198,20 @@ pub fn inspect(path: &Path, opts: &InspectOptions) -> Result<Inspection, ImageEr
         });
     };
     if candidates.len() > 1 {
-        let names: Vec<&str> = candidates.iter().map(|&i| found[i].info.name.as_str()).collect();
+        let names: Vec<&str> = candidates
+            .iter()
+            .map(|&i| found[i].info.name.as_str())
+            .collect();
         notes.push(format!(
             "several volumes carry os-release ({}); using {} as root",
             names.join(", "),
             found[root_idx].info.name
         ));
     }
-    let root_fs = found[root_idx].fs.clone().ok_or_else(|| ImageError::corrupt(path, "root lost"))?;
+    let root_fs = found[root_idx]
+        .fs
+        .clone()
+        .ok_or_else(|| ImageError::corrupt(path, "root lost"))?;
     let mut guest = Guest::new(root_fs.clone(), describe(&found[root_idx].info));
     let mut mounts = vec![MountInfo {
         point: "/".into(),
@@ -200,13 +225,13 @@ pub fn inspect(path: &Path, opts: &InspectOptions) -> Result<Inspection, ImageEr
         Ok(Some(text)) => {
             for entry in parse_fstab(&text).into_iter().take(MAX_FSTAB_ENTRIES) {
                 if entry.point == "/" {
-                    if let Some(i) = match_spec(&found, &entry.spec) {
-                        if i != root_idx {
-                            notes.push(format!(
-                                "fstab mounts / from {} but os-release was found on {}",
-                                found[i].info.name, found[root_idx].info.name
-                            ));
-                        }
+                    if let Some(i) = match_spec(&found, &entry.spec)
+                        && i != root_idx
+                    {
+                        notes.push(format!(
+                            "fstab mounts / from {} but os-release was found on {}",
+                            found[i].info.name, found[root_idx].info.name
+                        ));
                     }
                     mounts[0].fstab_spec = Some(entry.spec.clone());
                     continue;
@@ -294,19 +319,28 @@ fn add_volume(
         }
     }
     let fs = match p.kind {
-        VolumeKind::Ext | VolumeKind::Xfs => match open_filesystem(p.kind, source.clone()) {
-            Ok(fs) => Some(fs),
-            Err(e) => {
-                notes.push(format!("{name}: {} filesystem unreadable: {e}", p.kind.name()));
-                None
+        VolumeKind::Ext | VolumeKind::Xfs | VolumeKind::Vfat => {
+            match open_filesystem(p.kind, source.clone()) {
+                Ok(fs) => Some(fs),
+                Err(e) => {
+                    notes.push(format!(
+                        "{name}: {} filesystem unreadable: {e}",
+                        p.kind.name()
+                    ));
+                    None
+                }
             }
-        },
+        }
         VolumeKind::Btrfs => {
-            notes.push(format!("{name}: btrfs is not supported yet; its files are not checked"));
+            notes.push(format!(
+                "{name}: btrfs is not supported yet; its files are not checked"
+            ));
             None
         }
         VolumeKind::Luks => {
-            notes.push(format!("{name}: LUKS-encrypted volume cannot be inspected offline"));
+            notes.push(format!(
+                "{name}: LUKS-encrypted volume cannot be inspected offline"
+            ));
             None
         }
         _ => None,
@@ -367,8 +401,13 @@ fn unescape_octal(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() + 0 && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-            let v = (b[i + 1] - b'0') as u32 * 64 + (b[i + 2] - b'0') as u32 * 8 + (b[i + 3] - b'0') as u32;
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') as u32 * 64
+                + (b[i + 2] - b'0') as u32 * 8
+                + (b[i + 3] - b'0') as u32;
             out.push(v as u8);
             i += 4;
         } else {
@@ -382,9 +421,29 @@ fn unescape_octal(s: &str) -> String {
 fn is_virtual_fs(t: &str) -> bool {
     matches!(
         t,
-        "swap" | "proc" | "sysfs" | "tmpfs" | "devpts" | "devtmpfs" | "none" | "nfs" | "nfs4"
-            | "cifs" | "smb3" | "9p" | "virtiofs" | "fuse" | "cgroup" | "cgroup2" | "securityfs"
-            | "debugfs" | "efivarfs" | "hugetlbfs" | "mqueue" | "binfmt_misc" | "bind"
+        "swap"
+            | "proc"
+            | "sysfs"
+            | "tmpfs"
+            | "devpts"
+            | "devtmpfs"
+            | "none"
+            | "nfs"
+            | "nfs4"
+            | "cifs"
+            | "smb3"
+            | "9p"
+            | "virtiofs"
+            | "fuse"
+            | "cgroup"
+            | "cgroup2"
+            | "securityfs"
+            | "debugfs"
+            | "efivarfs"
+            | "hugetlbfs"
+            | "mqueue"
+            | "binfmt_misc"
+            | "bind"
     )
 }
 
@@ -418,11 +477,26 @@ fn match_spec(found: &[Found], spec: &str) -> Option<usize> {
     found.iter().position(|f| {
         let part_ok = f.info.lvm.is_none();
         match key {
-            "uuid" => is_fs(f) && f.info.probe.uuid.as_deref().is_some_and(|u| u.eq_ignore_ascii_case(value)),
+            "uuid" => {
+                is_fs(f)
+                    && f.info
+                        .probe
+                        .uuid
+                        .as_deref()
+                        .is_some_and(|u| u.eq_ignore_ascii_case(value))
+            }
             "label" => is_fs(f) && f.info.probe.label.as_deref() == Some(value),
-            "partuuid" => part_ok
-                && f.info.partition.as_ref().and_then(|p| p.part_uuid.as_deref()).is_some_and(|u| u.eq_ignore_ascii_case(value)),
-            "partlabel" => part_ok && f.info.partition.as_ref().and_then(|p| p.name.as_deref()) == Some(value),
+            "partuuid" => {
+                part_ok
+                    && f.info
+                        .partition
+                        .as_ref()
+                        .and_then(|p| p.part_uuid.as_deref())
+                        .is_some_and(|u| u.eq_ignore_ascii_case(value))
+            }
+            "partlabel" => {
+                part_ok && f.info.partition.as_ref().and_then(|p| p.name.as_deref()) == Some(value)
+            }
             "mapper" => f.info.lvm.as_ref().is_some_and(|(vg, lv)| {
                 format!("{}-{}", vg.replace('-', "--"), lv.replace('-', "--")) == value
             }),
@@ -437,7 +511,9 @@ fn dev_matches(f: &Found, dev: &str) -> bool {
     if let Some((vg, lv)) = &f.info.lvm {
         return rest == format!("{vg}/{lv}");
     }
-    let Some(p) = &f.info.partition else { return false };
+    let Some(p) = &f.info.partition else {
+        return false;
+    };
     for prefix in ["vda", "sda", "xvda", "hda", "nvme0n1p", "mmcblk0p"] {
         if let Some(num) = rest.strip_prefix(prefix) {
             return num.parse::<u32>().ok() == Some(p.number);
@@ -445,4 +521,3 @@ fn dev_matches(f: &Found, dev: &str) -> bool {
     }
     false
 }
-

@@ -26,4 +26,4 @@ pub mod source;
 
 pub use error::ImageError;
 pub use guest::{Guest, GuestError};
-pub use inspect::{inspect, InspectOptions, Inspection};
+pub use inspect::{InspectOptions, Inspection, inspect};

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use embedded_io::{ErrorType, Read as EmbRead, Seek as EmbSeek, SeekFrom};
 use lamlvm::{Lvm2, OwnedLvReader};
 
-use crate::source::{check_bounds, read_vec, ReadAt, Source};
+use crate::source::{ReadAt, Source, check_bounds, read_vec};
 
 /// True if `src` carries an LVM2 PV label in one of its first four sectors.
 pub fn probe(src: &dyn ReadAt) -> bool {
@@ -145,7 +145,10 @@ impl ReadAt for LvSource {
                 .read(&mut buf[done..])
                 .map_err(|e| io::Error::other(format!("LV read: {e:?}")))?;
             if n == 0 {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "LV read past its end"));
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "LV read past its end",
+                ));
             }
             done += n;
         }

@@ -2,7 +2,7 @@
 //! field of an untrusted table is bounds-checked here before it is used.
 
 use crate::limits::{MAX_LOGICAL_PARTITIONS, MAX_PARTITIONS};
-use crate::source::{read_vec, ReadAt};
+use crate::source::{ReadAt, read_vec};
 
 /// Which table a partition came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,7 +71,22 @@ pub mod gpt_types {
 pub fn format_guid(b: &[u8; 16]) -> String {
     format!(
         "{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}",
-        b[3], b[2], b[1], b[0], b[5], b[4], b[7], b[6], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]
+        b[3],
+        b[2],
+        b[1],
+        b[0],
+        b[5],
+        b[4],
+        b[7],
+        b[6],
+        b[8],
+        b[9],
+        b[10],
+        b[11],
+        b[12],
+        b[13],
+        b[14],
+        b[15]
     )
 }
 
@@ -113,7 +128,9 @@ pub fn read_table(disk: &dyn ReadAt) -> std::io::Result<Option<Table>> {
     }
     // A boot sector of a FAT/NTFS filesystem also ends in 55 aa: only treat
     // it as an MBR if the four entries are sane.
-    let entries: Vec<&[u8]> = (0..4).map(|i| &mbr[446 + i * 16..446 + (i + 1) * 16]).collect();
+    let entries: Vec<&[u8]> = (0..4)
+        .map(|i| &mbr[446 + i * 16..446 + (i + 1) * 16])
+        .collect();
     if entries.iter().any(|e| e[0] != 0 && e[0] != 0x80) {
         return Ok(None);
     }
@@ -146,15 +163,19 @@ fn parse_mbr(disk: &dyn ReadAt, mbr: &[u8]) -> std::io::Result<Table> {
             extended = Some((start, len));
             continue;
         }
-        push_checked(&mut table, size, Partition {
-            number: i as u32 + 1,
-            offset: start,
-            len,
-            type_id: format!("0x{ptype:02x}"),
-            part_uuid: Some(format!("{disk_sig:08x}-{:02x}", i + 1)),
-            name: None,
-            bootable: e[0] == 0x80,
-        });
+        push_checked(
+            &mut table,
+            size,
+            Partition {
+                number: i as u32 + 1,
+                offset: start,
+                len,
+                type_id: format!("0x{ptype:02x}"),
+                part_uuid: Some(format!("{disk_sig:08x}-{:02x}", i + 1)),
+                name: None,
+                bootable: e[0] == 0x80,
+            },
+        );
     }
     if let Some((ext_start, ext_len)) = extended {
         // Logical partitions: a chain of EBRs, each pointing to the next
@@ -165,28 +186,36 @@ fn parse_mbr(disk: &dyn ReadAt, mbr: &[u8]) -> std::io::Result<Table> {
         while seen.len() < MAX_LOGICAL_PARTITIONS {
             if seen.contains(&ebr_at) || ebr_at + 512 > size {
                 if seen.contains(&ebr_at) {
-                    table.warnings.push(format!("extended partition chain loops at byte {ebr_at}"));
+                    table
+                        .warnings
+                        .push(format!("extended partition chain loops at byte {ebr_at}"));
                 }
                 break;
             }
             seen.push(ebr_at);
             let ebr = read_vec(disk, ebr_at, 512)?;
             if ebr[510] != 0x55 || ebr[511] != 0xaa {
-                table.warnings.push(format!("EBR at byte {ebr_at} has no boot signature"));
+                table
+                    .warnings
+                    .push(format!("EBR at byte {ebr_at} has no boot signature"));
                 break;
             }
             let e1 = &ebr[446..462];
             let e2 = &ebr[462..478];
             if e1[4] != 0 {
-                push_checked(&mut table, size, Partition {
-                    number,
-                    offset: ebr_at + u64::from(le32(e1, 8)) * sector,
-                    len: u64::from(le32(e1, 12)) * sector,
-                    type_id: format!("0x{:02x}", e1[4]),
-                    part_uuid: Some(format!("{disk_sig:08x}-{number:02x}")),
-                    name: None,
-                    bootable: e1[0] == 0x80,
-                });
+                push_checked(
+                    &mut table,
+                    size,
+                    Partition {
+                        number,
+                        offset: ebr_at + u64::from(le32(e1, 8)) * sector,
+                        len: u64::from(le32(e1, 12)) * sector,
+                        type_id: format!("0x{:02x}", e1[4]),
+                        part_uuid: Some(format!("{disk_sig:08x}-{number:02x}")),
+                        name: None,
+                        bootable: e1[0] == 0x80,
+                    },
+                );
                 number += 1;
             }
             if e2[4] == 0 {
@@ -194,7 +223,9 @@ fn parse_mbr(disk: &dyn ReadAt, mbr: &[u8]) -> std::io::Result<Table> {
             }
             let next = ext_start + u64::from(le32(e2, 8)) * sector;
             if next >= ext_start + ext_len.max(1) && ext_len != 0 {
-                table.warnings.push(format!("EBR link at byte {ebr_at} points outside the extended partition"));
+                table.warnings.push(format!(
+                    "EBR link at byte {ebr_at} points outside the extended partition"
+                ));
                 break;
             }
             ebr_at = next;
@@ -203,7 +234,6 @@ fn parse_mbr(disk: &dyn ReadAt, mbr: &[u8]) -> std::io::Result<Table> {
     table.partitions.sort_by_key(|p| p.number);
     Ok(table)
 }
-
 
 fn push_checked(table: &mut Table, disk_size: u64, mut p: Partition) {
     if table.partitions.len() >= MAX_PARTITIONS {
@@ -236,21 +266,29 @@ fn parse_gpt(disk: &dyn ReadAt, sector: u64, hdr: &[u8]) -> std::io::Result<Tabl
     let entries_lba = le64(hdr, 72);
     let count = le32(hdr, 80) as usize;
     let entry_size = le32(hdr, 84) as usize;
-    if !(128..=4096).contains(&entry_size) || entry_size % 8 != 0 {
-        table.warnings.push(format!("GPT entry size {entry_size} is invalid"));
+    if !(128..=4096).contains(&entry_size) || !entry_size.is_multiple_of(8) {
+        table
+            .warnings
+            .push(format!("GPT entry size {entry_size} is invalid"));
         return Ok(table);
     }
     if count > MAX_PARTITIONS {
-        table.warnings.push(format!("GPT claims {count} entries; reading the first {MAX_PARTITIONS}"));
+        table.warnings.push(format!(
+            "GPT claims {count} entries; reading the first {MAX_PARTITIONS}"
+        ));
     }
     let count = count.min(MAX_PARTITIONS);
     let Some(start) = entries_lba.checked_mul(sector) else {
-        table.warnings.push("GPT entry array offset overflows".into());
+        table
+            .warnings
+            .push("GPT entry array offset overflows".into());
         return Ok(table);
     };
     let bytes = (count * entry_size) as u64;
     if start.saturating_add(bytes) > disk.size() {
-        table.warnings.push(format!("GPT entry array at LBA {entries_lba} lies past the end of the disk"));
+        table.warnings.push(format!(
+            "GPT entry array at LBA {entries_lba} lies past the end of the disk"
+        ));
         return Ok(table);
     }
     let array = read_vec(disk, start, count * entry_size)?;
@@ -267,14 +305,20 @@ fn parse_gpt(disk: &dyn ReadAt, sector: u64, hdr: &[u8]) -> std::io::Result<Tabl
         let first = le64(e, 32);
         let last = le64(e, 40);
         if last < first {
-            table.warnings.push(format!("GPT entry {} ends before it starts", i + 1));
+            table
+                .warnings
+                .push(format!("GPT entry {} ends before it starts", i + 1));
             continue;
         }
         let (Some(offset), Some(len)) = (
             first.checked_mul(sector),
-            (last - first).checked_add(1).and_then(|n| n.checked_mul(sector)),
+            (last - first)
+                .checked_add(1)
+                .and_then(|n| n.checked_mul(sector)),
         ) else {
-            table.warnings.push(format!("GPT entry {} overflows", i + 1));
+            table
+                .warnings
+                .push(format!("GPT entry {} overflows", i + 1));
             continue;
         };
         let name_units: Vec<u16> = e[56..128]
@@ -283,15 +327,19 @@ fn parse_gpt(disk: &dyn ReadAt, sector: u64, hdr: &[u8]) -> std::io::Result<Tabl
             .take_while(|&u| u != 0)
             .collect();
         let name = String::from_utf16_lossy(&name_units);
-        push_checked(&mut table, size, Partition {
-            number: i as u32 + 1,
-            offset,
-            len,
-            type_id: format_guid(&type_guid),
-            part_uuid: Some(format_guid(&uniq)),
-            name: (!name.is_empty()).then_some(name),
-            bootable: false,
-        });
+        push_checked(
+            &mut table,
+            size,
+            Partition {
+                number: i as u32 + 1,
+                offset,
+                len,
+                type_id: format_guid(&type_guid),
+                part_uuid: Some(format_guid(&uniq)),
+                name: (!name.is_empty()).then_some(name),
+                bootable: false,
+            },
+        );
     }
     Ok(table)
 }

@@ -1,7 +1,7 @@
 //! What is on a volume: filesystem type, UUID and label from the superblock
 //! magic alone (like `blkid -p`), without opening the filesystem.
 
-use crate::source::{read_vec, ReadAt};
+use crate::source::{ReadAt, read_vec};
 
 /// A recognised volume content.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -138,27 +138,25 @@ pub fn probe(src: &dyn ReadAt) -> Probe {
             label: text(&head[0x41c..0x42c]),
         };
     }
-    if size >= 0x10100 {
-        if let Ok(b) = read_vec(src, 0x10000, 0x200) {
-            if &b[0x40..0x48] == b"_BHRfS_M" {
-                return Probe {
-                    kind: VolumeKind::Btrfs,
-                    uuid: Some(format_uuid(&b[0x20..0x30])),
-                    label: text(&b[0x12b..0x1ab]),
-                };
-            }
-        }
+    if size >= 0x10100
+        && let Ok(b) = read_vec(src, 0x10000, 0x200)
+        && &b[0x40..0x48] == b"_BHRfS_M"
+    {
+        return Probe {
+            kind: VolumeKind::Btrfs,
+            uuid: Some(format_uuid(&b[0x20..0x30])),
+            label: text(&b[0x12b..0x1ab]),
+        };
     }
-    if size >= 0x8006 {
-        if let Ok(b) = read_vec(src, 0x8001, 5) {
-            if &b == b"CD001" {
-                return Probe {
-                    kind: VolumeKind::Iso9660,
-                    uuid: None,
-                    label: None,
-                };
-            }
-        }
+    if size >= 0x8006
+        && let Ok(b) = read_vec(src, 0x8001, 5)
+        && &b == b"CD001"
+    {
+        return Probe {
+            kind: VolumeKind::Iso9660,
+            uuid: None,
+            label: None,
+        };
     }
     unknown
 }

@@ -8,7 +8,7 @@
 //!   report, catalogue order, `time` = the rule's `elapsed_us`, with the
 //!   properties `status` and `severity`:
 //!   - `fail`: `<failure message="SUMMARY" type="fail">` whose text lists the
-//!     findings (`fail: message`, `  at /path:line: detail`) and the fix;
+//!     findings (`fail: message`, then `  at /path:line: detail`) and the fix;
 //!   - `warn`: **passes**, with `WARNING: SUMMARY` and the findings in
 //!     `system-out`. JUnit has no warning outcome; a failure would break CI
 //!     builds over advisory rules, and "flaky" would mislead. Use the
@@ -24,10 +24,10 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use ibkit_rules::{Level, Report, RuleResult, Status};
+use ibkit_rules::{Report, RuleResult, Severity, Status};
 use quick_junit::{NonSuccessKind, Property, TestCase, TestCaseStatus, TestSuite};
 
-use crate::text::{evidence_line, shown_findings};
+use crate::text::{evidence_line, finding_label, shown_findings};
 
 /// `classname` of every test case.
 pub const CLASSNAME: &str = "ibkit.rules";
@@ -51,7 +51,9 @@ pub fn render_junit(report: &Report) -> String {
     }
     suite.add_properties(props);
     if !report.notes.is_empty() || !report.complete {
-        let mut err = String::from("INCOMPLETE INSPECTION: parts of the image could not be read; rules may have missed problems.\n");
+        let mut err = String::from(
+            "INCOMPLETE INSPECTION: parts of the image could not be read; rules may have missed problems.\n",
+        );
         for n in &report.notes {
             let _ = writeln!(err, "- {n}");
         }
@@ -73,12 +75,7 @@ pub fn render_junit(report: &Report) -> String {
 fn findings_text(r: &RuleResult) -> String {
     let mut s = String::new();
     for f in shown_findings(r, true) {
-        let label = match (&f.waived, f.level) {
-            (Some(_), _) => "waived",
-            (None, Level::Fail) => "fail",
-            (None, Level::Warn) => "warn",
-            (None, Level::Info) => "info",
-        };
+        let label = finding_label(r, f);
         let _ = writeln!(s, "{label}: {}", f.message);
         let ev = evidence_line(&f.evidence);
         if !ev.is_empty() && ev != f.message {
@@ -108,19 +105,25 @@ fn unverified_text(r: &RuleResult) -> String {
 }
 
 fn fix_text(r: &RuleResult) -> String {
-    if r.remediation.is_empty() { String::new() } else { format!("fix: {}\n", r.remediation) }
+    if r.remediation.is_empty() {
+        String::new()
+    } else {
+        format!("fix: {}\n", r.remediation)
+    }
 }
 
 fn test_case(r: &RuleResult) -> TestCase {
     let (status, out) = match r.status {
         Status::Fail => {
             let mut st = TestCaseStatus::non_success(NonSuccessKind::Failure);
-            st.set_message(&r.summary).set_type("fail").set_description(format!(
-                "{}{}{}",
-                findings_text(r),
-                unverified_text(r),
-                fix_text(r)
-            ));
+            st.set_message(&r.summary)
+                .set_type("fail")
+                .set_description(format!(
+                    "{}{}{}",
+                    findings_text(r),
+                    unverified_text(r),
+                    fix_text(r)
+                ));
             (st, None)
         }
         Status::Warn => (
@@ -144,7 +147,12 @@ fn test_case(r: &RuleResult) -> TestCase {
         }
         Status::Waived => (
             TestCaseStatus::success(),
-            Some(format!("{}\n{}{}", r.summary, findings_text(r), evidence_text(r))),
+            Some(format!(
+                "{}\n{}{}",
+                r.summary,
+                findings_text(r),
+                evidence_text(r)
+            )),
         ),
         Status::Pass => {
             let text = format!("{}\n{}{}", r.summary, evidence_text(r), findings_text(r));
@@ -156,10 +164,13 @@ fn test_case(r: &RuleResult) -> TestCase {
         .set_time(Duration::from_micros(r.elapsed_us))
         .add_properties([
             Property::new("status", r.status.as_str()),
-            Property::new("severity", match r.severity {
-                ibkit_rules::Severity::Error => "error",
-                ibkit_rules::Severity::Warning => "warning",
-            }),
+            Property::new(
+                "severity",
+                match r.severity {
+                    Severity::Error => "error",
+                    Severity::Warning => "warning",
+                },
+            ),
         ]);
     if let Some(out) = out.filter(|o| !o.trim().is_empty()) {
         case.set_system_out(out);

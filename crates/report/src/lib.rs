@@ -7,7 +7,7 @@
 //! | `sarif` | code-scanning UIs (SARIF 2.1.0) | [`render_sarif`] |
 //! | `junit` | CI test reports (JUnit XML) | [`render_junit`] |
 //!
-//! [`render`] picks one by [`Format`]; [`write`] writes it to an
+//! [`render`] picks one by [`Format`]; [`write()`] writes it to an
 //! [`io::Write`]. Every rendered document ends with exactly one newline.
 //!
 //! Nothing here reads the image: everything shown comes from the report,
@@ -116,14 +116,14 @@ use std::str::FromStr;
 
 pub use ibkit_rules::Report;
 
-mod style;
 pub mod junit;
 pub mod sarif;
+mod style;
 pub mod text;
 
 pub use junit::render_junit;
 pub use sarif::{render_sarif, render_sarif_with};
-pub use text::{render_text, TextOptions};
+pub use text::{TextOptions, render_text};
 
 /// An output format.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -177,7 +177,11 @@ pub struct ParseFormatError(pub String);
 
 impl fmt::Display for ParseFormatError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "unknown report format `{}` (expected one of: text, json, sarif, junit)", self.0)
+        write!(
+            f,
+            "unknown report format `{}` (expected one of: text, json, sarif, junit)",
+            self.0
+        )
     }
 }
 
@@ -206,7 +210,12 @@ pub fn render(report: &Report, format: Format, text: &TextOptions) -> String {
 }
 
 /// Render `report` in `format` into `out`.
-pub fn write(report: &Report, format: Format, text: &TextOptions, out: &mut dyn io::Write) -> io::Result<()> {
+pub fn write(
+    report: &Report,
+    format: Format,
+    text: &TextOptions,
+    out: &mut dyn io::Write,
+) -> io::Result<()> {
     out.write_all(render(report, format, text).as_bytes())?;
     out.flush()
 }
@@ -229,17 +238,36 @@ mod tests {
             assert_eq!(f.to_string().parse::<Format>(), Ok(f));
         }
         assert_eq!("SARIF".parse::<Format>(), Ok(Format::Sarif));
-        let err = "yaml".parse::<Format>().unwrap_err();
-        assert!(err.to_string().contains("text, json, sarif, junit"), "{err}");
+        let err = "yaml".parse::<Format>().expect_err("not a format");
+        assert!(
+            err.to_string().contains("text, json, sarif, junit"),
+            "{err}"
+        );
         assert_eq!(Format::default(), Format::Text);
+    }
+
+    #[cfg(feature = "clap")]
+    #[test]
+    fn clap_value_names_match() {
+        use clap::ValueEnum;
+        for f in Format::value_variants() {
+            let v = f
+                .to_possible_value()
+                .expect("every format is a possible value");
+            assert_eq!(v.get_name(), f.as_str());
+        }
     }
 
     #[test]
     fn documented_example_is_a_valid_report() {
         let example = include_str!("../docs/example-report.json");
-        let report: Report = serde_json::from_str(example).expect("the documented example parses as a Report");
+        let report: Report =
+            serde_json::from_str(example).expect("the documented example parses as a Report");
         let back: serde_json::Value = serde_json::from_str(&render_json(&report)).expect("json");
         let orig: serde_json::Value = serde_json::from_str(example).expect("json");
-        assert_eq!(back, orig, "the documented example must be exactly what render_json produces");
+        assert_eq!(
+            back, orig,
+            "the documented example must be exactly what render_json produces"
+        );
     }
 }

@@ -21,8 +21,8 @@
 //!   `region.startLine` when the line is known; the manifest (a host file)
 //!   is located by its own path without a base; package evidence becomes a
 //!   `logicalLocations` entry of kind `package`. `partialFingerprints`
-//!   carries a stable `ibkit/v1` key (rule, kind, path or package; not
-//!   the line, which moves between builds) so a UI can
+//!   carries a stable `ibkit/v1` key (rule, kind, path or package and
+//!   message; not the line, which moves between builds) so a UI can
 //!   match alerts across runs; `properties` has the finding's `kind` and
 //!   the rule's `status`.
 //! - waived findings are results too, with
@@ -38,8 +38,8 @@
 
 use std::fmt::Write as _;
 
-use ibkit_rules::{find_rule, Evidence, Finding, Level, Report, RuleDef, RuleResult, Severity};
-use serde_json::{json, Map, Value};
+use ibkit_rules::{Evidence, Finding, Level, Report, RuleDef, RuleResult, Severity, find_rule};
+use serde_json::{Map, Value, json};
 
 /// `$schema` of the document.
 pub const SCHEMA: &str = "https://json.schemastore.org/sarif-2.1.0.json";
@@ -55,8 +55,12 @@ pub fn render_sarif(report: &Report) -> String {
 /// Like [`render_sarif`], with rule metadata from `lookup` instead of the
 /// catalogue (rules it does not know fall back to the report's own title,
 /// requirement and remediation).
-pub fn render_sarif_with(report: &Report, lookup: impl Fn(&str) -> Option<&'static RuleDef>) -> String {
-    let mut s = serde_json::to_string_pretty(&sarif_value(report, lookup)).expect("a JSON value always serializes");
+pub fn render_sarif_with(
+    report: &Report,
+    lookup: impl Fn(&str) -> Option<&'static RuleDef>,
+) -> String {
+    let mut s = serde_json::to_string_pretty(&sarif_value(report, lookup))
+        .expect("a JSON value always serializes");
     s.push('\n');
     s
 }
@@ -149,16 +153,37 @@ fn pascal(title: &str) -> String {
 }
 
 fn descriptor(r: &RuleResult, def: Option<&RuleDef>, default_severity: Severity) -> Value {
-    let title = def.map(|d| d.title).filter(|t| !t.is_empty()).unwrap_or(&r.title);
-    let requirement = def.map(|d| d.requirement).filter(|t| !t.is_empty()).unwrap_or(&r.requirement);
-    let remediation = def.map(|d| d.remediation).filter(|t| !t.is_empty()).unwrap_or(&r.remediation);
+    let title = def
+        .map(|d| d.title)
+        .filter(|t| !t.is_empty())
+        .unwrap_or(&r.title);
+    let requirement = def
+        .map(|d| d.requirement)
+        .filter(|t| !t.is_empty())
+        .unwrap_or(&r.requirement);
+    let remediation = def
+        .map(|d| d.remediation)
+        .filter(|t| !t.is_empty())
+        .unwrap_or(&r.remediation);
     let name = match pascal(title) {
         n if n.is_empty() => pascal(&r.id.to_lowercase()),
         n => n,
     };
-    let short = if title.is_empty() { r.id.as_str() } else { title };
-    let full = if requirement.is_empty() { short } else { requirement };
-    let help_text = if remediation.is_empty() { full } else { remediation };
+    let short = if title.is_empty() {
+        r.id.as_str()
+    } else {
+        title
+    };
+    let full = if requirement.is_empty() {
+        short
+    } else {
+        requirement
+    };
+    let help_text = if remediation.is_empty() {
+        full
+    } else {
+        remediation
+    };
     let help_markdown = match def.map(|d| d.doc).filter(|d| !d.trim().is_empty()) {
         Some(doc) => doc.trim().to_owned(),
         None => {
@@ -200,7 +225,9 @@ pub fn encode_path(path: &str) -> String {
     let mut out = String::with_capacity(path.len());
     for b in path.bytes() {
         match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => out.push(b as char),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
+                out.push(b as char)
+            }
             _ => {
                 let _ = write!(out, "%{b:02X}");
             }
@@ -221,7 +248,11 @@ fn artifact_location(report: &Report, path: &str) -> Value {
         return json!({ "uri": uri });
     }
     let rel = path.trim_start_matches('/');
-    let uri = if rel.is_empty() { ".".to_owned() } else { encode_path(rel) };
+    let uri = if rel.is_empty() {
+        ".".to_owned()
+    } else {
+        encode_path(rel)
+    };
     json!({ "uri": uri, "uriBaseId": GUEST_ROOT })
 }
 
@@ -245,7 +276,11 @@ fn location(report: &Report, e: &Evidence) -> Option<Value> {
 }
 
 fn result(report: &Report, r: &RuleResult, index: usize, f: &Finding) -> Value {
-    let level = if f.level == Level::Fail && r.severity == Severity::Error { "error" } else { "warning" };
+    let level = if f.level == Level::Fail && r.severity == Severity::Error {
+        "error"
+    } else {
+        "warning"
+    };
     let detail = f.evidence.detail.trim();
     let text = if detail.is_empty() || detail == f.message.trim() {
         f.message.clone()
@@ -256,21 +291,22 @@ fn result(report: &Report, r: &RuleResult, index: usize, f: &Finding) -> Value {
     let where_ = match (&e.path, &e.package) {
         (Some(p), _) => p.clone(),
         (None, Some(pk)) => format!("package:{pk}"),
-        (None, None) => format!("message:{}", f.message),
+        (None, None) => String::new(),
     };
     let mut v = json!({
         "ruleId": r.id,
         "ruleIndex": index,
         "level": level,
         "message": { "text": text },
-        "partialFingerprints": { "ibkit/v1": format!("{}|{}|{where_}", r.id, f.kind) },
+        "partialFingerprints": { "ibkit/v1": format!("{}|{}|{where_}|{}", r.id, f.kind, f.message) },
         "properties": { "kind": f.kind, "ruleStatus": r.status.as_str() },
     });
     if let Some(loc) = location(report, e) {
         v["locations"] = json!([loc]);
     }
     if let Some(reason) = &f.waived {
-        v["suppressions"] = json!([{ "kind": "external", "status": "accepted", "justification": reason }]);
+        v["suppressions"] =
+            json!([{ "kind": "external", "status": "accepted", "justification": reason }]);
     }
     v
 }
@@ -281,7 +317,10 @@ mod tests {
 
     #[test]
     fn pascal_case_names() {
-        assert_eq!(pascal("No command history in the image"), "NoCommandHistoryInTheImage");
+        assert_eq!(
+            pascal("No command history in the image"),
+            "NoCommandHistoryInTheImage"
+        );
         assert_eq!(pascal("SSH server (sshd) enabled"), "SSHServerSshdEnabled");
         assert_eq!(pascal(""), "");
     }

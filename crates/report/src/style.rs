@@ -85,7 +85,13 @@ pub(crate) fn width(s: &str) -> usize {
 /// Word-wrap `text` to `max` columns. The first line starts with `first`
 /// (already counted in the width), later lines with `indent` spaces. Words
 /// longer than a line (paths) are kept whole.
-pub(crate) fn wrap(text: &str, max: usize, first: &str, first_width: usize, indent: usize) -> String {
+pub(crate) fn wrap(
+    text: &str,
+    max: usize,
+    first: &str,
+    first_width: usize,
+    indent: usize,
+) -> String {
     let mut out = String::from(first);
     let mut col = first_width;
     let mut line_start = true;
@@ -137,7 +143,11 @@ pub(crate) fn millis(ms: u64) -> String {
 
 /// `n` and `word`, with a plural `s` unless `n == 1`.
 pub(crate) fn plural(n: usize, word: &str) -> String {
-    if n == 1 { format!("{n} {word}") } else { format!("{n} {word}s") }
+    if n == 1 {
+        format!("{n} {word}")
+    } else {
+        format!("{n} {word}s")
+    }
 }
 
 #[cfg(test)]

@@ -1,9 +1,9 @@
 //! The text format, for terminals. See the crate docs for the layout.
 
 use ibkit_rules::engine::ImageInfo;
-use ibkit_rules::{Evidence, Finding, Level, Report, RuleResult, Status};
+use ibkit_rules::{Evidence, Finding, Level, Report, RuleResult, Severity, Status};
 
-use crate::style::{self, clean, plural, wrap, Painter, Style};
+use crate::style::{self, Painter, Style, clean, plural, wrap};
 
 /// Lines are wrapped to this many columns.
 pub const WIDTH: usize = 100;
@@ -26,7 +26,13 @@ pub struct TextOptions {
 }
 
 /// Statuses in the order the text report lists them: worst first.
-const ORDER: [Status; 5] = [Status::Fail, Status::Warn, Status::Unknown, Status::Waived, Status::Pass];
+const ORDER: [Status; 5] = [
+    Status::Fail,
+    Status::Warn,
+    Status::Unknown,
+    Status::Waived,
+    Status::Pass,
+];
 
 /// The report as text for a terminal, ending with a newline.
 pub fn render_text(report: &Report, opts: &TextOptions) -> String {
@@ -35,7 +41,12 @@ pub fn render_text(report: &Report, opts: &TextOptions) -> String {
     header(&mut out, report, &p);
     out.push('\n');
 
-    let id_width = report.results.iter().map(|r| style::width(&r.id)).max().unwrap_or(0);
+    let id_width = report
+        .results
+        .iter()
+        .map(|r| style::width(&r.id))
+        .max()
+        .unwrap_or(0);
     for status in ORDER {
         let mut pass_lines = false;
         for r in report.results.iter().filter(|r| r.status == status) {
@@ -93,23 +104,39 @@ fn header_fields(report: &Report, img: &ImageInfo) -> Vec<(&'static str, String)
     }
     fields.push(("format", format));
     if img.layers.len() > 1 {
-        let chain: Vec<_> = img.layers[1..].iter().map(|l| clean(l).into_owned()).collect();
+        let chain: Vec<_> = img.layers[1..]
+            .iter()
+            .map(|l| clean(l).into_owned())
+            .collect();
         fields.push(("backing", chain.join(" -> ")));
     }
     if img.partition_table.is_some() || !img.volumes.is_empty() {
-        let table = img.partition_table.as_deref().map(clean).unwrap_or("no partition table".into());
+        let table = img
+            .partition_table
+            .as_deref()
+            .map(clean)
+            .unwrap_or("no partition table".into());
         let vols: Vec<String> = img
             .volumes
             .iter()
             .map(|v| {
-                let mut s = format!("{} {} {}", clean(&v.name), clean(&v.kind), style::bytes(v.size));
+                let mut s = format!(
+                    "{} {} {}",
+                    clean(&v.name),
+                    clean(&v.kind),
+                    style::bytes(v.size)
+                );
                 if let Some(label) = &v.label {
                     s.push_str(&format!(" \"{}\"", clean(label)));
                 }
                 s
             })
             .collect();
-        let value = if vols.is_empty() { table.into_owned() } else { format!("{table}: {}", vols.join(", ")) };
+        let value = if vols.is_empty() {
+            table.into_owned()
+        } else {
+            format!("{table}: {}", vols.join(", "))
+        };
         fields.push(("volumes", value));
     }
     let mounts = if img.mounts.is_empty() {
@@ -117,12 +144,26 @@ fn header_fields(report: &Report, img: &ImageInfo) -> Vec<(&'static str, String)
     } else {
         img.mounts
             .iter()
-            .map(|m| format!("{} ({}, {})", clean(&m.point), clean(&m.volume), clean(&m.fs_type)))
+            .map(|m| {
+                format!(
+                    "{} ({}, {})",
+                    clean(&m.point),
+                    clean(&m.volume),
+                    clean(&m.fs_type)
+                )
+            })
             .collect::<Vec<_>>()
             .join(", ")
     };
     fields.push(("mounts", mounts));
-    fields.push(("os", img.os.as_deref().map(clean).unwrap_or("unknown (no os-release)".into()).into_owned()));
+    fields.push((
+        "os",
+        img.os
+            .as_deref()
+            .map(clean)
+            .unwrap_or("unknown (no os-release)".into())
+            .into_owned(),
+    ));
     fields.push(("profile", clean(&report.profile).into_owned()));
     if let Some(m) = &report.manifest {
         fields.push(("manifest", clean(m).into_owned()));
@@ -178,7 +219,10 @@ pub(crate) fn location(e: &Evidence) -> Option<String> {
         Some(line) => format!("{}:{line}", clean(path)),
         None => clean(path).into_owned(),
     });
-    let pkg = e.package.as_deref().map(|pk| format!("package {}", clean(pk)));
+    let pkg = e
+        .package
+        .as_deref()
+        .map(|pk| format!("package {}", clean(pk)));
     match (path, pkg) {
         (Some(path), Some(pkg)) => Some(format!("{path} ({pkg})")),
         (a, b) => a.or(b),
@@ -195,14 +239,25 @@ pub(crate) fn evidence_line(e: &Evidence) -> String {
     }
 }
 
-fn level_label(f: &Finding) -> (&'static str, Style) {
+/// The label of a finding: `waived`, `fail`, `warn` or `info`. A failing
+/// finding of a rule whose severity is `warning` is a `warn`, as its rule.
+pub(crate) fn finding_label(r: &RuleResult, f: &Finding) -> &'static str {
     if f.waived.is_some() {
-        return ("waived", Style::Blue);
+        return "waived";
     }
     match f.level {
-        Level::Fail => ("fail", Style::BoldRed),
-        Level::Warn => ("warn", Style::BoldYellow),
-        Level::Info => ("info", Style::Dim),
+        Level::Fail if r.severity == Severity::Error => "fail",
+        Level::Fail | Level::Warn => "warn",
+        Level::Info => "info",
+    }
+}
+
+fn label_style(label: &str) -> Style {
+    match label {
+        "waived" => Style::Blue,
+        "fail" => Style::BoldRed,
+        "warn" => Style::BoldYellow,
+        _ => Style::Dim,
     }
 }
 
@@ -214,13 +269,19 @@ pub(crate) fn shown_findings(r: &RuleResult, verbose: bool) -> Vec<&Finding> {
         .iter()
         .filter(|f| verbose || f.level > Level::Info || f.waived.is_some())
         .collect();
-    v.sort_by_key(|f| (f.level == Level::Info, f.waived.is_some(), std::cmp::Reverse(f.level)));
+    v.sort_by_key(|f| {
+        (
+            f.level == Level::Info,
+            f.waived.is_some(),
+            std::cmp::Reverse(f.level),
+        )
+    });
     v
 }
 
-fn finding(out: &mut String, f: &Finding, p: &Painter) {
-    let (label, style) = level_label(f);
-    labelled(out, label, Some(style), &clean(&f.message), p);
+fn finding(out: &mut String, r: &RuleResult, f: &Finding, p: &Painter) {
+    let label = finding_label(r, f);
+    labelled(out, label, Some(label_style(label)), &clean(&f.message), p);
     let indent = BODY + LABEL + 2;
     let ev = evidence_line(&f.evidence);
     if !ev.is_empty() && ev != clean(&f.message) {
@@ -232,29 +293,50 @@ fn finding(out: &mut String, f: &Finding, p: &Painter) {
 }
 
 fn block(out: &mut String, r: &RuleResult, opts: &TextOptions, p: &Painter) {
-    let first = format!("{}{}  ", badge(r.status, p), p.paint(Style::Bold, &clean(&r.id)));
+    let first = format!(
+        "{}{}  ",
+        badge(r.status, p),
+        p.paint(Style::Bold, &clean(&r.id))
+    );
     let first_width = BODY + style::width(&clean(&r.id)) + 2;
     out.push_str(&wrap(&clean(&r.title), WIDTH, &first, first_width, BODY));
     out.push('\n');
-    if !r.summary.is_empty() {
+    // An unknown rule's summary is usually its first unverified item.
+    let repeats = r.status == Status::Unknown && r.unverified.first() == Some(&r.summary);
+    if !r.summary.is_empty() && !repeats {
         para(out, BODY, &clean(&r.summary), None, p);
     }
     if opts.verbose && !r.requirement.is_empty() {
-        para(out, BODY, &format!("requirement: {}", clean(&r.requirement)), Some(Style::Dim), p);
+        para(
+            out,
+            BODY,
+            &format!("requirement: {}", clean(&r.requirement)),
+            Some(Style::Dim),
+            p,
+        );
     }
 
     let findings = shown_findings(r, opts.verbose);
-    let limit = if opts.verbose { usize::MAX } else { MAX_FINDINGS };
+    let limit = if opts.verbose {
+        usize::MAX
+    } else {
+        MAX_FINDINGS
+    };
     for f in findings.iter().take(limit) {
-        finding(out, f, p);
+        finding(out, r, f, p);
     }
     if findings.len() > limit {
         para(
             out,
             BODY,
             &format!(
-                "... {} more (all are listed in verbose mode and in the JSON report)",
-                plural(findings.len() - limit, "finding")
+                "... {} more {} (all are listed in verbose mode and in the JSON report)",
+                findings.len() - limit,
+                if findings.len() - limit == 1 {
+                    "finding"
+                } else {
+                    "findings"
+                }
             ),
             Some(Style::Dim),
             p,
@@ -313,25 +395,41 @@ fn footer(out: &mut String, report: &Report, p: &Painter) {
         .filter(|r| r.status == Status::Fail)
         .map(|r| clean(&r.id).into_owned())
         .collect();
-    let (head, style, mut rest) = if report.failed() || !failed.is_empty() {
+    let incomplete = if report.complete {
+        ""
+    } else {
+        "inspection incomplete"
+    };
+    let (head, style, rest) = if report.failed() || !failed.is_empty() {
         (
             "Result: FAIL",
             Style::BoldRed,
-            format!(" ({} failed: {})", plural(failed.len(), "rule"), failed.join(", ")),
+            format!(
+                " ({} failed: {})",
+                plural(failed.len(), "rule"),
+                failed.join(", ")
+            ),
         )
     } else if s.warn > 0 {
-        ("Result: PASS with warnings", Style::BoldYellow, format!(" ({})", plural(s.warn, "warning")))
+        let mut why = plural(s.warn, "warning");
+        if !incomplete.is_empty() {
+            why = format!("{why}; {incomplete}");
+        }
+        (
+            "Result: PASS with warnings",
+            Style::BoldYellow,
+            format!(" ({why})"),
+        )
+    } else if !incomplete.is_empty() {
+        ("Result: PASS", Style::Green, format!(" ({incomplete})"))
     } else {
         ("Result: PASS", Style::Green, String::new())
     };
-    if s.unknown > 0 {
-        rest.push_str(&format!("; {} not verifiable offline", plural(s.unknown, "rule")));
-    }
-    if !report.complete {
-        rest.push_str("; inspection incomplete");
-    }
     let verdict = wrap(&format!("{head}{rest}"), WIDTH, "", 0, 2);
     out.push_str(&verdict.replacen(head, &p.paint(style, head), 1));
     out.push('\n');
-    out.push_str(&format!("Checked in {}.\n", style::millis(report.elapsed_ms)));
+    out.push_str(&format!(
+        "Checked in {}.\n",
+        style::millis(report.elapsed_ms)
+    ));
 }

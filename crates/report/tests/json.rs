@@ -4,11 +4,15 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use ibkit_report::{render, render_json, Format, Report, TextOptions};
+use ibkit_report::{Format, Report, TextOptions, render, render_json};
 use serde_json::Value;
 
 fn keys(v: &Value) -> BTreeSet<&str> {
-    v.as_object().expect("an object").keys().map(String::as_str).collect()
+    v.as_object()
+        .expect("an object")
+        .keys()
+        .map(String::as_str)
+        .collect()
 }
 
 fn set(names: &[&'static str]) -> BTreeSet<&'static str> {
@@ -37,11 +41,29 @@ fn top_level_and_result_keys_are_stable() {
     assert_eq!(keys(&json["tool"]), set(&["name", "version"]));
     assert_eq!(
         keys(&json["image"]),
-        set(&["path", "format", "layers", "virtual_size", "partition_table", "volumes", "mounts", "os"])
+        set(&[
+            "path",
+            "format",
+            "layers",
+            "virtual_size",
+            "partition_table",
+            "volumes",
+            "mounts",
+            "os"
+        ])
     );
-    assert_eq!(keys(&json["image"]["volumes"][0]), set(&["name", "type", "size", "uuid", "label"]));
-    assert_eq!(keys(&json["image"]["mounts"][0]), set(&["point", "volume", "fs_type"]));
-    assert_eq!(keys(&json["summary"]), set(&["pass", "fail", "warn", "waived", "unknown"]));
+    assert_eq!(
+        keys(&json["image"]["volumes"][0]),
+        set(&["name", "type", "size", "uuid", "label"])
+    );
+    assert_eq!(
+        keys(&json["image"]["mounts"][0]),
+        set(&["point", "volume", "fs_type"])
+    );
+    assert_eq!(
+        keys(&json["summary"]),
+        set(&["pass", "fail", "warn", "waived", "unknown"])
+    );
 
     let results = json["results"].as_array().expect("results is an array");
     assert_eq!(results.len(), 10);
@@ -84,7 +106,11 @@ fn findings_and_evidence_fields() {
     assert_eq!(nopass["status"], "fail");
     assert_eq!(nopass["severity"], "error");
     let f = &nopass["findings"][0];
-    assert_eq!(keys(f), set(&["level", "kind", "message", "evidence"]), "waived is omitted when absent");
+    assert_eq!(
+        keys(f),
+        set(&["level", "kind", "message", "evidence"]),
+        "waived is omitted when absent"
+    );
     assert_eq!(f["level"], "fail");
     assert_eq!(f["kind"], "empty-password");
     assert_eq!(keys(&f["evidence"]), set(&["path", "line", "detail"]));
@@ -94,7 +120,10 @@ fn findings_and_evidence_fields() {
     let dbg = result("IMG-NO-DEBUGGERS");
     assert_eq!(dbg["status"], "warn");
     assert_eq!(dbg["severity"], "warning");
-    assert_eq!(keys(&dbg["findings"][0]["evidence"]), set(&["package", "detail"]));
+    assert_eq!(
+        keys(&dbg["findings"][0]["evidence"]),
+        set(&["package", "detail"])
+    );
 
     let secrets = result("IMG-NO-SECRETS");
     assert_eq!(secrets["status"], "waived");
@@ -106,7 +135,10 @@ fn findings_and_evidence_fields() {
 
     let billing = result("APP-BILLING");
     assert_eq!(billing["status"], "unknown");
-    assert_eq!(billing["unverified"][0], "billing is configured in the marketplace, not in the image");
+    assert_eq!(
+        billing["unverified"][0],
+        "billing is configured in the marketplace, not in the image"
+    );
 
     assert_eq!(json["summary"]["fail"], 2);
     assert_eq!(json["complete"], false);
@@ -123,6 +155,7 @@ fn json_round_trips_and_render_dispatches() {
     assert_eq!(render(&report, Format::Json, &TextOptions::default()), json);
 
     let mut out = Vec::new();
-    ibkit_report::write(&report, Format::Json, &TextOptions::default(), &mut out).expect("write to a Vec");
+    ibkit_report::write(&report, Format::Json, &TextOptions::default(), &mut out)
+        .expect("write to a Vec");
     assert_eq!(String::from_utf8(out).expect("utf-8"), json);
 }

@@ -2,7 +2,7 @@
 
 mod common;
 
-use ibkit_report::{render, render_sarif, render_sarif_with, Format, TextOptions};
+use ibkit_report::{Format, TextOptions, render, render_sarif, render_sarif_with};
 use ibkit_rules::{Context, Level, Outcome, RuleDef, Severity};
 use serde_json::Value;
 
@@ -23,7 +23,12 @@ fn results_for<'a>(doc: &'a Value, id: &str) -> Vec<&'a Value> {
 fn document_shape() {
     let report = common::sample();
     let doc = sarif(&report);
-    assert!(doc["$schema"].as_str().expect("$schema").contains("sarif-2.1.0"));
+    assert!(
+        doc["$schema"]
+            .as_str()
+            .expect("$schema")
+            .contains("sarif-2.1.0")
+    );
     assert_eq!(doc["version"], "2.1.0");
     assert_eq!(doc["runs"].as_array().map(Vec::len), Some(1));
     let run = &doc["runs"][0];
@@ -32,16 +37,37 @@ fn document_shape() {
     assert_eq!(driver["version"], "0.0.0-test");
 
     let rules = driver["rules"].as_array().expect("rules");
-    assert_eq!(rules.len(), report.results.len(), "one descriptor per rule, unknown ones included");
+    assert_eq!(
+        rules.len(),
+        report.results.len(),
+        "one descriptor per rule, unknown ones included"
+    );
     for (rule, result) in rules.iter().zip(&report.results) {
         assert_eq!(rule["id"], result.id.as_str());
-        assert!(rule["name"].as_str().is_some_and(|n| !n.is_empty() && !n.contains(' ')));
+        assert!(
+            rule["name"]
+                .as_str()
+                .is_some_and(|n| !n.is_empty() && !n.contains(' '))
+        );
         assert_eq!(rule["shortDescription"]["text"], result.title.as_str());
         assert_eq!(rule["fullDescription"]["text"], result.requirement.as_str());
         assert_eq!(rule["help"]["text"], result.remediation.as_str());
-        assert!(rule["help"]["markdown"].as_str().is_some_and(|m| m.contains(&result.remediation)));
-        let level = rule["defaultConfiguration"]["level"].as_str().expect("level");
-        assert_eq!(level, if result.id == "IMG-NO-DEBUGGERS" { "warning" } else { "error" });
+        assert!(
+            rule["help"]["markdown"]
+                .as_str()
+                .is_some_and(|m| m.contains(&result.remediation))
+        );
+        let level = rule["defaultConfiguration"]["level"]
+            .as_str()
+            .expect("level");
+        assert_eq!(
+            level,
+            if result.id == "IMG-NO-DEBUGGERS" {
+                "warning"
+            } else {
+                "error"
+            }
+        );
     }
     assert_eq!(rules[1]["name"], "NoDefaultPasswords");
     assert!(rules.iter().any(|r| r["id"] == "APP-BILLING"));
@@ -70,9 +96,17 @@ fn one_result_per_fail_or_warn_finding() {
         .sum();
     assert_eq!(results.len(), expected);
     assert_eq!(results.len(), 7);
-    assert!(results_for(&doc, "APP-BILLING").is_empty(), "unknown rules produce no result");
-    assert!(results_for(&doc, "IMG-CLOUDINIT").is_empty(), "info findings produce no result");
-    let rules = doc["runs"][0]["tool"]["driver"]["rules"].as_array().expect("rules");
+    assert!(
+        results_for(&doc, "APP-BILLING").is_empty(),
+        "unknown rules produce no result"
+    );
+    assert!(
+        results_for(&doc, "IMG-CLOUDINIT").is_empty(),
+        "info findings produce no result"
+    );
+    let rules = doc["runs"][0]["tool"]["driver"]["rules"]
+        .as_array()
+        .expect("rules");
     for r in results {
         let idx = r["ruleIndex"].as_u64().expect("ruleIndex") as usize;
         assert_eq!(rules[idx]["id"], r["ruleId"]);
@@ -86,10 +120,16 @@ fn path_line_and_package_locations() {
     let nopass = results_for(&doc, "APP-NOPASS");
     assert_eq!(nopass.len(), 2);
     // sorted by path then line: /etc/shadow:1 before /etc/shadow:23
-    assert_eq!(nopass[0]["locations"][0]["physicalLocation"]["region"]["startLine"], 1);
+    assert_eq!(
+        nopass[0]["locations"][0]["physicalLocation"]["region"]["startLine"],
+        1
+    );
     let r = nopass[1];
     assert_eq!(r["level"], "error");
-    assert_eq!(r["message"]["text"], "account ubuntu has an empty password (seen: ubuntu: empty password field)");
+    assert_eq!(
+        r["message"]["text"],
+        "account ubuntu has an empty password (seen: ubuntu: empty password field)"
+    );
     let phys = &r["locations"][0]["physicalLocation"];
     assert_eq!(phys["artifactLocation"]["uri"], "etc/shadow");
     assert_eq!(phys["artifactLocation"]["uriBaseId"], "GUEST_ROOT");
@@ -99,21 +139,36 @@ fn path_line_and_package_locations() {
     assert_eq!(
         history
             .iter()
-            .map(|r| r["locations"][0]["physicalLocation"]["artifactLocation"]["uri"].as_str().expect("uri"))
+            .map(
+                |r| r["locations"][0]["physicalLocation"]["artifactLocation"]["uri"]
+                    .as_str()
+                    .expect("uri")
+            )
             .collect::<Vec<_>>(),
         ["root/.bash_history", "var/lib/postgresql/.psql_history"],
         "sorted by path, no leading slash"
     );
-    assert!(history[0]["locations"][0]["physicalLocation"].get("region").is_none(), "no line, no region");
+    assert!(
+        history[0]["locations"][0]["physicalLocation"]
+            .get("region")
+            .is_none(),
+        "no line, no region"
+    );
 
     // a fail finding of a rule whose profile severity is warning is a SARIF warning
     let dbg = results_for(&doc, "IMG-NO-DEBUGGERS");
     assert!(dbg.iter().all(|r| r["level"] == "warning"));
-    let pkg = dbg.iter().find(|r| r["locations"][0].get("logicalLocations").is_some()).expect("package result");
+    let pkg = dbg
+        .iter()
+        .find(|r| r["locations"][0].get("logicalLocations").is_some())
+        .expect("package result");
     let logical = &pkg["locations"][0]["logicalLocations"][0];
     assert_eq!(logical["kind"], "package");
     assert_eq!(logical["name"], "gdb");
-    assert_eq!(logical["fullyQualifiedName"], "gdb 15.0.50.20240403-0ubuntu1");
+    assert_eq!(
+        logical["fullyQualifiedName"],
+        "gdb 15.0.50.20240403-0ubuntu1"
+    );
     assert!(pkg["locations"][0].get("physicalLocation").is_none());
 }
 
@@ -145,7 +200,11 @@ fn output_is_deterministic() {
     }
     let a = render_sarif_with(&report, |_| None);
     assert_eq!(a, render_sarif_with(&report, |_| None));
-    assert_eq!(a, render_sarif_with(&shuffled, |_| None), "finding order must not matter");
+    assert_eq!(
+        a,
+        render_sarif_with(&shuffled, |_| None),
+        "finding order must not matter"
+    );
 }
 
 #[test]
@@ -155,9 +214,16 @@ fn paths_are_encoded_as_uri_references() {
     let doc = sarif(&report);
     let uris: Vec<&str> = results_for(&doc, "IMG-NO-HISTORY")
         .iter()
-        .map(|r| r["locations"][0]["physicalLocation"]["artifactLocation"]["uri"].as_str().expect("uri"))
+        .map(|r| {
+            r["locations"][0]["physicalLocation"]["artifactLocation"]["uri"]
+                .as_str()
+                .expect("uri")
+        })
         .collect();
-    assert!(uris.contains(&"home/a%20b/c%3Ad%231/.bash_history"), "{uris:?}");
+    assert!(
+        uris.contains(&"home/a%20b/c%3Ad%231/.bash_history"),
+        "{uris:?}"
+    );
 }
 
 #[test]
@@ -179,7 +245,8 @@ fn matches_the_typed_sarif_model() {
     // typed model that loses nothing means every key is a SARIF 2.1.0 key
     // at the right place with the right type.
     let text = render_sarif_with(&common::sample(), |_| None);
-    let typed: serde_sarif::sarif::Sarif = serde_json::from_str(&text).expect("parses as serde_sarif::Sarif");
+    let typed: serde_sarif::sarif::Sarif =
+        serde_json::from_str(&text).expect("parses as serde_sarif::Sarif");
     let back = serde_json::to_value(&typed).expect("serializes");
     let orig: Value = serde_json::from_str(&text).expect("json");
     assert_eq!(back, orig);
@@ -208,11 +275,20 @@ fn catalogue_metadata_is_used_when_known() {
     .expect("json");
     let run = &doc["runs"][0];
     let rules = run["tool"]["driver"]["rules"].as_array().expect("rules");
-    let idx = rules.iter().position(|r| r["id"] == "IMG-NO-DEBUGGERS").expect("rule");
+    let idx = rules
+        .iter()
+        .position(|r| r["id"] == "IMG-NO-DEBUGGERS")
+        .expect("rule");
     let rule = &rules[idx];
-    assert_eq!(rule["shortDescription"]["text"], "No debuggers in the image");
+    assert_eq!(
+        rule["shortDescription"]["text"],
+        "No debuggers in the image"
+    );
     assert_eq!(rule["name"], "NoDebuggersInTheImage");
-    assert_eq!(rule["help"]["markdown"], "## What it checks\nPackages and executables of debuggers.");
+    assert_eq!(
+        rule["help"]["markdown"],
+        "## What it checks\nPackages and executables of debuggers."
+    );
     assert_eq!(rule["help"]["text"], "Purge them.");
     // catalogue default is error; the profile made it a warning
     assert_eq!(rule["defaultConfiguration"]["level"], "error");
@@ -240,10 +316,16 @@ fn catalogue_variant_keeps_the_shape() {
             .collect()
     };
     assert_eq!(ids(&doc), ids(&plain));
-    assert_eq!(render(&report, Format::Sarif, &TextOptions::default()), render_sarif(&report));
+    assert_eq!(
+        render(&report, Format::Sarif, &TextOptions::default()),
+        render_sarif(&report)
+    );
 }
 
 #[test]
 fn snapshot() {
-    insta::assert_snapshot!("sample.sarif", render_sarif_with(&common::sample(), |_| None));
+    insta::assert_snapshot!(
+        "sample.sarif",
+        render_sarif_with(&common::sample(), |_| None)
+    );
 }

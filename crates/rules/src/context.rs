@@ -3,8 +3,8 @@
 
 use std::sync::{Mutex, OnceLock};
 
-use ibkit_image::inspect::Inspection;
 use ibkit_image::Guest;
+use ibkit_image::inspect::Inspection;
 
 use crate::facts;
 use crate::manifest::Manifest;
@@ -30,7 +30,11 @@ pub struct Context<'a> {
 
 impl<'a> Context<'a> {
     /// A context over `guest`.
-    pub fn new(guest: &'a Guest, inspection: Option<&'a Inspection>, manifest: Option<&'a Manifest>) -> Self {
+    pub fn new(
+        guest: &'a Guest,
+        inspection: Option<&'a Inspection>,
+        manifest: Option<&'a Manifest>,
+    ) -> Self {
         Context {
             guest,
             inspection,
@@ -86,7 +90,8 @@ impl<'a> Context<'a> {
 
     /// `/etc/os-release`.
     pub fn os_release(&self) -> &facts::os_release::OsRelease {
-        self.os_release.get_or_init(|| facts::os_release::load(self))
+        self.os_release
+            .get_or_init(|| facts::os_release::load(self))
     }
     /// `/etc/passwd`, `/etc/shadow`, `/etc/group`.
     pub fn accounts(&self) -> &facts::accounts::Accounts {
@@ -94,7 +99,8 @@ impl<'a> Context<'a> {
     }
     /// The package database.
     pub fn packages(&self) -> &facts::packages::Packages {
-        self.packages.get_or_init(|| facts::packages::load(self.guest))
+        self.packages
+            .get_or_init(|| facts::packages::load(self.guest))
     }
     /// systemd units and what the default target pulls in.
     pub fn units(&self) -> &facts::systemd::Units {

@@ -140,9 +140,19 @@ impl Report {
 fn image_info(insp: &Inspection) -> ImageInfo {
     let (format, layers, virtual_size) = match &insp.input {
         InputKind::Directory => ("directory".to_string(), Vec::new(), None),
-        InputKind::Disk { layers, virtual_size } => (
-            layers.first().map(|l| l.format.name()).unwrap_or("raw").to_string(),
-            layers.iter().map(|l| l.path.display().to_string()).collect(),
+        InputKind::Disk {
+            layers,
+            virtual_size,
+        } => (
+            layers
+                .first()
+                .map(|l| l.format.name())
+                .unwrap_or("raw")
+                .to_string(),
+            layers
+                .iter()
+                .map(|l| l.path.display().to_string())
+                .collect(),
             Some(*virtual_size),
         ),
     };
@@ -182,38 +192,49 @@ pub fn check(insp: &Inspection, opts: &CheckOptions) -> Report {
     let default_profile = Profile::marketplace();
     let profile = opts.profile.unwrap_or(&default_profile);
     let cx = Context::new(&insp.guest, Some(insp), opts.manifest);
-    let mut results = Vec::new();
-    for rule in catalogue() {
-        if !opts.only.is_empty() && !opts.only.iter().any(|o| o.eq_ignore_ascii_case(rule.id)) {
-            continue;
+    let selected: Vec<(&'static crate::rule::RuleDef, Severity)> = catalogue()
+        .iter()
+        .copied()
+        .filter(|r| opts.only.is_empty() || opts.only.iter().any(|o| o.eq_ignore_ascii_case(r.id)))
+        .filter_map(|r| profile.severity(r).map(|s| (r, s)))
+        .collect();
+    // Two workers: the expensive facts (the initramfs scan behind
+    // KERNEL-VIRTIO, the content scan of IMG-NO-SECRETS) start first, on
+    // different threads; the cheap rules fill in around them.
+    let mut order: Vec<usize> = (0..selected.len()).collect();
+    order.sort_by_key(|&i| match selected[i].0.id {
+        "IMG-NO-SECRETS" => 0,
+        "KERNEL-VIRTIO" => 1,
+        _ => 2,
+    });
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let slots: Vec<std::sync::Mutex<Option<RuleResult>>> = selected
+        .iter()
+        .map(|_| std::sync::Mutex::new(None))
+        .collect();
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 4);
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| {
+                loop {
+                    let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(&i) = order.get(k) else { break };
+                    let (rule, severity) = selected[i];
+                    let result = run_rule(&cx, rule, severity, opts.waivers);
+                    if let Ok(mut slot) = slots[i].lock() {
+                        *slot = Some(result);
+                    }
+                }
+            });
         }
-        let Some(severity) = profile.severity(rule) else {
-            continue;
-        };
-        let t = Instant::now();
-        let mut outcome = (rule.check)(&cx);
-        if let Some(w) = opts.waivers {
-            w.apply(rule.id, &mut outcome);
-        }
-        let status = match (outcome.status(), severity) {
-            (Status::Fail, Severity::Warning) => Status::Warn,
-            (s, _) => s,
-        };
-        let summary = summarize(status, &outcome);
-        results.push(RuleResult {
-            id: rule.id.to_string(),
-            title: rule.title.to_string(),
-            requirement: rule.requirement.to_string(),
-            severity,
-            status,
-            summary,
-            evidence: outcome.evidence,
-            findings: outcome.findings,
-            unverified: outcome.unverified,
-            remediation: rule.remediation.to_string(),
-            elapsed_us: t.elapsed().as_micros() as u64,
-        });
-    }
+    });
+    let results: Vec<RuleResult> = slots
+        .into_iter()
+        .filter_map(|m| m.into_inner().ok().flatten())
+        .collect();
     let mut summary = Summary::default();
     for r in &results {
         match r.status {
@@ -236,7 +257,9 @@ pub fn check(insp: &Inspection, opts: &CheckOptions) -> Report {
         },
         image,
         profile: profile.name.clone(),
-        manifest: opts.manifest.and_then(|m| m.path.as_ref().map(|p| p.display().to_string())),
+        manifest: opts
+            .manifest
+            .and_then(|m| m.path.as_ref().map(|p| p.display().to_string())),
         results,
         summary,
         complete: notes.is_empty(),
@@ -245,9 +268,45 @@ pub fn check(insp: &Inspection, opts: &CheckOptions) -> Report {
     }
 }
 
+fn run_rule(
+    cx: &Context,
+    rule: &crate::rule::RuleDef,
+    severity: Severity,
+    waivers: Option<&Waivers>,
+) -> RuleResult {
+    let t = Instant::now();
+    let mut outcome = (rule.check)(cx);
+    if let Some(w) = waivers {
+        w.apply(rule.id, &mut outcome);
+    }
+    let status = match (outcome.status(), severity) {
+        (Status::Fail, Severity::Warning) => Status::Warn,
+        (s, _) => s,
+    };
+    let summary = summarize(status, &outcome);
+    RuleResult {
+        id: rule.id.to_string(),
+        title: rule.title.to_string(),
+        requirement: rule.requirement.to_string(),
+        severity,
+        status,
+        summary,
+        evidence: outcome.evidence,
+        findings: outcome.findings,
+        unverified: outcome.unverified,
+        remediation: rule.remediation.to_string(),
+        elapsed_us: t.elapsed().as_micros() as u64,
+    }
+}
+
 fn summarize(status: Status, o: &crate::model::Outcome) -> String {
     use crate::model::Level;
-    let count = |l: Level| o.findings.iter().filter(|f| f.level == l && f.waived.is_none()).count();
+    let count = |l: Level| {
+        o.findings
+            .iter()
+            .filter(|f| f.level == l && f.waived.is_none())
+            .count()
+    };
     match status {
         Status::Fail | Status::Warn => {
             let first = o
@@ -258,10 +317,22 @@ fn summarize(status: Status, o: &crate::model::Outcome) -> String {
                 .map(|f| f.message.clone())
                 .unwrap_or_default();
             let n = count(Level::Fail) + count(Level::Warn);
-            if n > 1 { format!("{first} (and {} more)", n - 1) } else { first }
+            if n > 1 {
+                format!("{first} (and {} more)", n - 1)
+            } else {
+                first
+            }
         }
         Status::Waived => "all problems waived".into(),
-        Status::Unknown => o.unverified.first().cloned().unwrap_or_else(|| "not verifiable offline".into()),
-        Status::Pass => o.evidence.first().map(|e| e.detail.clone()).unwrap_or_else(|| "no problems found".into()),
+        Status::Unknown => o
+            .unverified
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "not verifiable offline".into()),
+        Status::Pass => o
+            .evidence
+            .first()
+            .map(|e| e.detail.clone())
+            .unwrap_or_else(|| "no problems found".into()),
     }
 }

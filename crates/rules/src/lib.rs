@@ -20,6 +20,6 @@ pub mod rules;
 pub mod waiver;
 
 pub use context::Context;
-pub use engine::{check, CheckOptions, Report};
+pub use engine::{CheckOptions, Report, check};
 pub use model::{Evidence, Finding, Level, Outcome, RuleResult, Severity, Status};
-pub use rule::{catalogue, find_rule, RuleDef};
+pub use rule::{RuleDef, catalogue, find_rule};

@@ -66,7 +66,11 @@ impl std::str::FromStr for Port {
         let protocol = match proto.to_ascii_lowercase().as_str() {
             "tcp" => Protocol::Tcp,
             "udp" => Protocol::Udp,
-            other => return Err(format!("port {s:?}: unknown protocol {other:?} (use tcp or udp)")),
+            other => {
+                return Err(format!(
+                    "port {s:?}: unknown protocol {other:?} (use tcp or udp)"
+                ));
+            }
         };
         let number = num
             .trim()
@@ -195,8 +199,14 @@ impl Manifest {
                         protocol: Protocol::Tcp,
                     })
                     .ok_or_else(|| format!("app.ports: {n} is not a port number"))?,
-                toml::Value::String(s) => s.parse::<Port>().map_err(|e| format!("app.ports: {e}"))?,
-                other => return Err(format!("app.ports: {other} is neither a number nor \"N/proto\"")),
+                toml::Value::String(s) => {
+                    s.parse::<Port>().map_err(|e| format!("app.ports: {e}"))?
+                }
+                other => {
+                    return Err(format!(
+                        "app.ports: {other} is neither a number nor \"N/proto\""
+                    ));
+                }
             };
             ports.push(p);
         }

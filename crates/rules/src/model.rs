@@ -163,7 +163,11 @@ impl Outcome {
     /// The verdict: the worst unwaived finding; `waived` if only waived
     /// findings are problems; `unknown` if nothing at all proves the rule.
     pub fn status(&self) -> Status {
-        let open = |lvl| self.findings.iter().any(|f| f.level == lvl && f.waived.is_none());
+        let open = |lvl| {
+            self.findings
+                .iter()
+                .any(|f| f.level == lvl && f.waived.is_none())
+        };
         let waived = self
             .findings
             .iter()
@@ -173,7 +177,11 @@ impl Outcome {
         } else if open(Level::Warn) {
             Status::Warn
         } else if !self.unverified.is_empty() && self.evidence.is_empty() {
-            if waived { Status::Waived } else { Status::Unknown }
+            if waived {
+                Status::Waived
+            } else {
+                Status::Unknown
+            }
         } else if waived {
             Status::Waived
         } else {

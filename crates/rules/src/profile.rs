@@ -15,7 +15,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::model::Severity;
-use crate::rule::{catalogue, find_rule, RuleDef};
+use crate::rule::{RuleDef, catalogue, find_rule};
 
 /// A rule's setting in a profile.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -66,7 +66,8 @@ impl Profile {
                 "unknown profile {name_or_path:?}: built-in profiles are `marketplace`; otherwise give a profile file"
             ));
         }
-        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read profile {name_or_path}: {e}"))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read profile {name_or_path}: {e}"))?;
         Profile::parse(&text).map_err(|e| format!("invalid profile {name_or_path}: {e}"))
     }
 
@@ -96,6 +97,9 @@ impl Profile {
 
     /// Rules that are on.
     pub fn active(&self) -> impl Iterator<Item = &'static RuleDef> + '_ {
-        catalogue().iter().copied().filter(|r| self.severity(r).is_some())
+        catalogue()
+            .iter()
+            .copied()
+            .filter(|r| self.severity(r).is_some())
     }
 }

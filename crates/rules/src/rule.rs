@@ -30,5 +30,8 @@ pub fn catalogue() -> &'static [&'static RuleDef] {
 
 /// Look a rule up by ID (case-insensitive).
 pub fn find_rule(id: &str) -> Option<&'static RuleDef> {
-    catalogue().iter().copied().find(|r| r.id.eq_ignore_ascii_case(id))
+    catalogue()
+        .iter()
+        .copied()
+        .find(|r| r.id.eq_ignore_ascii_case(id))
 }

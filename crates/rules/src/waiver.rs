@@ -50,7 +50,9 @@ fn glob(pattern: &str, text: &str) -> bool {
     let mut rest = text;
     for (i, part) in parts.iter().enumerate() {
         if i == 0 {
-            let Some(r) = rest.strip_prefix(part) else { return false };
+            let Some(r) = rest.strip_prefix(part) else {
+                return false;
+            };
             rest = r;
         } else if i == parts.len() - 1 {
             return rest.ends_with(part);
@@ -67,7 +69,8 @@ fn glob(pattern: &str, text: &str) -> bool {
 impl Waivers {
     /// Read a waiver file.
     pub fn load(path: &Path) -> Result<Waivers, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read waivers {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read waivers {}: {e}", path.display()))?;
         Waivers::parse(&text).map_err(|e| format!("invalid waivers {}: {e}", path.display()))
     }
 
@@ -76,10 +79,18 @@ impl Waivers {
         let w: Waivers = toml::from_str(text).map_err(|e| e.to_string())?;
         for (i, waiver) in w.waiver.iter().enumerate() {
             if crate::rule::find_rule(&waiver.rule).is_none() {
-                return Err(format!("waiver {}: unknown rule ID {:?} (see `ibkit rules`)", i + 1, waiver.rule));
+                return Err(format!(
+                    "waiver {}: unknown rule ID {:?} (see `ibkit rules`)",
+                    i + 1,
+                    waiver.rule
+                ));
             }
             if waiver.reason.trim().is_empty() {
-                return Err(format!("waiver {} for {}: a reason is required", i + 1, waiver.rule));
+                return Err(format!(
+                    "waiver {} for {}: a reason is required",
+                    i + 1,
+                    waiver.rule
+                ));
             }
         }
         Ok(w)
@@ -87,7 +98,11 @@ impl Waivers {
 
     /// Mark the findings of `rule` that a waiver accepts.
     pub fn apply(&self, rule: &str, outcome: &mut Outcome) {
-        for f in outcome.findings.iter_mut().filter(|f| f.level >= Level::Warn) {
+        for f in outcome
+            .findings
+            .iter_mut()
+            .filter(|f| f.level >= Level::Warn)
+        {
             if let Some(w) = self.waiver.iter().find(|w| {
                 w.rule.eq_ignore_ascii_case(rule)
                     && w.kind.as_ref().is_none_or(|k| *k == f.kind)

@@ -39,7 +39,10 @@
 //!   with [`FsType`] `Ext4 | Ext4With(features) | Ext2 | Xfs | Vfat | Swap`.
 //! * [`Layout`]: `Bare(Volume)`, `Mbr(Vec<Volume>)`,
 //!   `MbrExtended { primary, logical }`, `Gpt(Vec<GptPart>)`,
-//!   `Lvm { boot, vg, lvs, table: PartTable }`.
+//!   `Lvm { boot, vg, lvs, table: PartTable }` (partition 1 = /boot, last =
+//!   the PV), `GptLvm { parts, vg, lvs }` (any GPT partitions, then the PV).
+//!   [`GptPart`] `{ volume: Option<Volume>, size_mib, type_code, name,
+//!   part_uuid }`, built with [`GptPart::new`] / [`GptPart::empty`].
 //! * [`Container`]: `Raw`, `Qcow2`, `Qcow2Zlib`, `Qcow2Zstd`, `Qcow2Backed`
 //!   (qcow2 base), `Qcow2BackedRaw` (raw base), `Other("vmdk")` etc.
 //! * [`build_image`] (default cache directory), [`build_image_in`] (explicit
@@ -80,7 +83,8 @@
 //!   pick 1 KiB), with `E2FSPROGS_FAKE_TIME` fixed.
 //! * XFS: `mkfs.xfs -m uuid=… -L … -p PROTOFILE`, with the protofile
 //!   generated from the tree (regular files, directories, symlinks, device
-//!   nodes, fifos, modes incl. setuid/setgid, uid/gid). The protofile has no
+//!   nodes, fifos, modes incl. setuid/setgid, uid/gid; hard links become
+//!   separate copies). The protofile has no
 //!   sticky bit, so entries with one are fixed afterwards with
 //!   `xfs_db -x -c 'path …' -c 'write core.mode …'`. Names (and the tree's host
 //!   path) may not contain whitespace, `:` or `$`. mkfs.xfs 6.1 refuses

@@ -622,6 +622,7 @@ fn check_lvm(
     let pv = scratch.join(format!("pv-{offset}.img"));
     extract(raw, offset, 2 << 20, &pv)?;
     let dump = Command::new("pvck")
+        .env("LVM_SUPPRESS_FD_WARNINGS", "1")
         .args(["--dump", "metadata"])
         .arg(&pv)
         .output()?;

@@ -10,6 +10,7 @@
 
 pub mod dir;
 pub mod ext4;
+pub mod vfat;
 pub mod xfs;
 
 use std::io::Read;

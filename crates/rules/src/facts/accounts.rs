@@ -24,7 +24,9 @@ pub struct User {
 impl User {
     /// True if the shell lets the user log in interactively.
     pub fn has_login_shell(&self) -> bool {
-        !(self.shell.ends_with("/nologin") || self.shell.ends_with("/false") || self.shell.is_empty() && self.uid != 0)
+        !(self.shell.ends_with("/nologin")
+            || self.shell.ends_with("/false")
+            || self.shell.is_empty() && self.uid != 0)
     }
 }
 
@@ -54,7 +56,11 @@ pub enum PasswordState {
 pub fn password_state(field: &str) -> PasswordState {
     if field.is_empty() {
         PasswordState::Empty
-    } else if field.starts_with('!') || field.starts_with('*') || field == "x" || !field.starts_with('$') && field.len() != 13 {
+    } else if field.starts_with('!')
+        || field.starts_with('*')
+        || field == "x"
+        || !field.starts_with('$') && field.len() != 13
+    {
         // Traditional DES hashes are 13 characters; anything else that does
         // not start with `$` cannot be produced by crypt().
         PasswordState::Locked
@@ -109,7 +115,11 @@ pub fn load(cx: &Context) -> Accounts {
         acc.has_passwd = true;
         for (i, line) in text.lines().enumerate() {
             let f: Vec<&str> = line.split(':').collect();
-            if f.len() < 7 || line.starts_with('#') || line.starts_with('+') || line.starts_with('-') {
+            if f.len() < 7
+                || line.starts_with('#')
+                || line.starts_with('+')
+                || line.starts_with('-')
+            {
                 continue;
             }
             acc.users.push(User {

@@ -70,7 +70,11 @@ impl BootConfig {
         self.default_entry
             .or(self.grub_defaults)
             .and_then(|i| self.cmdlines.get(i))
-            .or_else(|| self.cmdlines.iter().find(|c| c.kind == SourceKind::KernelCmdline))
+            .or_else(|| {
+                self.cmdlines
+                    .iter()
+                    .find(|c| c.kind == SourceKind::KernelCmdline)
+            })
             .or_else(|| self.cmdlines.first())
     }
 }
@@ -116,21 +120,33 @@ pub fn arg_value(args: &str, key: &str) -> Option<String> {
 
 /// Shell-ish assignments of a `/etc/default/grub`-style file, expanding
 /// `$VAR` and `${VAR}` from earlier assignments.
-fn shell_assignments(text: &str, vars: &mut BTreeMap<String, (String, usize)>, line_of: &mut BTreeMap<String, usize>) {
+fn shell_assignments(
+    text: &str,
+    vars: &mut BTreeMap<String, (String, usize)>,
+    line_of: &mut BTreeMap<String, usize>,
+) {
     for (i, raw) in text.lines().enumerate() {
         let line = raw.trim();
         let line = line.strip_prefix("export ").unwrap_or(line);
         if line.starts_with('#') {
             continue;
         }
-        let Some((k, v)) = line.split_once('=') else { continue };
+        let Some((k, v)) = line.split_once('=') else {
+            continue;
+        };
         if !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || k.is_empty() {
             continue;
         }
         let v = v.trim();
-        let v = if let Some(inner) = v.strip_prefix('"').and_then(|s| s.rsplit_once('"').map(|(a, _)| a)) {
+        let v = if let Some(inner) = v
+            .strip_prefix('"')
+            .and_then(|s| s.rsplit_once('"').map(|(a, _)| a))
+        {
             expand(inner, vars)
-        } else if let Some(inner) = v.strip_prefix('\'').and_then(|s| s.rsplit_once('\'').map(|(a, _)| a)) {
+        } else if let Some(inner) = v
+            .strip_prefix('\'')
+            .and_then(|s| s.rsplit_once('\'').map(|(a, _)| a))
+        {
             inner.to_owned()
         } else {
             expand(v.split_whitespace().next().unwrap_or(""), vars)
@@ -195,11 +211,7 @@ fn parse_grub_cfg(path: &str, text: &str, out: &mut Vec<Cmdline>) -> Option<usiz
             default_sel = Some(v.trim_matches(|c| c == '"' || c == '\'').to_owned());
         }
         if line.starts_with("menuentry ") || line.starts_with("submenu ") {
-            let title = line
-                .split(['\'', '"'])
-                .nth(1)
-                .unwrap_or("")
-                .to_owned();
+            let title = line.split(['\'', '"']).nth(1).unwrap_or("").to_owned();
             if depth == 0 {
                 current_top = Some(top_index);
                 top_index += 1;
@@ -208,12 +220,10 @@ fn parse_grub_cfg(path: &str, text: &str, out: &mut Vec<Cmdline>) -> Option<usiz
         }
         let opens = line.matches('{').count();
         let closes = line.matches('}').count();
-        if let Some(rest) = line
-            .strip_prefix("linux ")
-            .or_else(|| line.strip_prefix("linuxefi "))
-            .or_else(|| line.strip_prefix("linux16 "))
-        {
-            let mut parts = rest.trim().splitn(2, char::is_whitespace);
+        let first = line.split_whitespace().next().unwrap_or("");
+        if matches!(first, "linux" | "linuxefi" | "linux16") {
+            let rest = line[first.len()..].trim();
+            let mut parts = rest.splitn(2, char::is_whitespace);
             let kernel = parts.next().map(str::to_owned);
             let args = parts.next().unwrap_or("").trim().to_owned();
             let title = titles.last().map(|(_, t)| t.clone()).unwrap_or_default();
@@ -288,12 +298,24 @@ pub fn load(cx: &Context) -> BootConfig {
             defaults_path.get_or_insert(p);
         }
     }
-    if defaults_path.is_some() && (vars.contains_key("GRUB_CMDLINE_LINUX") || vars.contains_key("GRUB_CMDLINE_LINUX_DEFAULT")) {
-        let linux = vars.get("GRUB_CMDLINE_LINUX").map(|v| v.0.clone()).unwrap_or_default();
-        let dflt = vars.get("GRUB_CMDLINE_LINUX_DEFAULT").map(|v| v.0.clone()).unwrap_or_default();
+    if defaults_path.is_some()
+        && (vars.contains_key("GRUB_CMDLINE_LINUX")
+            || vars.contains_key("GRUB_CMDLINE_LINUX_DEFAULT"))
+    {
+        let linux = vars
+            .get("GRUB_CMDLINE_LINUX")
+            .map(|v| v.0.clone())
+            .unwrap_or_default();
+        let dflt = vars
+            .get("GRUB_CMDLINE_LINUX_DEFAULT")
+            .map(|v| v.0.clone())
+            .unwrap_or_default();
         // Evidence points at the file and line that set the value that
         // matters most: the last assignment of either variable.
-        let key = if line_of.contains_key("GRUB_CMDLINE_LINUX_DEFAULT") && last_file_for.get("GRUB_CMDLINE_LINUX_DEFAULT") != Some(&"/etc/default/grub".to_string()) {
+        let key = if line_of.contains_key("GRUB_CMDLINE_LINUX_DEFAULT")
+            && last_file_for.get("GRUB_CMDLINE_LINUX_DEFAULT")
+                != Some(&"/etc/default/grub".to_string())
+        {
             "GRUB_CMDLINE_LINUX_DEFAULT"
         } else if line_of.contains_key("GRUB_CMDLINE_LINUX") {
             "GRUB_CMDLINE_LINUX"
@@ -302,7 +324,10 @@ pub fn load(cx: &Context) -> BootConfig {
         };
         bc.cmdlines.push(Cmdline {
             kind: SourceKind::GrubDefaults,
-            path: last_file_for.get(key).cloned().unwrap_or_else(|| "/etc/default/grub".into()),
+            path: last_file_for
+                .get(key)
+                .cloned()
+                .unwrap_or_else(|| "/etc/default/grub".into()),
             line: line_of.get(key).copied().unwrap_or(0),
             args: format!("{linux} {dflt}").trim().to_owned(),
             kernel: None,
@@ -311,27 +336,39 @@ pub fn load(cx: &Context) -> BootConfig {
     }
 
     // grub.cfg: the first one with menu entries decides.
-    let mut cfgs = vec!["/boot/grub/grub.cfg".to_owned(), "/boot/grub2/grub.cfg".to_owned()];
+    let mut cfgs = vec![
+        "/boot/grub/grub.cfg".to_owned(),
+        "/boot/grub2/grub.cfg".to_owned(),
+    ];
     for e in cx.list_dir("/boot/efi/EFI") {
         let vendor = String::from_utf8_lossy(&e.name).into_owned();
         cfgs.push(format!("/boot/efi/EFI/{vendor}/grub.cfg"));
     }
     let mut uses_bls = false;
     for cfg in &cfgs {
-        let Some(text) = cx.read_text(cfg) else { continue };
-        if text.lines().any(|l| l.trim() == "blscfg" || l.trim().starts_with("blscfg ")) {
+        let Some(text) = cx.read_text(cfg) else {
+            continue;
+        };
+        if text
+            .lines()
+            .any(|l| l.trim() == "blscfg" || l.trim().starts_with("blscfg "))
+        {
             uses_bls = true;
         }
-        if let Some(def) = parse_grub_cfg(cfg, &text, &mut bc.cmdlines) {
-            if bc.default_entry.is_none() {
-                bc.default_entry = Some(def);
-            }
+        if let Some(def) = parse_grub_cfg(cfg, &text, &mut bc.cmdlines)
+            && bc.default_entry.is_none()
+        {
+            bc.default_entry = Some(def);
         }
     }
 
     // BLS entries (RHEL 8+/Fedora), with $kernelopts from grubenv.
     let mut kernelopts = None;
-    for env in ["/boot/grub2/grubenv", "/boot/grub/grubenv", "/boot/efi/EFI/redhat/grubenv"] {
+    for env in [
+        "/boot/grub2/grubenv",
+        "/boot/grub/grubenv",
+        "/boot/efi/EFI/redhat/grubenv",
+    ] {
         if let Some(text) = cx.read_text(env) {
             for l in text.lines() {
                 if let Some(v) = l.strip_prefix("kernelopts=") {
@@ -347,7 +384,9 @@ pub fn load(cx: &Context) -> BootConfig {
             continue;
         }
         let p = format!("/boot/loader/entries/{name}");
-        let Some(text) = cx.read_text(&p) else { continue };
+        let Some(text) = cx.read_text(&p) else {
+            continue;
+        };
         let mut version = name.clone();
         let mut opts = None;
         let mut kernel = None;
@@ -360,16 +399,27 @@ pub fn load(cx: &Context) -> BootConfig {
                 version = v.trim().to_owned();
             }
             if let Some(v) = l.strip_prefix("options") {
-                let v = v.trim().replace("$kernelopts", kernelopts.as_deref().unwrap_or(""));
+                let v = v
+                    .trim()
+                    .replace("$kernelopts", kernelopts.as_deref().unwrap_or(""));
                 opts = Some((v, i + 1));
             }
         }
         if let Some((args, line)) = opts {
-            bls.push((version, Cmdline { kind: SourceKind::Bls, path: p, line, args, kernel: kernel.clone() }));
+            bls.push((
+                version,
+                Cmdline {
+                    kind: SourceKind::Bls,
+                    path: p,
+                    line,
+                    args,
+                    kernel: kernel.clone(),
+                },
+            ));
         }
     }
     // blscfg boots the newest entry (entries sort by version, descending).
-    bls.sort_by(|a, b| version_key(&b.0).cmp(&version_key(&a.0)));
+    bls.sort_by_key(|b| std::cmp::Reverse(version_key(&b.0)));
     let first_bls = bc.cmdlines.len();
     let has_bls = !bls.is_empty();
     bc.cmdlines.extend(bls.into_iter().map(|(_, c)| c));
@@ -386,7 +436,11 @@ pub fn load(cx: &Context) -> BootConfig {
             kernel: None,
         });
     }
-    for p in ["/boot/extlinux/extlinux.conf", "/boot/syslinux/syslinux.cfg", "/extlinux.conf"] {
+    for p in [
+        "/boot/extlinux/extlinux.conf",
+        "/boot/syslinux/syslinux.cfg",
+        "/extlinux.conf",
+    ] {
         if let Some(text) = cx.read_text(p) {
             for (i, l) in text.lines().enumerate() {
                 let t = l.trim();
@@ -414,7 +468,10 @@ mod tests {
 
     #[test]
     fn consoles_in_order() {
-        assert_eq!(consoles("ro console=tty0 quiet console=ttyS0,115200"), vec!["tty0", "ttyS0,115200"]);
+        assert_eq!(
+            consoles("ro console=tty0 quiet console=ttyS0,115200"),
+            vec!["tty0", "ttyS0,115200"]
+        );
         assert_eq!(arg_value("a=1 b=2 a=3", "a").as_deref(), Some("3"));
     }
 

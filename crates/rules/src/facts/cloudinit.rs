@@ -69,9 +69,15 @@ pub fn load(cx: &Context) -> CloudConfig {
         .filter(|n| n.ends_with(".cfg"))
         .collect();
     dropins.sort();
-    paths.extend(dropins.into_iter().map(|n| format!("/etc/cloud/cloud.cfg.d/{n}")));
+    paths.extend(
+        dropins
+            .into_iter()
+            .map(|n| format!("/etc/cloud/cloud.cfg.d/{n}")),
+    );
     for p in paths {
-        let Some(text) = cx.read_text(&p) else { continue };
+        let Some(text) = cx.read_text(&p) else {
+            continue;
+        };
         cc.files.push(p.clone());
         if text.trim().is_empty() {
             continue;
@@ -85,7 +91,9 @@ pub fn load(cx: &Context) -> CloudConfig {
             }
             Ok(Value::Null) => {}
             Ok(_) => cc.errors.push((p, "top level is not a mapping".into())),
-            Err(e) => cc.errors.push((p, e.to_string().lines().next().unwrap_or("").to_owned())),
+            Err(e) => cc
+                .errors
+                .push((p, e.to_string().lines().next().unwrap_or("").to_owned())),
         }
     }
     cc

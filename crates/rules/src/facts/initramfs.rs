@@ -44,6 +44,8 @@ pub struct Initramfs {
     pub files: usize,
     /// Kernel versions with a `lib/modules/<version>/` directory inside.
     pub versions: BTreeSet<String>,
+    /// Bytes of cpio data read (all segments decompressed).
+    pub bytes: u64,
 }
 
 impl Initramfs {
@@ -57,6 +59,11 @@ impl Initramfs {
 /// could not be read is in [`Initramfs::error`], with everything read before
 /// the problem still listed.
 pub fn load(guest: &Guest, path: &str) -> Initramfs {
+    load_with(guest, path, &DEFAULT_LIMITS)
+}
+
+/// [`load`] with other limits.
+pub fn load_with(guest: &Guest, path: &str, limits: &Limits) -> Initramfs {
     let mut out = Initramfs {
         path: path.to_owned(),
         ..Initramfs::default()
@@ -72,12 +79,13 @@ pub fn load(guest: &Guest, path: &str) -> Initramfs {
             return out;
         }
     };
-    let (listing, err) = scan_partial(reader, &Limits::default());
+    let (listing, err) = scan_partial(reader, limits);
     out.modules = listing.modules;
     out.builtin = listing.builtin;
     out.compression = listing.compression;
     out.files = listing.files;
     out.versions = listing.versions;
+    out.bytes = listing.bytes;
     out.error = err.map(|e| format!("{path}: {e}"));
     out
 }
@@ -466,7 +474,12 @@ fn kind_name(k: Kind) -> &'static str {
 }
 
 fn hex_preview(bytes: &[u8]) -> String {
-    bytes.iter().take(8).map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ")
+    bytes
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Memory allowed to the xz/lzma decoders (xz -9 needs about 65 MiB).
@@ -529,35 +542,20 @@ fn scan_outer<R: Read>(outer: &mut Peek<R>, st: &mut State) -> Result<(), Initra
             st.listing.compression.push(name.to_owned());
         }
         let r = match kind {
-            Kind::Cpio => archive(outer, st).map_err(|f| match f {
-                Fail::Io(off, e) => InitramfsError::Io {
-                    at: Location {
-                        offset: off,
-                        inner: None,
-                    },
-                    source: e,
-                },
-                Fail::Bad(off, what) => InitramfsError::Corrupt {
-                    at: Location {
-                        offset: off,
-                        inner: None,
-                    },
-                    what,
-                },
-                Fail::TooMany(off) => InitramfsError::TooMany {
-                    at: Location {
-                        offset: off,
-                        inner: None,
-                    },
-                    limit: st.limits.max_entries,
-                    what: "archive members",
-                },
-            }),
+            Kind::Cpio => {
+                let before = outer.pos;
+                let r = archive(outer, st);
+                st.listing.bytes = st.listing.bytes.saturating_add(outer.pos - before);
+                r.map_err(|f| plain_error(f, st.limits.max_entries))
+            }
             Kind::OldCpio => Err(InitramfsError::Corrupt {
                 at: loc,
                 what: "old-format (070707) cpio archive, which the kernel does not accept".into(),
             }),
-            Kind::Bzip2 | Kind::Lzo => Err(InitramfsError::Unsupported { at: loc, format: name }),
+            Kind::Bzip2 | Kind::Lzo => Err(InitramfsError::Unsupported {
+                at: loc,
+                format: name,
+            }),
             Kind::Gzip => decoded(flate2::bufread::GzDecoder::new(&mut *outer), st, at, name),
             Kind::Zstd => match zstd::stream::read::Decoder::with_buffer(&mut *outer) {
                 Ok(d) => decoded(d.single_frame(), st, at, name),
@@ -592,11 +590,43 @@ fn scan_outer<R: Read>(outer: &mut Peek<R>, st: &mut State) -> Result<(), Initra
             return Err(too_large(max_input));
         }
         r?;
+        if outer.pos == at {
+            // Never loop on a decoder that consumed nothing.
+            return Err(InitramfsError::Corrupt {
+                at: loc,
+                what: format!("empty {name} segment"),
+            });
+        }
+    }
+}
+
+/// A problem in an uncompressed segment, located in the file.
+fn plain_error(f: Fail, max_entries: usize) -> InitramfsError {
+    let at = |offset| Location {
+        offset,
+        inner: None,
+    };
+    match f {
+        Fail::Io(off, source) => InitramfsError::Io {
+            at: at(off),
+            source,
+        },
+        Fail::Bad(off, what) => InitramfsError::Corrupt { at: at(off), what },
+        Fail::TooMany(off) => InitramfsError::TooMany {
+            at: at(off),
+            limit: max_entries,
+            what: "archive members",
+        },
     }
 }
 
 /// Read one compressed segment's content: cpio archives and NUL padding.
-fn decoded<D: Read>(dec: D, st: &mut State, at: u64, format: &'static str) -> Result<(), InitramfsError> {
+fn decoded<D: Read>(
+    dec: D,
+    st: &mut State,
+    at: u64,
+    format: &'static str,
+) -> Result<(), InitramfsError> {
     let budget = st.limits.max_decompressed.saturating_sub(st.listing.bytes);
     let mut src = Peek::new(dec, budget);
     let r = archives(&mut src, st);
@@ -643,7 +673,10 @@ fn archives<R: Read>(src: &mut Peek<R>, st: &mut State) -> Result<(), Fail> {
             }
             _ => {
                 let preview = hex_preview(head);
-                return Err(Fail::Bad(at, format!("not a cpio archive (bytes {preview})")));
+                return Err(Fail::Bad(
+                    at,
+                    format!("not a cpio archive (bytes {preview})"),
+                ));
             }
         }
     }
@@ -654,8 +687,19 @@ fn archives<R: Read>(src: &mut Peek<R>, st: &mut State) -> Result<(), Fail> {
 
 const HEADER_LEN: usize = 110;
 const FIELDS: [&str; 13] = [
-    "ino", "mode", "uid", "gid", "nlink", "mtime", "filesize", "devmajor", "devminor", "rdevmajor", "rdevminor",
-    "namesize", "check",
+    "ino",
+    "mode",
+    "uid",
+    "gid",
+    "nlink",
+    "mtime",
+    "filesize",
+    "devmajor",
+    "devminor",
+    "rdevmajor",
+    "rdevminor",
+    "namesize",
+    "check",
 ];
 const S_IFMT: u32 = 0o170_000;
 const S_IFREG: u32 = 0o100_000;
@@ -725,15 +769,32 @@ fn archive<R: Read>(src: &mut Peek<R>, st: &mut State) -> Result<(), Fail> {
         let name_at = src.pos;
         st.name.clear();
         st.name.resize(namesize, 0);
-        if !src.read_full(&mut st.name).map_err(|e| Fail::Io(name_at, e))? {
-            return Err(Fail::Bad(name_at, "truncated: the archive ends inside a member name".into()));
+        if !src
+            .read_full(&mut st.name)
+            .map_err(|e| Fail::Io(name_at, e))?
+        {
+            return Err(Fail::Bad(
+                name_at,
+                "truncated: the archive ends inside a member name".into(),
+            ));
         }
         if st.name.last() != Some(&0) {
-            return Err(Fail::Bad(name_at, "cpio member name is not NUL-terminated".into()));
+            return Err(Fail::Bad(
+                name_at,
+                "cpio member name is not NUL-terminated".into(),
+            ));
         }
-        let name_end = st.name.iter().position(|&b| b == 0).unwrap_or(st.name.len());
+        let name_end = st
+            .name
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(st.name.len());
         st.name.truncate(name_end);
-        skip_exact(src, pad4((HEADER_LEN + namesize) as u64), "member name padding")?;
+        skip_exact(
+            src,
+            pad4((HEADER_LEN + namesize) as u64),
+            "member name padding",
+        )?;
         if st.name == b"TRAILER!!!" {
             skip_exact(src, filesize.saturating_add(pad4(filesize)), "trailer data")?;
             return Ok(());
@@ -753,21 +814,33 @@ fn archive<R: Read>(src: &mut Peek<R>, st: &mut State) -> Result<(), Fail> {
                 // `filesize` is capped just above, so this fits.
                 let mut text = vec![0u8; usize::try_from(filesize).unwrap_or(0)];
                 if !src.read_full(&mut text).map_err(|e| Fail::Io(data_at, e))? {
-                    return Err(Fail::Bad(data_at, format!("truncated: the archive ends inside {path}")));
+                    return Err(Fail::Bad(
+                        data_at,
+                        format!("truncated: the archive ends inside {path}"),
+                    ));
                 }
-                st.listing.builtin.extend(parse_builtin(&String::from_utf8_lossy(&text)));
+                st.listing
+                    .builtin
+                    .extend(parse_builtin(&String::from_utf8_lossy(&text)));
                 consumed = true;
             }
         }
-        if (is_file || is_link) && let Some(module) = module_name(path) {
-            st.listing.modules.entry(module).or_insert_with(|| path.to_owned());
+        if (is_file || is_link)
+            && let Some(module) = module_name(path)
+        {
+            st.listing
+                .modules
+                .entry(module)
+                .or_insert_with(|| path.to_owned());
         }
         if !consumed {
             let got = src.skip(filesize).map_err(|e| Fail::Io(data_at, e))?;
             if got < filesize {
                 return Err(Fail::Bad(
                     data_at,
-                    format!("truncated: {path} claims {filesize} bytes, the archive ends after {got}"),
+                    format!(
+                        "truncated: {path} claims {filesize} bytes, the archive ends after {got}"
+                    ),
                 ));
             }
         }
@@ -779,7 +852,10 @@ fn skip_exact<R: Read>(src: &mut Peek<R>, n: u64, what: &str) -> Result<(), Fail
     let at = src.pos;
     let got = src.skip(n).map_err(|e| Fail::Io(at, e))?;
     if got < n {
-        return Err(Fail::Bad(at, format!("truncated: the archive ends inside the {what}")));
+        return Err(Fail::Bad(
+            at,
+            format!("truncated: the archive ends inside the {what}"),
+        ));
     }
     Ok(())
 }
@@ -826,7 +902,10 @@ pub fn normalise_module(name: &str) -> String {
 
 /// Module names listed in a `modules.builtin` file (one path a line).
 pub fn parse_builtin(text: &str) -> impl Iterator<Item = String> + '_ {
-    text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).filter_map(module_name)
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(module_name)
 }
 
 // ---------------------------------------------------------------------------
@@ -867,10 +946,16 @@ impl<B: BufRead> Read for XzRead<B> {
                 return Ok(produced);
             }
             if eof {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "truncated stream"));
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "truncated stream",
+                ));
             }
             if consumed == 0 {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, "decoder made no progress"));
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "decoder made no progress",
+                ));
             }
         }
     }
@@ -917,7 +1002,10 @@ impl<'a, R: Read> Lz4Legacy<'a, R> {
                 if head.iter().all(|&b| b == 0) {
                     return Ok(false);
                 }
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "truncated lz4 block size"));
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "truncated lz4 block size",
+                ));
             }
             let head = [head[0], head[1], head[2], head[3]];
             if head == LZ4_LEGACY_MAGIC {
@@ -929,15 +1017,21 @@ impl<'a, R: Read> Lz4Legacy<'a, R> {
                 return Ok(false);
             }
             self.inner.consume(4);
-            self.block.resize(size, 0);
-            if !self.inner.read_full(&mut self.block)? {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "truncated lz4 block"));
+            // Allocated zeroed once (calloc: cheap), never resized.
+            if self.block.is_empty() {
+                self.block = vec![0; LZ4_LEGACY_BOUND];
+                self.out = vec![0; LZ4_LEGACY_BLOCK];
             }
-            if self.out.len() < LZ4_LEGACY_BLOCK {
-                self.out.resize(LZ4_LEGACY_BLOCK, 0);
+            let block = &mut self.block[..size];
+            if !self.inner.read_full(block)? {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "truncated lz4 block",
+                ));
             }
-            let n = lz4_flex::block::decompress_into(&self.block, &mut self.out)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("lz4 block: {e}")))?;
+            let n = lz4_flex::block::decompress_into(block, &mut self.out).map_err(|e| {
+                io::Error::new(io::ErrorKind::InvalidData, format!("lz4 block: {e}"))
+            })?;
             self.out_pos = 0;
             self.out_len = n;
             if n > 0 {

@@ -9,8 +9,10 @@
 //!   Fedora and RHEL keep it);
 //! - built-in modules: `<modules dir>/modules.builtin`;
 //! - loadable modules: the module paths `modules.dep` names (depmod writes
-//!   one line per module it found, so no directory walk is needed), else a
-//!   bounded walk of the modules directory;
+//!   one line per module it found, and it is what `modprobe` goes by, so no
+//!   directory walk is needed; the files of the virtio modules are checked
+//!   to exist, the others are trusted), else (no or an empty `modules.dep`)
+//!   a bounded walk of the modules directory;
 //! - initramfs: `/boot/initrd.img-<v>` (Debian, Ubuntu),
 //!   `/boot/initramfs-<v>.img` (RHEL family, Arch), `/boot/initrd-<v>` (SUSE,
 //!   Alt), a Boot Loader Spec entry's `initrd`, or a version-less link
@@ -23,10 +25,12 @@
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
 
-use ibkit_image::fs::FileKind;
 use ibkit_image::Guest;
+use ibkit_image::fs::FileKind;
 
-use crate::facts::initramfs::{self, module_name, normalise_module, parse_builtin, MODULE_SUFFIXES};
+use crate::facts::initramfs::{
+    self, MODULE_SUFFIXES, module_name, normalise_module, parse_builtin,
+};
 
 /// One installed kernel.
 #[derive(Clone, Debug, Default)]
@@ -48,6 +52,11 @@ pub struct Kernel {
     /// Guest path of the kernel image (`/boot/vmlinuz-<version>`, or
     /// `<modules dir>/vmlinuz`).
     pub image: Option<String>,
+    /// The version written inside the image (x86 bzImage header), when it
+    /// could be read. It differs from [`Kernel::version`] for images named
+    /// otherwise (`vmlinuz-0-rescue-<machine-id>` on RHEL, which is a copy
+    /// of an installed kernel: its config and modules are that kernel's).
+    pub image_version: Option<String>,
     /// Guest path of the modules directory (`/lib/modules/<version>`).
     pub modules_dir: Option<String>,
     /// Guest path of `modules.builtin`, if read.
@@ -92,7 +101,9 @@ impl Kernel {
     pub fn driver(&self, module: &str, config_symbol: &str) -> DriverState {
         let module = normalise_module(module);
         if !config_symbol.is_empty() && self.config_value(config_symbol) == Some("y") {
-            let symbol = config_symbol.strip_prefix("CONFIG_").unwrap_or(config_symbol);
+            let symbol = config_symbol
+                .strip_prefix("CONFIG_")
+                .unwrap_or(config_symbol);
             let path = self.config_path.as_deref().unwrap_or("the kernel config");
             return DriverState::BuiltIn(format!("CONFIG_{symbol}=y in {path}"));
         }
@@ -187,7 +198,10 @@ pub fn parse_config(text: &str) -> BTreeMap<String, String> {
         if let Some((k, v)) = line.split_once('=')
             && k.starts_with("CONFIG_")
         {
-            let v = v.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(v);
+            let v = v
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .unwrap_or(v);
             out.insert(k.to_owned(), v.to_owned());
         }
     }
@@ -202,10 +216,22 @@ const DEP_CAP: u64 = 32 << 20;
 const WALK_MAX_DEPTH: usize = 16;
 /// Most directory entries the walk looks at.
 const WALK_MAX_ENTRIES: usize = 200_000;
+/// Most directory entries walked for all kernels together.
+const WALK_BUDGET: usize = 500_000;
+/// Most initramfs bytes decompressed for all kernels together.
+const INITRAMFS_BUDGET: u64 = 4 << 30;
+
 /// Most kernels considered.
 const MAX_KERNELS: usize = 64;
 /// Most BLS entries read.
 const MAX_BLS: usize = 256;
+
+/// What one [`load`] may still spend, so that a hostile image with many
+/// kernels cannot multiply the per-kernel bounds.
+struct Budget {
+    walk_entries: usize,
+    initramfs_bytes: u64,
+}
 
 /// Read every installed kernel, sorted by version (oldest first).
 pub fn load(guest: &Guest) -> Vec<Kernel> {
@@ -225,7 +251,9 @@ pub fn load(guest: &Guest) -> Vec<Kernel> {
             }
         };
         for entry in entries {
-            if !matches!(entry.kind, FileKind::Dir | FileKind::Symlink) || found.len() >= MAX_KERNELS {
+            if !matches!(entry.kind, FileKind::Dir | FileKind::Symlink)
+                || found.len() >= MAX_KERNELS
+            {
                 continue;
             }
             let Ok(version) = String::from_utf8(entry.name.clone()) else {
@@ -244,7 +272,9 @@ pub fn load(guest: &Guest) -> Vec<Kernel> {
                 ..Kernel::default()
             });
             if k.modules_dir.is_some() {
-                k.problems.push(format!("{dir} is a second modules directory for {version}: ignored"));
+                k.problems.push(format!(
+                    "{dir} is a second modules directory for {version}: ignored"
+                ));
                 continue;
             }
             k.modules_dir = Some(dir.clone());
@@ -272,18 +302,22 @@ pub fn load(guest: &Guest) -> Vec<Kernel> {
         .filter_map(|e| String::from_utf8(e.name.clone()).ok())
         .collect();
     for name in &boot_names {
-        let rest = name
-            .strip_prefix("vmlinuz-")
-            .or_else(|| name.strip_prefix("vmlinux-").map(|r| r.strip_suffix(".gz").unwrap_or(r)));
+        let rest = name.strip_prefix("vmlinuz-").or_else(|| {
+            name.strip_prefix("vmlinux-")
+                .map(|r| r.strip_suffix(".gz").unwrap_or(r))
+        });
         let Some(rest) = rest.filter(|r| !r.is_empty()) else {
             continue;
         };
-        let path = format!("/boot/{name}");
-        if !guest.is_file(&path) {
+        let version = pkgbase
+            .get(rest)
+            .cloned()
+            .unwrap_or_else(|| rest.to_owned());
+        if !found.contains_key(&version) && found.len() >= MAX_KERNELS {
             continue;
         }
-        let version = pkgbase.get(rest).cloned().unwrap_or_else(|| rest.to_owned());
-        if !found.contains_key(&version) && found.len() >= MAX_KERNELS {
+        let path = format!("/boot/{name}");
+        if !guest.is_file(&path) {
             continue;
         }
         let k = found.entry(version.clone()).or_insert_with(|| Kernel {
@@ -316,9 +350,27 @@ pub fn load(guest: &Guest) -> Vec<Kernel> {
         }
     }
 
+    let dirs: BTreeMap<String, String> = found
+        .iter()
+        .filter_map(|(v, k)| k.modules_dir.clone().map(|d| (v.clone(), d)))
+        .collect();
+    let mut budget = Budget {
+        walk_entries: WALK_BUDGET,
+        initramfs_bytes: INITRAMFS_BUDGET,
+    };
     let mut kernels = Vec::new();
     for (_, mut k) in found {
-        fill(guest, &mut k, &pkgbase, &bls);
+        if let Some(image) = &k.image {
+            k.image_version = image_version(guest, image);
+        }
+        // An image named otherwise (a rescue copy) uses the modules of the
+        // version inside it.
+        if k.modules_dir.is_none()
+            && let Some(v) = &k.image_version
+        {
+            k.modules_dir = dirs.get(v).cloned();
+        }
+        fill(guest, &mut k, &pkgbase, &bls, &mut budget);
         let empty = k.image.is_none()
             && k.config_path.is_none()
             && k.builtin_path.is_none()
@@ -330,10 +382,44 @@ pub fn load(guest: &Guest) -> Vec<Kernel> {
         kernels.push(k);
     }
     kernels.sort_by(|a, b| compare_versions(&a.version, &b.version));
-    if let Some(first) = kernels.first_mut() {
-        first.problems.extend(problems_all);
+    // Problems finding kernels concern all of them.
+    for k in &mut kernels {
+        k.problems.extend(problems_all.iter().cloned());
     }
     kernels
+}
+
+/// The version string of an x86 bzImage: the setup header (`HdrS` at
+/// 0x202) points at it through the `kernel_version` field (0x20e, plus
+/// 0x200); it reads `6.1.0-13-amd64 (debian-kernel@…) #1 SMP …`.
+pub fn image_version(guest: &Guest, path: &str) -> Option<String> {
+    let head = guest.read_head(path, 0x1_0000).ok()??;
+    bzimage_version(&head)
+}
+
+/// [`image_version`] on the first bytes of an image.
+pub fn bzimage_version(head: &[u8]) -> Option<String> {
+    if head.get(0x202..0x206)? != b"HdrS" {
+        return None;
+    }
+    let protocol = u16::from_le_bytes([*head.get(0x206)?, *head.get(0x207)?]);
+    if protocol < 0x0200 {
+        return None;
+    }
+    let ptr = u16::from_le_bytes([*head.get(0x20e)?, *head.get(0x20f)?]);
+    if ptr == 0 {
+        return None;
+    }
+    let start = usize::from(ptr) + 0x200;
+    let text = head.get(start..)?;
+    let end = text
+        .iter()
+        .position(|&b| b == 0 || b == b' ')
+        .unwrap_or(text.len())
+        .min(256);
+    let v = std::str::from_utf8(&text[..end]).ok()?;
+    let ok = !v.is_empty() && v.bytes().all(|b| b.is_ascii_graphic());
+    ok.then(|| v.to_owned())
 }
 
 fn read_text(guest: &Guest, path: &str, cap: u64, problems: &mut Vec<String>) -> Option<String> {
@@ -348,7 +434,13 @@ fn read_text(guest: &Guest, path: &str, cap: u64, problems: &mut Vec<String>) ->
 }
 
 /// Config, modules, initramfs of one kernel.
-fn fill(guest: &Guest, k: &mut Kernel, pkgbase: &BTreeMap<String, String>, bls: &[BlsEntry]) {
+fn fill(
+    guest: &Guest,
+    k: &mut Kernel,
+    pkgbase: &BTreeMap<String, String>,
+    bls: &[BlsEntry],
+    budget: &mut Budget,
+) {
     let ver = k.version.clone();
     let dir = k.modules_dir.clone();
     let mut problems = Vec::new();
@@ -358,11 +450,15 @@ fn fill(guest: &Guest, k: &mut Kernel, pkgbase: &BTreeMap<String, String>, bls: 
     {
         let p = format!("{dir}/vmlinuz");
         if guest.is_file(&p) {
+            k.image_version = image_version(guest, &p);
             k.image = Some(p);
         }
     }
 
     let mut config_paths = vec![format!("/boot/config-{ver}")];
+    if let Some(iv) = k.image_version.as_ref().filter(|iv| **iv != ver) {
+        config_paths.push(format!("/boot/config-{iv}"));
+    }
     if let Some(dir) = &dir {
         config_paths.push(format!("{dir}/config"));
     }
@@ -381,19 +477,58 @@ fn fill(guest: &Guest, k: &mut Kernel, pkgbase: &BTreeMap<String, String>, bls: 
             k.builtin_path = Some(p);
         }
         let dep = format!("{dir}/modules.dep");
-        if let Some(text) = read_text(guest, &dep, DEP_CAP, &mut problems) {
-            k.modules = modules_from_dep(dir, &text);
+        // An empty modules.dep (depmod failed or was cut short) says
+        // nothing about the files: walk then.
+        let listed = read_text(guest, &dep, DEP_CAP, &mut problems)
+            .map(|text| modules_from_dep(dir, &text))
+            .filter(|m| !m.is_empty());
+        if let Some(modules) = listed {
+            k.modules = modules;
             k.modules_source = Some(dep);
+            // Trust depmod's list, but make sure the files the rules ask
+            // about were not deleted after it ran (a stat each; checking all
+            // of them would cost more than walking).
+            k.modules.retain(|name, path| {
+                if !checked_module(name) || guest.is_file(path.as_str()) {
+                    return true;
+                }
+                problems.push(format!("modules.dep lists {path}, which is missing"));
+                false
+            });
         } else {
-            k.modules = walk_modules(guest, dir, &mut problems);
+            k.modules = walk_modules(guest, dir, &mut budget.walk_entries, &mut problems);
             k.modules_source = Some(format!("walk of {dir}"));
         }
     }
 
     if let Some(path) = initramfs_path(guest, &ver, pkgbase, bls) {
-        k.initramfs = Some(initramfs::load(guest, &path));
+        k.initramfs = Some(if budget.initramfs_bytes == 0 {
+            initramfs::Initramfs {
+                error: Some(format!(
+                    "{path}: not read: the initramfs of other kernels used up the {INITRAMFS_BUDGET}-byte budget"
+                )),
+                path,
+                ..Default::default()
+            }
+        } else {
+            let limits = initramfs::Limits {
+                max_decompressed: initramfs::DEFAULT_LIMITS
+                    .max_decompressed
+                    .min(budget.initramfs_bytes),
+                ..initramfs::DEFAULT_LIMITS
+            };
+            let init = initramfs::load_with(guest, &path, &limits);
+            budget.initramfs_bytes = budget.initramfs_bytes.saturating_sub(init.bytes);
+            init
+        });
     }
     k.problems.extend(problems);
+}
+
+/// Modules whose files are checked when `modules.dep` names them: the
+/// virtio family and what virtiofs and virtio_net depend on.
+fn checked_module(name: &str) -> bool {
+    name.starts_with("virtio") || matches!(name, "fuse" | "failover" | "net_failover")
 }
 
 /// Lower is preferred when two files provide the same module: depmod's
@@ -435,7 +570,10 @@ pub fn modules_from_dep(dir: &str, text: &str) -> BTreeMap<String, String> {
         }
         let (rel, full) = match path.strip_prefix('/') {
             Some(_) => {
-                let rel = path.strip_prefix(dir).map(|r| r.trim_start_matches('/')).unwrap_or(path);
+                let rel = path
+                    .strip_prefix(dir)
+                    .map(|r| r.trim_start_matches('/'))
+                    .unwrap_or(path);
                 (rel, path.to_owned())
             }
             None => (path, format!("{dir}/{path}")),
@@ -447,9 +585,15 @@ pub fn modules_from_dep(dir: &str, text: &str) -> BTreeMap<String, String> {
 
 /// Every module file below `dir`, bounded in depth and entries; only real
 /// directories are entered (not `build` and `source`, which link to headers).
-fn walk_modules(guest: &Guest, dir: &str, problems: &mut Vec<String>) -> BTreeMap<String, String> {
+fn walk_modules(
+    guest: &Guest,
+    dir: &str,
+    budget: &mut usize,
+    problems: &mut Vec<String>,
+) -> BTreeMap<String, String> {
     let mut modules = BTreeMap::new();
     let mut stack: Vec<(String, usize)> = vec![(String::new(), 0)];
+    let limit = WALK_MAX_ENTRIES.min(*budget);
     let mut seen = 0usize;
     while let Some((rel, depth)) = stack.pop() {
         let path = if rel.is_empty() {
@@ -467,9 +611,10 @@ fn walk_modules(guest: &Guest, dir: &str, problems: &mut Vec<String>) -> BTreeMa
         };
         for e in entries {
             seen += 1;
-            if seen > WALK_MAX_ENTRIES {
+            if seen > limit {
+                *budget = budget.saturating_sub(seen);
                 problems.push(format!(
-                    "{dir}: more than {WALK_MAX_ENTRIES} entries, module list incomplete"
+                    "{dir}: more than {limit} entries, module list incomplete"
                 ));
                 return modules.into_iter().map(|(k, (_, p))| (k, p)).collect();
             }
@@ -483,8 +628,12 @@ fn walk_modules(guest: &Guest, dir: &str, problems: &mut Vec<String>) -> BTreeMa
             };
             match e.kind {
                 FileKind::Dir if depth < WALK_MAX_DEPTH => stack.push((child, depth + 1)),
-                FileKind::Dir => problems.push(format!("{dir}/{child}: deeper than {WALK_MAX_DEPTH}, not walked")),
-                FileKind::File | FileKind::Symlink if MODULE_SUFFIXES.iter().any(|s| name.ends_with(s)) => {
+                FileKind::Dir => problems.push(format!(
+                    "{dir}/{child}: deeper than {WALK_MAX_DEPTH}, not walked"
+                )),
+                FileKind::File | FileKind::Symlink
+                    if MODULE_SUFFIXES.iter().any(|s| name.ends_with(s)) =>
+                {
                     let full = format!("{dir}/{child}");
                     add_module(&mut modules, &child, full);
                 }
@@ -492,11 +641,17 @@ fn walk_modules(guest: &Guest, dir: &str, problems: &mut Vec<String>) -> BTreeMa
             }
         }
     }
+    *budget = budget.saturating_sub(seen);
     modules.into_iter().map(|(k, (_, p))| (k, p)).collect()
 }
 
 /// The initramfs for `ver`, if one exists.
-fn initramfs_path(guest: &Guest, ver: &str, pkgbase: &BTreeMap<String, String>, bls: &[BlsEntry]) -> Option<String> {
+fn initramfs_path(
+    guest: &Guest,
+    ver: &str,
+    pkgbase: &BTreeMap<String, String>,
+    bls: &[BlsEntry],
+) -> Option<String> {
     let mut candidates = vec![
         format!("/boot/initrd.img-{ver}"),
         format!("/boot/initramfs-{ver}.img"),
@@ -520,7 +675,12 @@ fn initramfs_path(guest: &Guest, ver: &str, pkgbase: &BTreeMap<String, String>, 
         return Some(p);
     }
     // Version-less links, when they point at a file named for this version.
-    for p in ["/boot/initrd.img", "/initrd.img", "/boot/initrd", "/boot/initramfs.img"] {
+    for p in [
+        "/boot/initrd.img",
+        "/initrd.img",
+        "/boot/initrd",
+        "/boot/initramfs.img",
+    ] {
         let Ok(r) = guest.resolve(p, true) else {
             continue;
         };
@@ -552,7 +712,11 @@ fn bls_path(guest: &Guest, p: &str) -> Option<String> {
     if p.is_empty() || p.starts_with('$') {
         return None;
     }
-    let p = if p.starts_with('/') { p.to_owned() } else { format!("/{p}") };
+    let p = if p.starts_with('/') {
+        p.to_owned()
+    } else {
+        format!("/{p}")
+    };
     let mut options = Vec::new();
     if !p.starts_with("/boot/") {
         options.push(format!("/boot{p}"));

@@ -20,7 +20,10 @@ impl OsRelease {
     }
     /// `ID` plus `ID_LIKE`, lowercase.
     pub fn ids(&self) -> Vec<String> {
-        let mut ids: Vec<String> = self.get("ID").map(|s| vec![s.to_lowercase()]).unwrap_or_default();
+        let mut ids: Vec<String> = self
+            .get("ID")
+            .map(|s| vec![s.to_lowercase()])
+            .unwrap_or_default();
         if let Some(like) = self.get("ID_LIKE") {
             ids.extend(like.split_whitespace().map(str::to_lowercase));
         }
@@ -28,16 +31,27 @@ impl OsRelease {
     }
     /// True for Debian, Ubuntu, Astra and friends.
     pub fn is_debian_like(&self) -> bool {
-        self.ids().iter().any(|i| matches!(i.as_str(), "debian" | "ubuntu" | "astra"))
+        self.ids()
+            .iter()
+            .any(|i| matches!(i.as_str(), "debian" | "ubuntu" | "astra"))
     }
     /// True for RHEL, CentOS, AlmaLinux, Rocky, Fedora, RedOS.
     pub fn is_rhel_like(&self) -> bool {
-        self.ids().iter().any(|i| matches!(i.as_str(), "rhel" | "centos" | "fedora" | "almalinux" | "rocky" | "redos"))
+        self.ids().iter().any(|i| {
+            matches!(
+                i.as_str(),
+                "rhel" | "centos" | "fedora" | "almalinux" | "rocky" | "redos"
+            )
+        })
     }
     /// `PRETTY_NAME`, or `NAME VERSION`.
     pub fn pretty_name(&self) -> Option<String> {
         self.get("PRETTY_NAME").map(str::to_owned).or_else(|| {
-            self.get("NAME").map(|n| format!("{n} {}", self.get("VERSION").unwrap_or("")).trim().to_owned())
+            self.get("NAME").map(|n| {
+                format!("{n} {}", self.get("VERSION").unwrap_or(""))
+                    .trim()
+                    .to_owned()
+            })
         })
     }
 }
@@ -52,8 +66,14 @@ pub fn parse(text: &str) -> BTreeMap<String, String> {
         }
         if let Some((k, v)) = line.split_once('=') {
             let v = v.trim();
-            let v = v.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(v);
-            let v = v.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')).unwrap_or(v);
+            let v = v
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .unwrap_or(v);
+            let v = v
+                .strip_prefix('\'')
+                .and_then(|v| v.strip_suffix('\''))
+                .unwrap_or(v);
             out.insert(k.trim().to_owned(), v.to_owned());
         }
     }

@@ -27,7 +27,7 @@ use std::collections::BTreeMap;
 
 use ibkit_image::Guest;
 
-pub use dpkg::{parse_status as parse_dpkg_status, ON_DISK_STATES};
+pub use dpkg::{ON_DISK_STATES, parse_status as parse_dpkg_status};
 pub use rpmhdr::parse_header as parse_rpm_header;
 
 /// Largest RPM database file read (RHEL 9's is 10-30 MB, big hosts ~200 MB).
@@ -40,11 +40,17 @@ pub const DPKG_STATUS: &str = "/var/lib/dpkg/status";
 /// dpkg's journal of status changes not yet merged into `status`.
 pub const DPKG_UPDATES: &str = "/var/lib/dpkg/updates";
 /// RPM sqlite databases, in order of preference.
-pub const RPM_SQLITE_PATHS: [&str; 2] = ["/var/lib/rpm/rpmdb.sqlite", "/usr/lib/sysimage/rpm/rpmdb.sqlite"];
+pub const RPM_SQLITE_PATHS: [&str; 2] = [
+    "/var/lib/rpm/rpmdb.sqlite",
+    "/usr/lib/sysimage/rpm/rpmdb.sqlite",
+];
 /// RPM BerkeleyDB `Packages` files.
 pub const RPM_BDB_PATHS: [&str; 2] = ["/var/lib/rpm/Packages", "/usr/lib/sysimage/rpm/Packages"];
 /// RPM ndb `Packages.db` files.
-pub const RPM_NDB_PATHS: [&str; 2] = ["/var/lib/rpm/Packages.db", "/usr/lib/sysimage/rpm/Packages.db"];
+pub const RPM_NDB_PATHS: [&str; 2] = [
+    "/var/lib/rpm/Packages.db",
+    "/usr/lib/sysimage/rpm/Packages.db",
+];
 
 /// Which database the packages came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -148,7 +154,10 @@ impl Packages {
     /// Every installed instance of `name` (all architectures and versions),
     /// the one in `list` first.
     pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Package> + 'a {
-        self.list.get(name).into_iter().chain(self.others.iter().filter(move |p| p.name == name))
+        self.list
+            .get(name)
+            .into_iter()
+            .chain(self.others.iter().filter(move |p| p.name == name))
     }
     /// True if a package `name` is installed.
     pub fn contains(&self, name: &str) -> bool {
@@ -183,7 +192,11 @@ impl Packages {
     /// architecture (that of `dpkg` or `rpm` itself, else the most common
     /// one), else an architecture-independent one, else the first; for RPM,
     /// the last installed of equals (the newest kernel).
-    pub fn from_instances(kind: PackageDbKind, path: Option<String>, instances: Vec<Package>) -> Packages {
+    pub fn from_instances(
+        kind: PackageDbKind,
+        path: Option<String>,
+        instances: Vec<Package>,
+    ) -> Packages {
         let native = native_arch(kind, &instances);
         let prefer_last = kind != PackageDbKind::Dpkg;
         let rank = |p: &Package| -> u8 {
@@ -237,8 +250,15 @@ impl Packages {
 /// The architecture of the package manager itself, else the most common one
 /// (ignoring `all`/`noarch`/none).
 fn native_arch(kind: PackageDbKind, instances: &[Package]) -> Option<String> {
-    let manager = if kind == PackageDbKind::Dpkg { "dpkg" } else { "rpm" };
-    if let Some(p) = instances.iter().find(|p| p.name == manager && !p.arch.is_empty()) {
+    let manager = if kind == PackageDbKind::Dpkg {
+        "dpkg"
+    } else {
+        "rpm"
+    };
+    if let Some(p) = instances
+        .iter()
+        .find(|p| p.name == manager && !p.arch.is_empty())
+    {
         return Some(p.arch.clone());
     }
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
@@ -247,7 +267,10 @@ fn native_arch(kind: PackageDbKind, instances: &[Package]) -> Option<String> {
             *counts.entry(p.arch.as_str()).or_default() += 1;
         }
     }
-    counts.into_iter().max_by_key(|&(_, n)| n).map(|(a, _)| a.to_owned())
+    counts
+        .into_iter()
+        .max_by_key(|&(_, n)| n)
+        .map(|(a, _)| a.to_owned())
 }
 
 /// What reading one database produced.
@@ -299,7 +322,11 @@ pub fn load(guest: &Guest) -> Packages {
     }
     for path in RPM_SQLITE_PATHS {
         if present(path, &mut seen) {
-            found.push((PackageDbKind::RpmSqlite, path.into(), sqlite::read(guest, path)));
+            found.push((
+                PackageDbKind::RpmSqlite,
+                path.into(),
+                sqlite::read(guest, path),
+            ));
         }
     }
     for path in RPM_BDB_PATHS {
@@ -321,7 +348,12 @@ fn choose(found: Vec<(PackageDbKind, String, DbRead)>) -> Packages {
     if found.is_empty() {
         return Packages::default();
     }
-    let score = |r: &DbRead| (r.error.is_none() && !r.packages.is_empty(), r.packages.len());
+    let score = |r: &DbRead| {
+        (
+            r.error.is_none() && !r.packages.is_empty(),
+            r.packages.len(),
+        )
+    };
     let mut best = 0;
     for (i, (_, _, r)) in found.iter().enumerate() {
         if score(r) > score(&found[best].2) {

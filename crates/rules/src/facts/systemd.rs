@@ -166,7 +166,8 @@ impl Units {
 
     /// True if some unit directory has a file or link named `unit`.
     pub fn exists(&self, unit: &str) -> bool {
-        self.index.contains_key(unit) || template_of(unit).is_some_and(|t| self.index.contains_key(&t))
+        self.index.contains_key(unit)
+            || template_of(unit).is_some_and(|t| self.index.contains_key(&t))
     }
 
     /// Names of every unit pulled in at boot.
@@ -196,13 +197,18 @@ pub fn load(cx: &Context) -> Units {
     // Index the unit directories once: a .wants lookup is then a map hit.
     let mut seen_dirs = BTreeSet::new();
     for dir in UNIT_DIRS {
-        let Ok(r) = cx.guest.resolve(dir, true) else { continue };
+        let Ok(r) = cx.guest.resolve(dir, true) else {
+            continue;
+        };
         if r.meta.is_none() || !seen_dirs.insert(r.path.clone()) {
             continue; // /lib -> /usr/lib: the same directory twice
         }
         for e in cx.list_dir(dir) {
             let name = String::from_utf8_lossy(&e.name).into_owned();
-            u.index.entry(name).or_default().push(((*dir).to_owned(), e.kind));
+            u.index
+                .entry(name)
+                .or_default()
+                .push(((*dir).to_owned(), e.kind));
         }
     }
     if u.index.is_empty() {
@@ -216,7 +222,8 @@ pub fn load(cx: &Context) -> Units {
         match cx.guest.read_link(&p) {
             Ok(Some(target)) => {
                 u.default_target = Some(basename(&target));
-                u.default_target_source = Some(format!("{p} -> {}", String::from_utf8_lossy(&target)));
+                u.default_target_source =
+                    Some(format!("{p} -> {}", String::from_utf8_lossy(&target)));
                 break;
             }
             Ok(None) if cx.guest.exists(&p) => {
@@ -245,7 +252,9 @@ pub fn load(cx: &Context) -> Units {
     queue.push_back(default);
     while let Some(unit) = queue.pop_front() {
         if u.reachable.len() > MAX_UNITS {
-            cx.note(format!("more than {MAX_UNITS} units pulled in at boot; stopped following"));
+            cx.note(format!(
+                "more than {MAX_UNITS} units pulled in at boot; stopped following"
+            ));
             break;
         }
         let mut deps: Vec<(String, String)> = Vec::new();
@@ -254,7 +263,9 @@ pub fn load(cx: &Context) -> Units {
             // .wants/ and .requires/ directories in every unit dir.
             for suffix in [".wants", ".requires"] {
                 let dname = format!("{name}{suffix}");
-                let Some(places) = u.index.get(&dname).cloned() else { continue };
+                let Some(places) = u.index.get(&dname).cloned() else {
+                    continue;
+                };
                 for (dir, _) in places {
                     let full = format!("{dir}/{dname}");
                     for e in cx.list_dir(&full) {
@@ -266,7 +277,9 @@ pub fn load(cx: &Context) -> Units {
         }
         // Wants=/Requires= in the unit file and its drop-ins.
         for name in &names {
-            let Some(file) = u.files.get(name).cloned() else { continue };
+            let Some(file) = u.files.get(name).cloned() else {
+                continue;
+            };
             for key in ["Wants", "Requires", "Requisite", "BindsTo", "Upholds"] {
                 for (v, line) in file.values("Unit", key) {
                     for dep in v.split_whitespace() {
@@ -280,7 +293,13 @@ pub fn load(cx: &Context) -> Units {
                 continue;
             }
             if !u.reachable.contains_key(&dep) {
-                u.reachable.insert(dep.clone(), Pull { by: unit.clone(), how });
+                u.reachable.insert(
+                    dep.clone(),
+                    Pull {
+                        by: unit.clone(),
+                        how,
+                    },
+                );
                 queue.push_back(dep);
             }
         }
@@ -299,11 +318,11 @@ fn unit_names(cx: &Context, u: &mut Units, unit: &str) -> Vec<String> {
     // First unit dir holding the name (or its template) wins.
     let mut found: Option<String> = None;
     for name in names.clone() {
-        if let Some(places) = u.index.get(&name) {
-            if let Some((dir, _)) = places.first() {
-                found = Some(format!("{dir}/{name}"));
-                break;
-            }
+        if let Some(places) = u.index.get(&name)
+            && let Some((dir, _)) = places.first()
+        {
+            found = Some(format!("{dir}/{name}"));
+            break;
         }
     }
     let Some(path) = found else { return names };
@@ -326,7 +345,9 @@ fn unit_names(cx: &Context, u: &mut Units, unit: &str) -> Vec<String> {
             // Drop-ins: <name>.d/*.conf in every unit dir.
             for name in names.clone() {
                 let dname = format!("{name}.d");
-                let Some(places) = u.index.get(&dname).cloned() else { continue };
+                let Some(places) = u.index.get(&dname).cloned() else {
+                    continue;
+                };
                 for (dir, _) in places {
                     let d = format!("{dir}/{dname}");
                     for e in cx.list_dir(&d) {
@@ -388,13 +409,22 @@ mod tests {
             "/x.service",
             "[Unit]\nWants=a.service b.service\nWants=\nWants=c.service\n[Service]\nExecStart=/bin/x \\\n  --flag\n",
         );
-        assert_eq!(f.values("Unit", "Wants"), vec![("c.service".to_string(), 4)]);
-        assert_eq!(f.value("Service", "ExecStart").as_deref(), Some("/bin/x --flag"));
+        assert_eq!(
+            f.values("Unit", "Wants"),
+            vec![("c.service".to_string(), 4)]
+        );
+        assert_eq!(
+            f.value("Service", "ExecStart").as_deref(),
+            Some("/bin/x --flag")
+        );
     }
 
     #[test]
     fn templates() {
-        assert_eq!(template_of("getty@tty1.service").as_deref(), Some("getty@.service"));
+        assert_eq!(
+            template_of("getty@tty1.service").as_deref(),
+            Some("getty@.service")
+        );
         assert_eq!(template_of("getty@.service"), None);
         assert_eq!(template_of("ssh.service"), None);
     }

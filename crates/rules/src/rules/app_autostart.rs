@@ -6,7 +6,6 @@ use crate::facts::systemd::load_unit_file;
 use crate::model::{Evidence, Outcome, Severity};
 use crate::rule::RuleDef;
 
-
 /// APP-AUTOSTART-SOFT.
 pub static SOFT: RuleDef = RuleDef {
     id: "APP-AUTOSTART-SOFT",
@@ -71,30 +70,61 @@ fn check_enabled(cx: &Context, o: &mut Outcome) -> Vec<String> {
     let mut ok = Vec::new();
     for unit in units_declared {
         if let Some(mask) = units.masked.get(&unit) {
-            o.fail("unit-masked", format!("{unit} is masked"), Evidence::at(mask.clone(), "symlink to /dev/null"));
+            o.fail(
+                "unit-masked",
+                format!("{unit} is masked"),
+                Evidence::at(mask.clone(), "symlink to /dev/null"),
+            );
         } else if units.is_enabled(&unit) {
             let chain = units.chain(&unit);
-            let path = chain.first().and_then(|(_, p)| p.how.split_whitespace().find(|w| w.starts_with('/')).map(|w| w.split(':').next().unwrap_or(w).to_owned()));
+            let path = chain.first().and_then(|(_, p)| {
+                p.how
+                    .split_whitespace()
+                    .find(|w| w.starts_with('/'))
+                    .map(|w| w.split(':').next().unwrap_or(w).to_owned())
+            });
             o.proof(Evidence {
                 path,
                 line: None,
                 package: None,
                 detail: format!(
                     "{unit} starts at boot: {}",
-                    chain.iter().rev().map(|(u, _)| u.as_str()).collect::<Vec<_>>().join(" -> ")
+                    chain
+                        .iter()
+                        .rev()
+                        .map(|(u, _)| u.as_str())
+                        .collect::<Vec<_>>()
+                        .join(" -> ")
                 ),
             });
             ok.push(unit);
         } else if !units.exists(&unit) {
-            o.fail("unit-missing", format!("{unit} does not exist in the image"), Evidence::note(format!("no unit file {unit} in any systemd unit directory")));
+            o.fail(
+                "unit-missing",
+                format!("{unit} does not exist in the image"),
+                Evidence::note(format!("no unit file {unit} in any systemd unit directory")),
+            );
         } else {
-            let wanted_by = load_unit_file(cx, &unit).map(|f| f.values("Install", "WantedBy")).unwrap_or_default();
+            let wanted_by = load_unit_file(cx, &unit)
+                .map(|f| f.values("Install", "WantedBy"))
+                .unwrap_or_default();
             let hint = if wanted_by.is_empty() {
                 "its [Install] section has no WantedBy=".to_string()
             } else {
-                format!("WantedBy={} but the link was never created (run `systemctl enable {unit}`)", wanted_by.iter().map(|(v, _)| v.as_str()).collect::<Vec<_>>().join(" "))
+                format!(
+                    "WantedBy={} but the link was never created (run `systemctl enable {unit}`)",
+                    wanted_by
+                        .iter()
+                        .map(|(v, _)| v.as_str())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                )
             };
-            o.fail("unit-not-enabled", format!("{unit} does not start at boot"), Evidence::note(hint));
+            o.fail(
+                "unit-not-enabled",
+                format!("{unit} does not start at boot"),
+                Evidence::note(hint),
+            );
         }
     }
     ok
@@ -109,17 +139,27 @@ fn check_soft(cx: &Context) -> Outcome {
 fn check_hard(cx: &Context) -> Outcome {
     let mut o = Outcome::default();
     for unit in check_enabled(cx, &mut o) {
-        let Some(f) = load_unit_file(cx, &unit) else { continue };
+        let Some(f) = load_unit_file(cx, &unit) else {
+            continue;
+        };
         for (v, line) in f.values("Service", "PIDFile") {
             if !(v.starts_with("/run/") || v.starts_with("/var/run/")) {
-                o.warn("persistent-pidfile", format!("{unit} keeps its PID file on disk ({v}): a reset leaves it stale"), Evidence::at_line(f.path.clone(), line, format!("PIDFile={v}")));
+                o.warn(
+                    "persistent-pidfile",
+                    format!("{unit} keeps its PID file on disk ({v}): a reset leaves it stale"),
+                    Evidence::at_line(f.path.clone(), line, format!("PIDFile={v}")),
+                );
             }
         }
         for (v, line) in f.values("Unit", "ConditionPathExists") {
-            if let Some(p) = v.strip_prefix('!') {
-                if !(p.starts_with("/run/") || p.starts_with("/var/run/") || p.starts_with("/etc/")) {
-                    o.warn("persistent-condition", format!("{unit} does not start while {p} exists; a reset may leave it behind"), Evidence::at_line(f.path.clone(), line, format!("ConditionPathExists={v}")));
-                }
+            if let Some(p) = v.strip_prefix('!')
+                && !(p.starts_with("/run/") || p.starts_with("/var/run/") || p.starts_with("/etc/"))
+            {
+                o.warn(
+                    "persistent-condition",
+                    format!("{unit} does not start while {p} exists; a reset may leave it behind"),
+                    Evidence::at_line(f.path.clone(), line, format!("ConditionPathExists={v}")),
+                );
             }
         }
     }

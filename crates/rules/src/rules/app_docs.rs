@@ -5,7 +5,16 @@ use crate::model::{Evidence, Outcome, Severity};
 use crate::rule::RuleDef;
 
 /// Text that marks an unfinished template.
-pub const PLACEHOLDERS: &[&str] = &["lorem ipsum", "TODO", "TBD", "{{", "<app name>", "<version>", "FIXME", "XXX"];
+pub const PLACEHOLDERS: &[&str] = &[
+    "lorem ipsum",
+    "TODO",
+    "TBD",
+    "{{",
+    "<app name>",
+    "<version>",
+    "FIXME",
+    "XXX",
+];
 
 /// The rule.
 pub static RULE: RuleDef = RuleDef {
@@ -53,16 +62,43 @@ fn check_doc(o: &mut Outcome, path: &std::path::Path, version: &str, required: b
         }
     };
     if text.trim().is_empty() {
-        o.fail("doc-empty", format!("{what} is empty"), Evidence::at(shown, "empty file"));
+        o.fail(
+            "doc-empty",
+            format!("{what} is empty"),
+            Evidence::at(shown, "empty file"),
+        );
         return;
     }
     match text.lines().position(|l| l.contains(version)) {
-        Some(i) => o.proof(Evidence::at_line(shown.clone(), i + 1, format!("{what} names version {version}"))),
-        None => o.fail("doc-version-mismatch", format!("{what} does not mention version {version}"), Evidence::at(shown.clone(), format!("no line contains {version:?}"))),
+        Some(i) => o.proof(Evidence::at_line(
+            shown.clone(),
+            i + 1,
+            format!("{what} names version {version}"),
+        )),
+        None => o.fail(
+            "doc-version-mismatch",
+            format!("{what} does not mention version {version}"),
+            Evidence::at(shown.clone(), format!("no line contains {version:?}")),
+        ),
     }
     for (i, l) in text.lines().enumerate() {
-        if let Some(p) = PLACEHOLDERS.iter().find(|p| if p.chars().all(|c| c.is_ascii_uppercase()) { l.split(|c: char| !c.is_ascii_alphanumeric()).any(|w| w == **p) } else { l.to_lowercase().contains(&p.to_lowercase()) }) {
-            o.warn("doc-placeholder", format!("{what} contains template text {p:?}"), Evidence::at_line(shown.clone(), i + 1, l.chars().take(100).collect::<String>()));
+        if let Some(p) = PLACEHOLDERS.iter().find(|p| {
+            if p.chars().all(|c| c.is_ascii_uppercase()) {
+                l.split(|c: char| !c.is_ascii_alphanumeric())
+                    .any(|w| w == **p)
+            } else {
+                l.to_lowercase().contains(&p.to_lowercase())
+            }
+        }) {
+            o.warn(
+                "doc-placeholder",
+                format!("{what} contains template text {p:?}"),
+                Evidence::at_line(
+                    shown.clone(),
+                    i + 1,
+                    l.chars().take(100).collect::<String>(),
+                ),
+            );
             break;
         }
     }
@@ -70,12 +106,24 @@ fn check_doc(o: &mut Outcome, path: &std::path::Path, version: &str, required: b
 
 fn check(cx: &Context) -> Outcome {
     let Some(m) = cx.manifest else {
-        return Outcome::unknown("no app manifest: declare docs.deployment_guide and app.version in ibkit.toml");
+        return Outcome::unknown(
+            "no app manifest: declare docs.deployment_guide and app.version in ibkit.toml",
+        );
     };
     let mut o = Outcome::default();
     match &m.deployment_guide {
         Some(p) => check_doc(&mut o, p, &m.version, true, "deployment guide"),
-        None => o.fail("doc-undeclared", "the manifest declares no deployment guide (docs.deployment_guide)", Evidence::at(m.path.as_ref().map(|p| p.display().to_string()).unwrap_or_default(), "no [docs] deployment_guide")),
+        None => o.fail(
+            "doc-undeclared",
+            "the manifest declares no deployment guide (docs.deployment_guide)",
+            Evidence::at(
+                m.path
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                "no [docs] deployment_guide",
+            ),
+        ),
     }
     if let Some(p) = &m.user_guide {
         check_doc(&mut o, p, &m.version, false, "user guide");

@@ -48,28 +48,66 @@ A root partition followed by swap or a recovery partition cannot grow.
 fn check(cx: &Context) -> Outcome {
     let mut o = Outcome::default();
     // growpart + cloud-init modules.
-    match (installed_package(cx, &["cloud-guest-utils", "cloud-utils-growpart", "cloud-utils"]), find_binary(cx, &["growpart"])) {
+    match (
+        installed_package(
+            cx,
+            &["cloud-guest-utils", "cloud-utils-growpart", "cloud-utils"],
+        ),
+        find_binary(cx, &["growpart"]),
+    ) {
         (Some(e), _) => o.proof(e),
         (None, Some(b)) => o.proof(Evidence::at(b, "growpart present")),
-        (None, None) => o.fail("growpart-missing", "growpart is not installed: the root partition will not grow into a bigger disk", Evidence::note("no cloud-guest-utils/cloud-utils-growpart package and no growpart")),
+        (None, None) => o.fail(
+            "growpart-missing",
+            "growpart is not installed: the root partition will not grow into a bigger disk",
+            Evidence::note("no cloud-guest-utils/cloud-utils-growpart package and no growpart"),
+        ),
     }
     let cc = cx.cloud();
     if let Some(mods) = cc.names("cloud_init_modules") {
-        let origin = cc.origin("cloud_init_modules").unwrap_or("/etc/cloud/cloud.cfg").to_owned();
+        let origin = cc
+            .origin("cloud_init_modules")
+            .unwrap_or("/etc/cloud/cloud.cfg")
+            .to_owned();
         for m in ["growpart", "resizefs"] {
             if !mods.iter().any(|x| x == m || x == &format!("cc_{m}")) {
-                o.fail("cloudinit-module-off", format!("cloud-init module {m} is not in cloud_init_modules"), Evidence::at(origin.clone(), format!("cloud_init_modules lacks {m}")));
+                o.fail(
+                    "cloudinit-module-off",
+                    format!("cloud-init module {m} is not in cloud_init_modules"),
+                    Evidence::at(origin.clone(), format!("cloud_init_modules lacks {m}")),
+                );
             }
         }
     }
     if let Some(mode) = cc.get("growpart").and_then(|g| g.get("mode")) {
-        let off = mode.as_str().is_some_and(|m| m.eq_ignore_ascii_case("off") || m.eq_ignore_ascii_case("false")) || mode.as_bool() == Some(false);
+        let off = mode
+            .as_str()
+            .is_some_and(|m| m.eq_ignore_ascii_case("off") || m.eq_ignore_ascii_case("false"))
+            || mode.as_bool() == Some(false);
         if off {
-            o.fail("growpart-off", "cloud-init growpart is switched off", Evidence::at(cc.origin("growpart").unwrap_or("/etc/cloud/cloud.cfg").to_owned(), "growpart: {mode: off}"));
+            o.fail(
+                "growpart-off",
+                "cloud-init growpart is switched off",
+                Evidence::at(
+                    cc.origin("growpart")
+                        .unwrap_or("/etc/cloud/cloud.cfg")
+                        .to_owned(),
+                    "growpart: {mode: off}",
+                ),
+            );
         }
     }
     if cc.bool("resize_rootfs") == Some(false) {
-        o.fail("resizefs-off", "cloud-init resize_rootfs is false", Evidence::at(cc.origin("resize_rootfs").unwrap_or("/etc/cloud/cloud.cfg").to_owned(), "resize_rootfs: false"));
+        o.fail(
+            "resizefs-off",
+            "cloud-init resize_rootfs is false",
+            Evidence::at(
+                cc.origin("resize_rootfs")
+                    .unwrap_or("/etc/cloud/cloud.cfg")
+                    .to_owned(),
+                "resize_rootfs: false",
+            ),
+        );
     }
 
     // Partition layout.
@@ -101,9 +139,15 @@ fn check(cx: &Context) -> Outcome {
     // fstab by device name.
     if let Some(text) = cx.read_text("/etc/fstab") {
         for e in ibkit_image::inspect::parse_fstab(&text) {
-            let by_name = ["/dev/vd", "/dev/sd", "/dev/xvd", "/dev/hd", "/dev/nvme"].iter().any(|p| e.spec.starts_with(p));
+            let by_name = ["/dev/vd", "/dev/sd", "/dev/xvd", "/dev/hd", "/dev/nvme"]
+                .iter()
+                .any(|p| e.spec.starts_with(p));
             if by_name {
-                o.warn("fstab-device-name", format!("/etc/fstab mounts {} by device name {}", e.point, e.spec), Evidence::at_line("/etc/fstab", e.line, format!("{} {}", e.spec, e.point)));
+                o.warn(
+                    "fstab-device-name",
+                    format!("/etc/fstab mounts {} by device name {}", e.point, e.spec),
+                    Evidence::at_line("/etc/fstab", e.line, format!("{} {}", e.spec, e.point)),
+                );
             }
         }
     }
@@ -112,8 +156,15 @@ fn check(cx: &Context) -> Outcome {
     if let Some(c) = cx.boot().effective() {
         for a in split_args(&c.args) {
             let key = a.split('=').next().unwrap_or("");
-            if matches!(key, "mem" | "maxcpus" | "nr_cpus" | "hugepages" | "possible_cpus") {
-                o.warn("cmdline-pin", format!("kernel command line pins resources: {a}"), Evidence::at_line(c.path.clone(), c.line, a.clone()));
+            if matches!(
+                key,
+                "mem" | "maxcpus" | "nr_cpus" | "hugepages" | "possible_cpus"
+            ) {
+                o.warn(
+                    "cmdline-pin",
+                    format!("kernel command line pins resources: {a}"),
+                    Evidence::at_line(c.path.clone(), c.line, a.clone()),
+                );
             }
         }
     }

@@ -40,7 +40,11 @@ fn elf_machine(head: &[u8]) -> Option<u16> {
     }
     let le = head[5] == 1;
     let b = [head[18], head[19]];
-    Some(if le { u16::from_le_bytes(b) } else { u16::from_be_bytes(b) })
+    Some(if le {
+        u16::from_le_bytes(b)
+    } else {
+        u16::from_be_bytes(b)
+    })
 }
 
 fn machine_name(m: u16) -> String {
@@ -60,14 +64,29 @@ fn check(cx: &Context) -> Outcome {
     let mut o = Outcome::default();
     let mut arch_known = false;
     for p in ["/sbin/init", "/bin/sh", "/usr/bin/env"] {
-        let Ok(Some(head)) = cx.guest.read_head(p, 64) else { continue };
-        let Some(m) = elf_machine(&head) else { continue };
+        let Ok(Some(head)) = cx.guest.read_head(p, 64) else {
+            continue;
+        };
+        let Some(m) = elf_machine(&head) else {
+            continue;
+        };
         arch_known = true;
-        let resolved = cx.guest.resolve(p, true).map(|r| String::from_utf8_lossy(&r.path).into_owned()).unwrap_or_else(|_| p.to_owned());
+        let resolved = cx
+            .guest
+            .resolve(p, true)
+            .map(|r| String::from_utf8_lossy(&r.path).into_owned())
+            .unwrap_or_else(|_| p.to_owned());
         if m == 62 {
             o.proof(Evidence::at(resolved, "x86-64 ELF executable"));
         } else {
-            o.fail("wrong-architecture", format!("the image is built for {}, the platform runs x86-64 KVM", machine_name(m)), Evidence::at(resolved, machine_name(m)));
+            o.fail(
+                "wrong-architecture",
+                format!(
+                    "the image is built for {}, the platform runs x86-64 KVM",
+                    machine_name(m)
+                ),
+                Evidence::at(resolved, machine_name(m)),
+            );
         }
         break;
     }
@@ -76,11 +95,25 @@ fn check(cx: &Context) -> Outcome {
     }
     let kernels = cx.kernels();
     match crate::facts::kernel::newest(kernels) {
-        None => o.fail("no-kernel", "no kernel is installed: the image cannot boot as a VM", Evidence::note("no /boot/vmlinuz-* and no /lib/modules/*")),
+        None => o.fail(
+            "no-kernel",
+            "no kernel is installed: the image cannot boot as a VM",
+            Evidence::note("no /boot/vmlinuz-* and no /lib/modules/*"),
+        ),
         Some(k) => match (k.config_value("KVM_GUEST"), k.config_path.clone()) {
-            (Some("y"), Some(p)) => o.proof(Evidence::at(p, format!("kernel {}: CONFIG_KVM_GUEST=y", k.version))),
-            (Some(v), Some(p)) => o.warn("no-kvm-guest", format!("kernel {} is built without KVM guest support", k.version), Evidence::at(p, format!("CONFIG_KVM_GUEST={v}"))),
-            _ => o.proof(Evidence::note(format!("kernel {} installed (no config file to check KVM guest support)", k.version))),
+            (Some("y"), Some(p)) => o.proof(Evidence::at(
+                p,
+                format!("kernel {}: CONFIG_KVM_GUEST=y", k.version),
+            )),
+            (Some(v), Some(p)) => o.warn(
+                "no-kvm-guest",
+                format!("kernel {} is built without KVM guest support", k.version),
+                Evidence::at(p, format!("CONFIG_KVM_GUEST={v}")),
+            ),
+            _ => o.proof(Evidence::note(format!(
+                "kernel {} installed (no config file to check KVM guest support)",
+                k.version
+            ))),
         },
     }
     o

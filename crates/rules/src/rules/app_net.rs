@@ -49,11 +49,19 @@ fn generated(path: &str) -> bool {
 fn check(cx: &Context) -> Outcome {
     let mut o = Outcome::default();
     let units = cx.units();
-    let client = find_binary(cx, &["dhclient", "dhcpcd", "udhcpc", "NetworkManager"])
-        .or_else(|| units.is_enabled("systemd-networkd.service").then(|| "systemd-networkd.service".to_string()));
+    let client =
+        find_binary(cx, &["dhclient", "dhcpcd", "udhcpc", "NetworkManager"]).or_else(|| {
+            units
+                .is_enabled("systemd-networkd.service")
+                .then(|| "systemd-networkd.service".to_string())
+        });
     match client {
         Some(c) => o.proof(Evidence::note(format!("DHCP client: {c}"))),
-        None => o.fail("no-dhcp-client", "no DHCP client (dhclient, dhcpcd, NetworkManager, systemd-networkd)", Evidence::note("none found")),
+        None => o.fail(
+            "no-dhcp-client",
+            "no DHCP client (dhclient, dhcpcd, NetworkManager, systemd-networkd)",
+            Evidence::note("none found"),
+        ),
     }
     let cc = cx.cloud();
     let disabled = cc
@@ -62,20 +70,44 @@ fn check(cx: &Context) -> Outcome {
         .and_then(|c| c.as_str())
         .is_some_and(|s| s.eq_ignore_ascii_case("disabled"));
     if disabled {
-        o.info("cloudinit-network-disabled", "cloud-init does not configure the network; the image's own config must use DHCP", Evidence::at(cc.origin("network").unwrap_or("/etc/cloud/cloud.cfg").to_owned(), "network: {config: disabled}"));
+        o.info(
+            "cloudinit-network-disabled",
+            "cloud-init does not configure the network; the image's own config must use DHCP",
+            Evidence::at(
+                cc.origin("network")
+                    .unwrap_or("/etc/cloud/cloud.cfg")
+                    .to_owned(),
+                "network: {config: disabled}",
+            ),
+        );
     }
 
     let mut files: Vec<String> = vec!["/etc/network/interfaces".into()];
-    files.extend(names(cx, "/etc/network/interfaces.d").into_iter().map(|n| format!("/etc/network/interfaces.d/{n}")));
+    files.extend(
+        names(cx, "/etc/network/interfaces.d")
+            .into_iter()
+            .map(|n| format!("/etc/network/interfaces.d/{n}")),
+    );
     for p in files.iter().filter(|p| !generated(p)) {
-        let Some(text) = cx.read_text(p) else { continue };
+        let Some(text) = cx.read_text(p) else {
+            continue;
+        };
         for (i, l) in text.lines().enumerate() {
             let w: Vec<&str> = l.split_whitespace().collect();
-            if w.first() == Some(&"iface") && w.get(3) == Some(&"static") && w.get(1) != Some(&"lo") {
-                o.fail("static-address", format!("static address configured for {}", w.get(1).unwrap_or(&"?")), Evidence::at_line(p.clone(), i + 1, l.trim().to_owned()));
+            if w.first() == Some(&"iface") && w.get(3) == Some(&"static") && w.get(1) != Some(&"lo")
+            {
+                o.fail(
+                    "static-address",
+                    format!("static address configured for {}", w.get(1).unwrap_or(&"?")),
+                    Evidence::at_line(p.clone(), i + 1, l.trim().to_owned()),
+                );
             }
             if w.first() == Some(&"mtu") {
-                o.warn("fixed-mtu", "MTU hard-coded in ifupdown config", Evidence::at_line(p.clone(), i + 1, l.trim().to_owned()));
+                o.warn(
+                    "fixed-mtu",
+                    "MTU hard-coded in ifupdown config",
+                    Evidence::at_line(p.clone(), i + 1, l.trim().to_owned()),
+                );
             }
         }
     }
@@ -84,17 +116,37 @@ fn check(cx: &Context) -> Outcome {
             continue;
         }
         let p = format!("/etc/sysconfig/network-scripts/{n}");
-        let Some(text) = cx.read_text(&p) else { continue };
+        let Some(text) = cx.read_text(&p) else {
+            continue;
+        };
         if text.contains("Created by cloud-init") {
             continue;
         }
-        let get = |k: &str| text.lines().enumerate().find(|(_, l)| l.trim().starts_with(&format!("{k}="))).map(|(i, l)| (i + 1, l.trim().to_owned()));
-        let boot = get("BOOTPROTO").map(|(_, l)| l.to_ascii_lowercase()).unwrap_or_default();
-        if let (true, Some((line, ip))) = (boot.contains("static") || boot.contains("none"), get("IPADDR")) {
-            o.fail("static-address", format!("static address in {n}"), Evidence::at_line(p.clone(), line, ip));
+        let get = |k: &str| {
+            text.lines()
+                .enumerate()
+                .find(|(_, l)| l.trim().starts_with(&format!("{k}=")))
+                .map(|(i, l)| (i + 1, l.trim().to_owned()))
+        };
+        let boot = get("BOOTPROTO")
+            .map(|(_, l)| l.to_ascii_lowercase())
+            .unwrap_or_default();
+        if let (true, Some((line, ip))) = (
+            boot.contains("static") || boot.contains("none"),
+            get("IPADDR"),
+        ) {
+            o.fail(
+                "static-address",
+                format!("static address in {n}"),
+                Evidence::at_line(p.clone(), line, ip),
+            );
         }
         if let Some((line, mtu)) = get("MTU") {
-            o.warn("fixed-mtu", format!("MTU hard-coded in {n}"), Evidence::at_line(p.clone(), line, mtu));
+            o.warn(
+                "fixed-mtu",
+                format!("MTU hard-coded in {n}"),
+                Evidence::at_line(p.clone(), line, mtu),
+            );
         }
     }
     for n in names(cx, "/etc/netplan") {
@@ -102,33 +154,61 @@ fn check(cx: &Context) -> Outcome {
         if generated(&p) {
             continue;
         }
-        let Some(text) = cx.read_text(&p) else { continue };
-        let dhcp = text.contains("dhcp4: true") || text.contains("dhcp4: yes") || text.contains("dhcp6: true");
+        let Some(text) = cx.read_text(&p) else {
+            continue;
+        };
+        let dhcp = text.contains("dhcp4: true")
+            || text.contains("dhcp4: yes")
+            || text.contains("dhcp6: true");
         for (i, l) in text.lines().enumerate() {
             let t = l.trim();
             if t.starts_with("addresses:") && !dhcp {
-                o.fail("static-address", format!("static address in {n}"), Evidence::at_line(p.clone(), i + 1, t.to_owned()));
+                o.fail(
+                    "static-address",
+                    format!("static address in {n}"),
+                    Evidence::at_line(p.clone(), i + 1, t.to_owned()),
+                );
             }
             if t.starts_with("mtu:") {
-                o.warn("fixed-mtu", format!("MTU hard-coded in {n}"), Evidence::at_line(p.clone(), i + 1, t.to_owned()));
+                o.warn(
+                    "fixed-mtu",
+                    format!("MTU hard-coded in {n}"),
+                    Evidence::at_line(p.clone(), i + 1, t.to_owned()),
+                );
             }
         }
     }
     for n in names(cx, "/etc/NetworkManager/system-connections") {
         let p = format!("/etc/NetworkManager/system-connections/{n}");
-        let Some(text) = cx.read_text(&p) else { continue };
+        let Some(text) = cx.read_text(&p) else {
+            continue;
+        };
         for (i, l) in text.lines().enumerate() {
             let t = l.trim();
             if t == "method=manual" {
-                o.fail("static-address", format!("static address in NetworkManager connection {n}"), Evidence::at_line(p.clone(), i + 1, t.to_owned()));
+                o.fail(
+                    "static-address",
+                    format!("static address in NetworkManager connection {n}"),
+                    Evidence::at_line(p.clone(), i + 1, t.to_owned()),
+                );
             }
             if t.starts_with("mtu=") && t != "mtu=0" {
-                o.warn("fixed-mtu", format!("MTU hard-coded in {n}"), Evidence::at_line(p.clone(), i + 1, t.to_owned()));
+                o.warn(
+                    "fixed-mtu",
+                    format!("MTU hard-coded in {n}"),
+                    Evidence::at_line(p.clone(), i + 1, t.to_owned()),
+                );
             }
         }
     }
-    if !disabled && o.findings.iter().all(|f| f.level == crate::model::Level::Info) {
-        o.proof(Evidence::note("network configuration is left to cloud-init (DHCP from the cloud)"));
+    if !disabled
+        && o.findings
+            .iter()
+            .all(|f| f.level == crate::model::Level::Info)
+    {
+        o.proof(Evidence::note(
+            "network configuration is left to cloud-init (DHCP from the cloud)",
+        ));
     }
     o
 }

@@ -1,15 +1,28 @@
 //! APP-NOPASS: no default passwords.
 
 use crate::context::Context;
-use crate::facts::accounts::{password_state, PasswordState};
+use crate::facts::accounts::{PasswordState, password_state};
 use crate::model::{Evidence, Outcome, Severity};
 use crate::rule::RuleDef;
 
 /// Passwords tried against every usable hash (plus the account's own name).
 /// Short on purpose: yescrypt costs ~70 ms per try.
 pub const WELL_KNOWN_PASSWORDS: &[&str] = &[
-    "password", "123456", "root", "toor", "admin", "changeme", "debian", "ubuntu", "centos", "almalinux",
-    "qwerty", "passw0rd", "P@ssw0rd", "12345678", "letmein",
+    "password",
+    "123456",
+    "root",
+    "toor",
+    "admin",
+    "changeme",
+    "debian",
+    "ubuntu",
+    "centos",
+    "almalinux",
+    "qwerty",
+    "passw0rd",
+    "P@ssw0rd",
+    "12345678",
+    "letmein",
 ];
 
 /// How many of the list are tried against slow (yescrypt/bcrypt) hashes.
@@ -55,7 +68,9 @@ warning, not a failure.
 fn verify(hash: &str, candidate: &str) -> bool {
     if hash.starts_with("$y$") {
         use yescrypt::PasswordVerifier;
-        yescrypt::Yescrypt::default().verify_password(candidate.as_bytes(), hash).is_ok()
+        yescrypt::Yescrypt::default()
+            .verify_password(candidate.as_bytes(), hash)
+            .is_ok()
     } else {
         pwhash::unix::verify(candidate, hash)
     }
@@ -65,7 +80,11 @@ fn verify(hash: &str, candidate: &str) -> bool {
 fn well_known(hash: &str, user: &str) -> Option<String> {
     let slow = hash.starts_with("$y$") || hash.starts_with("$2") || hash.starts_with("$7$");
     let mut candidates: Vec<&str> = vec![user];
-    let n = if slow { SLOW_HASH_TRIES } else { WELL_KNOWN_PASSWORDS.len() };
+    let n = if slow {
+        SLOW_HASH_TRIES
+    } else {
+        WELL_KNOWN_PASSWORDS.len()
+    };
     candidates.extend(WELL_KNOWN_PASSWORDS.iter().take(n));
     candidates.into_iter().find(|c| verify(hash, c)).map(redact)
 }
@@ -82,26 +101,34 @@ fn redact(p: &str) -> String {
 /// Accounts whose password cloud-init replaces with a random one per instance.
 fn replaced_at_first_boot(cx: &Context) -> Vec<String> {
     let cc = cx.cloud();
-    let Some(chpasswd) = cc.get("chpasswd") else { return Vec::new() };
+    let Some(chpasswd) = cc.get("chpasswd") else {
+        return Vec::new();
+    };
     let mut out = Vec::new();
     // Old form: list: "user:RANDOM" lines or a list; new form: users: [{name, type: RANDOM}].
     if let Some(list) = chpasswd.get("list") {
         let lines: Vec<String> = match list {
             serde_json::Value::String(s) => s.lines().map(str::to_owned).collect(),
-            serde_json::Value::Array(a) => a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect(),
+            serde_json::Value::Array(a) => a
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect(),
             _ => Vec::new(),
         };
         for l in lines {
-            if let Some((u, p)) = l.trim().split_once(':') {
-                if p.eq_ignore_ascii_case("RANDOM") || p.eq_ignore_ascii_case("R") {
-                    out.push(u.to_owned());
-                }
+            if let Some((u, p)) = l.trim().split_once(':')
+                && (p.eq_ignore_ascii_case("RANDOM") || p.eq_ignore_ascii_case("R"))
+            {
+                out.push(u.to_owned());
             }
         }
     }
     if let Some(serde_json::Value::Array(users)) = chpasswd.get("users") {
         for u in users {
-            let random = u.get("type").and_then(|t| t.as_str()).is_some_and(|t| t.eq_ignore_ascii_case("RANDOM"));
+            let random = u
+                .get("type")
+                .and_then(|t| t.as_str())
+                .is_some_and(|t| t.eq_ignore_ascii_case("RANDOM"));
             if let (true, Some(name)) = (random, u.get("name").and_then(|n| n.as_str())) {
                 out.push(name.to_owned());
             }
@@ -123,9 +150,21 @@ fn check(cx: &Context) -> Outcome {
         let ev = |detail: String| Evidence::at_line("/etc/shadow", s.line, detail);
         match password_state(&s.hash) {
             PasswordState::Locked => {}
-            PasswordState::Empty => o.fail("empty-password", format!("account {} has an empty password", s.name), ev(format!("{}: empty password field: login without a password", s.name))),
+            PasswordState::Empty => o.fail(
+                "empty-password",
+                format!("account {} has an empty password", s.name),
+                ev(format!(
+                    "{}: empty password field: login without a password",
+                    s.name
+                )),
+            ),
             PasswordState::Usable => {
-                let scheme = s.hash.split('$').nth(1).map(|x| format!("${x}$")).unwrap_or_else(|| "DES".into());
+                let scheme = s
+                    .hash
+                    .split('$')
+                    .nth(1)
+                    .map(|x| format!("${x}$"))
+                    .unwrap_or_else(|| "DES".into());
                 let known = well_known(&s.hash, &s.name);
                 let detail = match &known {
                     Some(p) => format!("{}: {scheme} hash of a well-known password ({p})", s.name),
@@ -134,9 +173,17 @@ fn check(cx: &Context) -> Outcome {
                 if replaced.contains(&s.name) {
                     o.warn("password-replaced", format!("account {} has a password in the image (cloud-init replaces it at first boot)", s.name), ev(detail));
                 } else if known.is_some() {
-                    o.fail("well-known-password", format!("account {} has a well-known password", s.name), ev(detail));
+                    o.fail(
+                        "well-known-password",
+                        format!("account {} has a well-known password", s.name),
+                        ev(detail),
+                    );
                 } else {
-                    o.fail("default-password", format!("account {} has a password set in the image", s.name), ev(detail));
+                    o.fail(
+                        "default-password",
+                        format!("account {} has a password set in the image", s.name),
+                        ev(detail),
+                    );
                 }
             }
         }
@@ -147,7 +194,19 @@ fn check(cx: &Context) -> Outcome {
             o.fail(
                 "passwd-field-password",
                 format!("account {} has a password in /etc/passwd", u.name),
-                Evidence::at_line("/etc/passwd", u.line, format!("{}: {} password field in /etc/passwd", u.name, if st == PasswordState::Empty { "empty" } else { "hashed" })),
+                Evidence::at_line(
+                    "/etc/passwd",
+                    u.line,
+                    format!(
+                        "{}: {} password field in /etc/passwd",
+                        u.name,
+                        if st == PasswordState::Empty {
+                            "empty"
+                        } else {
+                            "hashed"
+                        }
+                    ),
+                ),
             );
         }
     }
@@ -157,13 +216,23 @@ fn check(cx: &Context) -> Outcome {
     if let Some(text) = cx.read_text("/etc/ssh/sshd_config") {
         for (i, l) in text.lines().enumerate() {
             let mut w = l.split_whitespace();
-            if w.next().is_some_and(|k| k.eq_ignore_ascii_case("PermitEmptyPasswords")) && w.next().is_some_and(|v| v.eq_ignore_ascii_case("yes")) {
-                o.fail("sshd-empty-passwords", "sshd permits empty passwords", Evidence::at_line("/etc/ssh/sshd_config", i + 1, "PermitEmptyPasswords yes"));
+            if w.next()
+                .is_some_and(|k| k.eq_ignore_ascii_case("PermitEmptyPasswords"))
+                && w.next().is_some_and(|v| v.eq_ignore_ascii_case("yes"))
+            {
+                o.fail(
+                    "sshd-empty-passwords",
+                    "sshd permits empty passwords",
+                    Evidence::at_line("/etc/ssh/sshd_config", i + 1, "PermitEmptyPasswords yes"),
+                );
             }
         }
     }
     if o.findings.is_empty() && acc.has_shadow {
-        o.proof(Evidence::at("/etc/shadow", format!("all {checked} accounts are locked or have no password")));
+        o.proof(Evidence::at(
+            "/etc/shadow",
+            format!("all {checked} accounts are locked or have no password"),
+        ));
     }
     o
 }

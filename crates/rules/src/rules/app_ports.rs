@@ -35,10 +35,20 @@ pub const KNOWN_LISTENERS: &[(&str, &[u16], Protocol, bool)] = &[
     ("nfs-server.service", &[2049], Protocol::Tcp, true),
     ("rsync.service", &[873], Protocol::Tcp, true),
     ("rsyncd.service", &[873], Protocol::Tcp, true),
-    ("rabbitmq-server.service", &[5672, 25672, 4369], Protocol::Tcp, true),
+    (
+        "rabbitmq-server.service",
+        &[5672, 25672, 4369],
+        Protocol::Tcp,
+        true,
+    ),
     ("zabbix-agent.service", &[10050], Protocol::Tcp, true),
     ("zabbix-agent2.service", &[10050], Protocol::Tcp, true),
-    ("prometheus-node-exporter.service", &[9100], Protocol::Tcp, true),
+    (
+        "prometheus-node-exporter.service",
+        &[9100],
+        Protocol::Tcp,
+        true,
+    ),
     ("node_exporter.service", &[9100], Protocol::Tcp, true),
     ("grafana-server.service", &[3000], Protocol::Tcp, true),
     ("webmin.service", &[10000], Protocol::Tcp, true),
@@ -119,10 +129,10 @@ fn sshd_ports(cx: &Context) -> Vec<u16> {
     if let Some(text) = cx.read_text("/etc/ssh/sshd_config") {
         for l in text.lines() {
             let mut w = l.split_whitespace();
-            if w.next().is_some_and(|k| k.eq_ignore_ascii_case("Port")) {
-                if let Some(p) = w.next().and_then(|p| p.parse().ok()) {
-                    ports.push(p);
-                }
+            if w.next().is_some_and(|k| k.eq_ignore_ascii_case("Port"))
+                && let Some(p) = w.next().and_then(|p| p.parse().ok())
+            {
+                ports.push(p);
             }
         }
     }
@@ -136,48 +146,96 @@ fn check(cx: &Context) -> Outcome {
     let mut o = Outcome::default();
     let units = cx.units();
     if units.no_systemd {
-        return Outcome::unknown("no systemd unit directories: listeners cannot be derived offline");
+        return Outcome::unknown(
+            "no systemd unit directories: listeners cannot be derived offline",
+        );
     }
     let mut listeners: BTreeMap<Port, Evidence> = BTreeMap::new();
     let enabled: Vec<String> = units.enabled().map(str::to_owned).collect();
     for unit in &enabled {
         if unit.ends_with(".socket") {
-            let Some(file) = units.file(unit).cloned().or_else(|| load_unit_file(cx, unit)) else { continue };
-            for (key, proto) in [("ListenStream", Protocol::Tcp), ("ListenDatagram", Protocol::Udp), ("ListenSequentialPacket", Protocol::Tcp)] {
+            let Some(file) = units
+                .file(unit)
+                .cloned()
+                .or_else(|| load_unit_file(cx, unit))
+            else {
+                continue;
+            };
+            for (key, proto) in [
+                ("ListenStream", Protocol::Tcp),
+                ("ListenDatagram", Protocol::Udp),
+                ("ListenSequentialPacket", Protocol::Tcp),
+            ] {
                 for (v, line) in file.values("Socket", key) {
                     if let Some(number) = listen_port(&v) {
-                        listeners.entry(Port { number, protocol: proto }).or_insert_with(|| {
-                            Evidence::at_line(file.path.clone(), line, format!("{unit} listens: {key}={v}"))
-                        });
+                        listeners
+                            .entry(Port {
+                                number,
+                                protocol: proto,
+                            })
+                            .or_insert_with(|| {
+                                Evidence::at_line(
+                                    file.path.clone(),
+                                    line,
+                                    format!("{unit} listens: {key}={v}"),
+                                )
+                            });
                     }
                 }
             }
         }
         if let Some((_, ports, proto, exposed)) = KNOWN_LISTENERS.iter().find(|(u, ..)| u == unit) {
             for &number in *ports {
-                let ev = Evidence::note(format!("{unit} starts at boot: {}", units.explain(unit).unwrap_or_default()));
+                let ev = Evidence::note(format!(
+                    "{unit} starts at boot: {}",
+                    units.explain(unit).unwrap_or_default()
+                ));
                 if *exposed {
-                    listeners.entry(Port { number, protocol: *proto }).or_insert(ev);
+                    listeners
+                        .entry(Port {
+                            number,
+                            protocol: *proto,
+                        })
+                        .or_insert(ev);
                 } else {
-                    o.info("localhost-listener", format!("{unit} listens on {number}/{} (localhost by default)", proto.as_str()), ev);
+                    o.info(
+                        "localhost-listener",
+                        format!(
+                            "{unit} listens on {number}/{} (localhost by default)",
+                            proto.as_str()
+                        ),
+                        ev,
+                    );
                 }
             }
         }
     }
     let ssh = sshd_ports(cx);
     let declared: Vec<Port> = cx.manifest.map(|m| m.ports.clone()).unwrap_or_default();
-    let allowed = |p: &Port| (p.protocol == Protocol::Tcp && ssh.contains(&p.number)) || declared.contains(p);
+    let allowed =
+        |p: &Port| (p.protocol == Protocol::Tcp && ssh.contains(&p.number)) || declared.contains(p);
     let mut extra = 0;
     for (port, ev) in &listeners {
         if allowed(port) {
-            o.proof(Evidence { detail: format!("{port} allowed: {}", ev.detail), ..ev.clone() });
+            o.proof(Evidence {
+                detail: format!("{port} allowed: {}", ev.detail),
+                ..ev.clone()
+            });
             continue;
         }
         extra += 1;
         if cx.manifest.is_some() {
-            o.fail("undeclared-port", format!("{port} listens but is not declared in the manifest"), ev.clone());
+            o.fail(
+                "undeclared-port",
+                format!("{port} listens but is not declared in the manifest"),
+                ev.clone(),
+            );
         } else {
-            o.warn("unexpected-port", format!("{port} listens at boot"), ev.clone());
+            o.warn(
+                "unexpected-port",
+                format!("{port} listens at boot"),
+                ev.clone(),
+            );
         }
     }
     match cx.manifest {

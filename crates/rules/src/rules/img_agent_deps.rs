@@ -41,19 +41,26 @@ does not replace curl.
 
 fn check(cx: &Context) -> Outcome {
     let mut o = Outcome::default();
-    if let Some(m) = cx.manifest {
-        if !m.agent {
-            o.proof(Evidence::at(
-                m.path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "manifest".into()),
-                "agent = false: the app does not use the platform's agent",
-            ));
-            return o;
-        }
+    if let Some(m) = cx.manifest
+        && !m.agent
+    {
+        o.proof(Evidence::at(
+            m.path
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "manifest".into()),
+            "agent = false: the app does not use the platform's agent",
+        ));
+        return o;
     }
     match (installed_package(cx, &["curl"]), find_binary(cx, &["curl"])) {
         (Some(e), _) => o.proof(e),
         (None, Some(bin)) => o.proof(Evidence::at(bin, "curl executable present")),
-        (None, None) => o.fail("curl-missing", "curl is not installed", Evidence::note("no curl package and no curl in /usr/bin, /bin, /usr/local/bin")),
+        (None, None) => o.fail(
+            "curl-missing",
+            "curl is not installed",
+            Evidence::note("no curl package and no curl in /usr/bin, /bin, /usr/local/bin"),
+        ),
     }
     let init_target = cx.guest.resolve("/sbin/init", true).ok();
     let systemd_pkg = installed_package(cx, &["systemd"]);
@@ -61,7 +68,10 @@ fn check(cx: &Context) -> Outcome {
         Some(r) if r.meta.is_some() => {
             let target = String::from_utf8_lossy(&r.path).into_owned();
             if target.ends_with("/systemd") {
-                o.proof(Evidence::at("/sbin/init", format!("/sbin/init is systemd ({target})")));
+                o.proof(Evidence::at(
+                    "/sbin/init",
+                    format!("/sbin/init is systemd ({target})"),
+                ));
                 if let Some(e) = systemd_pkg {
                     o.proof(e);
                 }
@@ -75,9 +85,14 @@ fn check(cx: &Context) -> Outcome {
         }
         _ => {
             // No /sbin/init: the kernel command line may name init=.
-            let init_arg = cx.boot().effective().and_then(|c| crate::facts::boot::arg_value(&c.args, "init"));
+            let init_arg = cx
+                .boot()
+                .effective()
+                .and_then(|c| crate::facts::boot::arg_value(&c.args, "init"));
             match init_arg {
-                Some(i) if i.ends_with("/systemd") => o.proof(Evidence::note(format!("init={i} on the kernel command line"))),
+                Some(i) if i.ends_with("/systemd") => o.proof(Evidence::note(format!(
+                    "init={i} on the kernel command line"
+                ))),
                 _ if systemd_pkg.is_some() && cx.guest.is_file("/lib/systemd/systemd") => {
                     o.warn(
                         "init-missing",
@@ -85,7 +100,11 @@ fn check(cx: &Context) -> Outcome {
                         Evidence::at("/sbin/init", "missing"),
                     );
                 }
-                _ => o.fail("systemd-missing", "systemd is not the init system (no /sbin/init)", Evidence::at("/sbin/init", "missing")),
+                _ => o.fail(
+                    "systemd-missing",
+                    "systemd is not the init system (no /sbin/init)",
+                    Evidence::at("/sbin/init", "missing"),
+                ),
             }
         }
     }

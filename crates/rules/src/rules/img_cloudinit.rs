@@ -8,7 +8,12 @@ use crate::model::{Evidence, Outcome, Severity};
 use crate::rule::RuleDef;
 
 /// cloud-init's boot stages.
-pub const STAGES: &[&str] = &["cloud-init-local.service", "cloud-init.service", "cloud-config.service", "cloud-final.service"];
+pub const STAGES: &[&str] = &[
+    "cloud-init-local.service",
+    "cloud-init.service",
+    "cloud-config.service",
+    "cloud-final.service",
+];
 
 /// Datasources that work on the platform.
 pub const OPENSTACK_DATASOURCES: &[&str] = &["OpenStack", "ConfigDrive"];
@@ -55,11 +60,21 @@ generator's presence counts as enabling the target.
 
 fn check(cx: &Context) -> Outcome {
     let mut o = Outcome::default();
-    match (installed_package(cx, &["cloud-init"]), find_binary(cx, &["cloud-init"])) {
+    match (
+        installed_package(cx, &["cloud-init"]),
+        find_binary(cx, &["cloud-init"]),
+    ) {
         (Some(e), _) => o.proof(e),
-        (None, Some(b)) => o.proof(Evidence::at(b, "cloud-init executable present (no package record)")),
+        (None, Some(b)) => o.proof(Evidence::at(
+            b,
+            "cloud-init executable present (no package record)",
+        )),
         (None, None) => {
-            o.fail("cloudinit-missing", "cloud-init is not installed", Evidence::note("no cloud-init package and no cloud-init executable"));
+            o.fail(
+                "cloudinit-missing",
+                "cloud-init is not installed",
+                Evidence::note("no cloud-init package and no cloud-init executable"),
+            );
             return o;
         }
     }
@@ -67,11 +82,17 @@ fn check(cx: &Context) -> Outcome {
         o.fail(
             "cloudinit-disabled-file",
             "cloud-init is disabled by /etc/cloud/cloud-init.disabled",
-            Evidence::at("/etc/cloud/cloud-init.disabled", "file present: cloud-init does nothing at boot"),
+            Evidence::at(
+                "/etc/cloud/cloud-init.disabled",
+                "file present: cloud-init does nothing at boot",
+            ),
         );
     }
     for c in &cx.boot().cmdlines {
-        if crate::facts::boot::split_args(&c.args).iter().any(|a| a == "cloud-init=disabled") {
+        if crate::facts::boot::split_args(&c.args)
+            .iter()
+            .any(|a| a == "cloud-init=disabled")
+        {
             o.fail(
                 "cloudinit-disabled-cmdline",
                 "cloud-init=disabled on the kernel command line",
@@ -85,13 +106,20 @@ fn check(cx: &Context) -> Outcome {
     if units.no_systemd {
         o.unverified("no systemd unit directories: cannot tell whether cloud-init runs at boot");
     } else {
-        let generator = ["/lib/systemd/system-generators/cloud-init-generator", "/usr/lib/systemd/system-generators/cloud-init-generator"]
-            .into_iter()
-            .find(|p| cx.guest.exists(p));
+        let generator = [
+            "/lib/systemd/system-generators/cloud-init-generator",
+            "/usr/lib/systemd/system-generators/cloud-init-generator",
+        ]
+        .into_iter()
+        .find(|p| cx.guest.exists(p));
         let target_enabled = units.is_enabled("cloud-init.target");
         for stage in STAGES {
             if units.masked.contains_key(*stage) {
-                o.fail("cloudinit-masked", format!("{stage} is masked"), Evidence::at(units.masked[*stage].clone(), "symlink to /dev/null"));
+                o.fail(
+                    "cloudinit-masked",
+                    format!("{stage} is masked"),
+                    Evidence::at(units.masked[*stage].clone(), "symlink to /dev/null"),
+                );
                 continue;
             }
             if let Some(e) = enabled_evidence(cx, stage) {
@@ -99,10 +127,14 @@ fn check(cx: &Context) -> Outcome {
                 continue;
             }
             // Wanted by cloud-init.target, which the generator enables at boot.
-            let wanted_by_target = ["/etc/systemd/system/cloud-init.target.wants", "/lib/systemd/system/cloud-init.target.wants", "/usr/lib/systemd/system/cloud-init.target.wants"]
-                .iter()
-                .map(|d| format!("{d}/{stage}"))
-                .find(|p| cx.guest.exists(p));
+            let wanted_by_target = [
+                "/etc/systemd/system/cloud-init.target.wants",
+                "/lib/systemd/system/cloud-init.target.wants",
+                "/usr/lib/systemd/system/cloud-init.target.wants",
+            ]
+            .iter()
+            .map(|d| format!("{d}/{stage}"))
+            .find(|p| cx.guest.exists(p));
             match (wanted_by_target, generator) {
                 (Some(link), Some(g)) if !target_enabled => o.proof(Evidence::at(
                     link,
@@ -125,15 +157,34 @@ fn check(cx: &Context) -> Outcome {
     // Datasources.
     let cc = cx.cloud();
     for (path, err) in &cc.errors {
-        o.warn("cloudcfg-unparsable", format!("cloud-init config does not parse: {err}"), Evidence::at(path.clone(), err.clone()));
+        o.warn(
+            "cloudcfg-unparsable",
+            format!("cloud-init config does not parse: {err}"),
+            Evidence::at(path.clone(), err.clone()),
+        );
     }
     match cc.get("datasource_list") {
-        None => o.proof(Evidence::note("datasource_list not set: cloud-init probes every datasource, OpenStack included")),
+        None => o.proof(Evidence::note(
+            "datasource_list not set: cloud-init probes every datasource, OpenStack included",
+        )),
         Some(Value::Array(list)) => {
-            let names: Vec<String> = list.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect();
-            let origin = cc.origin("datasource_list").unwrap_or("/etc/cloud/cloud.cfg").to_owned();
-            if names.iter().any(|n| OPENSTACK_DATASOURCES.iter().any(|d| d.eq_ignore_ascii_case(n.trim()))) {
-                o.proof(Evidence::at(origin, format!("datasource_list: [{}]", names.join(", "))));
+            let names: Vec<String> = list
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect();
+            let origin = cc
+                .origin("datasource_list")
+                .unwrap_or("/etc/cloud/cloud.cfg")
+                .to_owned();
+            if names.iter().any(|n| {
+                OPENSTACK_DATASOURCES
+                    .iter()
+                    .any(|d| d.eq_ignore_ascii_case(n.trim()))
+            }) {
+                o.proof(Evidence::at(
+                    origin,
+                    format!("datasource_list: [{}]", names.join(", ")),
+                ));
             } else {
                 o.fail(
                     "datasource-missing",
@@ -145,7 +196,12 @@ fn check(cx: &Context) -> Outcome {
         Some(other) => o.warn(
             "datasource-list-invalid",
             "datasource_list is not a list",
-            Evidence::at(cc.origin("datasource_list").unwrap_or("/etc/cloud/cloud.cfg").to_owned(), other.to_string()),
+            Evidence::at(
+                cc.origin("datasource_list")
+                    .unwrap_or("/etc/cloud/cloud.cfg")
+                    .to_owned(),
+                other.to_string(),
+            ),
         ),
     }
     o

@@ -7,15 +7,56 @@ use crate::rule::RuleDef;
 
 /// Packages that install a debugger or tracer (Debian and RPM names).
 pub const DEBUGGER_PACKAGES: &[&str] = &[
-    "gdb", "gdb-minimal", "gdb-multiarch", "gdbserver", "gdb-gdbserver", "strace", "ltrace", "valgrind",
-    "lldb", "systemtap", "systemtap-client", "bpftrace", "bpfcc-tools", "bcc-tools", "sysdig", "rr",
-    "uftrace", "radare2", "edb-debugger", "ddd", "cgdb", "pwndbg", "linux-perf", "perf", "crash",
+    "gdb",
+    "gdb-minimal",
+    "gdb-multiarch",
+    "gdbserver",
+    "gdb-gdbserver",
+    "strace",
+    "ltrace",
+    "valgrind",
+    "lldb",
+    "systemtap",
+    "systemtap-client",
+    "bpftrace",
+    "bpfcc-tools",
+    "bcc-tools",
+    "sysdig",
+    "rr",
+    "uftrace",
+    "radare2",
+    "edb-debugger",
+    "ddd",
+    "cgdb",
+    "pwndbg",
+    "linux-perf",
+    "perf",
+    "crash",
 ];
 
 /// Executables of debuggers and tracers (versioned names match by prefix).
 pub const DEBUGGER_BINARIES: &[&str] = &[
-    "gdb", "gdbserver", "gdb-multiarch", "strace", "ltrace", "valgrind", "lldb", "lldb-server", "stap",
-    "staprun", "bpftrace", "sysdig", "rr", "uftrace", "r2", "radare2", "edb", "ddd", "cgdb", "perf", "crash",
+    "gdb",
+    "gdbserver",
+    "gdb-multiarch",
+    "strace",
+    "ltrace",
+    "valgrind",
+    "lldb",
+    "lldb-server",
+    "stap",
+    "staprun",
+    "bpftrace",
+    "sysdig",
+    "rr",
+    "uftrace",
+    "r2",
+    "radare2",
+    "edb",
+    "ddd",
+    "cgdb",
+    "perf",
+    "crash",
 ];
 
 /// The rule.
@@ -65,7 +106,8 @@ fn check(cx: &Context) -> Outcome {
     let mut o = Outcome::default();
     let pk = cx.packages();
     for (name, p) in &pk.list {
-        let versioned_lldb = name.starts_with("lldb-") && name[5..].chars().all(|c| c.is_ascii_digit() || c == '.');
+        let versioned_lldb =
+            name.starts_with("lldb-") && name[5..].chars().all(|c| c.is_ascii_digit() || c == '.');
         if DEBUGGER_PACKAGES.contains(&name.as_str()) || versioned_lldb {
             o.fail(
                 "debugger-package",
@@ -76,7 +118,9 @@ fn check(cx: &Context) -> Outcome {
     }
     let mut seen_dirs = Vec::new();
     for dir in BIN_DIRS {
-        let Ok(r) = cx.guest.resolve(dir, true) else { continue };
+        let Ok(r) = cx.guest.resolve(dir, true) else {
+            continue;
+        };
         if r.meta.is_none() || seen_dirs.contains(&r.path) {
             continue;
         }
@@ -92,12 +136,25 @@ fn check(cx: &Context) -> Outcome {
             }
             // perf on Debian is a wrapper script from linux-base that only
             // execs a versioned perf_x.y from linux-perf: not a debugger.
-            if name == "perf" && pk.get("linux-perf").is_none() && pk.get("perf").is_none() && pk.known() {
+            if name == "perf"
+                && pk.get("linux-perf").is_none()
+                && pk.get("perf").is_none()
+                && pk.known()
+            {
                 continue;
             }
             // Already reported through the package that installed it.
-            let owner = if name.starts_with("perf") { "linux-perf" } else { name.as_str() };
-            if o.findings.iter().any(|f| f.kind == "debugger-package" && f.evidence.package.as_deref().is_some_and(|p| p.split(' ').next() == Some(owner) || p.starts_with(&format!("{name} ")))) {
+            let owner = if name.starts_with("perf") {
+                "linux-perf"
+            } else {
+                name.as_str()
+            };
+            if o.findings.iter().any(|f| {
+                f.kind == "debugger-package"
+                    && f.evidence.package.as_deref().is_some_and(|p| {
+                        p.split(' ').next() == Some(owner) || p.starts_with(&format!("{name} "))
+                    })
+            }) {
                 continue;
             }
             o.fail(

@@ -79,12 +79,16 @@ fn check(cx: &Context) -> Outcome {
         searched += 1;
         for name in HISTORY_FILES {
             let path = format!("{home}/{name}");
-            let Ok(r) = cx.guest.resolve(&path, true) else { continue };
+            let Ok(r) = cx.guest.resolve(&path, true) else {
+                continue;
+            };
             let Some(meta) = r.meta else { continue };
             if r.path == b"/dev/null" || meta.kind != FileKind::File || meta.size == 0 {
                 continue;
             }
-            let who = user.map(|u| format!(" of user {}", u.name)).unwrap_or_default();
+            let who = user
+                .map(|u| format!(" of user {}", u.name))
+                .unwrap_or_default();
             let detail = match cx.guest.read_head(&path, 1 << 20) {
                 Ok(Some(head)) => format!(
                     "{} lines, {}",
@@ -103,7 +107,11 @@ fn check(cx: &Context) -> Outcome {
     if o.findings.is_empty() {
         o.proof(Evidence::note(format!(
             "no non-empty history file in {searched} home directories ({})",
-            homes.iter().map(|(h, _)| h.as_str()).collect::<Vec<_>>().join(", ")
+            homes
+                .iter()
+                .map(|(h, _)| h.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         )));
     }
     o

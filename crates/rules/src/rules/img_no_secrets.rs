@@ -13,26 +13,71 @@ use crate::rule::RuleDef;
 
 /// Credential files relative to a home directory.
 pub const HOME_CREDENTIAL_FILES: &[(&str, &str, &[&str])] = &[
-    (".ssh/authorized_keys", "SSH authorized keys (grants the key's owner access to every instance)", &[]),
-    (".ssh/authorized_keys2", "SSH authorized keys (grants the key's owner access to every instance)", &[]),
-    (".aws/credentials", "AWS credentials", &["aws_secret_access_key", "aws_session_token"]),
-    (".docker/config.json", "Docker registry credentials", &["\"auth\"", "identitytoken"]),
+    (
+        ".ssh/authorized_keys",
+        "SSH authorized keys (grants the key's owner access to every instance)",
+        &[],
+    ),
+    (
+        ".ssh/authorized_keys2",
+        "SSH authorized keys (grants the key's owner access to every instance)",
+        &[],
+    ),
+    (
+        ".aws/credentials",
+        "AWS credentials",
+        &["aws_secret_access_key", "aws_session_token"],
+    ),
+    (
+        ".docker/config.json",
+        "Docker registry credentials",
+        &["\"auth\"", "identitytoken"],
+    ),
     (".git-credentials", "git credentials", &["@"]),
     (".pgpass", "PostgreSQL passwords", &[":"]),
     (".netrc", "netrc login passwords", &["password"]),
     (".my.cnf", "MySQL client credentials", &["password"]),
-    (".config/openstack/clouds.yaml", "OpenStack credentials", &["password", "application_credential_secret", "token"]),
-    (".config/openstack/secure.yaml", "OpenStack credentials", &["password", "application_credential_secret", "token"]),
-    (".kube/config", "Kubernetes credentials", &["token", "client-key-data", "password"]),
-    (".config/gcloud/credentials.db", "Google Cloud credentials", &[]),
+    (
+        ".config/openstack/clouds.yaml",
+        "OpenStack credentials",
+        &["password", "application_credential_secret", "token"],
+    ),
+    (
+        ".config/openstack/secure.yaml",
+        "OpenStack credentials",
+        &["password", "application_credential_secret", "token"],
+    ),
+    (
+        ".kube/config",
+        "Kubernetes credentials",
+        &["token", "client-key-data", "password"],
+    ),
+    (
+        ".config/gcloud/credentials.db",
+        "Google Cloud credentials",
+        &[],
+    ),
     (".azure/accessTokens.json", "Azure tokens", &[]),
     (".vault-token", "HashiCorp Vault token", &[]),
-    (".npmrc", "npm registry token", &["_authToken", "_auth", "_password"]),
+    (
+        ".npmrc",
+        "npm registry token",
+        &["_authToken", "_auth", "_password"],
+    ),
     (".pypirc", "PyPI credentials", &["password"]),
 ];
 
 /// Directories whose files' contents are scanned for secrets (plus homes).
-const CONTENT_DIRS: &[&str] = &["/etc", "/opt", "/srv", "/usr/local/etc", "/var/lib/cloud", "/tmp", "/var/tmp", "/var/www"];
+const CONTENT_DIRS: &[&str] = &[
+    "/etc",
+    "/opt",
+    "/srv",
+    "/usr/local/etc",
+    "/var/lib/cloud",
+    "/tmp",
+    "/var/tmp",
+    "/var/www",
+];
 /// Largest file whose content is scanned.
 const MAX_SCAN_FILE: u64 = 1 << 20;
 /// Total bytes scanned before giving up (keeps `check` fast on big images).
@@ -109,7 +154,8 @@ shared by every instance and fail.
 
 /// True if cloud-init will delete and regenerate SSH host keys at first boot.
 fn host_keys_regenerated(cx: &Context) -> bool {
-    let installed = cx.packages().get("cloud-init").is_some() || super::util::find_binary(cx, &["cloud-init"]).is_some();
+    let installed = cx.packages().get("cloud-init").is_some()
+        || super::util::find_binary(cx, &["cloud-init"]).is_some();
     if !installed || cx.guest.exists("/etc/cloud/cloud-init.disabled") {
         return false;
     }
@@ -131,7 +177,9 @@ fn check(cx: &Context) -> Outcome {
         if !matches!(cx.guest.stat(&home), Ok(Some(m)) if m.kind == FileKind::Dir) {
             continue;
         }
-        let who = user.map(|u| u.name.clone()).unwrap_or_else(|| "root".into());
+        let who = user
+            .map(|u| u.name.clone())
+            .unwrap_or_else(|| "root".into());
         for (rel, what, markers) in HOME_CREDENTIAL_FILES {
             let p = format!("{home}/{rel}");
             match cx.guest.stat(&p) {
@@ -147,25 +195,39 @@ fn check(cx: &Context) -> Outcome {
                     }
                     let detail = match head {
                         Some(b) => {
-                            let lines = b.split(|&c| c == b'\n').filter(|l| !l.iter().all(u8::is_ascii_whitespace)).count();
+                            let lines = b
+                                .split(|&c| c == b'\n')
+                                .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
+                                .count();
                             format!("{what}; {lines} entries, {}", fingerprint(&b))
                         }
                         None => what.to_string(),
                     };
-                    o.fail("credential-file", format!("{what} of {who}: {p}"), Evidence::at(p.clone(), detail));
+                    o.fail(
+                        "credential-file",
+                        format!("{what} of {who}: {p}"),
+                        Evidence::at(p.clone(), detail),
+                    );
                     reported.insert(p);
                 }
                 _ => {}
             }
         }
         for n in names(cx, &format!("{home}/.ssh")) {
-            if n.starts_with("id_") && !n.ends_with(".pub") || n.ends_with(".pem") || n.ends_with("_key") && !n.ends_with(".pub") {
+            if n.starts_with("id_") && !n.ends_with(".pub")
+                || n.ends_with(".pem")
+                || n.ends_with("_key") && !n.ends_with(".pub")
+            {
                 let p = format!("{home}/.ssh/{n}");
-                if let Ok(Some(b)) = cx.guest.read_head(&p, MAX_SCAN_FILE) {
-                    if !b.is_empty() {
-                        o.fail("private-key-file", format!("SSH private key of {who}: {p}"), Evidence::at(p.clone(), format!("private key, {}", fingerprint(&b))));
-                        reported.insert(p);
-                    }
+                if let Ok(Some(b)) = cx.guest.read_head(&p, MAX_SCAN_FILE)
+                    && !b.is_empty()
+                {
+                    o.fail(
+                        "private-key-file",
+                        format!("SSH private key of {who}: {p}"),
+                        Evidence::at(p.clone(), format!("private key, {}", fingerprint(&b))),
+                    );
+                    reported.insert(p);
                 }
             }
         }
@@ -201,12 +263,25 @@ fn check(cx: &Context) -> Outcome {
         o.fail(
             "cloudinit-instance-data",
             "leftover cloud-init instance data",
-            Evidence::at("/var/lib/cloud/instances", format!("{} instance directories (user data, network config of the build VM)", instances.len())),
+            Evidence::at(
+                "/var/lib/cloud/instances",
+                format!(
+                    "{} instance directories (user data, network config of the build VM)",
+                    instances.len()
+                ),
+            ),
         );
         reported.insert("/var/lib/cloud".into());
     }
     if let Ok(Some(t)) = cx.guest.read_link("/var/lib/cloud/instance") {
-        o.fail("cloudinit-instance-data", "leftover cloud-init instance link", Evidence::at("/var/lib/cloud/instance", format!("-> {}", String::from_utf8_lossy(&t))));
+        o.fail(
+            "cloudinit-instance-data",
+            "leftover cloud-init instance link",
+            Evidence::at(
+                "/var/lib/cloud/instance",
+                format!("-> {}", String::from_utf8_lossy(&t)),
+            ),
+        );
     }
 
     // machine-id.
@@ -220,36 +295,64 @@ fn check(cx: &Context) -> Outcome {
                 o.fail(
                     "machine-id",
                     format!("{p} is set: every instance would share it"),
-                    Evidence::at(p, format!("{} hex characters (truncate to an empty file)", t.len())),
+                    Evidence::at(
+                        p,
+                        format!("{} hex characters (truncate to an empty file)", t.len()),
+                    ),
                 );
             }
         }
     }
 
     // DHCP leases.
-    for dir in ["/var/lib/dhcp", "/var/lib/dhclient", "/var/lib/NetworkManager", "/var/lib/dhcpcd", "/var/lib/dhcpcd5"] {
+    for dir in [
+        "/var/lib/dhcp",
+        "/var/lib/dhclient",
+        "/var/lib/NetworkManager",
+        "/var/lib/dhcpcd",
+        "/var/lib/dhcpcd5",
+    ] {
         for n in names(cx, dir) {
             if n.contains(".lease") || n.ends_with(".leases") {
                 let p = format!("{dir}/{n}");
-                if matches!(cx.guest.stat(&p), Ok(Some(m)) if m.kind == FileKind::File && m.size > 0) {
-                    o.warn("dhcp-lease", format!("DHCP lease of the build machine: {p}"), Evidence::at(p, "leftover lease (addresses of the build network)"));
+                if matches!(cx.guest.stat(&p), Ok(Some(m)) if m.kind == FileKind::File && m.size > 0)
+                {
+                    o.warn(
+                        "dhcp-lease",
+                        format!("DHCP lease of the build machine: {p}"),
+                        Evidence::at(p, "leftover lease (addresses of the build network)"),
+                    );
                 }
             }
         }
     }
 
     // Content scan.
-    let mut budget = ScanBudget { bytes: 0, files: 0, exhausted: false };
-    let mut roots: Vec<String> = cx.accounts().homes().into_iter().map(|(h, _)| h).filter(|h| h != "/" && !h.is_empty()).collect();
+    let mut budget = ScanBudget {
+        bytes: 0,
+        files: 0,
+        exhausted: false,
+    };
+    let mut roots: Vec<String> = cx
+        .accounts()
+        .homes()
+        .into_iter()
+        .map(|(h, _)| h)
+        .filter(|h| h != "/" && !h.is_empty())
+        .collect();
     roots.extend(CONTENT_DIRS.iter().map(|s| s.to_string()));
     let mut seen_roots = BTreeSet::new();
     for root in roots {
-        let Ok(r) = cx.guest.resolve(&root, true) else { continue };
+        let Ok(r) = cx.guest.resolve(&root, true) else {
+            continue;
+        };
         if r.meta.is_none_or(|m| m.kind != FileKind::Dir) || !seen_roots.insert(r.path.clone()) {
             continue;
         }
         let real = String::from_utf8_lossy(&r.path).into_owned();
-        if seen_roots.iter().any(|s: &Vec<u8>| s != &r.path && r.path.starts_with(s) && r.path.get(s.len()) == Some(&b'/')) {
+        if seen_roots.iter().any(|s: &Vec<u8>| {
+            s != &r.path && r.path.starts_with(s) && r.path.get(s.len()) == Some(&b'/')
+        }) {
             continue;
         }
         scan_dir(cx, &real, 0, &mut budget, &mut reported, &mut o);
@@ -277,12 +380,27 @@ struct ScanBudget {
     exhausted: bool,
 }
 
-fn scan_dir(cx: &Context, dir: &str, depth: usize, budget: &mut ScanBudget, reported: &mut BTreeSet<String>, o: &mut Outcome) {
+fn scan_dir(
+    cx: &Context,
+    dir: &str,
+    depth: usize,
+    budget: &mut ScanBudget,
+    reported: &mut BTreeSet<String>,
+    o: &mut Outcome,
+) {
     if depth > MAX_DEPTH || budget.exhausted {
         return;
     }
     // Not secrets: the host's trust store, docs, locale and binary caches.
-    if matches!(dir, "/etc/ssl/certs" | "/etc/pki/ca-trust" | "/etc/pki/tls/certs" | "/etc/alternatives" | "/etc/ld.so.cache" | "/etc/selinux") {
+    if matches!(
+        dir,
+        "/etc/ssl/certs"
+            | "/etc/pki/ca-trust"
+            | "/etc/pki/tls/certs"
+            | "/etc/alternatives"
+            | "/etc/ld.so.cache"
+            | "/etc/selinux"
+    ) {
         return;
     }
     let entries = match cx.guest.read_dir(dir) {
@@ -291,7 +409,11 @@ fn scan_dir(cx: &Context, dir: &str, depth: usize, budget: &mut ScanBudget, repo
     };
     for e in entries {
         let name = String::from_utf8_lossy(&e.name).into_owned();
-        let path = if dir == "/" { format!("/{name}") } else { format!("{dir}/{name}") };
+        let path = if dir == "/" {
+            format!("/{name}")
+        } else {
+            format!("{dir}/{name}")
+        };
         match e.kind {
             FileKind::Dir => scan_dir(cx, &path, depth + 1, budget, reported, o),
             FileKind::File => {
@@ -299,13 +421,20 @@ fn scan_dir(cx: &Context, dir: &str, depth: usize, budget: &mut ScanBudget, repo
                     budget.exhausted = true;
                     return;
                 }
-                if reported.contains(&path) || reported.iter().any(|r| path.starts_with(&format!("{r}/"))) {
+                if reported.contains(&path)
+                    || reported.iter().any(|r| path.starts_with(&format!("{r}/")))
+                {
                     continue;
                 }
-                if path.ends_with(".pub") || path.ends_with(".crt") || path.ends_with(".pem") && path.starts_with("/etc/ssl/certs") {
+                if path.ends_with(".pub")
+                    || path.ends_with(".crt")
+                    || path.ends_with(".pem") && path.starts_with("/etc/ssl/certs")
+                {
                     continue;
                 }
-                let Ok(Some(data)) = cx.guest.read_head(&path, MAX_SCAN_FILE) else { continue };
+                let Ok(Some(data)) = cx.guest.read_head(&path, MAX_SCAN_FILE) else {
+                    continue;
+                };
                 budget.files += 1;
                 budget.bytes += data.len() as u64;
                 scan_content(&path, &data, reported, o);
@@ -328,13 +457,25 @@ fn scan_content(path: &str, data: &[u8], reported: &mut BTreeSet<String>, o: &mu
         let Some(m) = p.re.find(data) else { continue };
         let line = data[..m.start()].iter().filter(|&&b| b == b'\n').count() + 1;
         // Fingerprint the whole matched line (the key or token), not the header.
-        let end = data[m.start()..].iter().position(|&b| b == b'\n').map(|e| m.start() + e).unwrap_or(data.len());
-        let secret = if p.name == "PEM private key" { data } else { &data[m.start()..end] };
+        let end = data[m.start()..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map(|e| m.start() + e)
+            .unwrap_or(data.len());
+        let secret = if p.name == "PEM private key" {
+            data
+        } else {
+            &data[m.start()..end]
+        };
         let snakeoil = path.contains("snakeoil");
         let message = format!("{} in {path}", p.name);
         let ev = Evidence::at_line(path, line, format!("{}, {}", p.name, fingerprint(secret)));
         if snakeoil {
-            o.warn("snakeoil-key", format!("{message} (the ssl-cert snakeoil key; regenerate it at first boot)"), ev);
+            o.warn(
+                "snakeoil-key",
+                format!("{message} (the ssl-cert snakeoil key; regenerate it at first boot)"),
+                ev,
+            );
         } else {
             o.fail("secret-content", message, ev);
         }

@@ -1,7 +1,7 @@
 //! KERNEL-VIRTIO: virtio-net, virtio-blk and virtiofs drivers, reachable at boot.
 
 use crate::context::Context;
-use crate::facts::kernel::{newest, DriverState, Kernel};
+use crate::facts::kernel::{DriverState, Kernel, newest};
 use crate::model::{Evidence, Outcome, Severity};
 use crate::rule::RuleDef;
 
@@ -60,7 +60,10 @@ fn default_kernel<'a>(cx: &Context, kernels: &'a [Kernel]) -> Option<&'a Kernel>
     if let Some(path) = entry_kernel {
         let file = path.rsplit('/').next().unwrap_or(&path).to_owned();
         if let Some(k) = kernels.iter().find(|k| {
-            k.image.as_deref().is_some_and(|i| i.ends_with(&format!("/{file}"))) || file.ends_with(&k.version)
+            k.image
+                .as_deref()
+                .is_some_and(|i| i.ends_with(&format!("/{file}")))
+                || file.ends_with(&k.version)
         }) {
             return Some(k);
         }
@@ -81,7 +84,9 @@ fn check_kernel(k: &Kernel, o: &mut Outcome, is_default: bool) {
         match k.driver(module, symbol) {
             DriverState::BuiltIn(why) => {
                 if is_default {
-                    o.proof(Evidence::note(format!("{label}: {module} built in ({why})")));
+                    o.proof(Evidence::note(format!(
+                        "{label}: {module} built in ({why})"
+                    )));
                 }
             }
             DriverState::Module(path) => {
@@ -89,28 +94,50 @@ fn check_kernel(k: &Kernel, o: &mut Outcome, is_default: bool) {
                     match (&k.initramfs, k.in_initramfs(module)) {
                         (None, _) => problem(
                             "no-initramfs",
-                            format!("{label}: {module} is a module but the kernel has no initramfs to load it before root is mounted"),
+                            format!(
+                                "{label}: {module} is a module but the kernel has no initramfs to load it before root is mounted"
+                            ),
                             Evidence::at(path.clone(), "module on the root filesystem only"),
                         ),
                         (Some(init), Some(false)) => problem(
                             "module-not-in-initramfs",
-                            format!("{label}: {module} is not in the initramfs; root on virtio-blk cannot be mounted"),
-                            Evidence::at(init.path.clone(), format!("{module} missing from the initramfs ({path} exists on disk)")),
+                            format!(
+                                "{label}: {module} is not in the initramfs; root on virtio-blk cannot be mounted"
+                            ),
+                            Evidence::at(
+                                init.path.clone(),
+                                format!(
+                                    "{module} missing from the initramfs ({path} exists on disk)"
+                                ),
+                            ),
                         ),
                         (Some(init), Some(true)) => {
                             if is_default {
-                                let inside = init.modules.get(&crate::facts::initramfs::normalise_module(module)).cloned().unwrap_or_default();
-                                o.proof(Evidence::at(init.path.clone(), format!("{label}: {module} module in the initramfs ({inside})")));
+                                let inside = init
+                                    .modules
+                                    .get(&crate::facts::initramfs::normalise_module(module))
+                                    .cloned()
+                                    .unwrap_or_default();
+                                o.proof(Evidence::at(
+                                    init.path.clone(),
+                                    format!("{label}: {module} module in the initramfs ({inside})"),
+                                ));
                             }
                         }
                         (Some(init), None) => o.warn(
                             "initramfs-unreadable",
                             format!("{label}: could not tell whether {module} is in the initramfs"),
-                            Evidence::at(init.path.clone(), init.error.clone().unwrap_or_else(|| "unreadable".into())),
+                            Evidence::at(
+                                init.path.clone(),
+                                init.error.clone().unwrap_or_else(|| "unreadable".into()),
+                            ),
                         ),
                     }
                 } else if is_default {
-                    o.proof(Evidence::at(path, format!("{label}: {module} module present")));
+                    o.proof(Evidence::at(
+                        path,
+                        format!("{label}: {module} module present"),
+                    ));
                 }
             }
             DriverState::Missing => problem(
@@ -137,11 +164,18 @@ fn check(cx: &Context) -> Outcome {
     let mut o = Outcome::default();
     let kernels = cx.kernels();
     let Some(default) = default_kernel(cx, kernels) else {
-        o.fail("no-kernel", "no kernel is installed in the image", Evidence::note("no /boot/vmlinuz-* and no /lib/modules/*"));
+        o.fail(
+            "no-kernel",
+            "no kernel is installed in the image",
+            Evidence::note("no /boot/vmlinuz-* and no /lib/modules/*"),
+        );
         return o;
     };
     check_kernel(default, &mut o, true);
-    for k in kernels.iter().filter(|k| k.version != default.version && k.image.is_some()) {
+    for k in kernels
+        .iter()
+        .filter(|k| k.version != default.version && k.image.is_some())
+    {
         check_kernel(k, &mut o, false);
     }
     o

@@ -53,9 +53,25 @@ mod tests {
     use super::ALL;
 
     const SPEC_IDS: &[&str] = &[
-        "APP-KVM", "APP-NET", "APP-NOPASS", "APP-PORTS", "APP-FLAVOR", "APP-AUTOSTART-SOFT", "APP-AUTOSTART-HARD",
-        "APP-BILLING", "APP-DOCS", "IMG-CLOUDINIT", "IMG-AGENT-DEPS", "IMG-NO-SECRETS", "IMG-NO-HISTORY",
-        "IMG-NO-DEBUGGERS", "OS-SSHD", "OS-FIREWALL-OFF", "OS-CONSOLE-LOG", "OS-NO-FIXED-MAC", "KERNEL-VIRTIO",
+        "APP-KVM",
+        "APP-NET",
+        "APP-NOPASS",
+        "APP-PORTS",
+        "APP-FLAVOR",
+        "APP-AUTOSTART-SOFT",
+        "APP-AUTOSTART-HARD",
+        "APP-BILLING",
+        "APP-DOCS",
+        "IMG-CLOUDINIT",
+        "IMG-AGENT-DEPS",
+        "IMG-NO-SECRETS",
+        "IMG-NO-HISTORY",
+        "IMG-NO-DEBUGGERS",
+        "OS-SSHD",
+        "OS-FIREWALL-OFF",
+        "OS-CONSOLE-LOG",
+        "OS-NO-FIXED-MAC",
+        "KERNEL-VIRTIO",
     ];
 
     #[test]
@@ -67,10 +83,20 @@ mod tests {
     #[test]
     fn docs_have_the_headings() {
         for r in ALL {
-            for h in ["## What it checks", "## Why", "## Evidence", "## Remediation", "## Traps"] {
+            for h in [
+                "## What it checks",
+                "## Why",
+                "## Evidence",
+                "## Remediation",
+                "## Traps",
+            ] {
                 assert!(r.doc.contains(h), "{} doc lacks {h}", r.id);
             }
-            assert!(!r.remediation.is_empty() && !r.title.is_empty() && !r.requirement.is_empty(), "{}", r.id);
+            assert!(
+                !r.remediation.is_empty() && !r.title.is_empty() && !r.requirement.is_empty(),
+                "{}",
+                r.id
+            );
         }
     }
 }

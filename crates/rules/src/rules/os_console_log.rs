@@ -1,7 +1,7 @@
 //! OS-CONSOLE-LOG: the kernel logs to the serial console.
 
 use crate::context::Context;
-use crate::facts::boot::{consoles, Cmdline, SourceKind};
+use crate::facts::boot::{Cmdline, SourceKind, consoles};
 use crate::model::{Evidence, Outcome, Severity};
 use crate::rule::RuleDef;
 
@@ -51,10 +51,19 @@ fn is_serial0(c: &str) -> bool {
 /// Judge one command line: `Ok(detail)` if ttyS0 is last, `Err((warn?, detail))`.
 fn judge(c: &Cmdline) -> Result<String, (bool, String)> {
     let cons = consoles(&c.args);
-    let shown = if cons.is_empty() { "no console=".to_string() } else { cons.iter().map(|c| format!("console={c}")).collect::<Vec<_>>().join(" ") };
+    let shown = if cons.is_empty() {
+        "no console=".to_string()
+    } else {
+        cons.iter()
+            .map(|c| format!("console={c}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
     match cons.last() {
         Some(last) if is_serial0(last) => Ok(shown),
-        Some(_) if cons.iter().any(|c| is_serial0(c)) => Err((true, format!("{shown}: ttyS0 is not the last console"))),
+        Some(_) if cons.iter().any(|c| is_serial0(c)) => {
+            Err((true, format!("{shown}: ttyS0 is not the last console")))
+        }
         _ => Err((false, shown)),
     }
 }
@@ -74,9 +83,21 @@ fn check(cx: &Context) -> Outcome {
         SourceKind::Extlinux => "extlinux entry".to_string(),
     };
     match judge(effective) {
-        Ok(d) => o.proof(Evidence::at_line(effective.path.clone(), effective.line, format!("{what}: {d}"))),
-        Err((true, d)) => o.warn("console-not-last", format!("{what}: ttyS0 is not the last console="), Evidence::at_line(effective.path.clone(), effective.line, d)),
-        Err((false, d)) => o.fail("console-missing", format!("{what} has no console=ttyS0"), Evidence::at_line(effective.path.clone(), effective.line, d)),
+        Ok(d) => o.proof(Evidence::at_line(
+            effective.path.clone(),
+            effective.line,
+            format!("{what}: {d}"),
+        )),
+        Err((true, d)) => o.warn(
+            "console-not-last",
+            format!("{what}: ttyS0 is not the last console="),
+            Evidence::at_line(effective.path.clone(), effective.line, d),
+        ),
+        Err((false, d)) => o.fail(
+            "console-missing",
+            format!("{what} has no console=ttyS0"),
+            Evidence::at_line(effective.path.clone(), effective.line, d),
+        ),
     }
     // What the next menu regeneration writes.
     if let Some(i) = boot.grub_defaults {

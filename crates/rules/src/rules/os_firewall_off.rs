@@ -49,12 +49,20 @@ fn has_rules(text: &str, nft: bool) -> Option<(usize, String)> {
         }
         let is_rule = if nft {
             // A rule line inside a chain: anything but structure keywords.
-            !(t.starts_with("flush ") || t.starts_with("table ") || t.starts_with("chain ") || t.starts_with("type ")
-                || t == "}" || t == "{" || t.starts_with("#!") || t.starts_with("include ") || t.starts_with("define "))
+            !(t.starts_with("flush ")
+                || t.starts_with("table ")
+                || t.starts_with("chain ")
+                || t.starts_with("type ")
+                || t == "}"
+                || t == "{"
+                || t.starts_with("#!")
+                || t.starts_with("include ")
+                || t.starts_with("define "))
                 || t.contains("policy drop")
                 || t.contains("policy reject")
         } else {
-            t.starts_with("-A ") || t.contains(" DROP") && t.starts_with(':') && !t.starts_with(":INPUT ACCEPT")
+            t.starts_with("-A ")
+                || t.contains(" DROP") && t.starts_with(':') && !t.starts_with(":INPUT ACCEPT")
         };
         if is_rule {
             return Some((i + 1, t.chars().take(120).collect()));
@@ -71,11 +79,23 @@ fn check(cx: &Context) -> Outcome {
 
     if let Some(text) = cx.read_text("/etc/ufw/ufw.conf") {
         looked.push("ufw");
-        if let Some((i, _)) = text.lines().enumerate().find(|(_, l)| l.trim().replace('"', "").eq_ignore_ascii_case("ENABLED=yes")) {
+        if let Some((i, _)) = text.lines().enumerate().find(|(_, l)| {
+            l.trim()
+                .replace('"', "")
+                .eq_ignore_ascii_case("ENABLED=yes")
+        }) {
             if units.no_systemd || enabled("ufw.service") {
-                o.fail("ufw-enabled", "ufw is enabled", Evidence::at_line("/etc/ufw/ufw.conf", i + 1, "ENABLED=yes"));
+                o.fail(
+                    "ufw-enabled",
+                    "ufw is enabled",
+                    Evidence::at_line("/etc/ufw/ufw.conf", i + 1, "ENABLED=yes"),
+                );
             } else {
-                o.warn("ufw-enabled-unit-off", "ufw is configured ENABLED=yes but ufw.service does not start", Evidence::at_line("/etc/ufw/ufw.conf", i + 1, "ENABLED=yes"));
+                o.warn(
+                    "ufw-enabled-unit-off",
+                    "ufw is configured ENABLED=yes but ufw.service does not start",
+                    Evidence::at_line("/etc/ufw/ufw.conf", i + 1, "ENABLED=yes"),
+                );
             }
         }
     }
@@ -93,7 +113,11 @@ fn check(cx: &Context) -> Outcome {
         for p in ["/etc/nftables.conf", "/etc/sysconfig/nftables.conf"] {
             if let Some(text) = cx.read_text(p) {
                 if let Some((line, rule)) = has_rules(&text, true) {
-                    o.fail("nftables-rules", "nftables starts at boot with rules", Evidence::at_line(p, line, rule));
+                    o.fail(
+                        "nftables-rules",
+                        "nftables starts at boot with rules",
+                        Evidence::at_line(p, line, rule),
+                    );
                     found = true;
                 }
                 for (i, l) in text.lines().enumerate() {
@@ -101,41 +125,61 @@ fn check(cx: &Context) -> Outcome {
                         let inc = inc.trim().trim_matches('"');
                         if let Some(t) = cx.read_text(inc) {
                             if let Some((line, rule)) = has_rules(&t, true) {
-                                o.fail("nftables-rules", "nftables starts at boot with rules", Evidence::at_line(inc, line, rule));
+                                o.fail(
+                                    "nftables-rules",
+                                    "nftables starts at boot with rules",
+                                    Evidence::at_line(inc, line, rule),
+                                );
                                 found = true;
                             }
                         } else if inc.contains('*') {
-                            o.info("nftables-include", "nftables includes a glob that was not expanded", Evidence::at_line(p, i + 1, inc.to_owned()));
+                            o.info(
+                                "nftables-include",
+                                "nftables includes a glob that was not expanded",
+                                Evidence::at_line(p, i + 1, inc.to_owned()),
+                            );
                         }
                     }
                 }
             }
         }
         if !found {
-            o.proof(Evidence::note("nftables.service starts at boot but its configuration has no rules"));
+            o.proof(Evidence::note(
+                "nftables.service starts at boot but its configuration has no rules",
+            ));
         }
     }
     for (unit, files) in [
         ("iptables.service", &["/etc/sysconfig/iptables"][..]),
         ("ip6tables.service", &["/etc/sysconfig/ip6tables"][..]),
-        ("netfilter-persistent.service", &["/etc/iptables/rules.v4", "/etc/iptables/rules.v6"][..]),
+        (
+            "netfilter-persistent.service",
+            &["/etc/iptables/rules.v4", "/etc/iptables/rules.v6"][..],
+        ),
     ] {
         if !enabled(unit) {
             continue;
         }
         looked.push(unit);
         for p in files {
-            if let Some(text) = cx.read_text(p) {
-                if let Some((line, rule)) = has_rules(&text, false) {
-                    o.fail("iptables-rules", format!("{unit} restores firewall rules at boot"), Evidence::at_line(*p, line, rule));
-                }
+            if let Some(text) = cx.read_text(p)
+                && let Some((line, rule)) = has_rules(&text, false)
+            {
+                o.fail(
+                    "iptables-rules",
+                    format!("{unit} restores firewall rules at boot"),
+                    Evidence::at_line(*p, line, rule),
+                );
             }
         }
     }
     if units.no_systemd {
         o.unverified("no systemd unit directories: firewall services could not be evaluated");
     }
-    if o.findings.iter().all(|f| f.level < crate::model::Level::Warn) {
+    if o.findings
+        .iter()
+        .all(|f| f.level < crate::model::Level::Warn)
+    {
         o.proof(Evidence::note(if looked.is_empty() {
             "no ufw, firewalld, nftables or iptables firewall starts at boot".to_string()
         } else {
@@ -156,12 +200,18 @@ mod tests {
         let drop = "table inet filter {\n chain input {\n  type filter hook input priority 0; policy drop;\n }\n}\n";
         assert!(has_rules(drop, true).is_some());
         let rule = "table inet filter {\n chain input {\n  type filter hook input priority 0;\n  tcp dport 22 accept\n }\n}\n";
-        assert_eq!(has_rules(rule, true).map(|r| r.0), Some(5));
+        assert_eq!(has_rules(rule, true).map(|r| r.0), Some(4));
     }
 
     #[test]
     fn iptables_rules() {
         assert!(has_rules("*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n", false).is_none());
-        assert!(has_rules("*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -j DROP\nCOMMIT\n", false).is_some());
+        assert!(
+            has_rules(
+                "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -j DROP\nCOMMIT\n",
+                false
+            )
+            .is_some()
+        );
     }
 }

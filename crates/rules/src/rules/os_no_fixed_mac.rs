@@ -47,7 +47,10 @@ next instance, so it is a warning (clean it anyway), not a failure.
 fn is_mac(s: &str) -> bool {
     let s = s.trim().trim_matches(|c| c == '"' || c == '\'');
     let parts: Vec<&str> = s.split(':').collect();
-    parts.len() == 6 && parts.iter().all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()))
+    parts.len() == 6
+        && parts
+            .iter()
+            .all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()))
 }
 
 /// cloud-init writes these per instance.
@@ -57,11 +60,16 @@ fn rendered_by_cloudinit(path: &str, text: &str) -> bool {
         || path.ends_with("/50-cloud-init.cfg")
         || path.ends_with("-cloud-init.network")
         || path.contains("cloud-init")
-        || text.lines().take(5).any(|l| l.contains("generated from information provided by the datasource") || l.contains("Created by cloud-init"))
+        || text.lines().take(5).any(|l| {
+            l.contains("generated from information provided by the datasource")
+                || l.contains("Created by cloud-init")
+        })
 }
 
 fn scan(cx: &Context, o: &mut Outcome, path: &str, matcher: impl Fn(&str) -> Option<String>) {
-    let Some(text) = cx.read_text(path) else { return };
+    let Some(text) = cx.read_text(path) else {
+        return;
+    };
     let generated = rendered_by_cloudinit(path, &text);
     for (i, line) in text.lines().enumerate() {
         let t = line.trim();
@@ -73,10 +81,18 @@ fn scan(cx: &Context, o: &mut Outcome, path: &str, matcher: impl Fn(&str) -> Opt
                 o.warn(
                     "mac-in-cloudinit-config",
                     format!("cloud-init's rendered network config names a MAC: {path}"),
-                    Evidence::at_line(path, i + 1, format!("{detail} (re-rendered per instance; remove before sealing)")),
+                    Evidence::at_line(
+                        path,
+                        i + 1,
+                        format!("{detail} (re-rendered per instance; remove before sealing)"),
+                    ),
                 );
             } else {
-                o.fail("mac-pinned", format!("network config pinned to a MAC: {path}"), Evidence::at_line(path, i + 1, detail));
+                o.fail(
+                    "mac-pinned",
+                    format!("network config pinned to a MAC: {path}"),
+                    Evidence::at_line(path, i + 1, detail),
+                );
             }
         }
     }
@@ -95,20 +111,29 @@ fn key_value_mac(t: &str, keys: &[&str]) -> Option<String> {
 fn check(cx: &Context) -> Outcome {
     let mut o = Outcome::default();
     let mut scanned = 0usize;
-    for p in ["/etc/udev/rules.d/70-persistent-net.rules", "/etc/udev/rules.d/75-persistent-net-generator.rules"] {
+    for p in [
+        "/etc/udev/rules.d/70-persistent-net.rules",
+        "/etc/udev/rules.d/75-persistent-net-generator.rules",
+    ] {
         if cx.guest.exists(p) {
             scanned += 1;
         }
         scan(cx, &mut o, p, |t| {
-            (t.contains("ATTR{address}==") || t.contains("ATTRS{address}==")).then(|| t.chars().take(160).collect())
+            (t.contains("ATTR{address}==") || t.contains("ATTRS{address}=="))
+                .then(|| t.chars().take(160).collect())
         });
     }
     for n in names(cx, "/etc/udev/rules.d") {
-        if n.ends_with(".rules") && !n.starts_with("70-persistent-net") && !n.starts_with("75-persistent-net") {
+        if n.ends_with(".rules")
+            && !n.starts_with("70-persistent-net")
+            && !n.starts_with("75-persistent-net")
+        {
             let p = format!("/etc/udev/rules.d/{n}");
             scanned += 1;
             scan(cx, &mut o, &p, |t| {
-                (t.contains("SUBSYSTEM==\"net\"") && (t.contains("ATTR{address}==") || t.contains("ATTRS{address}=="))).then(|| t.chars().take(160).collect())
+                (t.contains("SUBSYSTEM==\"net\"")
+                    && (t.contains("ATTR{address}==") || t.contains("ATTRS{address}==")))
+                .then(|| t.chars().take(160).collect())
             });
         }
     }
@@ -116,14 +141,21 @@ fn check(cx: &Context) -> Outcome {
         for n in names(cx, dir) {
             if n.starts_with("ifcfg-") && n != "ifcfg-lo" {
                 scanned += 1;
-                scan(cx, &mut o, &format!("{dir}/{n}"), |t| key_value_mac(t, &["HWADDR", "MACADDR", "LLADDR"]));
+                scan(cx, &mut o, &format!("{dir}/{n}"), |t| {
+                    key_value_mac(t, &["HWADDR", "MACADDR", "LLADDR"])
+                });
             }
         }
     }
-    for dir in ["/etc/NetworkManager/system-connections", "/usr/lib/NetworkManager/system-connections"] {
+    for dir in [
+        "/etc/NetworkManager/system-connections",
+        "/usr/lib/NetworkManager/system-connections",
+    ] {
         for n in names(cx, dir) {
             scanned += 1;
-            scan(cx, &mut o, &format!("{dir}/{n}"), |t| key_value_mac(t, &["mac-address", "cloned-mac-address"]));
+            scan(cx, &mut o, &format!("{dir}/{n}"), |t| {
+                key_value_mac(t, &["mac-address", "cloned-mac-address"])
+            });
         }
     }
     for dir in ["/etc/netplan", "/lib/netplan", "/run/netplan"] {
@@ -132,12 +164,17 @@ fn check(cx: &Context) -> Outcome {
                 scanned += 1;
                 scan(cx, &mut o, &format!("{dir}/{n}"), |t| {
                     let (k, v) = t.split_once(':')?;
-                    (k.trim().trim_start_matches("- ") == "macaddress" && is_mac(v)).then(|| t.to_owned())
+                    (k.trim().trim_start_matches("- ") == "macaddress" && is_mac(v))
+                        .then(|| t.to_owned())
                 });
             }
         }
     }
-    for dir in ["/etc/systemd/network", "/usr/lib/systemd/network", "/lib/systemd/network"] {
+    for dir in [
+        "/etc/systemd/network",
+        "/usr/lib/systemd/network",
+        "/lib/systemd/network",
+    ] {
         for n in names(cx, dir) {
             if n.ends_with(".network") || n.ends_with(".link") || n.ends_with(".netdev") {
                 // Debian and systemd ship 99-default.link with MACAddressPolicy,
@@ -146,13 +183,19 @@ fn check(cx: &Context) -> Outcome {
                 scan(cx, &mut o, &format!("{dir}/{n}"), |t| {
                     let (k, v) = t.split_once('=')?;
                     let k = k.trim();
-                    (matches!(k, "MACAddress" | "PermanentMACAddress") && v.split_whitespace().any(is_mac)).then(|| t.to_owned())
+                    (matches!(k, "MACAddress" | "PermanentMACAddress")
+                        && v.split_whitespace().any(is_mac))
+                    .then(|| t.to_owned())
                 });
             }
         }
     }
     let mut ifupdown = vec!["/etc/network/interfaces".to_string()];
-    ifupdown.extend(names(cx, "/etc/network/interfaces.d").into_iter().map(|n| format!("/etc/network/interfaces.d/{n}")));
+    ifupdown.extend(
+        names(cx, "/etc/network/interfaces.d")
+            .into_iter()
+            .map(|n| format!("/etc/network/interfaces.d/{n}")),
+    );
     for p in ifupdown {
         if cx.guest.exists(&p) {
             scanned += 1;

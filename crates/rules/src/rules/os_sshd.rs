@@ -6,7 +6,13 @@ use crate::model::{Evidence, Outcome, Severity};
 use crate::rule::RuleDef;
 
 /// Units that start an SSH server (service or socket activation).
-pub const SSH_UNITS: &[&str] = &["ssh.service", "sshd.service", "ssh.socket", "sshd.socket", "dropbear.service"];
+pub const SSH_UNITS: &[&str] = &[
+    "ssh.service",
+    "sshd.service",
+    "ssh.socket",
+    "sshd.socket",
+    "dropbear.service",
+];
 
 /// The rule.
 pub static RULE: RuleDef = RuleDef {
@@ -44,13 +50,25 @@ connection and `ssh.service` is not enabled; that passes.
 
 fn check(cx: &Context) -> Outcome {
     let mut o = Outcome::default();
-    let pkg = installed_package(cx, &["openssh-server", "openssh-server-ssh1", "dropbear", "dropbear-bin"]);
+    let pkg = installed_package(
+        cx,
+        &[
+            "openssh-server",
+            "openssh-server-ssh1",
+            "dropbear",
+            "dropbear-bin",
+        ],
+    );
     let bin = find_binary(cx, &["sshd", "dropbear"]);
     match (&pkg, &bin) {
         (Some(e), _) => o.proof(e.clone()),
         (None, Some(b)) => o.proof(Evidence::at(b.clone(), "SSH server executable present")),
         (None, None) => {
-            o.fail("sshd-missing", "no SSH server is installed", Evidence::note("no openssh-server package and no sshd executable"));
+            o.fail(
+                "sshd-missing",
+                "no SSH server is installed",
+                Evidence::note("no openssh-server package and no sshd executable"),
+            );
             return o;
         }
     }
@@ -59,20 +77,41 @@ fn check(cx: &Context) -> Outcome {
         o.unverified("no systemd unit directories: cannot tell whether sshd starts at boot");
         return o;
     }
-    let enabled: Vec<_> = SSH_UNITS.iter().filter_map(|u| enabled_evidence(cx, u)).collect();
+    let enabled: Vec<_> = SSH_UNITS
+        .iter()
+        .filter_map(|u| enabled_evidence(cx, u))
+        .collect();
     if enabled.is_empty() {
-        let masked: Vec<_> = SSH_UNITS.iter().filter_map(|u| units.masked.get(*u).map(|p| (u, p))).collect();
+        let masked: Vec<_> = SSH_UNITS
+            .iter()
+            .filter_map(|u| units.masked.get(*u).map(|p| (u, p)))
+            .collect();
         if let Some((u, p)) = masked.first() {
-            o.fail("sshd-masked", format!("{u} is masked"), Evidence::at((*p).clone(), "symlink to /dev/null"));
+            o.fail(
+                "sshd-masked",
+                format!("{u} is masked"),
+                Evidence::at((*p).clone(), "symlink to /dev/null"),
+            );
         } else {
-            let present: Vec<&str> = SSH_UNITS.iter().copied().filter(|u| units.exists(u)).collect();
+            let present: Vec<&str> = SSH_UNITS
+                .iter()
+                .copied()
+                .filter(|u| units.exists(u))
+                .collect();
             o.fail(
                 "sshd-not-enabled",
                 "the SSH server does not start at boot",
                 Evidence::note(if present.is_empty() {
                     "no ssh/sshd unit file found".to_string()
                 } else {
-                    format!("{} exist but nothing in {} pulls them in", present.join(", "), units.default_target.as_deref().unwrap_or("the default target"))
+                    format!(
+                        "{} exist but nothing in {} pulls them in",
+                        present.join(", "),
+                        units
+                            .default_target
+                            .as_deref()
+                            .unwrap_or("the default target")
+                    )
                 }),
             );
         }

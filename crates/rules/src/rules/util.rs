@@ -4,7 +4,14 @@ use crate::context::Context;
 use crate::model::Evidence;
 
 /// Standard directories that hold executables.
-pub const BIN_DIRS: &[&str] = &["/usr/bin", "/usr/sbin", "/bin", "/sbin", "/usr/local/bin", "/usr/local/sbin"];
+pub const BIN_DIRS: &[&str] = &[
+    "/usr/bin",
+    "/usr/sbin",
+    "/bin",
+    "/sbin",
+    "/usr/local/bin",
+    "/usr/local/sbin",
+];
 
 /// Evidence that a package is installed, from the package database.
 pub fn installed_package(cx: &Context, names: &[&str]) -> Option<Evidence> {
@@ -13,7 +20,10 @@ pub fn installed_package(cx: &Context, names: &[&str]) -> Option<Evidence> {
         pk.get(n).map(|p| {
             Evidence::package(
                 format!("{} {}", p.name, p.version),
-                format!("installed ({})", pk.path.as_deref().unwrap_or("package database")),
+                format!(
+                    "installed ({})",
+                    pk.path.as_deref().unwrap_or("package database")
+                ),
             )
         })
     })

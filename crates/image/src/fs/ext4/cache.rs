@@ -1,65 +1,83 @@
-//! A small bounded LRU cache of metadata blocks (group descriptors, inode
-//! tables, extent/indirect blocks, directory blocks), so repeated lookups
-//! don't go back to a possibly slow (qcow2) source.
+//! Small bounded LRU caches: metadata blocks (group descriptors, inode
+//! tables, extent/indirect blocks, directory blocks) so repeated lookups
+//! don't go back to a possibly slow (qcow2) source, and per-directory name
+//! indexes so path lookups in big directories (`/usr/bin`) don't rescan them.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-/// LRU map from block number to its bytes. Eviction is by least recent use.
-pub(super) struct BlockCache {
-    inner: Mutex<Lru>,
-    capacity: usize,
+/// LRU map from a `u64` key to a cheaply clonable value, bounded by the sum
+/// of the entries' weights.
+pub(super) struct Lru<V: Clone> {
+    inner: Mutex<LruInner<V>>,
+    capacity: u64,
 }
 
-struct Lru {
-    /// block -> (data, last-use tick)
-    map: HashMap<u64, (Arc<[u8]>, u64)>,
-    /// last-use tick -> block; the first entry is the least recently used.
+struct LruInner<V> {
+    /// key -> (value, weight, last-use tick)
+    map: HashMap<u64, (V, u64, u64)>,
+    /// last-use tick -> key; the first entry is the least recently used.
     order: BTreeMap<u64, u64>,
     tick: u64,
+    weight: u64,
 }
 
-impl BlockCache {
-    /// A cache holding at most `capacity` blocks (at least one).
-    pub(super) fn new(capacity: usize) -> Self {
-        BlockCache {
-            inner: Mutex::new(Lru { map: HashMap::new(), order: BTreeMap::new(), tick: 0 }),
-            capacity: capacity.max(1),
+impl<V: Clone> Lru<V> {
+    /// A cache holding entries whose weights sum to at most `capacity`.
+    pub(super) fn new(capacity: u64) -> Self {
+        Lru {
+            inner: Mutex::new(LruInner {
+                map: HashMap::new(),
+                order: BTreeMap::new(),
+                tick: 0,
+                weight: 0,
+            }),
+            capacity,
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Lru> {
+    fn lock(&self) -> MutexGuard<'_, LruInner<V>> {
         // A panic while holding the lock cannot leave the maps inconsistent
         // in a way that matters for a cache, so ignore poisoning.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(super) fn get(&self, block: u64) -> Option<Arc<[u8]>> {
+    pub(super) fn get(&self, key: u64) -> Option<V> {
         let mut lru = self.lock();
         lru.tick += 1;
         let tick = lru.tick;
-        let (data, old) = {
-            let entry = lru.map.get_mut(&block)?;
-            let old = entry.1;
-            entry.1 = tick;
+        let (value, old) = {
+            let entry = lru.map.get_mut(&key)?;
+            let old = entry.2;
+            entry.2 = tick;
             (entry.0.clone(), old)
         };
         lru.order.remove(&old);
-        lru.order.insert(tick, block);
-        Some(data)
+        lru.order.insert(tick, key);
+        Some(value)
     }
 
-    pub(super) fn insert(&self, block: u64, data: Arc<[u8]>) {
+    /// Insert `value` (ignored if heavier than the whole cache).
+    pub(super) fn insert(&self, key: u64, value: V, weight: u64) {
+        if weight > self.capacity {
+            return;
+        }
         let mut lru = self.lock();
         lru.tick += 1;
         let tick = lru.tick;
-        if let Some((_, old)) = lru.map.insert(block, (data, tick)) {
+        if let Some((_, w, old)) = lru.map.insert(key, (value, weight, tick)) {
             lru.order.remove(&old);
+            lru.weight -= w;
         }
-        lru.order.insert(tick, block);
-        while lru.map.len() > self.capacity {
-            let Some((_, victim)) = lru.order.pop_first() else { break };
-            lru.map.remove(&victim);
+        lru.weight += weight;
+        lru.order.insert(tick, key);
+        while lru.weight > self.capacity {
+            let Some((_, victim)) = lru.order.pop_first() else {
+                break;
+            };
+            if let Some((_, w, _)) = lru.map.remove(&victim) {
+                lru.weight -= w;
+            }
         }
     }
 
@@ -68,5 +86,20 @@ impl BlockCache {
         let mut lru = self.lock();
         lru.map.clear();
         lru.order.clear();
+        lru.weight = 0;
     }
+}
+
+/// Cached metadata blocks.
+pub(super) type BlockCache = Lru<Arc<[u8]>>;
+
+/// Name -> inode index of one directory.
+pub(super) type DirIndex = Arc<HashMap<Box<[u8]>, u32>>;
+
+/// Cached directory indexes, keyed by directory inode number.
+pub(super) type DirCache = Lru<DirIndex>;
+
+/// Approximate memory cost of one indexed name.
+pub(super) fn dir_entry_weight(name_len: usize) -> u64 {
+    name_len as u64 + 48
 }

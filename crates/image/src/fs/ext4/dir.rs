@@ -56,7 +56,9 @@ impl Ext4 {
             // The first 4 bytes are the parent's inode number (the `..`).
             let parent = le32(iblock, 0);
             if u64::from(parent) > self.sb.inodes_count || parent == 0 {
-                return Err(FsError::Corrupt(format!("inode {ino}: inline directory parent {parent} invalid")));
+                return Err(FsError::Corrupt(format!(
+                    "inode {ino}: inline directory parent {parent} invalid"
+                )));
             }
             for (n, name) in [(ino, &b"."[..]), (parent, &b".."[..])] {
                 if let ControlFlow::Break(b) = visit(n, name, 2) {
@@ -65,7 +67,9 @@ impl Ext4 {
             }
             let head = iblock.get(4..).unwrap_or(&[]);
             for (region, what) in [(head, "inline i_block"), (xattr, "inline xattr")] {
-                if let ControlFlow::Break(b) = self.parse_region(ino, region, what, 0, &mut budget, &mut visit)? {
+                if let ControlFlow::Break(b) =
+                    self.parse_region(ino, region, what, 0, &mut budget, &mut visit)?
+                {
                     return Ok(Some(b));
                 }
             }
@@ -95,7 +99,8 @@ impl Ext4 {
                         )));
                     }
                     let block = self.block(phys + k)?;
-                    let flow = self.parse_region(ino, &block, "block", lblk + k, &mut budget, &mut visit)?;
+                    let flow =
+                        self.parse_region(ino, &block, "block", lblk + k, &mut budget, &mut visit)?;
                     if let ControlFlow::Break(b) = flow {
                         return Ok(Some(b));
                     }
@@ -122,7 +127,11 @@ impl Ext4 {
         visit: &mut impl FnMut(u32, &[u8], u8) -> ControlFlow<B>,
     ) -> Result<ControlFlow<B>, FsError> {
         let has_ft = self.sb.has_incompat(INCOMPAT_FILETYPE);
-        let ft_mask = if self.sb.has_incompat(INCOMPAT_DIRDATA) { 0x0F } else { 0xFF };
+        let ft_mask = if self.sb.has_incompat(INCOMPAT_DIRDATA) {
+            0x0F
+        } else {
+            0xFF
+        };
         let big_blocks = self.sb.block_size >= 65536;
         let mut off = 0usize;
         while off + DIRENT_HEADER <= region.len() {
@@ -140,15 +149,24 @@ impl Ext4 {
                 usize::from(raw_rec)
             };
             let name_len = usize::from(region.get(off + 6).copied().unwrap_or(0));
-            let file_type = if has_ft { region.get(off + 7).copied().unwrap_or(0) & ft_mask } else { 0 };
-            if rec_len < DIRENT_HEADER + name_len || rec_len % 4 != 0 || rec_len > region.len() - off {
+            let file_type = if has_ft {
+                region.get(off + 7).copied().unwrap_or(0) & ft_mask
+            } else {
+                0
+            };
+            if rec_len < DIRENT_HEADER + name_len
+                || rec_len % 4 != 0
+                || rec_len > region.len() - off
+            {
                 return Err(FsError::Corrupt(format!(
                     "inode {dir_ino}: directory entry at {what} {lblk} offset {off}: rec_len {rec_len} invalid (name_len {name_len}, room {})",
                     region.len() - off
                 )));
             }
             if ino != 0 && name_len > 0 {
-                let name = region.get(off + DIRENT_HEADER..off + DIRENT_HEADER + name_len).unwrap_or(&[]);
+                let name = region
+                    .get(off + DIRENT_HEADER..off + DIRENT_HEADER + name_len)
+                    .unwrap_or(&[]);
                 if u64::from(ino) > self.sb.inodes_count {
                     return Err(FsError::Corrupt(format!(
                         "inode {dir_ino}: directory entry at {what} {lblk} offset {off} names inode {ino} > {}",

@@ -49,7 +49,14 @@ impl<'a> Ext4File<'a> {
             Content::Mapped
         };
         let size = inode.size;
-        Ok(Ext4File { fs, inode, content, pos: 0, size, run: None })
+        Ok(Ext4File {
+            fs,
+            inode,
+            content,
+            pos: 0,
+            size,
+            run: None,
+        })
     }
 
     /// The file size (`i_size`, untrusted: may be huge on a hostile image).
@@ -118,7 +125,10 @@ impl Seek for Ext4File<'_> {
                 self.pos = n;
                 Ok(n)
             }
-            None => Err(io::Error::new(io::ErrorKind::InvalidInput, "seek to a negative or overflowing position")),
+            None => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "seek to a negative or overflowing position",
+            )),
         }
     }
 }

@@ -115,7 +115,10 @@ impl Inode {
     /// Refuse content access to encrypted inodes (we'd return ciphertext).
     pub(super) fn check_not_encrypted(&self) -> Result<(), FsError> {
         if self.has_flag(FLAG_ENCRYPT) {
-            return Err(FsError::Unsupported(format!("encrypt (inode {})", self.ino)));
+            return Err(FsError::Unsupported(format!(
+                "encrypt (inode {})",
+                self.ino
+            )));
         }
         Ok(())
     }
@@ -127,7 +130,11 @@ impl Inode {
         if self.kind() != FileKind::Symlink || self.has_flag(FLAG_INLINE_DATA) {
             return false;
         }
-        let ea_blocks = if self.file_acl != 0 { sb.cluster_size / 512 } else { 0 };
+        let ea_blocks = if self.file_acl != 0 {
+            sb.cluster_size / 512
+        } else {
+            0
+        };
         self.blocks_512.saturating_sub(ea_blocks) == 0
     }
 
@@ -149,7 +156,9 @@ impl Inode {
         let extra = usize::from(le16(raw, 0x80));
         let start = GOOD_OLD_INODE_SIZE + extra;
         if extra % 4 != 0 || start > raw.len() {
-            return Err(FsError::Corrupt(format!("inode {ino}: i_extra_isize {extra} invalid")));
+            return Err(FsError::Corrupt(format!(
+                "inode {ino}: i_extra_isize {extra} invalid"
+            )));
         }
         let area = &raw[start..];
         if area.len() < 4 || le32(area, 0) != XATTR_MAGIC {
@@ -162,7 +171,9 @@ impl Inode {
         // area size; it ends at a 4-byte zero terminator.
         while pos + 4 <= entries.len() && le32(entries, pos) != 0 {
             let Some(head) = entries.get(pos..pos + 16) else {
-                return Err(FsError::Corrupt(format!("inode {ino}: xattr entry at {pos} truncated")));
+                return Err(FsError::Corrupt(format!(
+                    "inode {ino}: xattr entry at {pos} truncated"
+                )));
             };
             let name_len = usize::from(head[0]);
             let name_index = head[1];
@@ -170,7 +181,9 @@ impl Inode {
             let value_inum = le32(head, 4);
             let value_size = le32(head, 8) as usize;
             let Some(name) = entries.get(pos + 16..pos + 16 + name_len) else {
-                return Err(FsError::Corrupt(format!("inode {ino}: xattr name at {pos} truncated")));
+                return Err(FsError::Corrupt(format!(
+                    "inode {ino}: xattr name at {pos} truncated"
+                )));
             };
             if name_index == XATTR_INDEX_SYSTEM && name == b"data" {
                 if value_inum != 0 {

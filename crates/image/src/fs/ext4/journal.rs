@@ -130,8 +130,14 @@ impl Log<'_> {
         r
     }
 
+    /// Bring a log position past the end back into `[first, end)` (a tiny
+    /// hostile log may be overrun by more than one lap).
     fn wrap(&self, pos: u64) -> u64 {
-        if pos >= self.end { pos - (self.end - self.first) } else { pos }
+        if pos >= self.end {
+            self.first + (pos - self.first) % (self.end - self.first)
+        } else {
+            pos
+        }
     }
 
     fn has(&self, f: u32) -> bool {
@@ -146,12 +152,20 @@ impl Log<'_> {
         if self.has(JINCOMPAT_CSUM_V2) {
             sz += 2;
         }
-        if self.has(JINCOMPAT_64BIT) { sz } else { sz - 4 }
+        if self.has(JINCOMPAT_64BIT) {
+            sz
+        } else {
+            sz - 4
+        }
     }
 
     /// Checksummed journals end descriptor/revoke blocks with a 4-byte tail.
     fn tail_bytes(&self) -> usize {
-        if self.has(JINCOMPAT_CSUM_V2 | JINCOMPAT_CSUM_V3) { 4 } else { 0 }
+        if self.has(JINCOMPAT_CSUM_V2 | JINCOMPAT_CSUM_V3) {
+            4
+        } else {
+            0
+        }
     }
 
     /// Tags of the descriptor block in `self.buf`: (fs block, flags).
@@ -188,11 +202,21 @@ pub(super) fn replay(fs: &Ext4) -> Result<Option<Replay>, FsError> {
     }
     let inode = fs.inode(jino)?;
     if inode.kind() != FileKind::File || inode.has_flag(FLAG_INLINE_DATA) {
-        return Err(corrupt(format!("journal inode {jino} is not a regular file")));
+        return Err(corrupt(format!(
+            "journal inode {jino} is not a regular file"
+        )));
     }
     let bs = fs.sb.block_size;
     let inode_blocks = inode.size / bs;
-    let mut log = Log { fs, inode, run: None, first: 0, end: 0, incompat: 0, buf: vec![0u8; bs as usize] };
+    let mut log = Log {
+        fs,
+        inode,
+        run: None,
+        first: 0,
+        end: 0,
+        incompat: 0,
+        buf: vec![0u8; bs as usize],
+    };
 
     log.read(0)?;
     let jsb = std::mem::take(&mut log.buf);
@@ -227,7 +251,9 @@ pub(super) fn replay(fs: &Ext4) -> Result<Option<Replay>, FsError> {
         return Ok(None);
     }
     if maxlen > MAX_JOURNAL_BLOCKS {
-        return Err(FsError::Limit(format!("journal of {maxlen} blocks exceeds {MAX_JOURNAL_BLOCKS}")));
+        return Err(FsError::Limit(format!(
+            "journal of {maxlen} blocks exceeds {MAX_JOURNAL_BLOCKS}"
+        )));
     }
     let mut end = maxlen;
     let mut incomplete = false;
@@ -250,7 +276,11 @@ pub(super) fn replay(fs: &Ext4) -> Result<Option<Replay>, FsError> {
 
     // Pass 1: find committed transactions.
     let mut txns: Vec<Txn> = Vec::new();
-    let mut cur = Txn { seq, descriptors: Vec::new(), revokes: Vec::new() };
+    let mut cur = Txn {
+        seq,
+        descriptors: Vec::new(),
+        revokes: Vec::new(),
+    };
     let mut pos = start;
     let mut visited = 0u64;
     while visited < log_len {
@@ -267,7 +297,14 @@ pub(super) fn replay(fs: &Ext4) -> Result<Option<Replay>, FsError> {
             }
             BT_COMMIT => {
                 let next = seq.wrapping_add(1);
-                txns.push(std::mem::replace(&mut cur, Txn { seq: next, descriptors: Vec::new(), revokes: Vec::new() }));
+                txns.push(std::mem::replace(
+                    &mut cur,
+                    Txn {
+                        seq: next,
+                        descriptors: Vec::new(),
+                        revokes: Vec::new(),
+                    },
+                ));
                 seq = next;
                 visited += 1;
                 pos = log.wrap(pos + 1);
@@ -289,7 +326,9 @@ pub(super) fn replay(fs: &Ext4) -> Result<Option<Replay>, FsError> {
             log.read(rpos)?;
             let count = be32(&log.buf, 12) as usize;
             if count > log.buf.len() - log.tail_bytes() {
-                return Err(corrupt(format!("revoke block at {rpos}: r_count {count} too large")));
+                return Err(corrupt(format!(
+                    "revoke block at {rpos}: r_count {count} too large"
+                )));
             }
             let mut off = 16usize;
             while off + rec_len <= count {
@@ -303,7 +342,9 @@ pub(super) fn replay(fs: &Ext4) -> Result<Option<Replay>, FsError> {
                     *e = t.seq;
                 }
                 if revoked.len() > MAX_REVOKE_RECORDS {
-                    return Err(FsError::Limit(format!("more than {MAX_REVOKE_RECORDS} revoked blocks")));
+                    return Err(FsError::Limit(format!(
+                        "more than {MAX_REVOKE_RECORDS} revoked blocks"
+                    )));
                 }
                 off += rec_len;
             }
@@ -322,16 +363,31 @@ pub(super) fn replay(fs: &Ext4) -> Result<Option<Replay>, FsError> {
                     continue;
                 }
                 if block >= fs.sb.blocks_count {
-                    tracing::warn!(block, "ext4 journal: tag names a block outside the filesystem; skipped");
+                    tracing::warn!(
+                        block,
+                        "ext4 journal: tag names a block outside the filesystem; skipped"
+                    );
                     continue;
                 }
                 let phys = log.phys(data_pos)?;
-                overlay.insert(block, JournalBlock { phys, escaped: flags & TAG_FLAG_ESCAPE != 0 });
+                overlay.insert(
+                    block,
+                    JournalBlock {
+                        phys,
+                        escaped: flags & TAG_FLAG_ESCAPE != 0,
+                    },
+                );
                 if overlay.len() > MAX_REPLAY_BLOCKS {
-                    return Err(FsError::Limit(format!("journal replays more than {MAX_REPLAY_BLOCKS} blocks")));
+                    return Err(FsError::Limit(format!(
+                        "journal replays more than {MAX_REPLAY_BLOCKS} blocks"
+                    )));
                 }
             }
         }
     }
-    Ok(Some(Replay { overlay, transactions: txns.len() as u32, incomplete }))
+    Ok(Some(Replay {
+        overlay,
+        transactions: txns.len() as u32,
+        incomplete,
+    }))
 }

@@ -40,7 +40,11 @@ pub(super) struct Run {
 
 impl Run {
     fn hole(lblk: u64, len: u64) -> Run {
-        Run { lblk, len: len.max(1), phys: None }
+        Run {
+            lblk,
+            len: len.max(1),
+            phys: None,
+        }
     }
     /// One past the last logical block (saturating).
     pub(super) fn end(&self) -> u64 {
@@ -97,7 +101,11 @@ impl Ext4 {
         let mut node_block = 0u64;
         for _ in 0..=MAX_EXTENT_DEPTH {
             let b = node.bytes();
-            let where_ = if node_block == 0 { "root".to_string() } else { format!("block {node_block}") };
+            let where_ = if node_block == 0 {
+                "root".to_string()
+            } else {
+                format!("block {node_block}")
+            };
             let magic = le16(b, 0);
             let entries = usize::from(le16(b, 2));
             let max = usize::from(le16(b, 4));
@@ -135,7 +143,9 @@ impl Ext4 {
             }
 
             if entries == 0 {
-                return Err(FsError::Corrupt(format!("inode {ino}: empty extent index node ({where_})")));
+                return Err(FsError::Corrupt(format!(
+                    "inode {ino}: empty extent index node ({where_})"
+                )));
             }
             // Last index whose first block is <= lblk (the first one if none,
             // as the kernel does), with strictly ascending keys.
@@ -164,7 +174,9 @@ impl Ext4 {
             expected_depth = Some(depth - 1);
         }
         // Unreachable in practice: depth strictly decreases from <= 5.
-        Err(FsError::Corrupt(format!("inode {ino}: extent tree too deep")))
+        Err(FsError::Corrupt(format!(
+            "inode {ino}: extent tree too deep"
+        )))
     }
 
     fn search_leaf<'a>(
@@ -205,8 +217,16 @@ impl Ext4 {
                 let start = u64::from(le32(e, 8)) | (u64::from(le16(e, 6)) << 32);
                 self.check_range(ino, "extent", start, len)?;
                 let run_len = end.min(upper.max(lblk + 1)) - lblk;
-                let phys = if uninit { None } else { Some(start + (lblk - first)) };
-                return Ok(Run { lblk, len: run_len, phys });
+                let phys = if uninit {
+                    None
+                } else {
+                    Some(start + (lblk - first))
+                };
+                return Ok(Run {
+                    lblk,
+                    len: run_len,
+                    phys,
+                });
             }
         }
         Ok(Run::hole(lblk, upper.saturating_sub(lblk)))
@@ -258,7 +278,9 @@ impl Ext4 {
                 span /= per;
             }
             // Unreachable: the last level has span 1 and returns above.
-            return Err(FsError::Corrupt(format!("inode {ino}: indirect walk ended early")));
+            return Err(FsError::Corrupt(format!(
+                "inode {ino}: indirect walk ended early"
+            )));
         }
         // Past the triple-indirect range: nothing can be mapped there.
         Ok(Run::hole(lblk, u64::MAX - lblk))
@@ -266,8 +288,17 @@ impl Ext4 {
 
     /// From pointer `idx` of the pointer array `ptrs` (with `count` valid
     /// entries), the longest run of physically contiguous blocks or of holes.
-    fn scan_pointers(&self, ino: u32, ptrs: &[u8], idx: u64, count: u64, lblk: u64) -> Result<Run, FsError> {
-        let get = |i: u64| -> u64 { usize::try_from(i).map_or(0, |i| u64::from(le32(ptrs, i.saturating_mul(4)))) };
+    fn scan_pointers(
+        &self,
+        ino: u32,
+        ptrs: &[u8],
+        idx: u64,
+        count: u64,
+        lblk: u64,
+    ) -> Result<Run, FsError> {
+        let get = |i: u64| -> u64 {
+            usize::try_from(i).map_or(0, |i| u64::from(le32(ptrs, i.saturating_mul(4))))
+        };
         let first = get(idx);
         let mut n = 1u64;
         while idx + n < count {
@@ -282,6 +313,10 @@ impl Ext4 {
             return Ok(Run::hole(lblk, n));
         }
         self.check_range(ino, "data", first, n)?;
-        Ok(Run { lblk, len: n, phys: Some(first) })
+        Ok(Run {
+            lblk,
+            len: n,
+            phys: Some(first),
+        })
     }
 }

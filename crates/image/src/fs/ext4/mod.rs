@@ -30,18 +30,20 @@ mod journal;
 mod map;
 mod superblock;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use super::{DirEntry, FileKind, FileSystem, FsError, Metadata};
 use crate::source::{ReadAt, Source};
-use cache::BlockCache;
+use cache::{BlockCache, DirCache, DirIndex, dir_entry_weight};
 pub use file::Ext4File;
 use inode::{I_BLOCK_LEN, Inode};
 use journal::{JBD2_MAGIC, JournalBlock};
-use superblock::{COMPAT_HAS_JOURNAL, INCOMPAT_RECOVER, MAGIC, SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE, Superblock};
+use superblock::{
+    COMPAT_HAS_JOURNAL, INCOMPAT_RECOVER, MAGIC, SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE, Superblock,
+};
 
 /// Hard limits bounding memory and work on hostile or absurd images.
 pub mod limits {
@@ -63,6 +65,11 @@ pub mod limits {
     pub const MAX_SYMLINK_LEN: u64 = 4096;
     /// Bytes of metadata blocks kept in the LRU block cache.
     pub const CACHE_BYTES: u64 = 4 << 20;
+    /// Approximate bytes of directory name indexes kept for path lookups.
+    pub const DIR_CACHE_BYTES: u64 = 4 << 20;
+    /// Directories whose index would exceed this are searched linearly
+    /// instead of indexed.
+    pub const MAX_DIR_INDEX_BYTES: u64 = 1 << 20;
     /// Largest journal (in blocks) we scan for replay.
     pub const MAX_JOURNAL_BLOCKS: u64 = 1 << 22;
     /// Most distinct filesystem blocks a replay may overlay.
@@ -78,7 +85,9 @@ const ROOT_INO: u32 = 2;
 /// Callers check lengths for variable offsets; for fixed structures the
 /// buffer is known to be large enough.
 fn le16(b: &[u8], off: usize) -> u16 {
-    off.checked_add(2).and_then(|end| b.get(off..end)).map_or(0, |s| u16::from_le_bytes([s[0], s[1]]))
+    off.checked_add(2)
+        .and_then(|end| b.get(off..end))
+        .map_or(0, |s| u16::from_le_bytes([s[0], s[1]]))
 }
 fn le32(b: &[u8], off: usize) -> u32 {
     off.checked_add(4)
@@ -91,6 +100,7 @@ pub struct Ext4 {
     src: Source,
     sb: Superblock,
     cache: BlockCache,
+    dir_cache: DirCache,
     /// Journal replay overlay: fs block -> where its committed contents are.
     overlay: BTreeMap<u64, JournalBlock>,
     needs_recovery: bool,
@@ -116,56 +126,78 @@ impl Ext4 {
         let mut raw = vec![0u8; SUPERBLOCK_SIZE];
         source.read_exact_at(&mut raw, SUPERBLOCK_OFFSET)?;
         let sb = Superblock::parse(&raw, source.size())?;
-        let fs = Ext4::with_overlay(source.clone(), sb.clone(), BTreeMap::new());
-        // Check the root inode early: a filesystem whose root cannot be read
-        // is useless, and this validates group 0's descriptor.
-        fs.inode(ROOT_INO)?;
+        let mut fs = Ext4::with_overlay(source.clone(), sb.clone(), BTreeMap::new());
         let wants_recovery =
             sb.has_incompat(INCOMPAT_RECOVER) && sb.compat & COMPAT_HAS_JOURNAL != 0;
-        if !wants_recovery {
-            return Ok(fs);
-        }
-        match journal::replay(&fs) {
-            Ok(None) => Ok(fs),
-            Ok(Some(replay)) => {
-                // The superblock and group descriptors may themselves be in
-                // the journal: re-read them through the overlay.
-                let mut replayed = Ext4::with_overlay(source.clone(), sb.clone(), replay.overlay);
-                let sb_block = SUPERBLOCK_OFFSET / sb.block_size;
-                let sb_off = (SUPERBLOCK_OFFSET % sb.block_size) as usize;
-                let block = replayed.block(sb_block)?;
-                let new_sb = Superblock::parse(block.get(sb_off..).unwrap_or(&[]), source.size())?;
-                if new_sb.block_size != sb.block_size {
-                    return Err(FsError::Corrupt("journal replay changes the block size".into()));
+        if wants_recovery {
+            match journal::replay(&fs)
+                .and_then(|r| r.map(|r| Ext4::replayed(&source, &sb, r)).transpose())
+            {
+                Ok(None) => {} // clean journal: nothing to replay
+                Ok(Some(replayed)) => return Ok(replayed),
+                Err(e) => {
+                    // A journal we cannot replay: still offer the (possibly
+                    // stale) on-disk view and let the caller warn.
+                    tracing::warn!(error = %e, "ext4: journal needs recovery but cannot be replayed; reading without it");
+                    fs.needs_recovery = true;
                 }
-                replayed.sb = new_sb;
-                replayed.cache.clear();
-                replayed.needs_recovery = replay.incomplete;
-                replayed.replayed_transactions = replay.transactions;
-                replayed.inode(ROOT_INO)?;
-                Ok(replayed)
-            }
-            Err(e) => {
-                // A journal we cannot replay: still offer the (possibly
-                // stale) on-disk view and let the caller warn.
-                tracing::warn!(error = %e, "ext4: journal needs recovery but cannot be replayed; reading without it");
-                let mut fs = fs;
-                fs.needs_recovery = true;
-                Ok(fs)
             }
         }
+        // A filesystem whose root cannot be read is useless; this also
+        // validates group 0's descriptor.
+        fs.inode(ROOT_INO)?;
+        Ok(fs)
+    }
+
+    /// The filesystem seen through a journal replay overlay. The superblock
+    /// and group descriptors may themselves be in the journal, so they are
+    /// re-read through it.
+    fn replayed(
+        source: &Source,
+        sb: &Superblock,
+        replay: journal::Replay,
+    ) -> Result<Ext4, FsError> {
+        let mut fs = Ext4::with_overlay(source.clone(), sb.clone(), replay.overlay);
+        let sb_block = SUPERBLOCK_OFFSET / sb.block_size;
+        let sb_off = (SUPERBLOCK_OFFSET % sb.block_size) as usize;
+        let block = fs.block(sb_block)?;
+        let new_sb = Superblock::parse(block.get(sb_off..).unwrap_or(&[]), source.size())?;
+        if new_sb.block_size != sb.block_size {
+            return Err(FsError::Corrupt(
+                "journal replay changes the block size".into(),
+            ));
+        }
+        fs.sb = new_sb;
+        fs.cache.clear();
+        fs.dir_cache.clear();
+        fs.needs_recovery = replay.incomplete;
+        fs.replayed_transactions = replay.transactions;
+        fs.inode(ROOT_INO)?;
+        Ok(fs)
     }
 
     fn with_overlay(src: Source, sb: Superblock, overlay: BTreeMap<u64, JournalBlock>) -> Self {
-        let capacity = usize::try_from(limits::CACHE_BYTES / sb.block_size).unwrap_or(1).max(16);
-        Ext4 { src, sb, cache: BlockCache::new(capacity), overlay, needs_recovery: false, replayed_transactions: 0 }
+        // At least 16 blocks even with 64 KiB blocks.
+        let capacity = limits::CACHE_BYTES.max(16 * sb.block_size);
+        Ext4 {
+            src,
+            sb,
+            cache: BlockCache::new(capacity),
+            dir_cache: DirCache::new(limits::DIR_CACHE_BYTES),
+            overlay,
+            needs_recovery: false,
+            replayed_transactions: 0,
+        }
     }
 
     /// True if `source` carries an ext2/3/4 superblock magic (cheap probe,
     /// no validation).
     pub fn probe(source: &dyn ReadAt) -> bool {
         let mut m = [0u8; 2];
-        source.read_exact_at(&mut m, SUPERBLOCK_OFFSET + 0x38).is_ok() && u16::from_le_bytes(m) == MAGIC
+        source
+            .read_exact_at(&mut m, SUPERBLOCK_OFFSET + 0x38)
+            .is_ok()
+            && u16::from_le_bytes(m) == MAGIC
     }
 
     /// True if the filesystem was not cleanly unmounted and its journal
@@ -240,7 +272,7 @@ impl Ext4 {
         let mut buf = vec![0u8; self.sb.block_size as usize];
         self.read_block_uncached(blk, &mut buf)?;
         let data: Arc<[u8]> = buf.into();
-        self.cache.insert(blk, data.clone());
+        self.cache.insert(blk, data.clone(), self.sb.block_size);
         Ok(data)
     }
 
@@ -251,7 +283,11 @@ impl Ext4 {
         let bs = self.sb.block_size;
         let nblocks = (off + buf.len() as u64).div_ceil(bs);
         let journaled = !self.overlay.is_empty()
-            && self.overlay.range(pblk..pblk.saturating_add(nblocks)).next().is_some();
+            && self
+                .overlay
+                .range(pblk..pblk.saturating_add(nblocks))
+                .next()
+                .is_some();
         if !journaled {
             let byte = pblk
                 .checked_mul(bs)
@@ -280,7 +316,10 @@ impl Ext4 {
     fn inode(&self, ino: u32) -> Result<Inode, FsError> {
         let sb = &self.sb;
         if ino == 0 || u64::from(ino) > sb.inodes_count {
-            return Err(FsError::Corrupt(format!("inode number {ino} out of range (1..={})", sb.inodes_count)));
+            return Err(FsError::Corrupt(format!(
+                "inode number {ino} out of range (1..={})",
+                sb.inodes_count
+            )));
         }
         let idx = u64::from(ino - 1);
         let group = idx / sb.inodes_per_group;
@@ -310,27 +349,72 @@ impl Ext4 {
             .ok_or_else(|| FsError::Corrupt(format!("inode {ino}: record outside its block")))?;
         let inode = Inode::parse(ino, raw, sb)?;
         if inode.mode == 0 || inode.links == 0 {
-            return Err(FsError::Corrupt(format!("inode {ino} is not in use (mode {:o}, links {})", inode.mode, inode.links)));
+            return Err(FsError::Corrupt(format!(
+                "inode {ino} is not in use (mode {:o}, links {})",
+                inode.mode, inode.links
+            )));
         }
         Ok(inode)
     }
 
     /// Inode number of `name` in directory `dir`, if present.
+    ///
+    /// The first lookup in a directory indexes all its names (cached, LRU,
+    /// bounded), so later lookups there are hash lookups; directories too
+    /// big to index are scanned linearly each time.
     fn find_entry(&self, dir: &Inode, name: &[u8]) -> Result<Option<u32>, FsError> {
         if name.len() > 255 {
             return Ok(None);
         }
-        self.walk_dir(dir, |ino, n, _| if n == name { ControlFlow::Break(ino) } else { ControlFlow::Continue(()) })
+        if let Some(index) = self.dir_cache.get(u64::from(dir.ino)) {
+            return Ok(index.get(name).copied());
+        }
+        let mut index: HashMap<Box<[u8]>, u32> = HashMap::new();
+        let mut weight = 0u64;
+        let mut indexing = true;
+        let mut found = None;
+        let flow = self.walk_dir(dir, |ino, n, _| {
+            if found.is_none() && n == name {
+                found = Some(ino);
+            }
+            if indexing {
+                weight += dir_entry_weight(n.len());
+                if weight > limits::MAX_DIR_INDEX_BYTES {
+                    indexing = false;
+                    index = HashMap::new();
+                } else {
+                    // First occurrence wins, as in a linear scan.
+                    index.entry(n.into()).or_insert(ino);
+                }
+            }
+            if !indexing && found.is_some() {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        });
+        flow?;
+        if indexing {
+            let index: DirIndex = Arc::new(index);
+            self.dir_cache
+                .insert(u64::from(dir.ino), index, weight + 64);
+        }
+        Ok(found)
     }
 
     /// Resolve `path` component by component from the root, without
     /// following symlinks.
     fn lookup(&self, path: &[u8]) -> Result<Inode, FsError> {
         let mut inode = self.inode(ROOT_INO)?;
-        let components = path.split(|&c| c == b'/').filter(|c| !c.is_empty() && *c != b".");
+        let components = path
+            .split(|&c| c == b'/')
+            .filter(|c| !c.is_empty() && *c != b".");
         for (i, comp) in components.enumerate() {
             if i >= limits::MAX_PATH_COMPONENTS {
-                return Err(FsError::Limit(format!("path has more than {} components", limits::MAX_PATH_COMPONENTS)));
+                return Err(FsError::Limit(format!(
+                    "path has more than {} components",
+                    limits::MAX_PATH_COMPONENTS
+                )));
             }
             if inode.kind() != FileKind::Dir {
                 return Err(FsError::NotADirectory);
@@ -355,12 +439,16 @@ impl Ext4 {
         let len = inode.size as usize;
         if inode.is_fast_symlink(&self.sb) {
             if len == 0 || len >= I_BLOCK_LEN {
-                return Err(FsError::Corrupt(format!("inode {ino}: invalid fast symlink length {len}")));
+                return Err(FsError::Corrupt(format!(
+                    "inode {ino}: invalid fast symlink length {len}"
+                )));
             }
             return Ok(inode.i_block[..len].to_vec());
         }
         let mut out = Vec::with_capacity(len);
-        file::Ext4File::new(self, inode)?.take(len as u64).read_to_end(&mut out)?;
+        file::Ext4File::new(self, inode)?
+            .take(len as u64)
+            .read_to_end(&mut out)?;
         Ok(out)
     }
 }
@@ -403,7 +491,10 @@ impl FileSystem for Ext4 {
                 unknown.push((out.len(), ino));
                 FileKind::Other
             });
-            out.push(DirEntry { name: name.to_vec(), kind });
+            out.push(DirEntry {
+                name: name.to_vec(),
+                kind,
+            });
             ControlFlow::<()>::Continue(())
         })?;
         for (idx, ino) in unknown {
@@ -446,7 +537,9 @@ pub fn fuzz_one(data: &[u8]) {
     let mut budget = 10_000usize;
     let mut sink = vec![0u8; 8192];
     while let Some((dir, depth)) = stack.pop() {
-        let Ok(entries) = fs.read_dir(&dir) else { continue };
+        let Ok(entries) = fs.read_dir(&dir) else {
+            continue;
+        };
         for e in entries {
             if budget == 0 {
                 return;
@@ -457,7 +550,9 @@ pub fn fuzz_one(data: &[u8]) {
                 path.push(b'/');
             }
             path.extend_from_slice(&e.name);
-            let Ok(Some(meta)) = fs.lstat(&path) else { continue };
+            let Ok(Some(meta)) = fs.lstat(&path) else {
+                continue;
+            };
             match meta.kind {
                 FileKind::Dir if depth < 64 => stack.push((path, depth + 1)),
                 FileKind::File => {

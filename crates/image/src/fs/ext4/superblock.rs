@@ -109,7 +109,9 @@ impl Superblock {
         }
         let unknown = incompat & !INCOMPAT_KNOWN;
         if unknown != 0 {
-            return Err(FsError::Unsupported(format!("incompat feature 0x{unknown:x}")));
+            return Err(FsError::Unsupported(format!(
+                "incompat feature 0x{unknown:x}"
+            )));
         }
 
         let log_block = le32(b, 0x18);
@@ -133,7 +135,9 @@ impl Superblock {
             return Err(corrupt(format!("inode size {inode_size} invalid")));
         }
         if first_ino < 11 {
-            return Err(corrupt(format!("first non-reserved inode {first_ino} < 11")));
+            return Err(corrupt(format!(
+                "first non-reserved inode {first_ino} < 11"
+            )));
         }
 
         let is_64bit = incompat & INCOMPAT_64BIT != 0;
@@ -180,11 +184,15 @@ impl Superblock {
             || clusters_per_group > bits_per_bitmap
             || clusters_per_group.checked_mul(cluster_size / block_size) != Some(blocks_per_group)
         {
-            return Err(corrupt(format!("blocks per group {blocks_per_group} invalid")));
+            return Err(corrupt(format!(
+                "blocks per group {blocks_per_group} invalid"
+            )));
         }
         let inodes_per_group = u64::from(le32(b, 0x28));
         if inodes_per_group == 0 || inodes_per_group > bits_per_bitmap {
-            return Err(corrupt(format!("inodes per group {inodes_per_group} invalid")));
+            return Err(corrupt(format!(
+                "inodes per group {inodes_per_group} invalid"
+            )));
         }
 
         let group_count = (blocks_count - first_data_block).div_ceil(blocks_per_group);
@@ -261,7 +269,8 @@ impl Superblock {
     /// else a journal makes it ext3, else ext2.
     pub(super) fn type_name(&self) -> &'static str {
         const EXT3_INCOMPAT: u32 = INCOMPAT_FILETYPE | INCOMPAT_RECOVER | INCOMPAT_META_BG;
-        const EXT3_RO_COMPAT: u32 = RO_COMPAT_SPARSE_SUPER | RO_COMPAT_LARGE_FILE | RO_COMPAT_BTREE_DIR;
+        const EXT3_RO_COMPAT: u32 =
+            RO_COMPAT_SPARSE_SUPER | RO_COMPAT_LARGE_FILE | RO_COMPAT_BTREE_DIR;
         if self.incompat & !EXT3_INCOMPAT != 0 || self.ro_compat & !EXT3_RO_COMPAT != 0 {
             "ext4"
         } else if self.compat & COMPAT_HAS_JOURNAL != 0 {
@@ -313,7 +322,9 @@ impl Superblock {
             first_group
                 .checked_mul(self.blocks_per_group)
                 .and_then(|b| b.checked_add(self.first_data_block + has_super))
-                .ok_or_else(|| FsError::Corrupt(format!("group {group}: descriptor location overflows")))?
+                .ok_or_else(|| {
+                    FsError::Corrupt(format!("group {group}: descriptor location overflows"))
+                })?
         };
         if block >= self.blocks_count {
             return Err(FsError::Corrupt(format!(

@@ -11,7 +11,7 @@
 
 use ibkit_image::Guest;
 
-use super::{rpmhdr, DbRead, RPMDB_READ_CAP};
+use super::{DbRead, RPMDB_READ_CAP, rpmhdr};
 
 const HASH_MAGIC: u32 = 0x0006_1561;
 const PAGE_HEADER: usize = 26;
@@ -32,17 +32,28 @@ struct Db<'a> {
 impl<'a> Db<'a> {
     fn u32_at(&self, b: &[u8], off: usize) -> Option<u32> {
         let s: [u8; 4] = b.get(off..off.checked_add(4)?)?.try_into().ok()?;
-        Some(if self.big_endian { u32::from_be_bytes(s) } else { u32::from_le_bytes(s) })
+        Some(if self.big_endian {
+            u32::from_be_bytes(s)
+        } else {
+            u32::from_le_bytes(s)
+        })
     }
     fn u16_at(&self, b: &[u8], off: usize) -> Option<usize> {
         let s: [u8; 2] = b.get(off..off.checked_add(2)?)?.try_into().ok()?;
-        Some(if self.big_endian { u16::from_be_bytes(s) } else { u16::from_le_bytes(s) } as usize)
+        Some(if self.big_endian {
+            u16::from_be_bytes(s)
+        } else {
+            u16::from_le_bytes(s)
+        } as usize)
     }
 
     /// Page `n`, checked to be inside the file and to carry its own number.
     fn page(&self, n: u32) -> Result<&'a [u8], String> {
         if n == 0 || n > self.last_page {
-            return Err(format!("page number {n} out of range (last page {})", self.last_page));
+            return Err(format!(
+                "page number {n} out of range (last page {})",
+                self.last_page
+            ));
         }
         let start = (n as usize)
             .checked_mul(self.page_size)
@@ -88,7 +99,10 @@ impl<'a> Walker<'a> {
         while out.len() < len {
             let page = self.visit(pgno)?;
             if page[25] != P_OVERFLOW {
-                return Err(format!("page {pgno} in an overflow chain has type {}", page[25]));
+                return Err(format!(
+                    "page {pgno} in an overflow chain has type {}",
+                    page[25]
+                ));
             }
             let plen = self.db.u16_at(page, 22).unwrap_or(0);
             if plen == 0 || PAGE_HEADER + plen > self.db.page_size || plen > len - out.len() {
@@ -125,7 +139,10 @@ impl<'a> Walker<'a> {
 /// met (each loses one record or one bucket chain).
 pub(super) fn blobs(file: &[u8]) -> Result<(Vec<Vec<u8>>, Vec<String>), String> {
     if file.len() < 512 {
-        return Err(format!("file of {} bytes is too small for a BerkeleyDB database", file.len()));
+        return Err(format!(
+            "file of {} bytes is too small for a BerkeleyDB database",
+            file.len()
+        ));
     }
     let big_endian = match (
         u32::from_le_bytes([file[12], file[13], file[14], file[15]]),
@@ -160,7 +177,10 @@ pub(super) fn blobs(file: &[u8]) -> Result<(Vec<Vec<u8>>, Vec<String>), String> 
     db.last_page = last_page.min(pages_in_file.saturating_sub(1));
     let max_bucket = db.u32_at(meta, 72).unwrap_or(0);
     if max_bucket > db.last_page {
-        return Err(format!("meta page claims {max_bucket} buckets in {} pages", db.last_page));
+        return Err(format!(
+            "meta page claims {max_bucket} buckets in {} pages",
+            db.last_page
+        ));
     }
     let mut spares = [0u32; 32];
     for (i, s) in spares.iter_mut().enumerate() {
@@ -195,30 +215,43 @@ pub(super) fn blobs(file: &[u8]) -> Result<(Vec<Vec<u8>>, Vec<String>), String> 
                 }
             };
             if !matches!(page[25], P_HASH | P_HASH_UNSORTED) {
-                problems.push(format!("bucket {bucket}: page {pgno} has type {}", page[25]));
+                problems.push(format!(
+                    "bucket {bucket}: page {pgno} has type {}",
+                    page[25]
+                ));
                 break;
             }
             let entries = w.db.u16_at(page, 20).unwrap_or(0);
             let max_entries = (page_size - PAGE_HEADER) / 2;
             if entries > max_entries {
-                problems.push(format!("bucket {bucket}: page {pgno} claims {entries} items"));
+                problems.push(format!(
+                    "bucket {bucket}: page {pgno} claims {entries} items"
+                ));
                 break;
             }
             let mut idx = 0;
             while idx + 1 < entries {
-                let koff = w.db.u16_at(page, PAGE_HEADER + 2 * idx).unwrap_or(usize::MAX);
-                let voff = w.db.u16_at(page, PAGE_HEADER + 2 * idx + 2).unwrap_or(usize::MAX);
+                let koff =
+                    w.db.u16_at(page, PAGE_HEADER + 2 * idx)
+                        .unwrap_or(usize::MAX);
+                let voff =
+                    w.db.u16_at(page, PAGE_HEADER + 2 * idx + 2)
+                        .unwrap_or(usize::MAX);
                 // Items are laid out from the end of the page backwards: the
                 // value ends where its key starts.
                 if koff >= page_size || voff >= koff || voff < PAGE_HEADER + 2 * entries {
-                    problems.push(format!("bucket {bucket}: page {pgno} item {idx} has bad offsets"));
+                    problems.push(format!(
+                        "bucket {bucket}: page {pgno} item {idx} has bad offsets"
+                    ));
                     idx += 2;
                     continue;
                 }
                 match w.item(page, voff, koff - voff) {
                     Ok(Some(v)) => out.push(v),
                     Ok(None) => {}
-                    Err(e) => problems.push(format!("bucket {bucket}: page {pgno} item {idx}: {e}")),
+                    Err(e) => {
+                        problems.push(format!("bucket {bucket}: page {pgno} item {idx}: {e}"))
+                    }
                 }
                 idx += 2;
             }
@@ -265,7 +298,11 @@ pub(super) fn read(guest: &Guest, path: &str) -> DbRead {
         read.error = Some(format!(
             "{path}: the BerkeleyDB database is damaged ({}{}); {} package(s) read, the list may be incomplete",
             problems.first().map(String::as_str).unwrap_or(""),
-            if extra > 0 { format!(", and {extra} more problem(s)") } else { String::new() },
+            if extra > 0 {
+                format!(", and {extra} more problem(s)")
+            } else {
+                String::new()
+            },
             read.packages.len()
         ));
     }

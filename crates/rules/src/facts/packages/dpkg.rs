@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use ibkit_image::Guest;
 
-use super::{DbRead, Package, DPKG_READ_CAP, DPKG_STATUS, DPKG_UPDATES};
+use super::{DPKG_READ_CAP, DPKG_STATUS, DPKG_UPDATES, DbRead, Package};
 
 /// The dpkg states (third word of `Status`) in which a package's files are
 /// on disk, and which therefore count as installed.
@@ -45,7 +45,11 @@ impl Db {
         // instance listed too: an over-report of an installed name, never
         // a miss.)
         let slots = self.by_name.entry(e.pkg.name.clone()).or_default();
-        match slots.iter().copied().find(|&i| self.entries[i].pkg.arch == e.pkg.arch) {
+        match slots
+            .iter()
+            .copied()
+            .find(|&i| self.entries[i].pkg.arch == e.pkg.arch)
+        {
             Some(i) => self.entries[i] = e,
             None => {
                 slots.push(self.entries.len());
@@ -55,7 +59,11 @@ impl Db {
     }
 
     fn into_installed(self) -> Vec<Package> {
-        self.entries.into_iter().filter(|e| e.on_disk).map(|e| e.pkg).collect()
+        self.entries
+            .into_iter()
+            .filter(|e| e.on_disk)
+            .map(|e| e.pkg)
+            .collect()
     }
 }
 
@@ -106,7 +114,12 @@ impl Fields<'_> {
         if self.package.is_empty() {
             return None;
         }
-        let state = self.status.split(|&b| b == b' ' || b == b'\t').filter(|w| !w.is_empty()).nth(2).unwrap_or(b"");
+        let state = self
+            .status
+            .split(|&b| b == b' ' || b == b'\t')
+            .filter(|w| !w.is_empty())
+            .nth(2)
+            .unwrap_or(b"");
         let on_disk = ON_DISK_STATES.iter().any(|s| s.as_bytes() == state);
         let mut provides = Vec::new();
         for part in &self.provides {
@@ -181,10 +194,8 @@ fn parse_into(data: &[u8], db: &mut Db) {
             _ => {}
         }
     }
-    if in_stanza {
-        if let Some(e) = cur.finish() {
-            db.add(e);
-        }
+    if in_stanza && let Some(e) = cur.finish() {
+        db.add(e);
     }
 }
 
@@ -209,7 +220,9 @@ fn journal_files(guest: &Guest) -> Result<Vec<String>, String> {
         .filter(|n| !n.is_empty() && n.len() <= 32 && n.iter().all(u8::is_ascii_digit))
         .collect();
     if names.len() > MAX_UPDATE_FILES {
-        return Err(format!("{DPKG_UPDATES} holds more than {MAX_UPDATE_FILES} journal files"));
+        return Err(format!(
+            "{DPKG_UPDATES} holds more than {MAX_UPDATE_FILES} journal files"
+        ));
     }
     // Numeric order without parsing: strip leading zeros, shorter is smaller.
     let key = |n: &Vec<u8>| -> (usize, Vec<u8>) {
@@ -217,7 +230,10 @@ fn journal_files(guest: &Guest) -> Result<Vec<String>, String> {
         (s.len(), s)
     };
     names.sort_by_cached_key(key);
-    Ok(names.into_iter().map(|n| String::from_utf8_lossy(&n).into_owned()).collect())
+    Ok(names
+        .into_iter()
+        .map(|n| String::from_utf8_lossy(&n).into_owned())
+        .collect())
 }
 
 /// Read `/var/lib/dpkg/status` and the pending journal.

@@ -6,7 +6,7 @@
 
 use ibkit_image::Guest;
 
-use super::{rpmhdr, DbRead, RPMDB_READ_CAP};
+use super::{DbRead, RPMDB_READ_CAP, rpmhdr};
 
 const PKGDB_MAGIC: &[u8; 4] = b"RpmP";
 const SLOT_MAGIC: &[u8; 4] = b"Slot";
@@ -53,7 +53,11 @@ pub(super) fn blobs(file: &[u8]) -> Result<(Vec<&[u8]>, Vec<String>), String> {
         if blkoff == 0 {
             continue;
         }
-        if pkgidx == 0 || blkcnt == 0 || blkoff < min_block || blkoff.saturating_add(blkcnt) > file_blocks {
+        if pkgidx == 0
+            || blkcnt == 0
+            || blkoff < min_block
+            || blkoff.saturating_add(blkcnt) > file_blocks
+        {
             problems.push(format!("slot for package {pkgidx} points outside the file"));
             continue;
         }

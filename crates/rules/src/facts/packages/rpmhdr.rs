@@ -60,7 +60,9 @@ impl<'a> Header<'a> {
         let il = be32(blob, 0).unwrap_or(0);
         let dl = be32(blob, 4).unwrap_or(0);
         if il == 0 || il > MAX_INDEX_ENTRIES {
-            return Err(format!("header has {il} index entries (limit {MAX_INDEX_ENTRIES})"));
+            return Err(format!(
+                "header has {il} index entries (limit {MAX_INDEX_ENTRIES})"
+            ));
         }
         if dl > MAX_DATA_LEN {
             return Err(format!("header data length {dl} exceeds {MAX_DATA_LEN}"));
@@ -68,7 +70,10 @@ impl<'a> Header<'a> {
         let index_end = 8 + 16 * il as usize;
         let need = index_end + dl as usize;
         if blob.len() < need {
-            return Err(format!("header blob of {} bytes is truncated (needs {need})", blob.len()));
+            return Err(format!(
+                "header blob of {} bytes is truncated (needs {need})",
+                blob.len()
+            ));
         }
         let index = &blob[8..index_end];
         let data = &blob[index_end..need];
@@ -90,15 +95,20 @@ impl<'a> Header<'a> {
     }
 
     fn entry(&self, tag: u32) -> Option<Entry> {
-        WANTED.iter().position(|&t| t == tag).and_then(|i| self.found[i])
+        WANTED
+            .iter()
+            .position(|&t| t == tag)
+            .and_then(|i| self.found[i])
     }
 
     /// The NUL-terminated string at `off`, and the offset after its NUL.
     fn cstr(&self, off: usize) -> Result<(&'a [u8], usize), String> {
-        let rest = self
-            .data
-            .get(off..)
-            .ok_or_else(|| format!("string offset {off} beyond the {}-byte data", self.data.len()))?;
+        let rest = self.data.get(off..).ok_or_else(|| {
+            format!(
+                "string offset {off} beyond the {}-byte data",
+                self.data.len()
+            )
+        })?;
         let end = rest
             .iter()
             .position(|&b| b == 0)
@@ -118,7 +128,9 @@ impl<'a> Header<'a> {
         if e.count == 0 {
             return Err(format!("tag {tag} has no value"));
         }
-        let (s, _) = self.cstr(e.offset as usize).map_err(|m| format!("tag {tag}: {m}"))?;
+        let (s, _) = self
+            .cstr(e.offset as usize)
+            .map_err(|m| format!("tag {tag}: {m}"))?;
         Ok(Some(String::from_utf8_lossy(s).into_owned()))
     }
 
@@ -128,7 +140,10 @@ impl<'a> Header<'a> {
             return Ok(Vec::new());
         };
         if !matches!(e.ty, TYPE_STRING | TYPE_STRING_ARRAY | TYPE_I18NSTRING) {
-            return Err(format!("tag {tag} has type {} instead of a string array", e.ty));
+            return Err(format!(
+                "tag {tag} has type {} instead of a string array",
+                e.ty
+            ));
         }
         // Each string takes at least its NUL: a count above the data left
         // is a lie.
@@ -152,11 +167,18 @@ impl<'a> Header<'a> {
             return Ok(None);
         };
         if e.ty != TYPE_INT32 || e.count == 0 {
-            return Err(format!("tag {tag} has type {} count {} instead of an INT32", e.ty, e.count));
+            return Err(format!(
+                "tag {tag} has type {} count {} instead of an INT32",
+                e.ty, e.count
+            ));
         }
-        be32(self.data, e.offset as usize)
-            .map(Some)
-            .ok_or_else(|| format!("tag {tag}: offset {} beyond the {}-byte data", e.offset, self.data.len()))
+        be32(self.data, e.offset as usize).map(Some).ok_or_else(|| {
+            format!(
+                "tag {tag}: offset {} beyond the {}-byte data",
+                e.offset,
+                self.data.len()
+            )
+        })
     }
 }
 
@@ -188,7 +210,11 @@ pub fn parse_header(blob: &[u8]) -> Result<Package, String> {
     let epoch = h.int32(TAG_EPOCH)?;
     let arch = h.string(TAG_ARCH)?.unwrap_or_default();
     // Optional extras: a broken one is dropped, not fatal.
-    let source = h.string(TAG_SOURCERPM).ok().flatten().map(|s| source_name(&s));
+    let source = h
+        .string(TAG_SOURCERPM)
+        .ok()
+        .flatten()
+        .map(|s| source_name(&s));
     let provides = h.strings(TAG_PROVIDENAME).unwrap_or_default();
     let version = match epoch {
         Some(e) if e != 0 => format!("{e}:{version}-{release}"),

@@ -10,7 +10,7 @@ use ibkit_image::Guest;
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags};
 
-use super::{rpmhdr, DbRead, RPMDB_READ_CAP};
+use super::{DbRead, RPMDB_READ_CAP, rpmhdr};
 
 const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
 
@@ -109,7 +109,9 @@ pub(super) fn apply_wal(db: &mut Vec<u8>, wal: &[u8], cap: usize) -> Result<usiz
     let new_len = committed_pages
         .checked_mul(page_size)
         .filter(|&l| l <= cap)
-        .ok_or_else(|| format!("WAL grows the database to {committed_pages} pages, beyond the read limit"))?;
+        .ok_or_else(|| {
+            format!("WAL grows the database to {committed_pages} pages, beyond the read limit")
+        })?;
     db.resize(new_len, 0);
     for i in 0..committed_frames {
         let frame = &wal[HDR + i * frame_len..HDR + (i + 1) * frame_len];
@@ -128,12 +130,17 @@ pub(super) fn apply_wal(db: &mut Vec<u8>, wal: &[u8], cap: usize) -> Result<usiz
 fn open(db: &[u8]) -> rusqlite::Result<Connection> {
     let mut conn = Connection::open_with_flags(
         ":memory:",
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_MEMORY,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_MEMORY,
     )?;
     conn.deserialize_read_exact("main", db, db.len(), true)?;
     // A hostile schema must not run anything; corrupt cells are caught early.
     conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)?;
-    conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_TRUSTED_SCHEMA, false)?;
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_TRUSTED_SCHEMA,
+        false,
+    )?;
     conn.execute_batch("PRAGMA query_only = ON; PRAGMA cell_size_check = ON;")?;
     Ok(conn)
 }
@@ -146,8 +153,8 @@ struct Scan {
     first_bad: Option<String>,
 }
 
-fn scan(conn: &Connection, db_len: usize) -> Result<Scan, (Scan, String)> {
-    let mut out = Scan::default();
+/// Read every row into `out`; `Err` if the scan had to stop.
+fn scan(conn: &Connection, db_len: usize, out: &mut Scan) -> Result<(), String> {
     let ty: Option<String> = match conn.query_row(
         "SELECT type FROM sqlite_master WHERE name = 'Packages' COLLATE NOCASE",
         [],
@@ -155,20 +162,20 @@ fn scan(conn: &Connection, db_len: usize) -> Result<Scan, (Scan, String)> {
     ) {
         Ok(t) => Some(t),
         Err(rusqlite::Error::QueryReturnedNoRows) => None,
-        Err(e) => return Err((out, format!("cannot read the schema: {e}"))),
+        Err(e) => return Err(format!("cannot read the schema: {e}")),
     };
     match ty.as_deref() {
         Some("table") => {}
-        Some(t) => return Err((out, format!("`Packages` is a {t}, not a table"))),
-        None => return Err((out, "no `Packages` table".into())),
+        Some(t) => return Err(format!("`Packages` is a {t}, not a table")),
+        None => return Err("no `Packages` table".into()),
     }
     let mut stmt = match conn.prepare("SELECT hnum, blob FROM Packages") {
         Ok(s) => s,
-        Err(e) => return Err((out, format!("cannot query `Packages`: {e}"))),
+        Err(e) => return Err(format!("cannot query `Packages`: {e}")),
     };
     let mut rows = match stmt.query([]) {
         Ok(r) => r,
-        Err(e) => return Err((out, format!("cannot query `Packages`: {e}"))),
+        Err(e) => return Err(format!("cannot query `Packages`: {e}")),
     };
     // A corrupt b-tree can make sqlite visit the same cells again and again;
     // a sound database cannot hold more blob bytes than its size.
@@ -181,7 +188,7 @@ fn scan(conn: &Connection, db_len: usize) -> Result<Scan, (Scan, String)> {
             Ok(None) => break,
             Err(e) => {
                 let n = out.read.packages.len();
-                return Err((out, format!("database is corrupt after {n} packages: {e}")));
+                return Err(format!("database is corrupt after {n} packages: {e}"));
             }
         };
         seen_rows += 1;
@@ -204,10 +211,10 @@ fn scan(conn: &Connection, db_len: usize) -> Result<Scan, (Scan, String)> {
             }
         }
         if seen_bytes > budget || seen_rows > db_len / 4 + 16 {
-            return Err((out, "database is corrupt (it yields more rows than it can hold)".into()));
+            return Err("database is corrupt (it yields more rows than it can hold)".into());
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Read an `rpmdb.sqlite`.
@@ -220,7 +227,8 @@ pub(super) fn read(guest: &Guest, path: &str) -> DbRead {
     let mut warnings = Vec::new();
     let wal_path = format!("{path}-wal");
     match guest.read_capped(&wal_path, RPMDB_READ_CAP) {
-        Ok(Some(wal)) if !wal.is_empty() => match apply_wal(&mut db, &wal, RPMDB_READ_CAP as usize) {
+        Ok(Some(wal)) if !wal.is_empty() => match apply_wal(&mut db, &wal, RPMDB_READ_CAP as usize)
+        {
             Ok(0) => {}
             Ok(n) => warnings.push(format!(
                 "{wal_path}: applied {n} committed frame(s) not yet checkpointed into {path}"
@@ -269,15 +277,16 @@ pub(super) fn read(guest: &Guest, path: &str) -> DbRead {
     };
     let db_len = db.len();
     drop(db);
-    let (scan, fatal) = match scan(&conn, db_len) {
-        Ok(s) => (s, None),
-        Err((s, e)) => (s, Some(e)),
-    };
+    let mut scan_out = Scan::default();
+    let fatal = scan(&conn, db_len, &mut scan_out).err();
+    let scan = scan_out;
     let mut read = scan.read;
     read.warnings = warnings;
     read.error = match (fatal, scan.bad) {
         (Some(e), 0) => Some(format!("{path}: {e}")),
-        (Some(e), bad) => Some(format!("{path}: {e}; also {bad} unreadable package header(s)")),
+        (Some(e), bad) => Some(format!(
+            "{path}: {e}; also {bad} unreadable package header(s)"
+        )),
         (None, 0) => None,
         (None, bad) => Some(format!(
             "{path}: {bad} of {} package headers are unreadable ({}); the list is incomplete",
