@@ -20,9 +20,14 @@
 #       Stage 3 only, from any rootfs tarball (tar.zst made like the ones
 #       above, e.g. a variant derived from the --customised-only tarball):
 #       print DIR/NAME.qcow2, DIR/NAME.zlib.qcow2, DIR/NAME.raw. Not cached:
-#       always rebuilt (the caller owns the naming).
+#       always rebuilt (the caller owns the naming). The tarball goes in as
+#       it is: stage 3 adds fstab and the bootloader but does not run the
+#       clean-up, so a deliberately dirty variant stays dirty.
 #   scripts/build-debian-image.sh --print-key
 #       Print <key> and exit.
+#   --prune (with any of the above)
+#       First delete cached debian12-* artefacts in DIR and stage tarballs
+#       whose key is not the current one.
 #
 # Stages (each result is cached; every cache file is written under a temporary
 # name and renamed when complete, so an interrupted build never looks cached):
@@ -185,6 +190,41 @@ take_lock() {
 		flock 9
 	fi
 	LOCKED=1
+	clean_stale
+}
+
+# clean_stale: under the lock nobody else builds, so temporary directories
+# and loop devices left by a build that was SIGKILLed can go.
+clean_stale() {
+	local d l
+	for d in "$STAGE_DIR"/.work-* "${OUT_DIR:-/nonexistent}"/.build-*; do
+		[ -d "$d" ] || continue
+		log "removing stale $d"
+		if [ -e "$d/disk.raw" ]; then
+			for l in $(losetup -n -O NAME -j "$d/disk.raw"); do losetup -d "$l" || true; done
+		fi
+		rm -rf --one-file-system "$d"
+	done
+}
+
+# prune: drop cached artefacts and stage tarballs of other keys.
+prune() {
+	local key k1 k2 f
+	key=$(image_key)
+	k1=$(stage1_key)
+	k2=$(stage2_key "rootfs-$SUITE-$k1")
+	for f in "$OUT_DIR"/debian12-*.qcow2 "$OUT_DIR"/debian12-*.raw "$OUT_DIR"/debian12-*.info; do
+		[ -e "$f" ] || continue
+		case $(basename "$f") in debian12-"$key".*) continue ;; esac
+		log "prune: $f"
+		rm -f "$f"
+	done
+	for f in "$STAGE_DIR"/rootfs-*.tar.zst "$STAGE_DIR"/custom-*.tar.zst; do
+		[ -e "$f" ] || continue
+		case $(basename "$f") in "rootfs-$SUITE-$k1.tar.zst" | "custom-$SUITE-$k2.tar.zst") continue ;; esac
+		log "prune: $f"
+		rm -f "$f"
+	done
 }
 
 # --------------------------------------------------------------------------
@@ -373,7 +413,7 @@ clean_rootfs() {
 	rm -f "$r/etc/udev/rules.d/70-persistent-net.rules"
 	# logs: keep the files, drop their content; drop rotated ones and the journal
 	rm -f "$r/var/log/bootstrap.log"
-	find "$r/var/log" -type f \( -name '*.gz' -o -name '*.[0-9]' -o -name '*.old' \) -delete
+	find "$r/var/log" -type f \( -name '*.gz' -o -name '*.xz' -o -name '*.[0-9]' -o -name '*.old' \) -delete
 	find "$r/var/log" -type f -exec truncate -s 0 {} +
 	if [ -d "$r/var/log/journal" ]; then
 		find "$r/var/log/journal" -mindepth 1 -delete
@@ -496,8 +536,8 @@ chroot_stage3() { # chroot_stage3 ROOT_FS_UUID
 
 # Runs inside `unshare --mount`: private /dev with the loop devices under
 # names GRUB treats as plain disks, mount, unpack, bootloader, clean, trim.
-assemble_inner() { # MNT DISK_LOOP ROOT_LOOP TARBALL ROOT_UUID ESP_UUID EFI_OUT
-	local mnt=$1 disk=$2 rootdev=$3 tarball=$4 uuid=$5 esp_uuid=$6 efi_out=$7
+assemble_inner() { # MNT DISK_LOOP ROOT_LOOP TARBALL ROOT_UUID ESP_UUID EFI_OUT CLEAN(0|1)
+	local mnt=$1 disk=$2 rootdev=$3 tarball=$4 uuid=$5 esp_uuid=$6 efi_out=$7 clean=$8
 	local dmaj dmin rmaj rmin
 	read -r dmaj dmin < <(stat -L -c '%t %T' "$disk")
 	read -r rmaj rmin < <(stat -L -c '%t %T' "$rootdev")
@@ -520,13 +560,13 @@ assemble_inner() { # MNT DISK_LOOP ROOT_LOOP TARBALL ROOT_UUID ESP_UUID EFI_OUT
 	in_chroot "$mnt" chroot_stage3 "$uuid"
 	chroot_umounts "$mnt"
 	cp "$mnt/boot/grub/x86_64-efi/core.efi" "$efi_out"
-	clean_rootfs "$mnt"
+	if [ "$clean" = 1 ]; then clean_rootfs "$mnt"; fi
 	fstrim "$mnt" || true
 	umount "$mnt"
 }
 
-assemble() { # assemble TARBALL OUT_DIR NAME SEED -> prints the three paths
-	local tarball=$1 outdir=$2 name=$3 seed=$4
+assemble() { # assemble TARBALL OUT_DIR NAME SEED CLEAN(0|1) -> emits the three paths
+	local tarball=$1 outdir=$2 name=$3 seed=$4 clean=$5
 	local tmp raw disk_loop root_loop total_sectors root_end root_uuid esp_id esp_uuid kver info t0 verify fatlog
 	t0=$SECONDS
 	tmp=$(mktemp -d "$outdir/.build-$name.XXXXXX")
@@ -571,7 +611,7 @@ assemble() { # assemble TARBALL OUT_DIR NAME SEED -> prints the three paths
 	log "stage 3: unpacking, installing GRUB (BIOS + EFI), cleaning"
 	mkdir "$tmp/mnt"
 	unshare --mount --propagation private -- "$SELF" __assemble \
-		"$tmp/mnt" "$disk_loop" "$root_loop" "$tarball" "$root_uuid" "$esp_uuid" "$tmp/BOOTX64.EFI" >&2
+		"$tmp/mnt" "$disk_loop" "$root_loop" "$tarball" "$root_uuid" "$esp_uuid" "$tmp/BOOTX64.EFI" "$clean" >&2
 	e2fsck -f -n "$root_loop" >/dev/null || die "e2fsck found problems in the root filesystem"
 	kver=$(debugfs -R 'ls -p /boot' "$root_loop" 2>/dev/null | tr '/' '\n' | sed -n 's/^vmlinuz-//p' | sort -V | tail -n 1)
 	losetup -d "$root_loop"
@@ -613,7 +653,7 @@ assemble() { # assemble TARBALL OUT_DIR NAME SEED -> prints the three paths
 # main
 
 main() {
-	local out_dir="" mode=image from="" name="" key base
+	local out_dir="" mode=image from="" name="" key base do_prune=0 t0=$SECONDS
 	while [ $# -gt 0 ]; do
 		case $1 in
 		--out-dir) [ $# -ge 2 ] || die "--out-dir needs a value"; out_dir=$2; shift 2 ;;
@@ -623,49 +663,51 @@ main() {
 		--assemble-from) [ $# -ge 2 ] || die "--assemble-from needs a value"; mode=assemble; from=$2; shift 2 ;;
 		--name) [ $# -ge 2 ] || die "--name needs a value"; name=$2; shift 2 ;;
 		--print-key) mode=key; shift ;;
+		--prune) do_prune=1; shift ;;
 		-h | --help) usage; exit 0 ;;
 		*) usage; die "unknown argument: $1" ;;
 		esac
 	done
-	out_dir=${out_dir:-$CACHE_ROOT/images}
+	OUT_DIR=$(readlink -m "${out_dir:-$CACHE_ROOT/images}")
+	if [ "$do_prune" = 1 ]; then
+		need_root
+		take_lock
+		prune
+	fi
 
 	case $mode in
 	key) emit "$(image_key)"; return ;;
 	rootfs) stage1; emit "$STAGE1_OUT"; return ;;
 	custom) stage2; emit "$STAGE2_OUT"; return ;;
+	assemble)
+		[ -n "$name" ] || die "--assemble-from needs --name"
+		case $name in */* | .* | "") die "--name must be a plain file name" ;; esac
+		[ -s "$from" ] || die "no such tarball: $from"
+		need_root
+		mkdir -p "$OUT_DIR"
+		take_lock
+		assemble "$(readlink -f "$from")" "$OUT_DIR" "$name" "$name:$(basename "$from")" 0
+		return
+		;;
 	esac
 
-	if [ "$mode" = image ]; then
-		key=$(image_key)
-		base="$out_dir/debian12-$key"
-		base=$(readlink -m "$base")
-		if [ -s "$base.qcow2" ] && [ -s "$base.zlib.qcow2" ] && [ -s "$base.raw" ]; then
-			emit "$base.qcow2" "$base.zlib.qcow2" "$base.raw"
-			return
-		fi
-	fi
-
-	need_root
-	mkdir -p "$out_dir"
-	out_dir=$(readlink -f "$out_dir")
-	if [ "$mode" = assemble ]; then
-		[ -n "$name" ] || die "--assemble-from needs --name"
-		case $name in */* | .*) die "--name must be a plain file name" ;; esac
-		[ -s "$from" ] || die "no such tarball: $from"
-		from=$(readlink -f "$from")
-		take_lock
-		assemble "$from" "$out_dir" "$name" "$name:$(basename "$from")"
+	# The fast path: no root, no lock, a few milliseconds.
+	key=$(image_key)
+	base="$OUT_DIR/debian12-$key"
+	if [ -s "$base.qcow2" ] && [ -s "$base.zlib.qcow2" ] && [ -s "$base.raw" ]; then
+		emit "$base.qcow2" "$base.zlib.qcow2" "$base.raw"
 		return
 	fi
 
-	local t0=$SECONDS
+	need_root
+	mkdir -p "$OUT_DIR"
 	stage2
 	take_lock
 	if [ -s "$base.qcow2" ] && [ -s "$base.zlib.qcow2" ] && [ -s "$base.raw" ]; then
 		emit "$base.qcow2" "$base.zlib.qcow2" "$base.raw"
 		return
 	fi
-	assemble "$STAGE2_OUT" "$out_dir" "debian12-$key" "debian12-$key"
+	assemble "$STAGE2_OUT" "$OUT_DIR" "debian12-$key" "debian12-$key" 1
 	log "built debian12-$key in $((SECONDS - t0)) s"
 }
 

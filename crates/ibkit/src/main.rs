@@ -162,8 +162,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         allowed_dirs: allow_backing_dir,
                     },
                 },
-            )
-            .with_context(|| format!("cannot inspect {}", image.display()))?;
+            )?;
             step(
                 quiet,
                 &format!(
@@ -221,8 +220,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         allowed_dirs: allow_backing_dir,
                     },
                 },
-            )
-            .with_context(|| format!("cannot inspect {}", image.display()))?;
+            )?;
             let report = check(
                 &insp,
                 &CheckOptions {
@@ -311,6 +309,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Inspect an image, letting backing files come from the extra directories.
+fn open_image(
+    image: &std::path::Path,
+    allowed_dirs: Vec<PathBuf>,
+) -> Result<ibkit_image::Inspection> {
+    Ok(inspect(
+        image,
+        &InspectOptions {
+            backing: BackingPolicy { allowed_dirs },
+        },
+    )?)
 }
 
 /// Write to stdout; a closed pipe (`ibkit check ... | head`) is not an error.

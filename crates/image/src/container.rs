@@ -17,7 +17,7 @@ use imago::raw::Raw;
 
 use crate::ImageError;
 use crate::limits::MAX_BACKING_DEPTH;
-use crate::source::{RawFile, ReadAt, Source, check_bounds};
+use crate::source::{ChunkCache, RawFile, ReadAt, Source, check_bounds};
 
 /// The container format of one layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -158,7 +158,9 @@ pub fn open_disk(path: &Path, policy: &BackingPolicy) -> Result<Disk, ImageError
     let (format, access) = open_layer(path, None, &allowed, &mut layers)?;
     let source: Source = match (format, access) {
         (Format::Raw, _) => Arc::new(RawFile::open(path).map_err(|e| ImageError::io(path, e))?),
-        (Format::Qcow2, Some(access)) => Arc::new(Qcow2Source { access }),
+        (Format::Qcow2, Some(access)) => {
+            Arc::new(ChunkCache::new(Arc::new(Qcow2Source { access })))
+        }
         (Format::Qcow2, None) => {
             return Err(ImageError::corrupt(path, "qcow2 layer did not open"));
         }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 #[non_exhaustive]
 pub enum ImageError {
     /// Reading a host file failed.
-    #[error("{}: {source}", path.display())]
+    #[error("cannot read {}", path.display())]
     Io {
         /// Host path.
         path: PathBuf,
@@ -41,7 +41,7 @@ pub enum ImageError {
         what: String,
     },
     /// A backing file named by a qcow2 header could not be opened.
-    #[error("{}: backing file {backing:?}: {source}", path.display())]
+    #[error("{}: cannot open backing file {backing:?}", path.display())]
     Backing {
         /// The image naming it.
         path: PathBuf,

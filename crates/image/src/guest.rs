@@ -323,23 +323,7 @@ impl Guest {
         path: impl AsRef<[u8]>,
         cap: u64,
     ) -> Result<Option<Vec<u8>>, GuestError> {
-        let path = path.as_ref();
-        let Some((reader, meta)) = self.open(path)? else {
-            return Ok(None);
-        };
-        if meta.size > cap {
-            return Err(GuestError::TooLarge {
-                path: lossy(path),
-                size: meta.size,
-                cap,
-            });
-        }
-        let mut buf = Vec::with_capacity(meta.size as usize);
-        reader
-            .take(cap)
-            .read_to_end(&mut buf)
-            .map_err(|e| GuestError::fs(path, FsError::Io(e)))?;
-        Ok(Some(buf))
+        self.read_up_to(path.as_ref(), cap, true)
     }
 
     /// Read at most `max` bytes from the start of a regular file.
@@ -348,13 +332,29 @@ impl Guest {
         path: impl AsRef<[u8]>,
         max: u64,
     ) -> Result<Option<Vec<u8>>, GuestError> {
-        let path = path.as_ref();
+        self.read_up_to(path.as_ref(), max, false)
+    }
+
+    /// Read up to `limit` bytes; a larger file is an error if `whole`, else cut.
+    fn read_up_to(
+        &self,
+        path: &[u8],
+        limit: u64,
+        whole: bool,
+    ) -> Result<Option<Vec<u8>>, GuestError> {
         let Some((reader, meta)) = self.open(path)? else {
             return Ok(None);
         };
-        let mut buf = Vec::with_capacity(meta.size.min(max) as usize);
+        if whole && meta.size > limit {
+            return Err(GuestError::TooLarge {
+                path: lossy(path),
+                size: meta.size,
+                cap: limit,
+            });
+        }
+        let mut buf = Vec::with_capacity(meta.size.min(limit) as usize);
         reader
-            .take(max)
+            .take(limit)
             .read_to_end(&mut buf)
             .map_err(|e| GuestError::fs(path, FsError::Io(e)))?;
         Ok(Some(buf))

@@ -107,3 +107,81 @@ pub(crate) fn read_vec(src: &dyn ReadAt, offset: u64, len: usize) -> io::Result<
     src.read_exact_at(&mut buf, offset)?;
     Ok(buf)
 }
+
+/// A chunk cache in front of a slow source (compressed qcow2 clusters are
+/// decompressed whole on every read; filesystems read 4 KiB at a time).
+/// Reads are served from aligned 64 KiB chunks kept in a small LRU.
+pub struct ChunkCache {
+    inner: Source,
+    chunks: std::sync::Mutex<ChunkMap>,
+}
+
+#[derive(Default)]
+struct ChunkMap {
+    map: std::collections::HashMap<u64, (Arc<Vec<u8>>, u64)>,
+    tick: u64,
+}
+
+/// Bytes per cached chunk (the default qcow2 cluster size).
+const CHUNK: u64 = 64 * 1024;
+/// Chunks kept (8 MiB).
+const CHUNKS: usize = 128;
+
+impl ChunkCache {
+    /// Cache `inner`.
+    pub fn new(inner: Source) -> Self {
+        ChunkCache {
+            inner,
+            chunks: std::sync::Mutex::new(ChunkMap::default()),
+        }
+    }
+
+    fn chunk(&self, index: u64) -> io::Result<Arc<Vec<u8>>> {
+        if let Ok(mut c) = self.chunks.lock() {
+            c.tick += 1;
+            let tick = c.tick;
+            if let Some(entry) = c.map.get_mut(&index) {
+                entry.1 = tick;
+                return Ok(entry.0.clone());
+            }
+        }
+        let start = index * CHUNK;
+        let len = CHUNK.min(self.inner.size() - start) as usize;
+        let mut buf = vec![0u8; len];
+        self.inner.read_exact_at(&mut buf, start)?;
+        let data = Arc::new(buf);
+        if let Ok(mut c) = self.chunks.lock() {
+            if c.map.len() >= CHUNKS {
+                if let Some(oldest) = c.map.iter().min_by_key(|(_, (_, t))| *t).map(|(k, _)| *k) {
+                    c.map.remove(&oldest);
+                }
+            }
+            let tick = c.tick;
+            c.map.insert(index, (data.clone(), tick));
+        }
+        Ok(data)
+    }
+}
+
+impl ReadAt for ChunkCache {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        check_bounds(offset, buf.len(), self.inner.size())?;
+        // Large reads bypass the cache: they are streamed once.
+        if buf.len() as u64 >= CHUNK * 4 {
+            return self.inner.read_exact_at(buf, offset);
+        }
+        let mut done = 0usize;
+        while done < buf.len() {
+            let pos = offset + done as u64;
+            let chunk = self.chunk(pos / CHUNK)?;
+            let within = (pos % CHUNK) as usize;
+            let n = (buf.len() - done).min(chunk.len() - within);
+            buf[done..done + n].copy_from_slice(&chunk[within..within + n]);
+            done += n;
+        }
+        Ok(())
+    }
+}

@@ -1579,6 +1579,27 @@ fn the_fuller_database_wins_and_the_other_is_mentioned() {
     assert_eq!(p.kind, Some(PackageDbKind::RpmBdb));
     assert!(p.known(), "{:?}", p.error);
     check_main_packages(&p);
+
+    // A stale BerkeleyDB file left by a conversion to sqlite, even a fuller
+    // one: rpm uses the sqlite database, so do we.
+    let dir = tempdir();
+    put(
+        dir.path(),
+        "/var/lib/rpm/Packages",
+        bdb_packages(&blobs, 3, false, 4096),
+    );
+    put(dir.path(), "/var/lib/rpm/rpmdb.sqlite", main_sqlite());
+    let p = packages::load(&guest(dir.path()));
+    assert_eq!(p.kind, Some(PackageDbKind::RpmSqlite));
+    assert!(p.known(), "{:?}", p.error);
+    check_main_packages(&p);
+    assert!(
+        p.warnings
+            .iter()
+            .any(|w| w.contains("/var/lib/rpm/Packages (rpm-bdb)") && w.contains("30 packages")),
+        "{:?}",
+        p.warnings
+    );
 }
 
 #[test]

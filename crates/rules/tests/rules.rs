@@ -465,3 +465,87 @@ fn app_kvm_wrong_architecture() {
         Some("/usr/lib/systemd/systemd"),
     );
 }
+
+#[test]
+fn app_flavor_root_partition_not_last() {
+    use ibkit_test_utils::{Container, FsType, GptPart, Layout, Volume, build_image};
+    let dir = tmp();
+    let m = manifest(dir.path());
+    let tree = clean_tree();
+    let layout = Layout::Gpt(vec![
+        GptPart::empty("ef02", "bios", 1),
+        GptPart::new(
+            "8300",
+            "root",
+            Volume::new(FsType::Ext4, 64)
+                .with_tree(&tree)
+                .with_uuid(ROOT_UUID),
+        ),
+        GptPart::new("8200", "swap", Volume::new(FsType::Swap, 8)),
+    ]);
+    let img = build_image(&layout, Container::Qcow2).expect("build");
+    let report = run(&img, Some(&m), &["APP-FLAVOR"]);
+    let r = one(&report, "APP-FLAVOR");
+    assert_finding(&r, Status::Fail, "root-not-last", None);
+    assert!(
+        r.findings.iter().any(|f| f.message.contains("partition 3")),
+        "{:#?}",
+        r.findings
+    );
+}
+
+#[test]
+fn rhel_family_image_on_xfs_and_lvm_passes_and_debuggers_are_found_in_rpmdb() {
+    let root = rhel::root_tree(&[]);
+    let boot = rhel::boot_tree();
+    let img = rhel::image(&root, &boot);
+    let report = run(&img, None, &[]);
+    assert_eq!(
+        report.image.os.as_deref(),
+        Some("AlmaLinux 9.3 (Shamrock Pearl)")
+    );
+    let mounts: Vec<&str> = report
+        .image
+        .mounts
+        .iter()
+        .map(|m| m.point.as_str())
+        .collect();
+    assert_eq!(mounts, ["/", "/boot", "/boot/efi"]);
+    for r in &report.results {
+        let expected = match r.id.as_str() {
+            "APP-BILLING" | "APP-PORTS" | "APP-AUTOSTART-SOFT" | "APP-AUTOSTART-HARD"
+            | "APP-DOCS" => Status::Unknown,
+            // Root on LVM: growpart grows the PV, not the LV.
+            "APP-FLAVOR" => Status::Warn,
+            _ => Status::Pass,
+        };
+        assert_eq!(r.status, expected, "{}: {r:#?}", r.id);
+    }
+    assert!(report.complete, "{:?}", report.notes);
+    let console = one(&report, "OS-CONSOLE-LOG");
+    assert!(
+        console.evidence[0]
+            .path
+            .as_deref()
+            .is_some_and(|p| p.starts_with("/boot/loader/entries/")),
+        "{console:#?}"
+    );
+    let pk = one(&report, "IMG-CLOUDINIT");
+    assert!(
+        pk.evidence
+            .iter()
+            .any(|e| e.package.as_deref() == Some("cloud-init 23.4-7.el9_3.alma.1")),
+        "{pk:#?}"
+    );
+
+    let root = rhel::root_tree(&[("gdb", "10.2", "11.el9"), ("strace", "5.18", "2.el9")]);
+    let report = run(&rhel::image(&root, &boot), None, &["IMG-NO-DEBUGGERS"]);
+    let r = one(&report, "IMG-NO-DEBUGGERS");
+    assert_eq!(r.status, Status::Fail);
+    let pkgs: Vec<&str> = r
+        .findings
+        .iter()
+        .filter_map(|f| f.evidence.package.as_deref())
+        .collect();
+    assert_eq!(pkgs, ["gdb 10.2-11.el9", "strace 5.18-2.el9"]);
+}

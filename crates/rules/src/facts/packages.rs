@@ -295,8 +295,9 @@ impl DbRead {
 
 /// Read the package database of `guest`.
 ///
-/// Every database present is read; the one with the most packages that read
-/// without error is reported (another non-empty one only as a warning).
+/// Every database present is read. Reported is dpkg's or the newest RPM
+/// backend's that reads cleanly, whichever lists more packages; another
+/// non-empty one is mentioned in `warnings`.
 /// Never panics on hostile content: problems end up in `error`.
 pub fn load(guest: &Guest) -> Packages {
     let mut found: Vec<(PackageDbKind, String, DbRead)> = Vec::new();
@@ -329,34 +330,57 @@ pub fn load(guest: &Guest) -> Packages {
             ));
         }
     }
-    for path in RPM_BDB_PATHS {
-        if present(path, &mut seen) {
-            found.push((PackageDbKind::RpmBdb, path.into(), bdb::read(guest, path)));
-        }
-    }
+    // RPM backends newest first: a conversion (bdb -> sqlite on RHEL 9 and
+    // Fedora, bdb -> ndb on SUSE 15, ndb -> sqlite on Tumbleweed) may leave
+    // the old file behind, and rpm itself uses the configured, newer one.
     for path in RPM_NDB_PATHS {
         if present(path, &mut seen) {
             found.push((PackageDbKind::RpmNdb, path.into(), ndb::read(guest, path)));
         }
     }
+    for path in RPM_BDB_PATHS {
+        if present(path, &mut seen) {
+            found.push((PackageDbKind::RpmBdb, path.into(), bdb::read(guest, path)));
+        }
+    }
     choose(found)
 }
 
-/// Pick the database to report: the error-free one with the most packages,
-/// else the one with the most packages, else the first found.
+/// Pick the database to report. Among RPM databases, the first (newest
+/// backend) that read without error and lists packages, else the one with
+/// the most packages. Between that and dpkg's, the error-free non-empty one
+/// with the most packages; failing that, the one with the most packages;
+/// failing that, the first found.
 fn choose(found: Vec<(PackageDbKind, String, DbRead)>) -> Packages {
     if found.is_empty() {
         return Packages::default();
     }
-    let score = |r: &DbRead| {
-        (
-            r.error.is_none() && !r.packages.is_empty(),
-            r.packages.len(),
-        )
-    };
-    let mut best = 0;
-    for (i, (_, _, r)) in found.iter().enumerate() {
-        if score(r) > score(&found[best].2) {
+    let usable = |r: &DbRead| r.error.is_none() && !r.packages.is_empty();
+    let score = |r: &DbRead| (usable(r), r.packages.len());
+    let mut candidates: Vec<usize> = Vec::new();
+    // dpkg, if present, is first in `found`.
+    if found[0].0 == PackageDbKind::Dpkg {
+        candidates.push(0);
+    }
+    let rpm: Vec<usize> = (0..found.len())
+        .filter(|&i| found[i].0 != PackageDbKind::Dpkg)
+        .collect();
+    let rpm_best = rpm
+        .iter()
+        .copied()
+        .find(|&i| usable(&found[i].2))
+        .or_else(|| {
+            // max_by_key keeps the last of equals: iterate in reverse so the
+            // first found wins ties.
+            rpm.iter()
+                .rev()
+                .copied()
+                .max_by_key(|&i| found[i].2.packages.len())
+        });
+    candidates.extend(rpm_best);
+    let mut best = candidates.first().copied().unwrap_or(0);
+    for &i in &candidates {
+        if score(&found[i].2) > score(&found[best].2) {
             best = i;
         }
     }

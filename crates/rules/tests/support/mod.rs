@@ -3,6 +3,8 @@
 //! build the tree into a real disk image (GPT, ext4, qcow2) and run rules.
 #![allow(dead_code)]
 
+pub mod rhel;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 

@@ -4,23 +4,29 @@
 //! filesystems, requires the filetype feature, and trusts `i_size` when
 //! reading. This reader supports those features and treats every on-disk
 //! number as untrusted: arithmetic is checked, block numbers are checked
-//! against the filesystem size (itself checked against the device), tree
-//! walks are depth-bounded, and work per directory is capped (see
-//! [`limits`]). Failures are [`FsError::Corrupt`], [`FsError::Unsupported`]
-//! or [`FsError::Limit`], never a panic.
+//! against the filesystem size (itself checked against the device, as the
+//! kernel does), tree walks are depth-bounded, and work per directory is
+//! capped (see [`limits`]). Failures are [`FsError::Corrupt`],
+//! [`FsError::Unsupported`] or [`FsError::Limit`], never a panic.
 //!
 //! Supported: block sizes 1–64 KiB, 32/64-byte group descriptors (64bit),
-//! meta_bg, flex_bg, sparse_super(2), bigalloc (for reading), 128-byte and
-//! larger inodes, extent trees and indirect block maps, uninitialized
-//! extents and holes, inline data (files, directories, symlinks), fast and
-//! slow symlinks, htree and largedir directories (by linear scan), casefold
-//! (exact-match lookups), filesystems without the filetype feature, and
-//! in-memory jbd2 journal replay when `needs_recovery` is set.
+//! meta_bg, flex_bg, sparse_super(2), bigalloc, 128-byte and larger inodes
+//! (uid/gid high halves, `i_size_high`), extent trees and indirect block
+//! maps, uninitialized extents and holes (read as zeros), inline data
+//! (files, directories, symlinks), fast and slow symlinks, htree and
+//! largedir directories (by linear scan), casefold (exact-match lookups),
+//! dirdata, filesystems without the filetype feature, and in-memory jbd2
+//! journal replay when `needs_recovery` is set (see [`Ext4::open`]).
 //!
-//! Not supported: `compression`, external journal devices (`journal_dev`),
-//! reading encrypted inodes (`encrypt`: [`FsError::Unsupported`] per inode),
-//! fast-commit replay. Checksums (metadata_csum, journal csum) are not
-//! verified.
+//! Not supported: `compression` and `journal_dev` (refused at open),
+//! contents of encrypted inodes ([`FsError::Unsupported`] per inode),
+//! fast-commit replay (reported by [`Ext4::needs_recovery`]). Checksums
+//! (metadata_csum, journal checksums) are not verified.
+//!
+//! Paths are looked up component by component from the root without
+//! following symlinks. Two bounded LRU caches keep lookups fast: metadata
+//! blocks ([`limits::CACHE_BYTES`]) and per-directory name indexes
+//! ([`limits::DIR_CACHE_BYTES`]).
 
 mod cache;
 mod dir;
@@ -53,9 +59,12 @@ pub mod limits {
     /// can be without largedir; even huge maildirs stay far below).
     pub const MAX_DIR_SIZE: u64 = 4 << 30;
     /// Most directory bytes actually read in one scan (holes don't count).
-    pub const MAX_DIR_BYTES: u64 = 256 << 20;
-    /// Most live entries in one directory.
-    pub const MAX_DIR_ENTRIES: u64 = 1 << 20;
+    /// With [`MAX_DIR_ENTRIES`] this bounds what one `read_dir` returns
+    /// (names live in these bytes).
+    pub const MAX_DIR_BYTES: u64 = 64 << 20;
+    /// Most entries (including `.`/`..`) in one directory. Half a million is
+    /// far beyond any OS image directory.
+    pub const MAX_DIR_ENTRIES: u64 = 1 << 19;
     /// Most mapping steps plus blocks visited in one directory scan (bounds
     /// time on an indirect map full of pointers to zeroed blocks).
     pub const MAX_DIR_STEPS: u64 = 1 << 22;
@@ -66,10 +75,10 @@ pub mod limits {
     /// Bytes of metadata blocks kept in the LRU block cache.
     pub const CACHE_BYTES: u64 = 4 << 20;
     /// Approximate bytes of directory name indexes kept for path lookups.
-    pub const DIR_CACHE_BYTES: u64 = 4 << 20;
+    pub const DIR_CACHE_BYTES: u64 = 2 << 20;
     /// Directories whose index would exceed this are searched linearly
     /// instead of indexed.
-    pub const MAX_DIR_INDEX_BYTES: u64 = 1 << 20;
+    pub const MAX_DIR_INDEX_BYTES: u64 = 512 << 10;
     /// Largest journal (in blocks) we scan for replay.
     pub const MAX_JOURNAL_BLOCKS: u64 = 1 << 22;
     /// Most distinct filesystem blocks a replay may overlay.
@@ -120,8 +129,14 @@ impl std::fmt::Debug for Ext4 {
 }
 
 impl Ext4 {
-    /// Parse and validate the superblock, and replay the journal in memory
-    /// if it needs recovery (nothing is ever written to `source`).
+    /// Parse and validate the superblock (and the root inode).
+    ///
+    /// If the filesystem needs recovery, committed jbd2 transactions are
+    /// replayed in memory (nothing is ever written to `source`): reads of
+    /// journaled blocks — including the superblock and group descriptors —
+    /// return their committed contents. A journal that cannot be replayed
+    /// (external, corrupt) is skipped with a warning and
+    /// [`Ext4::needs_recovery`] returns true.
     pub fn open(source: Source) -> Result<Self, FsError> {
         let mut raw = vec![0u8; SUPERBLOCK_SIZE];
         source.read_exact_at(&mut raw, SUPERBLOCK_OFFSET)?;
@@ -393,7 +408,11 @@ impl Ext4 {
                 ControlFlow::Continue(())
             }
         });
-        flow?;
+        if let Err(e) = flow {
+            // A damaged block after the name we want must not hide it (a
+            // plain linear search would have stopped before it).
+            return if found.is_some() { Ok(found) } else { Err(e) };
+        }
         if indexing {
             let index: DirIndex = Arc::new(index);
             self.dir_cache

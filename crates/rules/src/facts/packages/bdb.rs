@@ -135,9 +135,13 @@ impl<'a> Walker<'a> {
     }
 }
 
-/// The header blobs of a BerkeleyDB hash `Packages` file, and the problems
-/// met (each loses one record or one bucket chain).
-pub(super) fn blobs(file: &[u8]) -> Result<(Vec<Vec<u8>>, Vec<String>), String> {
+/// Records read: (key as a number, value).
+type Records = Vec<(u32, Vec<u8>)>;
+
+/// The records of a BerkeleyDB hash `Packages` file in key (rpm's install
+/// instance number) order, and the problems met (each loses one record or
+/// one bucket chain).
+pub(super) fn blobs(file: &[u8]) -> Result<(Records, Vec<String>), String> {
     if file.len() < 512 {
         return Err(format!(
             "file of {} bytes is too small for a BerkeleyDB database",
@@ -246,8 +250,21 @@ pub(super) fn blobs(file: &[u8]) -> Result<(Vec<Vec<u8>>, Vec<String>), String> 
                     idx += 2;
                     continue;
                 }
+                // rpm's keys are 4-byte instance numbers in the writer's byte
+                // order (that of the file); anything else sorts last.
+                let kend = if idx == 0 {
+                    page_size
+                } else {
+                    w.db.u16_at(page, PAGE_HEADER + 2 * idx - 2).unwrap_or(0)
+                };
+                let key = match page.get(koff..kend) {
+                    Some([H_KEYDATA, k @ ..]) if k.len() == 4 => {
+                        w.db.u32_at(k, 0).unwrap_or(u32::MAX)
+                    }
+                    _ => u32::MAX,
+                };
                 match w.item(page, voff, koff - voff) {
-                    Ok(Some(v)) => out.push(v),
+                    Ok(Some(v)) => out.push((key, v)),
                     Ok(None) => {}
                     Err(e) => {
                         problems.push(format!("bucket {bucket}: page {pgno} item {idx}: {e}"))
@@ -258,6 +275,7 @@ pub(super) fn blobs(file: &[u8]) -> Result<(Vec<Vec<u8>>, Vec<String>), String> 
             pgno = w.db.u32_at(page, 16).unwrap_or(0);
         }
     }
+    out.sort_by_key(|&(k, _)| k);
     Ok((out, problems))
 }
 
@@ -278,9 +296,9 @@ pub(super) fn read(guest: &Guest, path: &str) -> DbRead {
     drop(file);
     let mut read = DbRead::default();
     let mut bad = 0usize;
-    for v in values {
+    for (key, v) in values {
         // rpm keeps its next-instance counter under key 0: a 4-byte value.
-        if v.len() <= 8 {
+        if key == 0 || v.len() <= 8 {
             continue;
         }
         match rpmhdr::parse_header(&v) {

@@ -25,8 +25,8 @@ fn le32(b: &[u8], off: usize) -> u32 {
     }
 }
 
-/// The header blobs of a `Packages.db`, in block order, and the problems
-/// met (each loses one package).
+/// The header blobs of a `Packages.db` in package index (install) order, and
+/// the problems met (each loses one package).
 pub(super) fn blobs(file: &[u8]) -> Result<(Vec<&[u8]>, Vec<String>), String> {
     if file.len() < 32 || &file[..4] != PKGDB_MAGIC {
         return Err("not an rpm ndb database (bad magic)".into());
@@ -61,11 +61,11 @@ pub(super) fn blobs(file: &[u8]) -> Result<(Vec<&[u8]>, Vec<String>), String> {
             problems.push(format!("slot for package {pkgidx} points outside the file"));
             continue;
         }
-        slots.push((blkoff, blkcnt, pkgidx));
+        slots.push((pkgidx, blkoff, blkcnt));
     }
     slots.sort_unstable();
     let mut out = Vec::with_capacity(slots.len());
-    for (blkoff, blkcnt, pkgidx) in slots {
+    for (pkgidx, blkoff, blkcnt) in slots {
         let area = &file[blkoff * BLK..(blkoff + blkcnt) * BLK];
         let len = le32(area, 12) as usize;
         let ok = area.len() >= HEAD + TAIL
