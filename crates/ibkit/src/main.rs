@@ -155,14 +155,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let profile = Profile::resolve(&profile).map_err(anyhow::Error::msg)?;
             let t = Instant::now();
             step(quiet, &format!("opening {}", image.display()));
-            let insp = inspect(
-                &image,
-                &InspectOptions {
-                    backing: BackingPolicy {
-                        allowed_dirs: allow_backing_dir,
-                    },
-                },
-            )?;
+            let insp = open_image(&image, allow_backing_dir)?;
             step(
                 quiet,
                 &format!(
@@ -213,14 +206,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             json,
             allow_backing_dir,
         } => {
-            let insp = inspect(
-                &image,
-                &InspectOptions {
-                    backing: BackingPolicy {
-                        allowed_dirs: allow_backing_dir,
-                    },
-                },
-            )?;
+            let insp = open_image(&image, allow_backing_dir)?;
             let report = check(
                 &insp,
                 &CheckOptions {
