@@ -115,29 +115,73 @@ fn sniff(path: &Path) -> Result<Format, ImageError> {
 struct Qcow2HeaderFacts {
     version: u32,
     compression_type: u8,
+    backing_name: Option<String>,
+    backing_format: Option<String>,
 }
 
 fn qcow2_header_facts(path: &Path) -> Result<Qcow2HeaderFacts, ImageError> {
     let f = RawFile::open(path).map_err(|e| ImageError::io(path, e))?;
-    let mut h = [0u8; 112];
-    let len = (f.size() as usize).min(h.len());
-    f.read_exact_at(&mut h[..len], 0)
+    // The header and its extensions live in the first cluster; 64 KiB is
+    // enough for any extension list qemu writes.
+    let len = (f.size() as usize).min(65536);
+    let mut h = vec![0u8; len];
+    f.read_exact_at(&mut h, 0)
         .map_err(|e| ImageError::io(path, e))?;
     if len < 72 {
         return Err(ImageError::corrupt(path, "qcow2 header is truncated"));
     }
     let be32 = |o: usize| u32::from_be_bytes([h[o], h[o + 1], h[o + 2], h[o + 3]]);
+    let be64 = |o: usize| (u64::from(be32(o)) << 32) | u64::from(be32(o + 4));
     let version = be32(4);
     let mut compression_type = 0;
-    if version >= 3 && len >= 105 {
-        let header_length = be32(100) as usize;
-        if header_length > 104 {
+    let mut header_length = 72usize;
+    if version >= 3 && len >= 104 {
+        header_length = be32(100) as usize;
+        if header_length > 104 && len > 104 {
             compression_type = h[104];
         }
+    }
+    let backing_offset = be64(8) as usize;
+    let backing_size = be32(16) as usize;
+    let backing_name = if backing_offset == 0 || backing_size == 0 {
+        None
+    } else {
+        let end = backing_offset
+            .checked_add(backing_size)
+            .filter(|&e| e <= len && backing_size <= 1023)
+            .ok_or_else(|| {
+                ImageError::corrupt(
+                    path,
+                    "qcow2 backing file name lies outside the header cluster",
+                )
+            })?;
+        Some(String::from_utf8_lossy(&h[backing_offset..end]).into_owned())
+    };
+    // Header extensions: (type, length, data padded to 8) until type 0.
+    let mut backing_format = None;
+    let mut at = header_length;
+    while at + 8 <= len {
+        let (kind, elen) = (be32(at), be32(at + 4) as usize);
+        if kind == 0 {
+            break;
+        }
+        let data = at + 8;
+        let Some(end) = data.checked_add(elen).filter(|&e| e <= len) else {
+            return Err(ImageError::corrupt(
+                path,
+                "qcow2 header extension runs past the header cluster",
+            ));
+        };
+        if kind == 0xe279_2aca {
+            backing_format = Some(String::from_utf8_lossy(&h[data..end]).into_owned());
+        }
+        at = data + elen.div_ceil(8) * 8;
     }
     Ok(Qcow2HeaderFacts {
         version,
         compression_type,
+        backing_name,
+        backing_format,
     })
 }
 
@@ -155,20 +199,38 @@ pub fn open_disk(path: &Path, policy: &BackingPolicy) -> Result<Disk, ImageError
     for d in &policy.allowed_dirs {
         allowed.push(d.canonicalize().map_err(|e| ImageError::io(d, e))?);
     }
-    let (format, access) = open_layer(path, None, &allowed, &mut layers)?;
-    let source: Source = match (format, access) {
-        (Format::Raw, _) => Arc::new(RawFile::open(path).map_err(|e| ImageError::io(path, e))?),
-        (Format::Qcow2, Some(access)) => {
-            Arc::new(ChunkCache::new(Arc::new(Qcow2Source { access })))
-        }
-        (Format::Qcow2, None) => {
-            return Err(ImageError::corrupt(path, "qcow2 layer did not open"));
-        }
+    let source: Source = match open_layer(path, None, &allowed, &mut layers)? {
+        Opened::TopRaw => Arc::new(RawFile::open(path).map_err(|e| ImageError::io(path, e))?),
+        Opened::Imago(access) => Arc::new(ChunkCache::new(Arc::new(Qcow2Source { access }))),
+        Opened::Own(source) => Arc::new(ChunkCache::new(source)),
     };
     Ok(Disk { source, layers })
 }
 
 type Access = FormatAccess<ImagoFile>;
+
+/// An opened layer.
+enum Opened {
+    /// The top layer is raw: read the file directly.
+    TopRaw,
+    /// A layer imago reads (and can use as another imago layer's backing).
+    Imago(Access),
+    /// A layer our own reader reads (zstd-compressed qcow2).
+    Own(Source),
+}
+
+impl Opened {
+    /// As a byte source, for our own reader's backing.
+    fn into_source(self, path: &Path) -> Result<Source, ImageError> {
+        match self {
+            Opened::TopRaw => Ok(Arc::new(
+                RawFile::open(path).map_err(|e| ImageError::io(path, e))?,
+            )),
+            Opened::Imago(access) => Ok(Arc::new(Qcow2Source { access })),
+            Opened::Own(s) => Ok(s),
+        }
+    }
+}
 
 /// Open one layer, recursively opening its backing chain. Returns the format
 /// and, for qcow2 layers or when called for a backing file, an imago access.
@@ -177,7 +239,7 @@ fn open_layer(
     declared: Option<Format>,
     allowed: &[PathBuf],
     layers: &mut Vec<Layer>,
-) -> Result<(Format, Option<Access>), ImageError> {
+) -> Result<Opened, ImageError> {
     let canonical = path.canonicalize().map_err(|e| ImageError::io(path, e))?;
     if layers.iter().any(|l| l.path == canonical) {
         return Err(ImageError::Unsafe {
@@ -207,11 +269,11 @@ fn open_layer(
     match format {
         Format::Raw => {
             if !is_backing {
-                return Ok((Format::Raw, None));
+                return Ok(Opened::TopRaw);
             }
             let raw = Raw::<ImagoFile>::open_path(&canonical, false)
                 .map_err(|e| ImageError::io(&canonical, e))?;
-            Ok((Format::Raw, Some(FormatAccess::new(raw))))
+            Ok(Opened::Imago(FormatAccess::new(raw)))
         }
         Format::Qcow2 => {
             let facts = qcow2_header_facts(&canonical)?;
@@ -221,13 +283,27 @@ fn open_layer(
                     what: format!("qcow2 version {}", facts.version),
                 });
             }
-            if facts.compression_type == 1 {
+            if facts.compression_type > 1 {
                 return Err(ImageError::Unsupported {
                     path: canonical,
-                    what: "qcow2 with zstd-compressed clusters; convert with \
-                           `qemu-img convert -O qcow2 IN OUT` (zlib or uncompressed)"
-                        .into(),
+                    what: format!("qcow2 compression type {}", facts.compression_type),
                 });
+            }
+            if facts.compression_type == 1 {
+                // zstd: imago refuses it, our own reader handles it.
+                let backing = match &facts.backing_name {
+                    None => None,
+                    Some(name) => {
+                        let backing_path = gate_backing(&canonical, name, allowed)?;
+                        let declared =
+                            declared_format(&canonical, facts.backing_format.as_deref())?;
+                        let opened = open_layer(&backing_path, declared, allowed, layers)?;
+                        Some(opened.into_source(&backing_path)?)
+                    }
+                };
+                let own = crate::qcow2_zstd::Qcow2Zstd::open(&canonical, backing)
+                    .map_err(|e| ImageError::corrupt(&canonical, &e.to_string()))?;
+                return Ok(Opened::Own(Arc::new(own)));
             }
             let mut qcow2 = Qcow2::<ImagoFile>::open_path(&canonical, false)
                 .map_err(|e| ImageError::corrupt(&canonical, &format!("qcow2: {e}")))?;
@@ -248,24 +324,42 @@ fn open_layer(
                 None => None,
                 Some(name) => {
                     let backing_path = gate_backing(&canonical, name, allowed)?;
-                    let declared = match qcow2.implicit_backing_format().map(String::as_str) {
-                        None => None,
-                        Some("qcow2") => Some(Format::Qcow2),
-                        Some("raw") | Some("file") => Some(Format::Raw),
-                        Some(other) => {
+                    let declared = declared_format(
+                        &canonical,
+                        qcow2.implicit_backing_format().map(String::as_str),
+                    )?;
+                    match open_layer(&backing_path, declared, allowed, layers)? {
+                        Opened::Imago(access) => Some(access),
+                        Opened::TopRaw => None,
+                        Opened::Own(_) => {
                             return Err(ImageError::Unsupported {
                                 path: canonical,
-                                what: format!("backing file format {other:?}"),
+                                what: format!(
+                                    "backing file {} has zstd-compressed clusters under a qcow2 that has not; \
+                                     convert the chain with `qemu-img convert -O qcow2 IN OUT`",
+                                    backing_path.display()
+                                ),
                             });
                         }
-                    };
-                    let (_, access) = open_layer(&backing_path, declared, allowed, layers)?;
-                    access
+                    }
                 }
             };
             qcow2.set_backing(backing);
-            Ok((Format::Qcow2, Some(FormatAccess::new(qcow2))))
+            Ok(Opened::Imago(FormatAccess::new(qcow2)))
         }
+    }
+}
+
+/// The backing format a header declares, if any.
+fn declared_format(image: &Path, name: Option<&str>) -> Result<Option<Format>, ImageError> {
+    match name {
+        None => Ok(None),
+        Some("qcow2") => Ok(Some(Format::Qcow2)),
+        Some("raw") | Some("file") => Ok(Some(Format::Raw)),
+        Some(other) => Err(ImageError::Unsupported {
+            path: image.to_owned(),
+            what: format!("backing file format {other:?}"),
+        }),
     }
 }
 

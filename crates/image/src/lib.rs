@@ -22,6 +22,7 @@ pub mod limits;
 pub mod lvm;
 pub mod partition;
 pub mod probe;
+pub mod qcow2_zstd;
 pub mod source;
 
 pub use error::ImageError;

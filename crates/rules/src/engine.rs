@@ -313,7 +313,7 @@ fn summarize(status: Status, o: &crate::model::Outcome) -> String {
                 .findings
                 .iter()
                 .filter(|f| f.waived.is_none())
-                .max_by_key(|f| f.level)
+                .min_by_key(|f| std::cmp::Reverse(f.level))
                 .map(|f| f.message.clone())
                 .unwrap_or_default();
             let n = count(Level::Fail) + count(Level::Warn);
