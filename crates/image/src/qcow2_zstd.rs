@@ -112,7 +112,7 @@ impl Qcow2Zstd {
             return Ok(t.clone());
         }
         let cluster = self.cluster();
-        if offset % cluster != 0 {
+        if !offset.is_multiple_of(cluster) {
             return Err(bad(format!("unaligned L2 table at {offset}")));
         }
         check_bounds(offset, cluster as usize, self.file.size()).map_err(|_| {

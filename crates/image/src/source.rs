@@ -151,10 +151,10 @@ impl ChunkCache {
         self.inner.read_exact_at(&mut buf, start)?;
         let data = Arc::new(buf);
         if let Ok(mut c) = self.chunks.lock() {
-            if c.map.len() >= CHUNKS {
-                if let Some(oldest) = c.map.iter().min_by_key(|(_, (_, t))| *t).map(|(k, _)| *k) {
-                    c.map.remove(&oldest);
-                }
+            if c.map.len() >= CHUNKS
+                && let Some(oldest) = c.map.iter().min_by_key(|(_, (_, t))| *t).map(|(k, _)| *k)
+            {
+                c.map.remove(&oldest);
             }
             let tick = c.tick;
             c.map.insert(index, (data.clone(), tick));
