@@ -8,7 +8,6 @@ use std::process::Command;
 use ibkit_image::ImageError;
 use ibkit_image::container::{BackingPolicy, open_disk};
 use ibkit_image::inspect::{InputKind, InspectOptions, inspect};
-use ibkit_image::source::ReadAt;
 use ibkit_test_utils::{Container, FsType, GptPart, Layout, PartTable, Tree, Volume, build_image};
 
 const ROOT: &str = "0d7a1f4e-1111-4c35-9d39-3d3c0d0a7e11";
