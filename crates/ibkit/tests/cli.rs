@@ -360,16 +360,45 @@ fn directory_input_and_output_file() {
 fn real_debian_image_with_its_manifest_passes_every_static_rule() {
     let [qcow2, ..] = debian_images();
     let manifest = workspace().join("examples/debian12/ibkit.toml");
-    let r = run(&["check", qcow2.to_str().expect("utf8"), "--manifest", manifest.to_str().expect("utf8"), "--format", "json"]);
+    let r = run(&[
+        "check",
+        qcow2.to_str().expect("utf8"),
+        "--manifest",
+        manifest.to_str().expect("utf8"),
+        "--format",
+        "json",
+    ]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let v = json(&r);
     for (id, status) in statuses(&v) {
-        let expected = if id == "APP-BILLING" { "unknown" } else { "pass" };
+        let expected = if id == "APP-BILLING" {
+            "unknown"
+        } else {
+            "pass"
+        };
         assert_eq!(status, expected, "{id}: {}", v["results"]);
     }
     // The app's unit is proven to start at boot, through the chain of links.
-    let soft = v["results"].as_array().expect("results").iter().find(|r| r["id"] == "APP-AUTOSTART-SOFT").expect("soft");
-    assert!(soft["evidence"].to_string().contains("multi-user.target -> ibkit-example.service"), "{soft}");
-    let ports = v["results"].as_array().expect("results").iter().find(|r| r["id"] == "APP-PORTS").expect("ports");
-    assert!(ports["evidence"].to_string().contains("8080/tcp"), "{ports}");
+    let soft = v["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .find(|r| r["id"] == "APP-AUTOSTART-SOFT")
+        .expect("soft");
+    assert!(
+        soft["evidence"]
+            .to_string()
+            .contains("multi-user.target -> ibkit-example.service"),
+        "{soft}"
+    );
+    let ports = v["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .find(|r| r["id"] == "APP-PORTS")
+        .expect("ports");
+    assert!(
+        ports["evidence"].to_string().contains("8080/tcp"),
+        "{ports}"
+    );
 }
