@@ -172,6 +172,14 @@ fn qcow2_header_facts(path: &Path) -> Result<Qcow2HeaderFacts, ImageError> {
                 "qcow2 header extension runs past the header cluster",
             ));
         };
+        // imago panics on a feature name table that is not whole 48-byte
+        // entries (found by fuzzing): refuse it here, named.
+        if kind == 0x6803_f857 && elen % 48 != 0 {
+            return Err(ImageError::corrupt(
+                path,
+                &format!("qcow2 feature name table of {elen} bytes is not a multiple of 48"),
+            ));
+        }
         if kind == 0xe279_2aca {
             backing_format = Some(String::from_utf8_lossy(&h[data..end]).into_owned());
         }
@@ -305,8 +313,16 @@ fn open_layer(
                     .map_err(|e| ImageError::corrupt(&canonical, &e.to_string()))?;
                 return Ok(Opened::Own(Arc::new(own)));
             }
-            let mut qcow2 = Qcow2::<ImagoFile>::open_path(&canonical, false)
-                .map_err(|e| ImageError::corrupt(&canonical, &format!("qcow2: {e}")))?;
+            // Defence in depth: a panic inside imago on a hostile header we
+            // did not pre-validate becomes an error, not an abort.
+            let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                Qcow2::<ImagoFile>::open_path(&canonical, false)
+            }))
+            .map_err(|_| {
+                ImageError::corrupt(&canonical, "qcow2 metadata is malformed (reader panicked)")
+            })?;
+            let mut qcow2 =
+                opened.map_err(|e| ImageError::corrupt(&canonical, &format!("qcow2: {e}")))?;
             if qcow2.requires_external_data_file() {
                 return Err(ImageError::Unsafe {
                     path: canonical,
@@ -412,6 +428,14 @@ impl ReadAt for Qcow2Source {
     }
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         check_bounds(offset, buf.len(), self.access.size())?;
-        self.access.read(buf, offset)
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.access.read(&mut *buf, offset)
+        }))
+        .unwrap_or_else(|_| {
+            Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "qcow2 read failed: malformed metadata",
+            ))
+        })
     }
 }

@@ -553,3 +553,19 @@ fn random_header_corruption_never_panics() {
         1 << 20,
     );
 }
+
+/// Every reproducer the fuzzers found stays fixed: a clear error, no panic.
+#[test]
+fn fuzz_regressions_give_errors_not_panics() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/regressions");
+    let mut seen = 0;
+    for target in std::fs::read_dir(&dir).expect("fuzz/regressions") {
+        for f in std::fs::read_dir(target.expect("entry").path()).expect("target dir") {
+            let p = f.expect("entry").path();
+            seen += 1;
+            let msg = survives(&p);
+            assert!(!msg.is_empty(), "{}", p.display());
+        }
+    }
+    assert!(seen > 0, "no reproducers in {}", dir.display());
+}
