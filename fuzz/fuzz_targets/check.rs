@@ -6,8 +6,8 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 
-use ibkit_image::inspect::{inspect, InspectOptions};
-use ibkit_rules::{check, CheckOptions};
+use ibkit_image::inspect::{InspectOptions, inspect};
+use ibkit_rules::{CheckOptions, check};
 
 fuzz_target!(|data: &[u8]| {
     let path = ibkit_fuzz::scratch_file("input.img", data);

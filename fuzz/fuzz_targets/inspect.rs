@@ -6,13 +6,19 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 
-use ibkit_image::inspect::{inspect, InspectOptions};
+use ibkit_image::inspect::{InspectOptions, inspect};
 
 fuzz_target!(|data: &[u8]| {
     let path = ibkit_fuzz::scratch_file("input.img", data);
     let Ok(insp) = inspect(path, &InspectOptions::default()) else {
         return;
     };
-    let _ = (&insp.volumes, &insp.mounts, &insp.notes, insp.table, insp.root);
+    let _ = (
+        &insp.volumes,
+        &insp.mounts,
+        &insp.notes,
+        insp.table,
+        insp.root,
+    );
     ibkit_fuzz::walk_guest(&insp.guest);
 });

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use ibkit_image::inspect::open_filesystem;
 use ibkit_image::partition::read_table;
-use ibkit_image::probe::{probe, VolumeKind};
+use ibkit_image::probe::{VolumeKind, probe};
 use ibkit_image::source::{Source, Window};
 
 fn volume(src: Source, lvm_depth: usize) {

@@ -9,7 +9,7 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 
-use ibkit_image::container::{open_disk, BackingPolicy};
+use ibkit_image::container::{BackingPolicy, open_disk};
 
 fuzz_target!(|data: &[u8]| {
     // Without the magic the input is a raw image, whose reads are plain file

@@ -16,7 +16,12 @@ fuzz_target!(|data: &[u8]| {
     let _ = ibkit_image::inspect::parse_fstab(text);
 
     let unit = systemd::UnitFile::parse("/etc/systemd/system/fuzz.service", text);
-    for (section, key) in [("Unit", "Wants"), ("Install", "WantedBy"), ("Service", "ExecStart"), ("Socket", "ListenStream")] {
+    for (section, key) in [
+        ("Unit", "Wants"),
+        ("Install", "WantedBy"),
+        ("Service", "ExecStart"),
+        ("Socket", "ListenStream"),
+    ] {
         let _ = unit.values(section, key);
         let _ = unit.value(section, key);
     }

@@ -9,8 +9,8 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use ibkit_image::fs::{FileKind, FileSystem};
 use ibkit_image::Guest;
+use ibkit_image::fs::{FileKind, FileSystem};
 
 /// Entries visited by one walk.
 pub const WALK_BUDGET: usize = 2_000;
@@ -21,7 +21,8 @@ pub const READ_CAP: u64 = 64 * 1024;
 
 /// The per-process scratch directory: `$IBKIT_FUZZ_SCRATCH` if set (the
 /// script points it at a temporary directory it removes), else
-/// `/dev/shm/ibkit-fuzz-PID` (or the same under the temp dir).
+/// `/dev/shm/ibkit-fuzz-PID` (or the same under the temp dir); directories
+/// of dead processes are removed on the way.
 ///
 /// Each process gets a directory of its own holding nothing but the input,
 /// so a qcow2 backing-file name in a fuzz input can only ever name the
@@ -40,10 +41,28 @@ pub fn scratch_dir() -> &'static Path {
                     std::env::temp_dir()
                 }
             });
+        remove_stale(&base);
         let dir = base.join(format!("ibkit-fuzz-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("create the fuzz scratch directory");
         dir
     })
+}
+
+/// Remove the scratch directories of processes that are gone (a crash
+/// aborts without cleaning up; so does every libFuzzer exit).
+fn remove_stale(base: &Path) {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("ibkit-fuzz-")) else {
+            continue;
+        };
+        if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 /// Write `data` to this process's scratch file `name` (the same path on
@@ -94,14 +113,18 @@ pub fn walk_fs(fs: &dyn FileSystem) {
     let mut budget = WALK_BUDGET;
     let mut stack: Vec<(Vec<u8>, usize)> = vec![(b"/".to_vec(), 0)];
     while let Some((dir, depth)) = stack.pop() {
-        let Ok(entries) = fs.read_dir(&dir) else { continue };
+        let Ok(entries) = fs.read_dir(&dir) else {
+            continue;
+        };
         for e in entries {
             if budget == 0 {
                 return;
             }
             budget -= 1;
             let path = child(&dir, &e.name);
-            let Ok(Some(meta)) = fs.lstat(&path) else { continue };
+            let Ok(Some(meta)) = fs.lstat(&path) else {
+                continue;
+            };
             match meta.kind {
                 FileKind::Dir if depth < WALK_DEPTH => stack.push((path, depth + 1)),
                 FileKind::File => {
@@ -142,14 +165,18 @@ pub fn walk_guest(guest: &Guest) {
     let mut budget = WALK_BUDGET;
     let mut stack: Vec<(Vec<u8>, usize)> = vec![(b"/".to_vec(), 0)];
     while let Some((dir, depth)) = stack.pop() {
-        let Ok(Some(entries)) = guest.read_dir(&dir) else { continue };
+        let Ok(Some(entries)) = guest.read_dir(&dir) else {
+            continue;
+        };
         for e in entries {
             if budget == 0 {
                 return;
             }
             budget -= 1;
             let path = child(&dir, &e.name);
-            let Ok(Some(meta)) = guest.lstat(&path) else { continue };
+            let Ok(Some(meta)) = guest.lstat(&path) else {
+                continue;
+            };
             match meta.kind {
                 FileKind::Dir if depth < WALK_DEPTH => stack.push((path, depth + 1)),
                 FileKind::File => {
@@ -164,5 +191,91 @@ pub fn walk_guest(guest: &Guest) {
                 _ => {}
             }
         }
+    }
+}
+
+/// Block size of a [`SparseDisk`] record.
+pub const SPARSE_BLOCK: usize = 4096;
+/// Size of every [`SparseDisk`].
+pub const SPARSE_SIZE: u64 = 64 << 20;
+
+/// A 64 MiB disk of zeros described by a fuzz input made of records: a
+/// little-endian `u16` block number, then up to 4096 bytes for that block
+/// (the last record may be short; a later record for the same block wins;
+/// blocks past 64 MiB are dropped).
+///
+/// Filesystems like XFS keep metadata megabytes apart (the root inode sits
+/// after a log of at least 5 MiB), so a raw prefix under 1 MiB cannot hold
+/// one; as records, a 16 MiB XFS with a populated tree is about 450 KiB.
+/// `fuzz/seeds.sh` writes seeds in this form.
+pub struct SparseDisk {
+    data: Vec<u8>,
+    /// (block number, start of its bytes in `data`, their length), sorted
+    /// by block number, one per block.
+    blocks: Vec<(u64, usize, usize)>,
+}
+
+impl SparseDisk {
+    /// Decode `input` (see the type's documentation).
+    pub fn new(input: &[u8]) -> SparseDisk {
+        let mut blocks = Vec::new();
+        let mut at = 0;
+        while at + 2 <= input.len() {
+            let block = u64::from(u16::from_le_bytes([input[at], input[at + 1]]));
+            let start = at + 2;
+            let len = (input.len() - start).min(SPARSE_BLOCK);
+            if (block + 1) * SPARSE_BLOCK as u64 <= SPARSE_SIZE {
+                blocks.push((block, start, len));
+            }
+            at = start + len;
+        }
+        // Stable sort, then keep the last record of each block.
+        blocks.sort_by_key(|b| b.0);
+        let mut dedup: Vec<(u64, usize, usize)> = Vec::with_capacity(blocks.len());
+        for b in blocks {
+            match dedup.last_mut() {
+                Some(last) if last.0 == b.0 => *last = b,
+                _ => dedup.push(b),
+            }
+        }
+        SparseDisk {
+            data: input.to_vec(),
+            blocks: dedup,
+        }
+    }
+}
+
+impl ibkit_image::source::ReadAt for SparseDisk {
+    fn size(&self) -> u64 {
+        SPARSE_SIZE
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        let end = offset
+            .checked_add(buf.len() as u64)
+            .filter(|&e| e <= SPARSE_SIZE)
+            .ok_or_else(|| {
+                std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "past the end")
+            })?;
+        buf.fill(0);
+        let bs = SPARSE_BLOCK as u64;
+        let first = offset / bs;
+        let i = self.blocks.partition_point(|b| b.0 < first);
+        for &(block, start, len) in &self.blocks[i..] {
+            let b_start = block * bs;
+            if b_start >= end {
+                break;
+            }
+            let b_end = b_start + len as u64;
+            let from = offset.max(b_start);
+            let to = end.min(b_end);
+            if from < to {
+                let src = start + (from - b_start) as usize;
+                let n = (to - from) as usize;
+                let dst = (from - offset) as usize;
+                buf[dst..dst + n].copy_from_slice(&self.data[src..src + n]);
+            }
+        }
+        Ok(())
     }
 }
