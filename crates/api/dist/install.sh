@@ -1,0 +1,73 @@
+#!/bin/sh
+# ibkit-agent installer, served by `ibkit serve` at /v1/agent/install.sh with
+# the service's URL and certificate pin filled in. On a fresh VM:
+#
+#   curl -fsS -k --pinnedpubkey 'sha256//…' https://SERVICE/v1/agent/install.sh \
+#     | sh -s -- --instance ID --host NAME --pairing-key KEY
+#
+# downloads the agent binary (same pin), writes /etc/ibkit/agent.toml,
+# pairs with the service and starts the systemd unit.
+# IBKIT_ROOT=DIR installs below DIR; IBKIT_NO_SYSTEMD=1 skips the unit
+# (both for tests and images that bake the agent in).
+set -eu
+SERVER_URL='@SERVER_URL@'
+CERT_SHA256='@CERT_SHA256@'
+CURL_PIN='@CURL_PIN@'
+
+instance='' host='' key='' memory_max='512M'
+root="${IBKIT_ROOT:-}"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --instance) instance="$2"; shift 2 ;;
+    --host) host="$2"; shift 2 ;;
+    --pairing-key) key="$2"; shift 2 ;;
+    --memory-max) memory_max="$2"; shift 2 ;;
+    *) echo "ibkit install: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+if [ -z "$instance" ] || [ -z "$host" ] || [ -z "$key" ]; then
+  echo "ibkit install: --instance, --host and --pairing-key are required" >&2
+  exit 2
+fi
+for value in "$instance" "$host" "$key" "$memory_max"; do
+  case "$value" in
+    *[!A-Za-z0-9_.-]*) echo "ibkit install: invalid characters in '$value'" >&2; exit 2 ;;
+  esac
+done
+
+curl_pin=''
+[ -n "$CURL_PIN" ] && curl_pin="-k --pinnedpubkey $CURL_PIN"
+mkdir -p "$root/usr/local/bin" "$root/etc/ibkit" "$root/var/lib/ibkit-agent"
+echo "ibkit install: downloading the agent from $SERVER_URL" >&2
+# shellcheck disable=SC2086 # curl_pin is two words on purpose
+curl -fsS --retry 10 --retry-delay 2 --retry-connrefused $curl_pin \
+  -o "$root/usr/local/bin/.ibkit-agent.new" "$SERVER_URL/v1/agent/binary"
+chmod 0755 "$root/usr/local/bin/.ibkit-agent.new"
+mv -f "$root/usr/local/bin/.ibkit-agent.new" "$root/usr/local/bin/ibkit-agent"
+
+umask 077
+cat > "$root/etc/ibkit/agent.toml" <<CONFIG
+# Written by the ibkit installer.
+server_url = "$SERVER_URL"
+server_cert_sha256 = "$CERT_SHA256"
+instance = "$instance"
+host = "$host"
+pairing_key = "$key"
+state_dir = "$root/var/lib/ibkit-agent"
+CONFIG
+
+echo "ibkit install: pairing host $host of instance $instance" >&2
+"$root/usr/local/bin/ibkit-agent" pair --config "$root/etc/ibkit/agent.toml"
+
+if [ -n "${IBKIT_NO_SYSTEMD:-}" ]; then
+  echo "ibkit install: done (no systemd unit, IBKIT_NO_SYSTEMD is set)" >&2
+  exit 0
+fi
+umask 022
+cat > "$root/etc/systemd/system/ibkit-agent.service" <<'UNIT'
+@AGENT_UNIT@
+UNIT
+sed -i "s/@MEMORY_MAX@/$memory_max/" "$root/etc/systemd/system/ibkit-agent.service"
+systemctl daemon-reload
+systemctl enable --now ibkit-agent.service
+echo "ibkit install: ibkit-agent is running" >&2

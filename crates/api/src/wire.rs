@@ -1,0 +1,235 @@
+//! Messages between agents, operators and the service.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Duration, HealthCheck, ScriptType, StepOptions};
+
+/// Error body of every non-2xx answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+/// Agent → service: exchange a host's pairing key for its credential.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PairRequest {
+    pub instance: String,
+    pub host: String,
+    pub pairing_key: String,
+    pub agent_version: String,
+    #[serde(default)]
+    pub protocol: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PairResponse {
+    /// Bearer credential of this host; the service keeps only its hash.
+    pub credential: String,
+    pub instance: String,
+    pub host: String,
+    pub heartbeat_interval: Duration,
+}
+
+/// Service → agent: the answer to a (long-polled) work request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkResponse {
+    /// The step to run now, if any. The same `exec_id` may be handed out
+    /// again until its final report arrives; agents must not run it twice.
+    pub work: Option<Work>,
+    /// The health checks this host runs now (empty until its steps are done).
+    pub health_checks: Vec<HealthCheck>,
+    pub heartbeat_interval: Duration,
+    /// Changes whenever `health_checks` or `heartbeat_interval` change; the
+    /// agent passes it back so the long poll also ends on a config change.
+    pub config_rev: String,
+}
+
+/// One step execution handed to an agent, references already resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Work {
+    pub exec_id: String,
+    pub instance: String,
+    pub group: String,
+    pub index: u32,
+    /// Hash of the step as specified (before references were resolved).
+    pub hash: String,
+    #[serde(rename = "type")]
+    pub kind: ScriptType,
+    pub content: String,
+    pub options: StepOptions,
+}
+
+/// Agent → service: a step event. Delivered at least once, applied once
+/// (the service remembers `report_id`), in order per agent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    pub report_id: String,
+    pub exec_id: String,
+    #[serde(flatten)]
+    pub event: ReportEvent,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum ReportEvent {
+    /// An attempt started (attempt counts from 1).
+    Running { attempt: u32, started_at_ms: i64 },
+    /// The step ended: `ok` or `failed`.
+    Finished(Box<StepOutcome>),
+}
+
+/// Final status of a step as the agent reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinalStatus {
+    Ok,
+    Failed,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StepOutcome {
+    pub status: FinalStatus,
+    /// Attempts made, including interrupted ones.
+    pub attempts: u32,
+    /// Exit code of the last attempt, when it exited.
+    pub exit_code: Option<i32>,
+    /// Signal that ended the last attempt, when it was killed.
+    pub signal: Option<i32>,
+    pub timed_out: bool,
+    /// The last exit code was a halt code: no further attempts were made.
+    pub halted: bool,
+    pub started_at_ms: i64,
+    pub finished_at_ms: i64,
+    /// stdout and stderr of every attempt, interleaved as written.
+    pub log: String,
+    /// Bytes left out of `log` by the agent's size cap (0: complete).
+    pub log_truncated_bytes: u64,
+    /// stdout of the successful (or last) attempt: the raw result.
+    pub result: String,
+    pub result_truncated_bytes: u64,
+    pub structured_result: Option<serde_json::Value>,
+    /// Why the step failed, in words (exit code, timeout, bad structured
+    /// result, interrupted by an agent restart…).
+    pub error: Option<String>,
+}
+
+/// Agent → service, every `heartbeat_interval`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub agent_version: String,
+    pub uptime_s: u64,
+    /// The step execution running now, if any.
+    pub running_exec: Option<String>,
+    /// Reports waiting on the agent's disk for delivery.
+    pub queued_reports: u64,
+}
+
+/// Agent → service: one health check result.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HealthReport {
+    pub check: String,
+    pub ok: bool,
+    pub detail: String,
+    pub at_ms: i64,
+    pub duration_ms: u64,
+}
+
+/// A step's status as the service tracks it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    /// Not started yet (waiting for earlier steps, groups or results).
+    Pending,
+    /// The agent reported that an attempt started (a step handed out but
+    /// not yet started stays `pending`: statuses never run ahead).
+    Running,
+    Ok,
+    Failed,
+    /// A `once` step that already succeeded on this host in an earlier run.
+    Skipped,
+}
+
+impl StepStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepStatus::Pending => "pending",
+            StepStatus::Running => "running",
+            StepStatus::Ok => "ok",
+            StepStatus::Failed => "failed",
+            StepStatus::Skipped => "skipped",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => StepStatus::Pending,
+            "running" => StepStatus::Running,
+            "ok" => StepStatus::Ok,
+            "failed" => StepStatus::Failed,
+            "skipped" => StepStatus::Skipped,
+            _ => return None,
+        })
+    }
+
+    pub fn is_done(self) -> bool {
+        matches!(self, StepStatus::Ok | StepStatus::Skipped)
+    }
+}
+
+/// Status of a service instance (SPEC §2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InstanceStatus {
+    Applying,
+    Running,
+    Failed,
+    Deleted,
+}
+
+impl InstanceStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstanceStatus::Applying => "applying",
+            InstanceStatus::Running => "running",
+            InstanceStatus::Failed => "failed",
+            InstanceStatus::Deleted => "deleted",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "applying" => InstanceStatus::Applying,
+            "running" => InstanceStatus::Running,
+            "failed" => InstanceStatus::Failed,
+            "deleted" => InstanceStatus::Deleted,
+            _ => return None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_wire_shape() {
+        let r = Report {
+            report_id: "r1".into(),
+            exec_id: "e1".into(),
+            event: ReportEvent::Running {
+                attempt: 2,
+                started_at_ms: 5,
+            },
+        };
+        let v = serde_json::to_value(&r).expect("serialises");
+        assert_eq!(
+            v,
+            serde_json::json!({"report_id":"r1","exec_id":"e1","status":"running","attempt":2,"started_at_ms":5})
+        );
+        let back: Report = serde_json::from_value(v).expect("parses");
+        assert!(matches!(
+            back.event,
+            ReportEvent::Running { attempt: 2, .. }
+        ));
+    }
+}
