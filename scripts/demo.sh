@@ -15,5 +15,8 @@ set +e
 code=$?
 set -e
 echo "demo: exit code $code (0 = all rules pass, 1 = a rule fails, 2 = could not run)" >&2
+[ "$code" -eq 0 ] || exit "$code"
+echo "demo: the configuration service and two agents on loopback (examples/cluster)" >&2
+./scripts/demo-cluster.sh
 # The example image is expected to pass; anything else is a demo failure.
 exit "$code"

@@ -12,7 +12,12 @@ echo "test: building the example Debian 12 image (cached by content)" >&2
 mapfile -t images < <(./scripts/build-debian-image.sh)
 export IBKIT_DEBIAN_QCOW2="${images[0]}" IBKIT_DEBIAN_QCOW2_ZLIB="${images[1]}" IBKIT_DEBIAN_RAW="${images[2]}"
 
+echo "test: building the portable agent (glibc 2.28, cargo-zigbuild)" >&2
+IBKIT_AGENT_BINARY="$(./scripts/build-agent.sh)"
+export IBKIT_AGENT_BINARY
+
 echo "test: cargo test (workspace)" >&2
+cargo build --workspace --bins
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast
   cargo test --workspace --doc

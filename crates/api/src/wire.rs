@@ -88,6 +88,10 @@ pub enum FinalStatus {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct StepOutcome {
+    /// On the wire `final_status`: a `Finished` report is tagged with
+    /// `"status": "finished"`, so the outcome's own field cannot be
+    /// `status` too (the JSON would have a duplicate key).
+    #[serde(rename = "final_status")]
     pub status: FinalStatus,
     /// Attempts made, including interrupted ones.
     pub attempts: u32,
@@ -231,5 +235,35 @@ mod tests {
             back.event,
             ReportEvent::Running { attempt: 2, .. }
         ));
+    }
+
+    #[test]
+    fn finished_report_round_trips() {
+        let outcome = StepOutcome {
+            status: FinalStatus::Ok,
+            attempts: 1,
+            exit_code: Some(0),
+            signal: None,
+            timed_out: false,
+            halted: false,
+            started_at_ms: 1,
+            finished_at_ms: 2,
+            log: "l".into(),
+            log_truncated_bytes: 0,
+            result: "r".into(),
+            result_truncated_bytes: 0,
+            structured_result: None,
+            error: None,
+        };
+        let r = Report {
+            report_id: "r2".into(),
+            exec_id: "e1".into(),
+            event: ReportEvent::Finished(Box::new(outcome.clone())),
+        };
+        let text = serde_json::to_string(&r).expect("serialises");
+        assert!(text.contains(r#""status":"finished""#), "{text}");
+        assert!(text.contains(r#""final_status":"ok""#), "{text}");
+        let back: Report = serde_json::from_str(&text).expect("parses");
+        assert!(matches!(back.event, ReportEvent::Finished(o) if *o == outcome));
     }
 }

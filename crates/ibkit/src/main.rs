@@ -104,6 +104,78 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run the configuration service the agents talk to.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, default_value = "0.0.0.0:8443")]
+    listen: std::net::SocketAddr,
+    /// State directory: database, TLS material, operator token.
+    #[arg(long, default_value = "/var/lib/ibkit")]
+    state_dir: PathBuf,
+    /// A certificate chain (PEM) to serve instead of the generated self-signed one.
+    #[arg(long, requires = "tls_key", conflicts_with = "insecure_http")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Extra subject alternative name (DNS name or IP) of the generated certificate (repeatable).
+    #[arg(long = "tls-san", value_name = "NAME|IP")]
+    tls_san: Vec<String>,
+    /// Plain HTTP, for debugging only.
+    #[arg(long)]
+    insecure_http: bool,
+    /// The URL installers and agents use (default: derived from the listen address).
+    #[arg(long)]
+    public_url: Option<String>,
+    /// Operator token file (default STATE/operator-token, generated if missing).
+    #[arg(long)]
+    operator_token_file: Option<PathBuf>,
+    /// The agent binary served to VMs (default: ibkit-agent next to ibkit).
+    #[arg(long)]
+    agent_binary: Option<PathBuf>,
+    #[arg(long, default_value = "30s")]
+    heartbeat_interval: ibkit_api::Duration,
+    /// A paired agent silent this long gets a recovery request.
+    #[arg(long, default_value = "5m")]
+    agent_timeout: ibkit_api::Duration,
+    /// A host without a passing health result this long gets a recovery request.
+    #[arg(long, default_value = "5m")]
+    health_timeout: ibkit_api::Duration,
+    #[arg(long, default_value = "5s")]
+    monitor_interval: ibkit_api::Duration,
+}
+
+fn serve(a: ServeArgs) -> Result<ExitCode> {
+    use ibkit_server::{ServeConfig, TlsMode};
+    let tls = if a.insecure_http {
+        TlsMode::InsecureHttp
+    } else if let (Some(cert), Some(key)) = (a.tls_cert, a.tls_key) {
+        TlsMode::Provided { cert, key }
+    } else {
+        TlsMode::Generated {
+            extra_sans: a.tls_san,
+        }
+    };
+    let mut cfg = ServeConfig::new(a.state_dir);
+    cfg.listen = a.listen;
+    cfg.tls = tls;
+    cfg.public_url = a.public_url;
+    cfg.operator_token_file = a.operator_token_file;
+    cfg.agent_binary = a.agent_binary;
+    cfg.heartbeat_interval = a.heartbeat_interval.to_std();
+    cfg.agent_timeout = a.agent_timeout.to_std();
+    cfg.health_timeout = a.health_timeout.to_std();
+    cfg.monitor_interval = a.monitor_interval.to_std();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(ibkit_server::run(cfg))?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {
@@ -278,6 +350,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Serve(args) => serve(args),
         Command::Rules { json } => {
             if json {
                 let v: Vec<_> = catalogue()

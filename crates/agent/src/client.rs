@@ -1,0 +1,273 @@
+//! HTTP client of the service's agent API, with optional certificate
+//! pinning.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ibkit_api::wire::{
+    ErrorBody, HealthReport, Heartbeat, PairRequest, PairResponse, Report, WorkResponse,
+};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use sha2::{Digest, Sha256};
+
+/// Extra time over the long-poll wait before the client gives up.
+const LONG_POLL_SLACK: Duration = Duration::from_secs(15);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("the service is unreachable: {0}")]
+    Unreachable(String),
+    #[error("the service refused the credential (401: {0}); was the host re-keyed or deleted?")]
+    Unauthorized(String),
+    #[error("the service answered {status}: {message}")]
+    Status { status: u16, message: String },
+    #[error("unexpected answer from the service: {0}")]
+    Decode(String),
+    #[error("cannot build the HTTP client: {0}")]
+    Setup(String),
+}
+
+impl ApiError {
+    /// Retrying the same request cannot help (4xx other than 401/408/429).
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, ApiError::Status { status, .. }
+            if (400..500).contains(status) && !matches!(status, 401 | 408 | 429))
+    }
+}
+
+/// Accepts exactly the leaf certificate whose DER SHA-256 is the pin,
+/// whatever its name, issuer or dates; handshake signatures are still
+/// verified with the provider's algorithms, so the peer must hold the key.
+#[derive(Debug)]
+pub struct PinnedCertVerifier {
+    pin: [u8; 32],
+    provider: Arc<CryptoProvider>,
+}
+
+impl PinnedCertVerifier {
+    pub fn new(pin: [u8; 32], provider: Arc<CryptoProvider>) -> Self {
+        PinnedCertVerifier { pin, provider }
+    }
+}
+
+impl ServerCertVerifier for PinnedCertVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let digest = Sha256::digest(end_entity.as_ref());
+        if digest.as_slice() == self.pin {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(format!(
+                "the service's certificate (sha256 {}) is not the pinned one ({})",
+                ibkit_api::step::hex(digest.as_slice()),
+                ibkit_api::step::hex(&self.pin)
+            )))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// A reqwest client builder that accepts only the pinned certificate.
+pub fn pinned_builder(pin: [u8; 32]) -> Result<reqwest::ClientBuilder, ApiError> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ApiError::Setup(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PinnedCertVerifier::new(pin, provider)))
+        .with_no_client_auth();
+    Ok(reqwest::Client::builder().tls_backend_preconfigured(tls))
+}
+
+/// The service's agent API.
+#[derive(Debug, Clone)]
+pub struct Api {
+    http: reqwest::Client,
+    base: String,
+    credential: Option<String>,
+}
+
+impl Api {
+    pub fn new(server_url: &str, pin: Option<[u8; 32]>) -> Result<Api, ApiError> {
+        let builder = match pin {
+            Some(pin) => pinned_builder(pin)?,
+            None => reqwest::Client::builder(),
+        };
+        let http = builder
+            .connect_timeout(Duration::from_secs(10))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .user_agent(concat!("ibkit-agent/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ApiError::Setup(format!("{e:#}")))?;
+        Ok(Api {
+            http,
+            base: server_url.trim_end_matches('/').to_string(),
+            credential: None,
+        })
+    }
+
+    pub fn with_credential(mut self, credential: String) -> Api {
+        self.credential = Some(credential);
+        self
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let mut rb = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .timeout(Duration::from_secs(30));
+        if let Some(c) = &self.credential {
+            rb = rb.bearer_auth(c);
+        }
+        rb
+    }
+
+    async fn send(rb: reqwest::RequestBuilder) -> Result<reqwest::Response, ApiError> {
+        let resp = rb.send().await.map_err(|e| {
+            let mut msg = e.to_string();
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                msg.push_str(": ");
+                msg.push_str(&s.to_string());
+                src = s.source();
+            }
+            ApiError::Unreachable(msg)
+        })?;
+        let status = resp.status().as_u16();
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let text = resp.text().await.unwrap_or_default();
+        let message = serde_json::from_str::<ErrorBody>(&text)
+            .map(|b| b.error)
+            .unwrap_or(text);
+        if status == 401 {
+            return Err(ApiError::Unauthorized(message));
+        }
+        if status >= 500 {
+            return Err(ApiError::Unreachable(format!("{status}: {message}")));
+        }
+        Err(ApiError::Status { status, message })
+    }
+
+    async fn json<T: serde::de::DeserializeOwned>(resp: reqwest::Response) -> Result<T, ApiError> {
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| ApiError::Unreachable(e.to_string()))?;
+        serde_json::from_slice(&bytes).map_err(|e| ApiError::Decode(e.to_string()))
+    }
+
+    pub async fn pair(&self, req: &PairRequest) -> Result<PairResponse, ApiError> {
+        let resp = Self::send(
+            self.request(reqwest::Method::POST, "/v1/agent/pair")
+                .json(req),
+        )
+        .await?;
+        Self::json(resp).await
+    }
+
+    /// Long-polls for work; `wait` is how long the service may hold it.
+    pub async fn work(&self, config_rev: &str, wait: Duration) -> Result<WorkResponse, ApiError> {
+        let path = format!(
+            "/v1/agent/work?wait_ms={}&config_rev={}",
+            wait.as_millis(),
+            encode_query(config_rev)
+        );
+        let rb = self
+            .request(reqwest::Method::GET, &path)
+            .timeout(wait + LONG_POLL_SLACK);
+        Self::json(Self::send(rb).await?).await
+    }
+
+    /// Posts a report; returns whether the service applied it (false: it
+    /// had it already).
+    pub async fn report(&self, report: &Report) -> Result<bool, ApiError> {
+        #[derive(serde::Deserialize)]
+        struct Ack {
+            #[serde(default)]
+            applied: bool,
+        }
+        let rb = self
+            .request(reqwest::Method::POST, "/v1/agent/reports")
+            .timeout(Duration::from_secs(120))
+            .json(report);
+        let resp = Self::send(rb).await?;
+        Ok(Self::json::<Ack>(resp)
+            .await
+            .map(|a| a.applied)
+            .unwrap_or(true))
+    }
+
+    pub async fn heartbeat(&self, hb: &Heartbeat) -> Result<(), ApiError> {
+        Self::send(
+            self.request(reqwest::Method::POST, "/v1/agent/heartbeat")
+                .json(hb),
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub async fn health(&self, report: &HealthReport) -> Result<(), ApiError> {
+        Self::send(
+            self.request(reqwest::Method::POST, "/v1/agent/health")
+                .json(report),
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+fn encode_query(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}

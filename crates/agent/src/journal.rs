@@ -1,0 +1,181 @@
+//! The agent's state directory and crash-safe file writes.
+//!
+//! Layout (see `docs/agent.md`):
+//!
+//! ```text
+//! STATE/credential                      bearer credential (0600)
+//! STATE/executions/<exec>/exec.json     the Work and when it was received
+//! STATE/executions/<exec>/attempts/<n>/ spec.json script runner.json stdout log exit.json runner.err
+//! STATE/executions/<exec>/done.json     the final StepOutcome
+//! STATE/outbox/<seq>.json               reports waiting for delivery
+//! STATE/results/<instance>/<group>/<index>/{result,structured.json,hash}
+//! STATE/health/<check>/                 the last script_health run
+//! ```
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Writes `data` to `path` atomically: a temporary file in the same
+/// directory, fsync, rename over `path`, fsync of the directory.
+pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp"));
+    {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+    }
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))?;
+    fs::rename(&tmp, path)?;
+    sync_dir(dir)
+}
+
+/// fsync of a directory, so a rename or create in it survives a crash.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// [`write_atomic`] of a value as pretty JSON.
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
+    let data = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
+    write_atomic(path, &data, 0o600)
+}
+
+/// Reads JSON; `Ok(None)` when the file does not exist.
+pub fn read_json<T: DeserializeOwned>(path: &Path) -> io::Result<Option<T>> {
+    match fs::read(path) {
+        Ok(data) => serde_json::from_slice(&data)
+            .map(Some)
+            .map_err(|e| io::Error::other(format!("{}: {e}", path.display()))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Creates a directory (and parents) with the given mode.
+pub fn create_dir(path: &Path, mode: u32) -> io::Result<()> {
+    fs::create_dir_all(path)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+}
+
+/// The state directory.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    root: PathBuf,
+}
+
+impl StateDir {
+    /// Opens (creating) the state directory. Directories on the way to a
+    /// step's script are 0711 so a step running as another user can open
+    /// its own script (chowned to it) without listing anything.
+    pub fn open(root: &Path) -> io::Result<Self> {
+        for dir in [root.to_path_buf(), root.join("executions")] {
+            create_dir(&dir, 0o711)?;
+        }
+        for dir in [
+            root.join("outbox"),
+            root.join("results"),
+            root.join("health"),
+        ] {
+            create_dir(&dir, 0o700)?;
+        }
+        Ok(StateDir {
+            root: root.to_path_buf(),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn credential_path(&self) -> PathBuf {
+        self.root.join("credential")
+    }
+
+    pub fn outbox_dir(&self) -> PathBuf {
+        self.root.join("outbox")
+    }
+
+    pub fn executions_dir(&self) -> PathBuf {
+        self.root.join("executions")
+    }
+
+    pub fn health_dir(&self, check: &str) -> PathBuf {
+        self.root.join("health").join(safe_name(check))
+    }
+
+    /// The directory of one execution; ids that are not plain names are
+    /// hashed so a hostile id cannot escape the state directory.
+    pub fn exec_dir(&self, exec_id: &str) -> PathBuf {
+        self.executions_dir().join(safe_name(exec_id))
+    }
+
+    pub fn result_dir(&self, instance: &str, group: &str, index: u32) -> PathBuf {
+        self.root
+            .join("results")
+            .join(safe_name(instance))
+            .join(safe_name(group))
+            .join(index.to_string())
+    }
+}
+
+/// `name` when it is a plain file name, else `h-<sha256>`.
+pub fn safe_name(name: &str) -> String {
+    let plain = !name.is_empty()
+        && name.len() <= 100
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if plain {
+        name.to_string()
+    } else {
+        format!("h-{}", ibkit_api::step::sha256_hex(name.as_bytes()))
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn safe_names() {
+        assert_eq!(safe_name("abc-1.2_x"), "abc-1.2_x");
+        assert!(safe_name("../etc").starts_with("h-"));
+        assert!(safe_name("..").starts_with("h-"));
+        assert!(safe_name("").starts_with("h-"));
+    }
+
+    #[test]
+    fn atomic_write_replaces() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("f");
+        write_atomic(&p, b"one", 0o600).expect("write");
+        write_atomic(&p, b"two", 0o600).expect("write");
+        assert_eq!(fs::read(&p).expect("read"), b"two");
+        let mode = fs::metadata(&p).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+}

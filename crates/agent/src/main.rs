@@ -1,0 +1,98 @@
+//! `ibkit-agent` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use ibkit_agent::config::Config;
+use ibkit_agent::journal::StateDir;
+
+#[derive(Parser)]
+#[command(
+    name = "ibkit-agent",
+    version,
+    about = "ibkit's in-VM agent: runs the deployment's scripts and health checks"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent (pairs first when there is no credential yet).
+    Run {
+        #[arg(long, default_value = "/etc/ibkit/agent.toml")]
+        config: PathBuf,
+    },
+    /// Pair with the service, save the credential and exit.
+    Pair {
+        #[arg(long, default_value = "/etc/ibkit/agent.toml")]
+        config: PathBuf,
+    },
+    /// Internal: run one attempt of a step (started by the agent).
+    #[command(name = "__step-runner", hide = true)]
+    StepRunner { dir: PathBuf },
+    /// Internal: run one Work (JSON file) against a state directory
+    /// without a service, print the outcome as JSON (tests).
+    #[command(name = "__exec-local", hide = true)]
+    ExecLocal { state_dir: PathBuf, work: PathBuf },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::StepRunner { dir } = &cli.command {
+        return ExitCode::from(u8::try_from(ibkit_agent::runner::runner_main(dir)).unwrap_or(1));
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("IBKIT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ibkit-agent: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result: anyhow::Result<()> = rt.block_on(async {
+        match cli.command {
+            Command::Run { config } => {
+                let cfg = Config::load(&config)?;
+                ibkit_agent::agent::run(cfg).await
+            }
+            Command::Pair { config } => {
+                let cfg = Config::load(&config)?;
+                let state = StateDir::open(&cfg.state_dir)?;
+                ibkit_agent::agent::ensure_paired(&cfg, &state).await?;
+                eprintln!(
+                    "ibkit-agent: paired; credential saved in {}",
+                    state.credential_path().display()
+                );
+                Ok(())
+            }
+            Command::ExecLocal { state_dir, work } => {
+                let work: ibkit_api::wire::Work = serde_json::from_slice(&std::fs::read(&work)?)?;
+                let exe = std::env::current_exe()?;
+                let outcome = ibkit_agent::run_local(&work, &state_dir, &exe).await?;
+                println!("{}", serde_json::to_string(&outcome)?);
+                Ok(())
+            }
+            Command::StepRunner { .. } => Ok(()),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ibkit-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

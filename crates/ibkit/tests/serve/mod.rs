@@ -1,0 +1,353 @@
+//! Harness for end-to-end tests of `ibkit serve` with real `ibkit-agent`
+//! processes on loopback: real TLS (the generated self-signed certificate,
+//! pinned by the agents), real SQLite on disk, real scripts.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+pub fn ibkit_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_ibkit"))
+}
+
+/// The agent binary: the portable release build when scripts/test.sh made
+/// one (`IBKIT_AGENT_BINARY`), else the debug build next to `ibkit`.
+pub fn agent_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("IBKIT_AGENT_BINARY") {
+        return PathBuf::from(path);
+    }
+    let path = ibkit_bin().with_file_name("ibkit-agent");
+    if !path.exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-p", "ibkit-agent", "--bin", "ibkit-agent"])
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building ibkit-agent failed");
+    }
+    assert!(path.exists(), "{} missing", path.display());
+    path
+}
+
+/// Waits until `f` returns Some, polling every 50 ms, or panics after
+/// `timeout` with `what` and the last value seen.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A running `ibkit serve`.
+pub struct Service {
+    pub state: PathBuf,
+    pub url: String,
+    pub cert_sha256: String,
+    pub addr: SocketAddr,
+    pub token: String,
+    child: Option<Child>,
+    args: Vec<String>,
+    pub client: reqwest::blocking::Client,
+}
+
+impl Service {
+    /// Starts a service on a free loopback port with short monitor timeouts.
+    pub fn start(state: &Path, extra: &[&str]) -> Service {
+        let mut args: Vec<String> = [
+            "--heartbeat-interval",
+            "500ms",
+            "--agent-timeout",
+            "3s",
+            "--health-timeout",
+            "3s",
+            "--monitor-interval",
+            "200ms",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Self::spawn(state, "127.0.0.1:0", args)
+    }
+
+    fn spawn(state: &Path, listen: &str, args: Vec<String>) -> Service {
+        std::fs::create_dir_all(state).expect("state dir");
+        let mut child = Command::new(ibkit_bin())
+            .arg("serve")
+            .args(["--listen", listen])
+            .arg("--state-dir")
+            .arg(state)
+            .arg("--agent-binary")
+            .arg(agent_bin())
+            .args(&args)
+            .env("IBKIT_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(state.join("serve.log"))
+                    .expect("log file"),
+            ))
+            .spawn()
+            .expect("ibkit serve starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("reads");
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        assert!(
+            parts.len() == 7 && parts[..4] == ["ibkit", "serve", "listening", "on"],
+            "unexpected first line {line:?}; log:\n{}",
+            std::fs::read_to_string(state.join("serve.log")).unwrap_or_default()
+        );
+        let url = parts[4].to_string();
+        let cert_sha256 = parts[6].to_string();
+        let addr: SocketAddr = url
+            .trim_start_matches("https://")
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .parse()
+            .expect("url has ip:port");
+        let token = std::fs::read_to_string(state.join("operator-token"))
+            .expect("operator token")
+            .trim()
+            .to_string();
+        let cert = std::fs::read(state.join("tls/cert.pem")).expect("cert");
+        let client = reqwest::blocking::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(&cert).expect("pem"))
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("client");
+        Service {
+            state: state.to_path_buf(),
+            url,
+            cert_sha256,
+            addr,
+            token,
+            child: Some(child),
+            args,
+            client,
+        }
+    }
+
+    /// kill -9, as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts again on the same state directory and port.
+    pub fn restart(&mut self) {
+        self.kill9();
+        let listen = self.addr.to_string();
+        // The port may linger briefly; retry a few times.
+        let state = self.state.clone();
+        let args = self.args.clone();
+        *self = Self::spawn(&state, &listen, args);
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.state.join("serve.log")).unwrap_or_default()
+    }
+
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        let r = self
+            .client
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(&self.token)
+            .send()
+            .expect("GET");
+        let status = r.status().as_u16();
+        (status, r.json().unwrap_or(Value::Null))
+    }
+
+    pub fn send(&self, method: &str, path: &str, body: &Value) -> (u16, Value) {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let r = self
+            .client
+            .request(m, format!("{}{path}", self.url))
+            .bearer_auth(&self.token)
+            .json(body)
+            .send()
+            .expect("request");
+        let status = r.status().as_u16();
+        (status, r.json().unwrap_or(Value::Null))
+    }
+
+    /// Creates an instance; returns (id, {host: pairing_key}).
+    pub fn create(&self, spec: &Value) -> (String, Vec<(String, String)>) {
+        let (status, body) = self.send("POST", "/v1/instances", spec);
+        assert_eq!(status, 201, "create: {body}");
+        let id = body["id"].as_str().expect("id").to_string();
+        let keys = body["hosts"]
+            .as_array()
+            .expect("hosts")
+            .iter()
+            .map(|h| {
+                (
+                    h["name"].as_str().expect("name").to_string(),
+                    h["pairing_key"].as_str().expect("key").to_string(),
+                )
+            })
+            .collect();
+        (id, keys)
+    }
+
+    pub fn instance(&self, id: &str) -> Value {
+        let (status, body) = self.get(&format!("/v1/instances/{id}"));
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    pub fn steps(&self, id: &str, host: &str) -> Vec<Value> {
+        let (status, body) = self.get(&format!("/v1/instances/{id}/hosts/{host}/steps"));
+        assert_eq!(status, 200, "{body}");
+        match body {
+            Value::Array(a) => a,
+            other => other["steps"].as_array().cloned().unwrap_or_default(),
+        }
+    }
+
+    pub fn step(&self, id: &str, host: &str, group: &str, index: u64) -> Value {
+        self.steps(id, host)
+            .into_iter()
+            .find(|s| s["group"] == group && s["index"] == index)
+            .unwrap_or_else(|| panic!("no step {host}/{group}/{index}"))
+    }
+
+    /// Waits for the instance status to become `want`.
+    pub fn wait_status(&self, id: &str, want: &str, timeout: Duration) -> Value {
+        let start = Instant::now();
+        loop {
+            let last = self.instance(id);
+            if last["status"] == want {
+                return last;
+            }
+            if start.elapsed() > timeout {
+                panic!(
+                    "instance {id} did not become {want} in {timeout:?}; last: {last:#}\nserve log tail:\n{}",
+                    tail(&self.log(), 40)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn wait_step(&self, id: &str, host: &str, group: &str, index: u64, want: &str) -> Value {
+        wait_for(
+            &format!("{host}/{group}/{index} to be {want}"),
+            Duration::from_secs(60),
+            || {
+                let s = self.step(id, host, group, index);
+                (s["status"] == want).then_some(s)
+            },
+        )
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A running `ibkit-agent` with its own state directory.
+pub struct Agent {
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    child: Option<Child>,
+}
+
+impl Agent {
+    pub fn start(svc: &Service, dir: &Path, instance: &str, host: &str, key: &str) -> Agent {
+        std::fs::create_dir_all(dir).expect("agent dir");
+        let config = dir.join("agent.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "server_url = \"{}\"\nserver_cert_sha256 = \"{}\"\ninstance = \"{instance}\"\nhost = \"{host}\"\npairing_key = \"{key}\"\nstate_dir = \"{}\"\n",
+                svc.url,
+                svc.cert_sha256,
+                dir.join("state").display()
+            ),
+        )
+        .expect("config");
+        let mut agent = Agent {
+            dir: dir.to_path_buf(),
+            config,
+            child: None,
+        };
+        agent.spawn();
+        agent
+    }
+
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("agent.log"))
+            .expect("agent log");
+        let child = Command::new(agent_bin())
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .env("IBKIT_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone().expect("dup")))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("agent starts");
+        self.child = Some(child);
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    pub fn credential(&self) -> String {
+        std::fs::read_to_string(self.dir.join("state/credential"))
+            .expect("credential file")
+            .trim()
+            .to_string()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// A one-step bash group.
+pub fn group(name: &str, hosts: &[&str], steps: Value) -> Value {
+    json!({"name": name, "hosts": hosts, "steps": steps})
+}

@@ -1,0 +1,185 @@
+//! SQLite storage: one writer connection (all changes go through it, so
+//! writers never conflict) and a few readers; WAL with `synchronous=NORMAL`
+//! survives a killed process.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context as _;
+use rusqlite::{Connection, OptionalExtension as _, params};
+
+use crate::error::ApiError;
+
+pub const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS instances (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    spec_json TEXT NOT NULL,
+    status TEXT NOT NULL,
+    status_reason TEXT,
+    generation INTEGER NOT NULL DEFAULT 1,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS hosts (
+    instance TEXT NOT NULL REFERENCES instances(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    pairing_key_hash TEXT,
+    credential_hash TEXT UNIQUE,
+    paired_at INTEGER,
+    last_heartbeat_at INTEGER,
+    agent_version TEXT,
+    health TEXT NOT NULL DEFAULT 'unknown',
+    unhealthy_reason TEXT,
+    unhealthy_since INTEGER,
+    checks_active_since INTEGER,
+    PRIMARY KEY (instance, name)
+);
+CREATE TABLE IF NOT EXISTS steps (
+    instance TEXT NOT NULL,
+    host TEXT NOT NULL,
+    grp TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    hash TEXT NOT NULL,
+    once INTEGER NOT NULL DEFAULT 0,
+    status TEXT NOT NULL,
+    exec_id TEXT,
+    dispatched_at INTEGER,
+    work_json TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    exit_code INTEGER,
+    signal INTEGER,
+    timed_out INTEGER NOT NULL DEFAULT 0,
+    halted INTEGER NOT NULL DEFAULT 0,
+    started_at_ms INTEGER,
+    finished_at_ms INTEGER,
+    log TEXT,
+    log_truncated_bytes INTEGER NOT NULL DEFAULT 0,
+    result TEXT,
+    result_truncated_bytes INTEGER NOT NULL DEFAULT 0,
+    structured_result TEXT,
+    error TEXT,
+    ever_ok INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (instance, host, grp, idx),
+    FOREIGN KEY (instance, host) REFERENCES hosts(instance, name) ON DELETE CASCADE
+);
+CREATE INDEX IF NOT EXISTS steps_exec ON steps(exec_id);
+CREATE TABLE IF NOT EXISTS health_results (
+    instance TEXT NOT NULL,
+    host TEXT NOT NULL,
+    check_name TEXT NOT NULL,
+    ok INTEGER NOT NULL,
+    detail TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    received_at INTEGER NOT NULL,
+    last_ok_at INTEGER,
+    PRIMARY KEY (instance, host, check_name),
+    FOREIGN KEY (instance, host) REFERENCES hosts(instance, name) ON DELETE CASCADE
+);
+CREATE TABLE IF NOT EXISTS processed_reports (
+    report_id TEXT PRIMARY KEY,
+    at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS recovery_requests (
+    id TEXT PRIMARY KEY,
+    instance TEXT NOT NULL,
+    host TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    resolved_at INTEGER
+);
+CREATE INDEX IF NOT EXISTS recovery_open ON recovery_requests(instance, host, status);
+"#;
+
+fn open(path: &Path) -> anyhow::Result<Connection> {
+    let c = Connection::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    c.busy_timeout(std::time::Duration::from_secs(10))?;
+    c.pragma_update(None, "journal_mode", "WAL")?;
+    c.pragma_update(None, "synchronous", "NORMAL")?;
+    c.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(c)
+}
+
+fn lock(m: &Mutex<Connection>) -> std::sync::MutexGuard<'_, Connection> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub struct Db {
+    writer: Arc<Mutex<Connection>>,
+    readers: Vec<Arc<Mutex<Connection>>>,
+    next: AtomicUsize,
+}
+
+impl Db {
+    pub fn open(path: &Path, readers: usize) -> anyhow::Result<Db> {
+        let w = open(path)?;
+        let version: i64 = w.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version > SCHEMA_VERSION {
+            anyhow::bail!(
+                "{} has schema version {version}, newer than this ibkit ({SCHEMA_VERSION})",
+                path.display()
+            );
+        }
+        w.execute_batch(SCHEMA)?;
+        w.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        let readers = (0..readers.max(1))
+            .map(|_| open(path).map(|c| Arc::new(Mutex::new(c))))
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Db {
+            writer: Arc::new(Mutex::new(w)),
+            readers,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    /// Runs `f` on the writer connection in a blocking thread.
+    pub async fn write<T, F>(&self, f: F) -> Result<T, ApiError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, ApiError> + Send + 'static,
+    {
+        let w = self.writer.clone();
+        tokio::task::spawn_blocking(move || f(&mut lock(&w)))
+            .await
+            .map_err(|e| ApiError::internal(format!("database task failed: {e}")))?
+    }
+
+    /// Runs `f` on one of the reader connections.
+    pub async fn read<T, F>(&self, f: F) -> Result<T, ApiError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, ApiError> + Send + 'static,
+    {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.readers.len();
+        let r = self.readers[i].clone();
+        tokio::task::spawn_blocking(move || f(&lock(&r)))
+            .await
+            .map_err(|e| ApiError::internal(format!("database task failed: {e}")))?
+    }
+}
+
+/// (instance, host) of a live credential.
+pub fn host_by_credential(
+    c: &Connection,
+    hash: &str,
+) -> Result<Option<(String, String)>, ApiError> {
+    Ok(c.query_row(
+        "SELECT h.instance, h.name FROM hosts h JOIN instances i ON i.id = h.instance
+         WHERE h.credential_hash = ?1 AND i.status != 'deleted'",
+        params![hash],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .optional()?)
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

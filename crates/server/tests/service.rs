@@ -1,0 +1,721 @@
+//! The configuration service over real HTTPS on loopback with SQLite on
+//! disk; agents are simulated with raw HTTP requests.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Svc, config, finished, tmp};
+use serde_json::{Value, json};
+
+fn two_host_spec() -> Value {
+    json!({
+        "name": "order",
+        "hosts": [{"name": "a"}, {"name": "b"}],
+        "groups": [
+            {"name": "base", "hosts": ["a", "b"], "steps": [
+                {"index": 2, "content": "echo second"},
+                {"index": 1, "content": "echo first"},
+            ]},
+            {"name": "after", "hosts": ["b"], "depends_on": ["base"], "steps": [
+                {"index": 1, "content": "echo after"},
+            ]},
+        ],
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_follows_groups_dependencies_and_step_order() {
+    let dir = tmp();
+    let svc = Svc::start(config(dir.path())).await;
+    let spec = two_host_spec();
+    let (id, keys) = svc.create(&spec).await;
+    assert_eq!(svc.instance(&id).await["status"], "applying");
+    let a = svc.pair(&id, &keys, "a").await;
+    let b = svc.pair(&id, &keys, "b").await;
+
+    let w = a.take(&svc).await;
+    assert_eq!(
+        (w["group"].as_str(), w["index"].as_u64()),
+        (Some("base"), Some(1))
+    );
+    let step: ibkit_api::StepSpec =
+        serde_json::from_value(spec["groups"][0]["steps"][1].clone()).expect("step");
+    assert_eq!(w["hash"], step.hash());
+    // Handed out again (same exec) until it finishes; dispatch is not "running".
+    assert_eq!(a.take(&svc).await["exec_id"], w["exec_id"]);
+    let s = svc.step(&id, "a", "base", 1).await;
+    assert_eq!(s["status"], "pending", "{s:#}");
+    let exec = w["exec_id"].as_str().expect("exec");
+    let (st, _) = a
+        .report(&svc, json!({"report_id": a.report_id(), "exec_id": exec, "status": "running", "attempt": 1, "started_at_ms": 5}))
+        .await;
+    assert_eq!(st, 200);
+    assert_eq!(svc.step(&id, "a", "base", 1).await["status"], "running");
+    let (st, body) = a
+        .report(&svc, finished(&a.report_id(), exec, true, "first\n", None))
+        .await;
+    assert_eq!((st, &body["applied"]), (200, &json!(true)));
+    let s = svc.step(&id, "a", "base", 1).await;
+    assert_eq!(
+        (s["status"].as_str(), s["result"].as_str()),
+        (Some("ok"), Some("first\n"))
+    );
+    assert_eq!(a.take(&svc).await["index"], 2);
+
+    // b: base 1, base 2, then `after` waits for a's base 2.
+    for idx in [1, 2] {
+        let w = b.take(&svc).await;
+        assert_eq!(
+            (w["group"].as_str(), w["index"].as_u64()),
+            (Some("base"), Some(idx))
+        );
+        b.run(&svc, w["exec_id"].as_str().expect("exec"), true, "x", None)
+            .await;
+    }
+    let (_, resp) = b.work(&svc, 0, None).await;
+    assert!(
+        resp["work"].is_null(),
+        "after must wait for base on a: {resp}"
+    );
+    assert_eq!(resp["health_checks"], json!([]));
+    let w = a.take(&svc).await;
+    a.run(
+        &svc,
+        w["exec_id"].as_str().expect("exec"),
+        true,
+        "second",
+        None,
+    )
+    .await;
+    let w = b.take(&svc).await;
+    assert_eq!(w["group"], "after");
+    b.run(
+        &svc,
+        w["exec_id"].as_str().expect("exec"),
+        true,
+        "after",
+        None,
+    )
+    .await;
+    let inst = svc.instance(&id).await;
+    assert_eq!(inst["status"], "running", "{inst:#}");
+    assert_eq!(inst["steps"]["ok"], 5, "{inst:#}");
+    let (st, r) = svc
+        .op("GET", &format!("/v1/instances/{id}/results/a/base/1"), None)
+        .await;
+    assert_eq!((st, r["raw"].as_str()), (200, Some("first\n")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_poll_wakes_when_another_host_finishes() {
+    let dir = tmp();
+    let svc = Svc::start(config(dir.path())).await;
+    let (id, keys) = svc.create(&two_host_spec()).await;
+    let a = svc.pair(&id, &keys, "a").await;
+    let b = svc.pair(&id, &keys, "b").await;
+    for _ in 0..2 {
+        let w = b.take(&svc).await;
+        b.run(&svc, w["exec_id"].as_str().expect("exec"), true, "", None)
+            .await;
+    }
+    let w = a.take(&svc).await;
+    a.run(&svc, w["exec_id"].as_str().expect("exec"), true, "", None)
+        .await;
+    let last = a.take(&svc).await;
+    let (_, idle) = b.work(&svc, 0, None).await;
+    let rev = idle["config_rev"].as_str().expect("rev").to_string();
+    let poll = async {
+        let t = Instant::now();
+        let r = b.work(&svc, 20_000, Some(&rev)).await;
+        (t.elapsed(), r)
+    };
+    let finish = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        a.run(
+            &svc,
+            last["exec_id"].as_str().expect("exec"),
+            true,
+            "",
+            None,
+        )
+        .await;
+        Instant::now()
+    };
+    let ((took, (st, resp)), _) = tokio::join!(poll, finish);
+    assert_eq!(st, 200);
+    assert_eq!(resp["work"]["group"], "after", "{resp}");
+    assert!(took < Duration::from_millis(1300), "woke after {took:?}");
+    // Without changes the poll waits its full time.
+    let t = Instant::now();
+    let (_, resp) = a.work(&svc, 400, Some(&rev)).await;
+    assert!(resp["work"].is_null());
+    assert!(
+        t.elapsed() >= Duration::from_millis(380),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_flow_across_hosts_and_a_failed_reference_fails_the_step() {
+    let dir = tmp();
+    let svc = Svc::start(config(dir.path())).await;
+    let spec = json!({
+        "name": "refs",
+        "hosts": [{"name": "primary"}, {"name": "replica"}, {"name": "other"}],
+        "groups": [
+            {"name": "init", "hosts": ["primary"], "steps": [
+                {"index": 1, "content": "init", "options": {"structured_result_file": "r.json"}}]},
+            {"name": "join", "hosts": ["replica"], "steps": [
+                {"index": 1, "content": "join {{ibkit.results.primary.init.1.structured.token}} port {{ ibkit.results.primary.init.1.structured.port }}",
+                 "options": {"environment_variables": ["RAW={{ibkit.results.primary.init.1.raw}}"]}}]},
+            {"name": "bad", "hosts": ["primary"], "steps": [{"index": 1, "content": "exit 1"}]},
+            {"name": "uses-bad", "hosts": ["other"], "steps": [
+                {"index": 1, "content": "echo {{ibkit.results.primary.bad.1.raw}}"}]},
+        ],
+    });
+    let (id, keys) = svc.create(&spec).await;
+    let p = svc.pair(&id, &keys, "primary").await;
+    let r = svc.pair(&id, &keys, "replica").await;
+    let o = svc.pair(&id, &keys, "other").await;
+    // The replica's step waits for the primary's result.
+    assert!(r.work(&svc, 0, None).await.1["work"].is_null());
+    let w = p.take(&svc).await;
+    p.run(
+        &svc,
+        w["exec_id"].as_str().expect("exec"),
+        true,
+        "primary-ready\n",
+        Some(json!({"token": "s3cret", "port": 5432})),
+    )
+    .await;
+    let w = r.take(&svc).await;
+    assert_eq!(w["content"], "join s3cret port 5432", "{w:#}");
+    assert_eq!(
+        w["options"]["environment_variables"],
+        json!(["RAW=primary-ready\n"])
+    );
+    // The hash is of the step as written, not resolved.
+    let step: ibkit_api::StepSpec =
+        serde_json::from_value(spec["groups"][1]["steps"][0].clone()).expect("step");
+    assert_eq!(w["hash"], step.hash());
+
+    let w = p.take(&svc).await;
+    assert_eq!(w["group"], "bad");
+    p.run(&svc, w["exec_id"].as_str().expect("exec"), false, "", None)
+        .await;
+    let (_, resp) = o.work(&svc, 0, None).await;
+    assert!(resp["work"].is_null(), "{resp}");
+    let s = svc.step(&id, "other", "uses-bad", 1).await;
+    assert_eq!(s["status"], "failed", "{s:#}");
+    let err = s["error"].as_str().expect("error");
+    assert!(
+        err.contains("ibkit.results.primary.bad.1.raw") && err.contains("failed"),
+        "{err}"
+    );
+    let inst = svc.instance(&id).await;
+    assert_eq!(inst["status"], "failed");
+    assert!(
+        inst["status_reason"]
+            .as_str()
+            .expect("reason")
+            .contains("bad"),
+        "{inst:#}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_redeploy_and_update_semantics() {
+    let dir = tmp();
+    let svc = Svc::start(config(dir.path())).await;
+    let spec = |v: &str| {
+        json!({"name": "once", "hosts": [{"name": "h"}], "groups": [{"name": "g", "hosts": ["h"], "steps": [
+            {"index": 1, "content": "init", "options": {"once": true}},
+            {"index": 2, "content": "always"},
+            {"index": 3, "content": format!("echo {v}")},
+        ]}]})
+    };
+    let (id, keys) = svc.create(&spec("v1")).await;
+    let h = svc.pair(&id, &keys, "h").await;
+    let run_all = |n: usize| {
+        let (svc, h) = (&svc, &h);
+        async move {
+            let mut ran = Vec::new();
+            for _ in 0..n {
+                let w = h.take(svc).await;
+                ran.push(w["index"].as_u64().expect("index"));
+                h.run(svc, w["exec_id"].as_str().expect("exec"), true, "r", None)
+                    .await;
+            }
+            assert!(h.work(svc, 0, None).await.1["work"].is_null());
+            ran
+        }
+    };
+    assert_eq!(run_all(3).await, [1, 2, 3]);
+    assert_eq!(svc.instance(&id).await["status"], "running");
+
+    let (st, body) = svc
+        .op("POST", &format!("/v1/instances/{id}/redeploy"), None)
+        .await;
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(body["generation"], 2);
+    assert_eq!(svc.instance(&id).await["status"], "applying");
+    assert_eq!(svc.step(&id, "h", "g", 1).await["status"], "skipped");
+    assert_eq!(run_all(2).await, [2, 3]);
+    assert_eq!(svc.instance(&id).await["status"], "running");
+
+    // An in-flight exec of a changed step is superseded: its report gets 409.
+    let (st, _) = svc
+        .op("PUT", &format!("/v1/instances/{id}"), Some(&spec("v2")))
+        .await;
+    assert_eq!(st, 200);
+    let w = h.take(&svc).await;
+    assert_eq!(
+        (w["index"].as_u64(), w["content"].as_str()),
+        (Some(3), Some("echo v2"))
+    );
+    let (st, _) = svc
+        .op("PUT", &format!("/v1/instances/{id}"), Some(&spec("v3")))
+        .await;
+    assert_eq!(st, 200);
+    let (st, body) = h
+        .report(
+            &svc,
+            finished(
+                &h.report_id(),
+                w["exec_id"].as_str().expect("e"),
+                true,
+                "",
+                None,
+            ),
+        )
+        .await;
+    assert_eq!(st, 409, "{body}");
+    assert_eq!(run_all(1).await, [3]);
+    assert_eq!(svc.step(&id, "h", "g", 2).await["attempts"], 1);
+    // Removing a step deletes it; other hosts are refused.
+    let mut fewer = spec("v3");
+    fewer["groups"][0]["steps"]
+        .as_array_mut()
+        .expect("steps")
+        .pop();
+    let (st, _) = svc
+        .op("PUT", &format!("/v1/instances/{id}"), Some(&fewer))
+        .await;
+    assert_eq!(st, 200);
+    let (_, steps) = svc
+        .op("GET", &format!("/v1/instances/{id}/hosts/h/steps"), None)
+        .await;
+    assert_eq!(steps.as_array().expect("steps").len(), 2);
+    assert_eq!(svc.instance(&id).await["status"], "running");
+    let mut other = spec("v3");
+    other["hosts"] = json!([{"name": "x"}]);
+    other["groups"][0]["hosts"] = json!(["x"]);
+    let (st, body) = svc
+        .op("PUT", &format!("/v1/instances/{id}"), Some(&other))
+        .await;
+    assert_eq!(st, 400, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_apply_once_and_hostile_requests_are_refused() {
+    let dir = tmp();
+    let svc = Svc::start(config(dir.path())).await;
+    let (id, keys) = svc.create(&two_host_spec()).await;
+    let a = svc.pair(&id, &keys, "a").await;
+    let b = svc.pair(&id, &keys, "b").await;
+    let wa = a.take(&svc).await;
+    let wb = b.take(&svc).await;
+    let (ea, eb) = (
+        wa["exec_id"].as_str().expect("a"),
+        wb["exec_id"].as_str().expect("b"),
+    );
+
+    // Duplicate report id: applied once.
+    let rep = finished("dup-1", ea, true, "once", None);
+    let (st, body) = a.report(&svc, rep.clone()).await;
+    assert_eq!((st, &body["applied"]), (200, &json!(true)));
+    let (st, body) = a.report(&svc, rep).await;
+    assert_eq!((st, &body["applied"]), (200, &json!(false)));
+
+    // Another host's exec → 403; unknown exec → 409.
+    let (st, body) = a.report(&svc, finished("x-1", eb, false, "", None)).await;
+    assert_eq!(st, 403, "{body}");
+    assert_eq!(svc.step(&id, "b", "base", 1).await["status"], "pending");
+    let (st, body) = a
+        .report(&svc, finished("x-2", "no-such-exec", true, "", None))
+        .await;
+    assert_eq!(st, 409, "{body}");
+    assert!(body["error"].is_string());
+
+    // Credentials.
+    let (st, body) = svc
+        .req("GET", "/v1/agent/work?wait_ms=0", Some("ibk_forged"), None)
+        .await;
+    assert_eq!(st, 401, "{body}");
+    let (st, _) = svc.req("GET", "/v1/agent/work?wait_ms=0", None, None).await;
+    assert_eq!(st, 401);
+    let (st, _) = svc
+        .req("GET", "/v1/instances", Some(&a.credential), None)
+        .await;
+    assert_eq!(st, 401);
+    let (st, _) = svc.req("GET", "/v1/instances", None, None).await;
+    assert_eq!(st, 401);
+    let (st, b1) = svc
+        .req(
+            "POST",
+            "/v1/agent/pair",
+            None,
+            Some(
+                &json!({"instance": id, "host": "a", "pairing_key": "wrong", "agent_version": "x"}),
+            ),
+        )
+        .await;
+    let (st2, b2) = svc.req("POST", "/v1/agent/pair", None, Some(&json!({"instance": id, "host": "zz", "pairing_key": "wrong", "agent_version": "x"}))).await;
+    assert_eq!((st, st2), (401, 401));
+    assert_eq!(b1, b2, "no oracle");
+    // Re-pairing rotates the credential.
+    let a2 = svc.pair(&id, &keys, "a").await;
+    let (st, _) = a.work(&svc, 0, None).await;
+    assert_eq!(st, 401);
+    assert_eq!(a2.work(&svc, 0, None).await.0, 200);
+
+    // Garbage: every error is JSON with a 4xx.
+    let raw = |path: &str, body: Vec<u8>| {
+        svc.client
+            .post(format!("{}{path}", svc.url))
+            .bearer_auth(&b.credential)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    for (path, body) in [
+        ("/v1/agent/reports", b"{not json".to_vec()),
+        ("/v1/agent/heartbeat", b"[]".to_vec()),
+        ("/v1/agent/health", vec![0, 1, 2]),
+        (
+            "/v1/agent/reports",
+            br#"{"report_id":"r","exec_id":"e","status":"bogus"}"#.to_vec(),
+        ),
+    ] {
+        let r = raw(path, body).await.expect("send");
+        let st = r.status().as_u16();
+        let v: Value = r.json().await.expect("json error body");
+        assert!(
+            (400..500).contains(&st) && v["error"].is_string(),
+            "{path}: {st} {v}"
+        );
+    }
+    let r = raw("/v1/agent/heartbeat", vec![b'x'; 2 << 20]).await;
+    if let Ok(r) = r {
+        assert_eq!(r.status().as_u16(), 413);
+    }
+    for (method, path) in [
+        ("GET", "/v1/instances/not-a-uuid"),
+        ("GET", "/v1/nope"),
+        ("DELETE", "/healthz"),
+        ("GET", "/v1/agent/work?wait_ms=abc"),
+        ("GET", "/v1/instances/00000000-0000-4000-8000-000000000000"),
+        (
+            "GET",
+            "/v1/instances/00000000-0000-4000-8000-000000000000/results/a/g/notanumber",
+        ),
+    ] {
+        let bearer = if path.starts_with("/v1/agent") {
+            b.credential.clone()
+        } else {
+            svc.token.clone()
+        };
+        let (st, v) = svc.req(method, path, Some(&bearer), None).await;
+        assert!(
+            (400..500).contains(&st) && v["error"].is_string(),
+            "{method} {path}: {st} {v}"
+        );
+    }
+    let (st, v) = svc
+        .op(
+            "POST",
+            "/v1/instances",
+            Some(&json!({"name": "x", "hosts": [{"name": "a b"}]})),
+        )
+        .await;
+    assert_eq!(st, 400, "{v}");
+    assert!(
+        v["error"].as_str().expect("e").contains("hosts[0].name"),
+        "{v}"
+    );
+
+    // Delete revokes credentials.
+    let (st, _) = svc.op("DELETE", &format!("/v1/instances/{id}"), None).await;
+    assert_eq!(st, 200);
+    assert_eq!(b.work(&svc, 0, None).await.0, 401);
+    assert_eq!(svc.instance(&id).await["status"], "deleted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monitor_opens_one_request_per_silent_or_failed_host() {
+    let dir = tmp();
+    let mut cfg = config(dir.path());
+    cfg.agent_timeout = Duration::from_secs(1);
+    let svc = Svc::start(cfg).await;
+    let spec = json!({"name": "mon", "hosts": [{"name": "quiet"}, {"name": "broken"}], "groups": [
+        {"name": "b", "hosts": ["broken"], "steps": [{"index": 1, "content": "exit 7"}]}]});
+    let (id, keys) = svc.create(&spec).await;
+    let _quiet = svc.pair(&id, &keys, "quiet").await;
+    let broken = svc.pair(&id, &keys, "broken").await;
+    let w = broken.take(&svc).await;
+    broken
+        .run(&svc, w["exec_id"].as_str().expect("exec"), false, "", None)
+        .await;
+    let t = Instant::now();
+    let mut list = Vec::new();
+    while t.elapsed() < Duration::from_secs(10) {
+        // The broken host keeps its heartbeat; the quiet one is silent.
+        let (st, _) = svc.req("POST", "/v1/agent/heartbeat", Some(&broken.credential), Some(&json!({"agent_version": "t", "uptime_s": 1, "running_exec": null, "queued_reports": 0}))).await;
+        assert_eq!(st, 200);
+        list = svc.recovery(&id).await;
+        if list.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        t.elapsed() >= Duration::from_millis(700),
+        "silent verdict came too early"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let again = svc.recovery(&id).await;
+    assert_eq!(again.len(), 2, "{again:#?}");
+    let by = |h: &str| {
+        list.iter()
+            .find(|r| r["host"] == h)
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    assert_eq!(by("quiet")["kind"], "agent_silent", "{list:#?}");
+    assert!(
+        by("quiet")["reason"]
+            .as_str()
+            .expect("r")
+            .contains("silent"),
+        "{list:#?}"
+    );
+    assert_eq!(by("broken")["kind"], "agent_failed", "{list:#?}");
+    assert!(
+        by("broken")["reason"].as_str().expect("r").contains("b/1"),
+        "{list:#?}"
+    );
+    let inst = svc.instance(&id).await;
+    let host = |h: &str| {
+        inst["hosts"]
+            .as_array()
+            .expect("hosts")
+            .iter()
+            .find(|x| x["name"] == h)
+            .cloned()
+            .expect("host")
+    };
+    assert_eq!(host("quiet")["health"], "unhealthy");
+    assert!(host("quiet")["unhealthy_since"].is_i64());
+    // Resolving closes it; the still-silent host gets a new one.
+    let rid = by("quiet")["id"].as_str().expect("id").to_string();
+    let (st, _) = svc
+        .op(
+            "POST",
+            &format!("/v1/recovery-requests/{rid}/resolve"),
+            None,
+        )
+        .await;
+    assert_eq!(st, 200);
+    let (st, all) = svc
+        .op("GET", &format!("/v1/recovery-requests?instance={id}"), None)
+        .await;
+    assert_eq!(st, 200);
+    assert!(
+        all.as_array()
+            .expect("list")
+            .iter()
+            .any(|r| r["status"] == "resolved")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_gates_running_and_missing_results_request_recovery() {
+    let dir = tmp();
+    let mut cfg = config(dir.path());
+    cfg.health_timeout = Duration::from_secs(1);
+    let svc = Svc::start(cfg).await;
+    let spec = json!({"name": "health", "hosts": [{"name": "h"}],
+        "groups": [{"name": "g", "hosts": ["h"], "steps": [{"index": 1, "content": "true"}]}],
+        "health_checks": [{"name": "app", "kind": "port_health", "port": 8080, "period": "1s"}]});
+    let (id, keys) = svc.create(&spec).await;
+    let h = svc.pair(&id, &keys, "h").await;
+    let w = h.take(&svc).await;
+    let (_, before) = h.work(&svc, 0, None).await;
+    assert_eq!(
+        before["health_checks"],
+        json!([]),
+        "checks wait for the steps"
+    );
+    h.run(&svc, w["exec_id"].as_str().expect("exec"), true, "", None)
+        .await;
+    let (_, after) = h.work(&svc, 0, None).await;
+    assert_eq!(after["health_checks"][0]["name"], "app", "{after}");
+    assert_ne!(before["config_rev"], after["config_rev"]);
+    assert_eq!(svc.instance(&id).await["status"], "applying");
+    let report =
+        |ok: bool| json!({"check": "app", "ok": ok, "detail": "d", "at_ms": 1, "duration_ms": 1});
+    let (st, _) = svc
+        .req(
+            "POST",
+            "/v1/agent/health",
+            Some(&h.credential),
+            Some(&report(true)),
+        )
+        .await;
+    assert_eq!(st, 200);
+    assert_eq!(svc.instance(&id).await["status"], "running");
+    let (st, _) = svc
+        .req(
+            "POST",
+            "/v1/agent/health",
+            Some(&h.credential),
+            Some(&report(false)),
+        )
+        .await;
+    assert_eq!(st, 200);
+    assert_eq!(svc.instance(&id).await["status"], "applying");
+    let t = Instant::now();
+    let req = loop {
+        let _ = svc.req("POST", "/v1/agent/heartbeat", Some(&h.credential), Some(&json!({"agent_version": "t", "uptime_s": 1, "running_exec": null, "queued_reports": 0}))).await;
+        if let Some(r) = svc.recovery(&id).await.into_iter().next() {
+            break r;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "no recovery request");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(req["kind"], "health_missing", "{req:#}");
+    assert!(
+        req["reason"].as_str().expect("reason").contains("app"),
+        "{req:#}"
+    );
+    let (st, hr) = svc
+        .op("GET", &format!("/v1/instances/{id}/hosts/h/health"), None)
+        .await;
+    assert_eq!((st, &hr[0]["ok"]), (200, &json!(false)), "{hr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_on_the_same_state_keeps_everything() {
+    let dir = tmp();
+    let mut svc = Svc::start(config(dir.path())).await;
+    let cert = svc.server.as_ref().expect("server").cert_sha256.clone();
+    let (id, keys) = svc.create(&two_host_spec()).await;
+    let a = svc.pair(&id, &keys, "a").await;
+    let w = a.take(&svc).await;
+    a.run(
+        &svc,
+        w["exec_id"].as_str().expect("exec"),
+        true,
+        "kept",
+        Some(json!({"k": 1})),
+    )
+    .await;
+    let inflight = a.take(&svc).await;
+    svc.restart().await;
+    assert_eq!(
+        svc.server.as_ref().expect("server").cert_sha256,
+        cert,
+        "certificate reused"
+    );
+    let s = svc.step(&id, "a", "base", 1).await;
+    assert_eq!(
+        (s["status"].as_str(), s["result"].as_str()),
+        (Some("ok"), Some("kept"))
+    );
+    assert_eq!(s["structured_result"], json!({"k": 1}));
+    // The credential still works and the in-flight exec is handed out again.
+    assert_eq!(a.take(&svc).await["exec_id"], inflight["exec_id"]);
+    a.run(
+        &svc,
+        inflight["exec_id"].as_str().expect("exec"),
+        true,
+        "",
+        None,
+    )
+    .await;
+    let inst = svc.instance(&id).await;
+    assert_eq!(inst["steps"]["ok"], 2, "{inst:#}");
+    assert_eq!(inst["hosts"][0]["agent_version"], "test", "{inst:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_documents_every_route_and_installer_is_served() {
+    let dir = tmp();
+    let svc = Svc::start(config(dir.path())).await;
+    let (st, doc) = svc.req("GET", "/v1/openapi.json", None, None).await;
+    assert_eq!(st, 200);
+    assert!(doc["openapi"].as_str().expect("version").starts_with("3.1"));
+    for (method, path, _, _) in ibkit_server::routes::ROUTES {
+        assert!(
+            doc["paths"][path][method].is_object(),
+            "{method} {path} not documented"
+        );
+        // And the route exists in the router (not the 404/405 fallback).
+        let concrete = path
+            .replace("{id}", "00000000-0000-4000-8000-000000000000")
+            .replace("{host}", "h")
+            .replace("{group}", "g")
+            .replace("{index}", "1");
+        let (st, body) = svc.req(&method.to_uppercase(), &concrete, None, None).await;
+        assert!(
+            body["error"] != "no such route" && st != 405,
+            "{method} {path} is not routed: {st} {body}"
+        );
+    }
+    let r = svc
+        .client
+        .get(format!("{}/v1/agent/install.sh", svc.url))
+        .send()
+        .await
+        .expect("get");
+    let script = r.text().await.expect("text");
+    let cert = svc
+        .server
+        .as_ref()
+        .expect("server")
+        .cert_sha256
+        .clone()
+        .expect("cert");
+    assert!(
+        script.contains(&format!("CERT_SHA256='{cert}'")),
+        "{script}"
+    );
+    assert!(script.contains("CURL_PIN='sha256//"), "{script}");
+    let (st, body) = svc.req("GET", "/v1/agent/binary", None, None).await;
+    assert_eq!(st, 404, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .expect("e")
+            .contains("no-agent-binary")
+    );
+    let (_, created) = svc
+        .op(
+            "POST",
+            "/v1/instances",
+            Some(&json!({"name": "i", "hosts": [{"name": "vm"}]})),
+        )
+        .await;
+    let cmd = created["hosts"][0]["install_command"]
+        .as_str()
+        .expect("cmd");
+    assert!(
+        cmd.starts_with("curl -fsS -k --pinnedpubkey 'sha256//")
+            && cmd.contains("--host vm --pairing-key pk_"),
+        "{cmd}"
+    );
+    // An instance without steps or checks is running at once.
+    assert_eq!(created["status"], "running");
+}
