@@ -132,6 +132,26 @@ impl<'de> Deserialize<'de> for Duration {
     }
 }
 
+/// In the OpenAPI document a duration is a string such as `15s` (a bare
+/// number of seconds is accepted on input too).
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for Duration {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some(
+                "A duration: `15s`, `1m`, `1h`, `500ms`, compound `1m30s`; \
+                 on input also a bare number of seconds",
+            ))
+            .examples(["15s"])
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for Duration {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

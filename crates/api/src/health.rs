@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::{Duration, ScriptType, StepOptions};
 
 /// One health check of an instance.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HealthCheck {
     pub name: String,
@@ -22,6 +23,7 @@ fn default_period() -> Duration {
     Duration::from_secs(30)
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum HealthKind {

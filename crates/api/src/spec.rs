@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::reference::{self, ReferenceTarget};
 use crate::{HealthCheck, StepSpec};
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InstanceSpec {
@@ -19,12 +20,14 @@ pub struct InstanceSpec {
     pub health_checks: Vec<HealthCheck>,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HostSpec {
     pub name: String,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GroupSpec {
@@ -38,6 +41,7 @@ pub struct GroupSpec {
 }
 
 /// Why a spec was refused; `at` is a JSON-path-like location.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 #[error("{at}: {message}")]
 pub struct SpecError {

@@ -7,6 +7,7 @@ use sha2::{Digest, Sha256};
 use crate::Duration;
 
 /// The interpreter of a step.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum ScriptType {
@@ -25,6 +26,7 @@ impl ScriptType {
 }
 
 /// One step of a script group.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StepSpec {
@@ -37,6 +39,7 @@ pub struct StepSpec {
 }
 
 /// Step options; every field has the platform's default (SPEC §2).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StepOptions {
@@ -49,6 +52,7 @@ pub struct StepOptions {
     /// Wall time of one attempt before `stop_signal` is sent.
     pub timeout: Duration,
     /// Signal sent to the script's whole process group at the timeout.
+    /// A number; on input also a name (`SIGTERM`, `TERM`).
     #[serde(deserialize_with = "de_signal")]
     pub stop_signal: i32,
     /// Grace time after `stop_signal` before SIGKILL.

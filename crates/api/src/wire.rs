@@ -5,12 +5,14 @@ use serde::{Deserialize, Serialize};
 use crate::{Duration, HealthCheck, ScriptType, StepOptions};
 
 /// Error body of every non-2xx answer.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub error: String,
 }
 
 /// Agent → service: exchange a host's pairing key for its credential.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PairRequest {
     pub instance: String,
@@ -21,6 +23,7 @@ pub struct PairRequest {
     pub protocol: u32,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PairResponse {
     /// Bearer credential of this host; the service keeps only its hash.
@@ -31,6 +34,7 @@ pub struct PairResponse {
 }
 
 /// Service → agent: the answer to a (long-polled) work request.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WorkResponse {
     /// The step to run now, if any. The same `exec_id` may be handed out
@@ -45,6 +49,7 @@ pub struct WorkResponse {
 }
 
 /// One step execution handed to an agent, references already resolved.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Work {
     pub exec_id: String,
@@ -61,6 +66,7 @@ pub struct Work {
 
 /// Agent → service: a step event. Delivered at least once, applied once
 /// (the service remembers `report_id`), in order per agent.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     pub report_id: String,
@@ -69,6 +75,7 @@ pub struct Report {
     pub event: ReportEvent,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum ReportEvent {
@@ -79,6 +86,7 @@ pub enum ReportEvent {
 }
 
 /// Final status of a step as the agent reports it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FinalStatus {
@@ -86,6 +94,7 @@ pub enum FinalStatus {
     Failed,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct StepOutcome {
     /// On the wire `final_status`: a `Finished` report is tagged with
@@ -118,6 +127,7 @@ pub struct StepOutcome {
 }
 
 /// Agent → service, every `heartbeat_interval`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Heartbeat {
     pub agent_version: String,
@@ -129,6 +139,7 @@ pub struct Heartbeat {
 }
 
 /// Agent → service: one health check result.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HealthReport {
     pub check: String,
@@ -139,6 +150,7 @@ pub struct HealthReport {
 }
 
 /// A step's status as the service tracks it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StepStatus {
@@ -181,6 +193,7 @@ impl StepStatus {
 }
 
 /// Status of a service instance (SPEC §2).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum InstanceStatus {

@@ -8,16 +8,12 @@ mod serve;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use serve::{Agent, Service, group, wait_for};
+use serve::{Service, group, start_agents, wait_for};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
 fn tmp() -> tempfile::TempDir {
     tempfile::tempdir().expect("tempdir")
-}
-
-fn key_of<'a>(keys: &'a [(String, String)], host: &str) -> &'a str {
-    &keys.iter().find(|(h, _)| h == host).expect("host key").1
 }
 
 #[test]
@@ -41,20 +37,8 @@ fn host_b_consumes_host_a_structured_result() {
     });
     std::fs::create_dir_all(dir.path().join("wa")).expect("cwd");
     let (id, keys) = svc.create(&spec);
-    let _a = Agent::start(
-        &svc,
-        &dir.path().join("a"),
-        &id,
-        "primary",
-        key_of(&keys, "primary"),
-    );
-    let _b = Agent::start(
-        &svc,
-        &dir.path().join("b"),
-        &id,
-        "replica",
-        key_of(&keys, "replica"),
-    );
+    let _a = start_agents(&svc, dir.path(), &id, &keys, &["primary"]).remove(0);
+    let _b = start_agents(&svc, dir.path(), &id, &keys, &["replica"]).remove(0);
     svc.wait_status(&id, "running", MINUTE);
 
     let init = svc.step(&id, "primary", "init", 1);
@@ -124,10 +108,13 @@ fn step_options_have_the_platform_semantics() {
         ],
     });
     let (id, keys) = svc.create(&spec);
-    let agents: Vec<Agent> = ["timeout", "halt", "retry", "misc"]
-        .iter()
-        .map(|h| Agent::start(&svc, &dir.path().join(h), &id, h, key_of(&keys, h)))
-        .collect();
+    let agents = start_agents(
+        &svc,
+        dir.path(),
+        &id,
+        &keys,
+        &["timeout", "halt", "retry", "misc"],
+    );
     svc.wait_status(&id, "failed", MINUTE);
     for (host, g) in [("timeout", "t"), ("halt", "h"), ("retry", "r")] {
         wait_for(&format!("{host} done"), MINUTE, || {
@@ -257,7 +244,7 @@ fn once_steps_are_skipped_on_redeploy_and_updates_rerun_changed_steps_only() {
         ]))]})
     };
     let (id, keys) = svc.create(&spec("v1"));
-    let _a = Agent::start(&svc, &dir.path().join("a"), &id, "h", key_of(&keys, "h"));
+    let _a = start_agents(&svc, dir.path(), &id, &keys, &["h"]).remove(0);
     svc.wait_status(&id, "running", MINUTE);
     let count = |n: &str| {
         std::fs::read_to_string(f(n))
@@ -302,7 +289,7 @@ fn agent_killed_mid_step_collects_the_outcome_after_restart() {
         {"index": 1, "content": format!("echo run >> {}; sleep 3; echo finished", runs.display())},
     ]))]});
     let (id, keys) = svc.create(&spec);
-    let mut agent = Agent::start(&svc, &dir.path().join("a"), &id, "h", key_of(&keys, "h"));
+    let mut agent = start_agents(&svc, dir.path(), &id, &keys, &["h"]).remove(0);
     svc.wait_step(&id, "h", "g", 1, "running");
     agent.kill9();
     std::thread::sleep(Duration::from_millis(500));
@@ -337,7 +324,7 @@ fn service_killed_mid_run_loses_nothing_and_queued_reports_arrive() {
         {"index": 3, "content": "echo third"},
     ]))]});
     let (id, keys) = svc.create(&spec);
-    let _agent = Agent::start(&svc, &dir.path().join("a"), &id, "h", key_of(&keys, "h"));
+    let _agent = start_agents(&svc, dir.path(), &id, &keys, &["h"]).remove(0);
     svc.wait_step(&id, "h", "g", 2, "running");
     svc.kill9();
     // Step 2 finishes while the service is down: its report waits on disk.
@@ -362,33 +349,15 @@ fn silent_host_and_failed_step_get_one_recovery_request_each() {
         group("b", &["broken"], json!([{"index": 1, "content": "echo boom >&2; exit 7", "options": {"attempts": 1}}])),
     ]});
     let (id, keys) = svc.create(&spec);
-    let mut quiet = Agent::start(
-        &svc,
-        &dir.path().join("q"),
-        &id,
-        "quiet",
-        key_of(&keys, "quiet"),
-    );
-    let _broken = Agent::start(
-        &svc,
-        &dir.path().join("b"),
-        &id,
-        "broken",
-        key_of(&keys, "broken"),
-    );
+    let mut quiet = start_agents(&svc, dir.path(), &id, &keys, &["quiet"]).remove(0);
+    let _broken = start_agents(&svc, dir.path(), &id, &keys, &["broken"]).remove(0);
     svc.wait_step(&id, "quiet", "q", 1, "ok");
     let failed = svc.wait_step(&id, "broken", "b", 1, "failed");
     assert!(failed["log"].as_str().expect("log").contains("boom"));
     quiet.kill9();
     let silent_since = Instant::now();
     let requests = wait_for("two recovery requests", Duration::from_secs(30), || {
-        let (status, body) = svc.get(&format!("/v1/recovery-requests?status=open&instance={id}"));
-        assert_eq!(status, 200, "{body}");
-        let list = body
-            .as_array()
-            .cloned()
-            .or_else(|| body["requests"].as_array().cloned())
-            .unwrap_or_default();
+        let list = svc.recovery_requests(&id);
         (list.len() >= 2).then_some(list)
     });
     assert!(
@@ -397,12 +366,7 @@ fn silent_host_and_failed_step_get_one_recovery_request_each() {
     );
     // Still exactly one per host after more monitor rounds.
     std::thread::sleep(Duration::from_secs(1));
-    let (_, body) = svc.get(&format!("/v1/recovery-requests?status=open&instance={id}"));
-    let list = body
-        .as_array()
-        .cloned()
-        .or_else(|| body["requests"].as_array().cloned())
-        .unwrap_or_default();
+    let list = svc.recovery_requests(&id);
     assert_eq!(list.len(), 2, "{list:#?}");
     let by_host = |h: &str| {
         requests
@@ -443,16 +407,11 @@ fn health_checks_gate_running_and_a_missing_health_result_requests_recovery() {
         "groups": [group("g", &["h"], json!([{"index": 1, "content": "true"}]))],
         "health_checks": [{"name": "app", "kind": "port_health", "port": port, "period": "300ms"}]});
     let (id, keys) = svc.create(&spec);
-    let _a = Agent::start(&svc, &dir.path().join("a"), &id, "h", key_of(&keys, "h"));
+    let _a = start_agents(&svc, dir.path(), &id, &keys, &["h"]).remove(0);
     svc.wait_status(&id, "running", MINUTE);
     drop(listener);
     let req = wait_for("health recovery request", Duration::from_secs(30), || {
-        let (_, body) = svc.get(&format!("/v1/recovery-requests?status=open&instance={id}"));
-        let list = body
-            .as_array()
-            .cloned()
-            .or_else(|| body["requests"].as_array().cloned())
-            .unwrap_or_default();
+        let list = svc.recovery_requests(&id);
         list.into_iter().find(|r| r["host"] == "h")
     });
     assert_eq!(req["kind"], "health_missing", "{req:#}");
@@ -471,8 +430,8 @@ fn forged_and_malformed_requests_are_refused() {
         group("gb", &["b"], json!([{"index": 1, "content": "sleep 5"}])),
     ]});
     let (id, keys) = svc.create(&spec);
-    let a = Agent::start(&svc, &dir.path().join("a"), &id, "a", key_of(&keys, "a"));
-    let _b = Agent::start(&svc, &dir.path().join("b"), &id, "b", key_of(&keys, "b"));
+    let a = start_agents(&svc, dir.path(), &id, &keys, &["a"]).remove(0);
+    let _b = start_agents(&svc, dir.path(), &id, &keys, &["b"]).remove(0);
     let b_exec = svc.wait_step(&id, "b", "gb", 1, "running")["exec_id"]
         .as_str()
         .expect("exec")

@@ -11,6 +11,7 @@ pub mod monitor;
 pub mod openapi;
 pub mod routes;
 pub mod tls;
+pub mod views;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

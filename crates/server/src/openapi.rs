@@ -1,10 +1,294 @@
 //! The OpenAPI 3.1 document, built with utoipa from the route table.
 
-use utoipa::openapi::path::{HttpMethod, OperationBuilder, PathItem};
+use ibkit_api::wire::{
+    ErrorBody, HealthReport, Heartbeat, PairRequest, PairResponse, Report, WorkResponse,
+};
+use ibkit_api::{InstanceSpec, SpecError};
+use utoipa::openapi::path::{
+    HttpMethod, OperationBuilder, Parameter, ParameterBuilder, ParameterIn, PathItem,
+};
+use utoipa::openapi::request_body::RequestBodyBuilder;
+use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, SchemaFormat, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
-use utoipa::openapi::{ComponentsBuilder, InfoBuilder, OpenApiBuilder, PathsBuilder};
+use utoipa::openapi::{
+    ComponentsBuilder, Content, InfoBuilder, OpenApiBuilder, PathsBuilder, Ref, RefOr, Required,
+    ResponseBuilder, Schema,
+};
+use utoipa::{IntoParams, ToSchema};
 
 use crate::routes::ROUTES;
+use crate::routes::agent::WorkQuery;
+use crate::routes::operator::RecoveryQuery;
+use crate::views;
+
+/// A reference to the component schema of `T`.
+fn schema_ref<T: ToSchema>() -> RefOr<Schema> {
+    Ref::from_schema_name(T::name()).into()
+}
+
+/// An array of `T`.
+fn array_of<T: ToSchema>() -> RefOr<Schema> {
+    ArrayBuilder::new().items(schema_ref::<T>()).into()
+}
+
+/// The request body, success answer and parameters of one operation.
+struct Shape {
+    body: Option<(RefOr<Schema>, &'static str)>,
+    status: &'static str,
+    ok: (&'static str, RefOr<Schema>, &'static str),
+    query: Vec<Parameter>,
+    /// Error statuses besides 401 (for authenticated routes) and 500.
+    errors: &'static [(&'static str, &'static str)],
+}
+
+const JSON: &str = "application/json";
+const BAD_REQUEST: (&str, &str) = ("400", "The request is malformed or invalid");
+const NOT_FOUND: (&str, &str) = ("404", "No such instance, host, step or request");
+const CONFLICT: (&str, &str) = (
+    "409",
+    "The instance is deleted, or the state does not allow it",
+);
+
+fn ok(schema: RefOr<Schema>, desc: &'static str) -> Shape {
+    Shape {
+        body: None,
+        status: "200",
+        ok: (JSON, schema, desc),
+        query: Vec::new(),
+        errors: &[],
+    }
+}
+
+impl Shape {
+    fn body(mut self, schema: RefOr<Schema>, desc: &'static str) -> Self {
+        self.body = Some((schema, desc));
+        self
+    }
+    fn status(mut self, status: &'static str) -> Self {
+        self.status = status;
+        self
+    }
+    fn content_type(mut self, content_type: &'static str) -> Self {
+        self.ok.0 = content_type;
+        self
+    }
+    fn query(mut self, params: Vec<Parameter>) -> Self {
+        self.query = params;
+        self
+    }
+    fn errors(mut self, errors: &'static [(&'static str, &'static str)]) -> Self {
+        self.errors = errors;
+        self
+    }
+}
+
+/// What each route takes and answers; `None` for a route not described
+/// (the tests refuse that).
+fn shape(method: &str, path: &str) -> Option<Shape> {
+    use views::*;
+    Some(match (method, path) {
+        ("get", "/healthz") => ok(schema_ref::<Liveness>(), "The service is up"),
+        ("get", "/v1/openapi.json") => ok(
+            ObjectBuilder::new()
+                .description(Some("An OpenAPI 3.1 document"))
+                .into(),
+            "This document",
+        ),
+        ("get", "/v1/agent/install.sh") => ok(
+            ObjectBuilder::new().schema_type(Type::String).into(),
+            "A POSIX shell script that installs and pairs the agent",
+        )
+        .content_type("text/x-shellscript"),
+        ("get", "/v1/agent/binary") => ok(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .content_media_type("application/octet-stream")
+                .into(),
+            "The agent executable",
+        )
+        .content_type("application/octet-stream")
+        .errors(&[("404", "The service has no agent binary to serve")]),
+        ("post", "/v1/agent/pair") => ok(
+            schema_ref::<PairResponse>(),
+            "The host's credential (shown once)",
+        )
+        .body(schema_ref::<PairRequest>(), "The pairing key of a host")
+        .errors(&[
+            BAD_REQUEST,
+            ("401", "Unknown instance or host, or wrong pairing key"),
+        ]),
+        ("get", "/v1/agent/work") => ok(
+            schema_ref::<WorkResponse>(),
+            "The next step (if any) and the host's health checks",
+        )
+        .query(WorkQuery::into_params(|| Some(ParameterIn::Query)))
+        .errors(&[BAD_REQUEST]),
+        ("post", "/v1/agent/reports") => ok(
+            schema_ref::<ReportAck>(),
+            "The report was applied, ignored as final, or is a duplicate",
+        )
+        .body(schema_ref::<Report>(), "A step event")
+        .errors(&[
+            BAD_REQUEST,
+            ("403", "The execution belongs to another host"),
+            (
+                "409",
+                "The execution is unknown or superseded: drop the report",
+            ),
+        ]),
+        ("post", "/v1/agent/heartbeat") => ok(schema_ref::<Ack>(), "Recorded")
+            .body(schema_ref::<Heartbeat>(), "The agent's state")
+            .errors(&[BAD_REQUEST]),
+        ("post", "/v1/agent/health") => ok(schema_ref::<Ack>(), "Recorded")
+            .body(schema_ref::<HealthReport>(), "One health check result")
+            .errors(&[
+                BAD_REQUEST,
+                ("409", "The host has no health check of that name"),
+            ]),
+        ("get", "/v1/instances") => ok(
+            array_of::<InstanceSummary>(),
+            "Every instance, oldest first",
+        ),
+        ("post", "/v1/instances") => ok(
+            schema_ref::<InstanceCreated>(),
+            "The instance, with a pairing key and install command per host",
+        )
+        .status("201")
+        .body(schema_ref::<InstanceSpec>(), "The desired state")
+        .errors(&[(
+            "400",
+            "The spec is malformed or invalid (the message names where)",
+        )]),
+        ("get", "/v1/instances/{id}") => ok(
+            schema_ref::<InstanceDetail>(),
+            "The instance, its spec, hosts and step counts",
+        )
+        .errors(&[BAD_REQUEST, NOT_FOUND]),
+        ("put", "/v1/instances/{id}") => ok(
+            schema_ref::<InstanceStatusView>(),
+            "The spec is stored; changed steps run again",
+        )
+        .body(
+            schema_ref::<InstanceSpec>(),
+            "The new desired state (same hosts)",
+        )
+        .errors(&[BAD_REQUEST, NOT_FOUND, CONFLICT]),
+        ("delete", "/v1/instances/{id}") => ok(
+            schema_ref::<InstanceStatusView>(),
+            "The instance is deleted and its credentials revoked",
+        )
+        .errors(&[BAD_REQUEST, NOT_FOUND]),
+        ("post", "/v1/instances/{id}/redeploy") => ok(
+            schema_ref::<Redeployed>(),
+            "Every step runs again (`once` steps are skipped)",
+        )
+        .errors(&[BAD_REQUEST, NOT_FOUND, CONFLICT]),
+        ("post", "/v1/instances/{id}/hosts/{host}/pairing-key") => ok(
+            schema_ref::<HostPairing>(),
+            "A fresh pairing key; the old credential is revoked",
+        )
+        .errors(&[BAD_REQUEST, NOT_FOUND, CONFLICT]),
+        ("get", "/v1/instances/{id}/hosts/{host}/steps") => {
+            ok(array_of::<StepView>(), "The host's steps in run order")
+                .errors(&[BAD_REQUEST, NOT_FOUND])
+        }
+        ("get", "/v1/instances/{id}/hosts/{host}/health") => ok(
+            array_of::<HealthResultView>(),
+            "The latest result of each health check",
+        )
+        .errors(&[BAD_REQUEST, NOT_FOUND]),
+        ("get", "/v1/instances/{id}/results/{host}/{group}/{index}") => ok(
+            schema_ref::<StepResult>(),
+            "The step's raw and structured result",
+        )
+        .errors(&[BAD_REQUEST, NOT_FOUND]),
+        ("get", "/v1/recovery-requests") => ok(
+            array_of::<RecoveryRequest>(),
+            "Matching recovery requests, oldest first",
+        )
+        .query(RecoveryQuery::into_params(|| Some(ParameterIn::Query)))
+        .errors(&[BAD_REQUEST]),
+        ("post", "/v1/recovery-requests/{id}/resolve") => {
+            ok(schema_ref::<RecoveryResolved>(), "The request is resolved").errors(&[NOT_FOUND])
+        }
+        _ => return None,
+    })
+}
+
+/// The parameters in `path`'s `{…}` segments.
+fn path_params(path: &str) -> Vec<Parameter> {
+    path.split('/')
+        .filter_map(|seg| seg.strip_prefix('{')?.strip_suffix('}'))
+        .map(|name| {
+            let (schema, desc) = match name {
+                "id" if path.starts_with("/v1/instances") => (
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .format(Some(SchemaFormat::Custom("uuid".into()))),
+                    "The instance id",
+                ),
+                "id" => (
+                    ObjectBuilder::new().schema_type(Type::String),
+                    "The recovery request id",
+                ),
+                "index" => (
+                    ObjectBuilder::new()
+                        .schema_type(Type::Integer)
+                        .minimum(Some(0)),
+                    "The step index",
+                ),
+                "host" => (
+                    ObjectBuilder::new().schema_type(Type::String),
+                    "The host name",
+                ),
+                _ => (
+                    ObjectBuilder::new().schema_type(Type::String),
+                    "The group name",
+                ),
+            };
+            ParameterBuilder::new()
+                .name(name)
+                .parameter_in(ParameterIn::Path)
+                .required(Required::True)
+                .description(Some(desc))
+                .schema(Some(schema))
+                .build()
+        })
+        .collect()
+}
+
+/// Every component schema: the named types and the types they refer to.
+fn schemas() -> Vec<(String, RefOr<Schema>)> {
+    fn add<T: ToSchema>(v: &mut Vec<(String, RefOr<Schema>)>) {
+        v.push((T::name().into_owned(), T::schema()));
+        T::schemas(v);
+    }
+    let mut v = Vec::new();
+    add::<ErrorBody>(&mut v);
+    add::<SpecError>(&mut v);
+    add::<InstanceSpec>(&mut v);
+    add::<PairRequest>(&mut v);
+    add::<PairResponse>(&mut v);
+    add::<WorkResponse>(&mut v);
+    add::<Report>(&mut v);
+    add::<Heartbeat>(&mut v);
+    add::<HealthReport>(&mut v);
+    add::<views::Liveness>(&mut v);
+    add::<views::InstanceSummary>(&mut v);
+    add::<views::InstanceDetail>(&mut v);
+    add::<views::InstanceCreated>(&mut v);
+    add::<views::InstanceStatusView>(&mut v);
+    add::<views::Redeployed>(&mut v);
+    add::<views::HostPairing>(&mut v);
+    add::<views::StepView>(&mut v);
+    add::<views::StepResult>(&mut v);
+    add::<views::HealthResultView>(&mut v);
+    add::<views::RecoveryRequest>(&mut v);
+    add::<views::RecoveryResolved>(&mut v);
+    add::<views::ReportAck>(&mut v);
+    add::<views::Ack>(&mut v);
+    v
+}
 
 pub fn document() -> utoipa::openapi::OpenApi {
     let mut paths = PathsBuilder::new();
@@ -32,6 +316,41 @@ pub fn document() -> utoipa::openapi::OpenApi {
         if *auth != "none" {
             op = op.security(SecurityRequirement::new::<_, _, &str>(*auth, []));
         }
+        let error = |desc: &str| {
+            ResponseBuilder::new()
+                .description(desc)
+                .content(JSON, Content::new(Some(schema_ref::<ErrorBody>())))
+                .build()
+        };
+        if let Some(shape) = shape(method, path) {
+            for p in path_params(path).into_iter().chain(shape.query) {
+                op = op.parameter(p);
+            }
+            if let Some((schema, desc)) = shape.body {
+                op = op.request_body(Some(
+                    RequestBodyBuilder::new()
+                        .description(Some(desc))
+                        .required(Some(Required::True))
+                        .content(JSON, Content::new(Some(schema)))
+                        .build(),
+                ));
+            }
+            let (content_type, schema, desc) = shape.ok;
+            op = op.response(
+                shape.status,
+                ResponseBuilder::new()
+                    .description(desc)
+                    .content(content_type, Content::new(Some(schema)))
+                    .build(),
+            );
+            for (status, desc) in shape.errors {
+                op = op.response(*status, error(desc));
+            }
+        }
+        if *auth != "none" {
+            op = op.response("401", error("Missing or wrong bearer token"));
+        }
+        op = op.response("500", error("Internal error (database)"));
         paths = paths.path(*path, PathItem::new(m, op.build()));
     }
     let bearer = |desc: &str| {
@@ -53,6 +372,7 @@ pub fn document() -> utoipa::openapi::OpenApi {
         .paths(paths.build())
         .components(Some(
             ComponentsBuilder::new()
+                .schemas_from_iter(schemas())
                 .security_scheme("operator", bearer("the operator token"))
                 .security_scheme("agent", bearer("a host credential from /v1/agent/pair"))
                 .build(),
@@ -64,4 +384,153 @@ pub fn document_json() -> String {
     document()
         .to_json()
         .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn doc() -> Value {
+        serde_json::from_str(&document_json()).expect("the document is JSON")
+    }
+
+    /// Follows a `$ref` into `components.schemas`.
+    fn resolve<'a>(doc: &'a Value, schema: &'a Value) -> &'a Value {
+        match schema["$ref"].as_str() {
+            Some(r) => {
+                let name = r
+                    .strip_prefix("#/components/schemas/")
+                    .expect("local schema ref");
+                let target = &doc["components"]["schemas"][name];
+                assert!(target.is_object(), "dangling {r}");
+                target
+            }
+            None => schema,
+        }
+    }
+
+    #[test]
+    fn every_route_has_a_json_answer_and_errors() {
+        let doc = doc();
+        for (method, path, auth, _) in ROUTES {
+            let op = &doc["paths"][path][method];
+            assert!(op.is_object(), "{method} {path} not documented");
+            let responses = op["responses"].as_object().expect("responses");
+            let raw = matches!(*path, "/v1/agent/install.sh" | "/v1/agent/binary");
+            let json_ok = responses.iter().any(|(status, r)| {
+                status.starts_with('2') && r["content"]["application/json"]["schema"].is_object()
+            });
+            assert!(raw || json_ok, "{method} {path}: no JSON success answer");
+            if raw {
+                assert!(
+                    responses["200"]["content"].is_object(),
+                    "{method} {path}: no content"
+                );
+            }
+            assert_eq!(
+                responses["500"]["content"]["application/json"]["schema"]["$ref"],
+                "#/components/schemas/ErrorBody",
+                "{method} {path}"
+            );
+            if *auth != "none" {
+                assert!(responses["401"].is_object(), "{method} {path}: no 401");
+            }
+            for name in path
+                .split('/')
+                .filter_map(|s| s.strip_prefix('{')?.strip_suffix('}'))
+            {
+                let params = op["parameters"].as_array().expect("parameters");
+                assert!(
+                    params
+                        .iter()
+                        .any(|p| p["name"] == name && p["in"] == "path" && p["required"] == true),
+                    "{method} {path}: no path parameter {name}"
+                );
+            }
+            if matches!(*method, "post" | "put")
+                && let Some(body) = op.get("requestBody")
+            {
+                assert!(body["content"]["application/json"]["schema"].is_object());
+            }
+        }
+    }
+
+    #[test]
+    fn components_hold_the_wire_types_and_every_ref_resolves() {
+        let doc = doc();
+        let schemas = doc["components"]["schemas"].as_object().expect("schemas");
+        for name in [
+            "InstanceSpec",
+            "HostSpec",
+            "GroupSpec",
+            "StepSpec",
+            "StepOptions",
+            "ScriptType",
+            "HealthCheck",
+            "HealthKind",
+            "Duration",
+            "Report",
+            "ReportEvent",
+            "StepOutcome",
+            "FinalStatus",
+            "WorkResponse",
+            "Work",
+            "PairRequest",
+            "PairResponse",
+            "Heartbeat",
+            "HealthReport",
+            "StepStatus",
+            "InstanceStatus",
+            "ErrorBody",
+            "SpecError",
+            "InstanceDetail",
+            "StepView",
+            "RecoveryRequest",
+        ] {
+            assert!(schemas.contains_key(name), "no schema {name}");
+        }
+        assert_eq!(schemas["Duration"]["type"], "string");
+        assert_eq!(schemas["Duration"]["examples"][0], "15s");
+        // Every $ref anywhere in the document points at a schema.
+        fn walk(doc: &Value, v: &Value) {
+            match v {
+                Value::Object(m) => {
+                    if m.contains_key("$ref") {
+                        resolve(doc, v);
+                    }
+                    m.values().for_each(|x| walk(doc, x));
+                }
+                Value::Array(a) => a.iter().for_each(|x| walk(doc, x)),
+                _ => {}
+            }
+        }
+        walk(&doc, &doc);
+        // Request bodies of the main routes.
+        let body = |method: &str, path: &str| {
+            doc["paths"][path][method]["requestBody"]["content"]["application/json"]["schema"]
+                ["$ref"]
+                .clone()
+        };
+        assert_eq!(
+            body("post", "/v1/instances"),
+            "#/components/schemas/InstanceSpec"
+        );
+        assert_eq!(
+            body("post", "/v1/agent/reports"),
+            "#/components/schemas/Report"
+        );
+        let work = &doc["paths"]["/v1/agent/work"]["get"];
+        assert_eq!(
+            work["responses"]["200"]["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/WorkResponse"
+        );
+        assert!(
+            work["parameters"]
+                .as_array()
+                .expect("params")
+                .iter()
+                .any(|p| p["name"] == "wait_ms" && p["in"] == "query")
+        );
+    }
 }

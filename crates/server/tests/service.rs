@@ -719,3 +719,276 @@ async fn openapi_documents_every_route_and_installer_is_served() {
     // An instance without steps or checks is running at once.
     assert_eq!(created["status"], "running");
 }
+
+/// Whether `schema` (or a schema it refers to or combines) has property `key`.
+fn describes(doc: &Value, schema: &Value, key: &str) -> bool {
+    if let Some(r) = schema["$ref"].as_str() {
+        let name = r.trim_start_matches("#/components/schemas/");
+        return describes(doc, &doc["components"]["schemas"][name], key);
+    }
+    schema["properties"].get(key).is_some()
+        || ["oneOf", "allOf"].iter().any(|c| {
+            schema[c]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|s| describes(doc, s, key)))
+        })
+}
+
+/// A small JSON Schema check (the subset utoipa writes): `$ref`, `type`,
+/// `enum`, `properties`/`required`, `additionalProperties`, `items`,
+/// `oneOf`, `allOf`. Objects reached other than through `allOf` must not
+/// have properties their schema does not describe.
+fn conforms(doc: &Value, schema: &Value, v: &Value, strict: bool) -> Result<(), String> {
+    if let Some(r) = schema["$ref"].as_str() {
+        let name = r.trim_start_matches("#/components/schemas/");
+        return conforms(doc, &doc["components"]["schemas"][name], v, strict)
+            .map_err(|e| format!("{name}: {e}"));
+    }
+    if let Some(all) = schema["allOf"].as_array() {
+        for s in all {
+            conforms(doc, s, v, false)?;
+        }
+        if strict
+            && let Some(obj) = v.as_object()
+            && let Some(k) = obj
+                .keys()
+                .find(|k| !all.iter().any(|s| describes(doc, s, k)))
+        {
+            return Err(format!("undocumented property {k:?}"));
+        }
+        return Ok(());
+    }
+    if let Some(one) = schema["oneOf"].as_array() {
+        let errs: Vec<String> = one
+            .iter()
+            .filter_map(|s| conforms(doc, s, v, strict).err())
+            .collect();
+        return if errs.len() < one.len() {
+            Ok(())
+        } else {
+            Err(format!("no oneOf matches {v}: {errs:?}"))
+        };
+    }
+    if let Some(e) = schema["enum"].as_array()
+        && !e.contains(v)
+    {
+        return Err(format!("{v} not in {e:?}"));
+    }
+    let types: Vec<&str> = match &schema["type"] {
+        Value::String(t) => vec![t.as_str()],
+        Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    };
+    let ty = match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    };
+    let allowed =
+        types.is_empty() || types.contains(&ty) || (ty == "integer" && types.contains(&"number"));
+    if !allowed {
+        return Err(format!("{v} is not {types:?}"));
+    }
+    if let Value::Object(obj) = v {
+        for r in schema["required"].as_array().into_iter().flatten() {
+            let r = r.as_str().unwrap_or("");
+            if !obj.contains_key(r) {
+                return Err(format!("missing required {r:?} in {v}"));
+            }
+        }
+        let props = schema["properties"].as_object();
+        for (k, x) in obj {
+            match props.and_then(|p| p.get(k)) {
+                Some(s) => conforms(doc, s, x, true).map_err(|e| format!("{k}: {e}"))?,
+                None if schema["additionalProperties"].is_object() => {
+                    conforms(doc, &schema["additionalProperties"], x, true)
+                        .map_err(|e| format!("{k}: {e}"))?
+                }
+                None if strict && (props.is_some() || schema["additionalProperties"] == false) => {
+                    return Err(format!("undocumented property {k:?} in {v}"));
+                }
+                None => {}
+            }
+        }
+    }
+    if let Value::Array(items) = v {
+        for x in items {
+            conforms(doc, &schema["items"], x, true)?;
+        }
+    }
+    Ok(())
+}
+
+/// The real answers of every JSON route match the OpenAPI document.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_match_the_openapi_schemas() {
+    let dir = tmp();
+    let mut cfg = config(dir.path());
+    cfg.agent_timeout = Duration::from_secs(1);
+    let svc = Svc::start(cfg).await;
+    let (_, doc) = svc.req("GET", "/v1/openapi.json", None, None).await;
+    let check = |method: &str, path: &str, status: u16, body: &Value| {
+        let op = &doc["paths"][path][method];
+        let schema = &op["responses"][status.to_string()]["content"]["application/json"]["schema"];
+        assert!(
+            schema.is_object(),
+            "{method} {path}: {status} not documented: {body}"
+        );
+        if let Err(e) = conforms(&doc, schema, body, true) {
+            panic!("{method} {path} {status}: {e}\n{body:#}");
+        }
+    };
+    let spec = json!({"name": "shapes", "hosts": [{"name": "h"}, {"name": "quiet"}],
+        "groups": [{"name": "g", "hosts": ["h"], "steps": [
+            {"index": 1, "content": "echo '{}' > r.json", "options": {"structured_result_file": "r.json", "timeout": "15s"}}]}],
+        "health_checks": [{"name": "app", "kind": "http_health", "port": 8080}]});
+    let (st, body) = svc.req("GET", "/healthz", None, None).await;
+    check("get", "/healthz", st, &body);
+    let (st, created) = svc.op("POST", "/v1/instances", Some(&spec)).await;
+    check("post", "/v1/instances", st, &created);
+    let id = created["id"].as_str().expect("id").to_string();
+    let (st, body) = svc
+        .op("POST", "/v1/instances", Some(&json!({"name": "x"})))
+        .await;
+    check("post", "/v1/instances", st, &body);
+    let keys: Vec<(String, String)> = created["hosts"]
+        .as_array()
+        .expect("hosts")
+        .iter()
+        .map(|h| {
+            (
+                h["name"].as_str().expect("n").into(),
+                h["pairing_key"].as_str().expect("k").into(),
+            )
+        })
+        .collect();
+    let key = &keys.iter().find(|(h, _)| h == "h").expect("h").1;
+    let (st, paired) = svc
+        .req("POST", "/v1/agent/pair", None, Some(&json!({"instance": id, "host": "h", "pairing_key": key, "agent_version": "t", "protocol": 1})))
+        .await;
+    check("post", "/v1/agent/pair", st, &paired);
+    let cred = paired["credential"].as_str().expect("cred").to_string();
+    let _quiet = svc.pair(&id, &keys, "quiet").await;
+    let (st, work) = svc
+        .req("GET", "/v1/agent/work?wait_ms=0", Some(&cred), None)
+        .await;
+    check("get", "/v1/agent/work", st, &work);
+    let exec = work["work"]["exec_id"].as_str().expect("exec").to_string();
+    let running = json!({"report_id": "r-1", "exec_id": exec, "status": "running", "attempt": 1, "started_at_ms": 1});
+    let (st, body) = svc
+        .req("POST", "/v1/agent/reports", Some(&cred), Some(&running))
+        .await;
+    check("post", "/v1/agent/reports", st, &body);
+    let done = finished("r-2", &exec, true, "raw", Some(json!({"k": 1})));
+    let (st, body) = svc
+        .req("POST", "/v1/agent/reports", Some(&cred), Some(&done))
+        .await;
+    check("post", "/v1/agent/reports", st, &body);
+    let (st, body) = svc
+        .req("POST", "/v1/agent/reports", Some(&cred), Some(&done))
+        .await;
+    assert_eq!(body["duplicate"], true, "{body}");
+    check("post", "/v1/agent/reports", st, &body);
+    let (st, work) = svc
+        .req("GET", "/v1/agent/work?wait_ms=0", Some(&cred), None)
+        .await;
+    assert_eq!(work["health_checks"][0]["name"], "app", "{work}");
+    check("get", "/v1/agent/work", st, &work);
+    let hb =
+        json!({"agent_version": "t", "uptime_s": 1, "running_exec": null, "queued_reports": 0});
+    let (st, body) = svc
+        .req("POST", "/v1/agent/heartbeat", Some(&cred), Some(&hb))
+        .await;
+    check("post", "/v1/agent/heartbeat", st, &body);
+    let hr = json!({"check": "app", "ok": true, "detail": "d", "at_ms": 1, "duration_ms": 1});
+    let (st, body) = svc
+        .req("POST", "/v1/agent/health", Some(&cred), Some(&hr))
+        .await;
+    check("post", "/v1/agent/health", st, &body);
+    let (st, body) = svc.req("GET", "/v1/instances", None, None).await;
+    check("get", "/v1/instances", st, &body);
+    let (st, body) = svc.op("GET", "/v1/instances", None).await;
+    check("get", "/v1/instances", st, &body);
+    let (st, body) = svc.op("GET", &format!("/v1/instances/{id}"), None).await;
+    check("get", "/v1/instances/{id}", st, &body);
+    let (st, body) = svc.op("GET", "/v1/instances/not-a-uuid", None).await;
+    check("get", "/v1/instances/{id}", st, &body);
+    let (st, body) = svc
+        .op("GET", &format!("/v1/instances/{id}/hosts/h/steps"), None)
+        .await;
+    check("get", "/v1/instances/{id}/hosts/{host}/steps", st, &body);
+    let (st, body) = svc
+        .op("GET", &format!("/v1/instances/{id}/hosts/h/health"), None)
+        .await;
+    check("get", "/v1/instances/{id}/hosts/{host}/health", st, &body);
+    let (st, body) = svc
+        .op("GET", &format!("/v1/instances/{id}/results/h/g/1"), None)
+        .await;
+    check(
+        "get",
+        "/v1/instances/{id}/results/{host}/{group}/{index}",
+        st,
+        &body,
+    );
+    let t = Instant::now();
+    let list = loop {
+        let list = svc.recovery(&id).await;
+        if !list.is_empty() {
+            break list;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "no recovery request");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    check(
+        "get",
+        "/v1/recovery-requests",
+        200,
+        &Value::Array(list.clone()),
+    );
+    let (st, body) = svc
+        .op("GET", "/v1/recovery-requests?status=nope", None)
+        .await;
+    check("get", "/v1/recovery-requests", st, &body);
+    let rid = list[0]["id"].as_str().expect("id");
+    let (st, body) = svc
+        .op(
+            "POST",
+            &format!("/v1/recovery-requests/{rid}/resolve"),
+            None,
+        )
+        .await;
+    check("post", "/v1/recovery-requests/{id}/resolve", st, &body);
+    let (st, body) = svc
+        .op("PUT", &format!("/v1/instances/{id}"), Some(&spec))
+        .await;
+    check("put", "/v1/instances/{id}", st, &body);
+    let (st, body) = svc
+        .op("POST", &format!("/v1/instances/{id}/redeploy"), None)
+        .await;
+    check("post", "/v1/instances/{id}/redeploy", st, &body);
+    let (st, body) = svc
+        .op(
+            "POST",
+            &format!("/v1/instances/{id}/hosts/quiet/pairing-key"),
+            None,
+        )
+        .await;
+    check(
+        "post",
+        "/v1/instances/{id}/hosts/{host}/pairing-key",
+        st,
+        &body,
+    );
+    let (st, body) = svc.op("DELETE", &format!("/v1/instances/{id}"), None).await;
+    check("delete", "/v1/instances/{id}", st, &body);
+    let (st, body) = svc
+        .op("POST", &format!("/v1/instances/{id}/redeploy"), None)
+        .await;
+    check("post", "/v1/instances/{id}/redeploy", st, &body);
+    let (st, body) = svc.req("GET", "/v1/agent/work", Some(&cred), None).await;
+    check("get", "/v1/agent/work", st, &body);
+}

@@ -259,6 +259,37 @@ impl Service {
     }
 }
 
+impl Service {
+    /// Open recovery requests of an instance.
+    pub fn recovery_requests(&self, instance: &str) -> Vec<Value> {
+        let (status, body) = self.get(&format!(
+            "/v1/recovery-requests?status=open&instance={instance}"
+        ));
+        assert_eq!(status, 200, "{body}");
+        body.as_array()
+            .cloned()
+            .or_else(|| body["requests"].as_array().cloned())
+            .unwrap_or_default()
+    }
+}
+
+/// One agent per host, each in `dir/HOST`, paired with the instance's keys.
+pub fn start_agents(
+    svc: &Service,
+    dir: &Path,
+    instance: &str,
+    keys: &[(String, String)],
+    hosts: &[&str],
+) -> Vec<Agent> {
+    hosts
+        .iter()
+        .map(|h| {
+            let key = &keys.iter().find(|(name, _)| name == h).expect("host key").1;
+            Agent::start(svc, &dir.join(h), instance, h, key)
+        })
+        .collect()
+}
+
 impl Drop for Service {
     fn drop(&mut self) {
         self.kill9();

@@ -69,10 +69,14 @@ pub async fn pair(
     }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct WorkQuery {
+    /// How long to wait for work or a config change (at most 60000).
     #[serde(default)]
     wait_ms: u64,
+    /// The `config_rev` of the agent's last answer: a different one ends
+    /// the wait at once.
     config_rev: Option<String>,
 }
 

@@ -545,9 +545,12 @@ pub async fn host_health(
         .await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct RecoveryQuery {
+    /// `open` or `resolved`.
     status: Option<String>,
+    /// Only requests of this instance id.
     instance: Option<String>,
 }
 
