@@ -104,8 +104,186 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Boot an image under QEMU and check what only a running VM proves.
+    BootTest(BootTestArgs),
     /// Run the configuration service the agents talk to.
     Serve(ServeArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum AccelArg {
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+#[derive(clap::Args)]
+struct BootTestArgs {
+    /// The image (qcow2 or raw); it is never modified.
+    image: PathBuf,
+    /// The app manifest (ibkit.toml): units, ports, [health] check.
+    #[arg(long, short)]
+    manifest: Option<PathBuf>,
+    /// Report format.
+    #[arg(long, short, value_enum, default_value = "text")]
+    format: OutputFormat,
+    /// Write the report to this file instead of stdout.
+    #[arg(long, short)]
+    output: Option<PathBuf>,
+    /// Also write the JSON report here (whatever --format says).
+    #[arg(long, value_name = "FILE")]
+    report_json: Option<PathBuf>,
+    /// KVM if a probe boot shows it works (auto), or force one.
+    #[arg(long, value_enum, default_value = "auto")]
+    accel: AccelArg,
+    /// Keep disks, logs and captures here (default: a temporary directory,
+    /// removed after a pass; logs are kept after a failure).
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// Keep everything, the VMs' disks included.
+    #[arg(long)]
+    keep: bool,
+    /// Boot the two VMs one after the other instead of at the same time.
+    #[arg(long)]
+    sequential: bool,
+    /// First VM's flavor, VCPUS:MIB.
+    #[arg(long, default_value = "1:1024", value_parser = parse_flavor)]
+    small_flavor: ibkit_boottest::Flavor,
+    /// Second VM's flavor, VCPUS:MIB.
+    #[arg(long, default_value = "2:4096", value_parser = parse_flavor)]
+    large_flavor: ibkit_boottest::Flavor,
+    /// How much larger the second VM's disk is, GiB.
+    #[arg(long, default_value = "2")]
+    extra_disk_gib: u64,
+    /// Boot to SSH.
+    #[arg(long, default_value = "6m")]
+    boot_timeout: ibkit_api::Duration,
+    /// Reboot or reset to SSH.
+    #[arg(long, default_value = "5m")]
+    restart_timeout: ibkit_api::Duration,
+    /// How long the app may take to pass its health check (default: the manifest's, else 120s).
+    #[arg(long)]
+    health_timeout: Option<ibkit_api::Duration>,
+    /// Show passing rules' evidence and informational findings.
+    #[arg(long, short)]
+    verbose: bool,
+    /// Colour in the text report.
+    #[arg(long, value_enum, default_value = "auto")]
+    color: ColorChoice,
+    /// No progress lines on stderr.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+fn parse_flavor(s: &str) -> Result<ibkit_boottest::Flavor, String> {
+    let (c, m) = s
+        .split_once(':')
+        .ok_or_else(|| format!("{s:?}: write VCPUS:MIB, e.g. 2:4096"))?;
+    let vcpus: u32 = c
+        .parse()
+        .ok()
+        .filter(|n| (1..=64).contains(n))
+        .ok_or_else(|| format!("{s:?}: vCPUs must be 1..64"))?;
+    let memory_mib: u64 = m
+        .parse()
+        .ok()
+        .filter(|n| (256..=262_144).contains(n))
+        .ok_or_else(|| format!("{s:?}: memory must be 256..262144 MiB"))?;
+    Ok(ibkit_boottest::Flavor { vcpus, memory_mib })
+}
+
+fn boot_test(a: BootTestArgs) -> Result<ExitCode> {
+    let quiet = a.quiet;
+    let manifest = a.manifest.as_deref().map(Manifest::load).transpose()?;
+    if !a.image.is_file() {
+        bail!(
+            "{}: not a file (give a qcow2 or raw disk image)",
+            a.image.display()
+        );
+    }
+    let mut opts = ibkit_boottest::Options::new(a.image.clone());
+    opts.manifest = manifest;
+    opts.accel = match a.accel {
+        AccelArg::Auto => ibkit_boottest::AccelRequest::Auto,
+        AccelArg::Kvm => ibkit_boottest::AccelRequest::Kvm,
+        AccelArg::Tcg => ibkit_boottest::AccelRequest::Tcg,
+    };
+    opts.work_dir = a.work_dir;
+    opts.keep = a.keep;
+    opts.parallel = !a.sequential;
+    opts.small = a.small_flavor;
+    opts.large = a.large_flavor;
+    opts.extra_disk = a.extra_disk_gib << 30;
+    opts.boot_timeout = a.boot_timeout.to_std();
+    opts.restart_timeout = a.restart_timeout.to_std();
+    opts.health_timeout = a.health_timeout.map(|d| d.to_std());
+    let progress: ibkit_boottest::Progress = std::sync::Arc::new(move |line: &str| {
+        if !quiet {
+            eprintln!("ibkit: {line}");
+        }
+    });
+    // No QEMU or virtiofsd may outlive us: on a panic, on Ctrl-C (below), and
+    // on SIGKILL (children carry PR_SET_PDEATHSIG).
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        ibkit_vm::procs::kill_all();
+        previous(info);
+    }));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let result = rt.block_on(async {
+        tokio::select! {
+            r = ibkit_boottest::boot_test(opts, progress) => Some(r),
+            _ = tokio::signal::ctrl_c() => None,
+        }
+    });
+    let Some(result) = result else {
+        ibkit_vm::procs::kill_all();
+        eprintln!("ibkit: interrupted; VMs stopped");
+        return Ok(ExitCode::from(130));
+    };
+    ibkit_vm::procs::kill_all();
+    let bt = result?;
+    if let Some(p) = &a.report_json {
+        std::fs::write(p, format!("{}\n", serde_json::to_string_pretty(&bt)?))
+            .with_context(|| format!("cannot write {}", p.display()))?;
+    }
+    let to_terminal = a.output.is_none() && std::io::stdout().is_terminal();
+    let color = match a.color {
+        ColorChoice::Always => true,
+        ColorChoice::Never => false,
+        ColorChoice::Auto => to_terminal && std::env::var_os("NO_COLOR").is_none(),
+    };
+    let text = match a.format {
+        OutputFormat::Json => format!("{}\n", serde_json::to_string_pretty(&bt)?),
+        OutputFormat::Text => format!(
+            "{}\n{}",
+            render(
+                &bt.report,
+                Format::Text,
+                &TextOptions {
+                    color,
+                    verbose: a.verbose
+                }
+            ),
+            bt.boot_text()
+        ),
+        OutputFormat::Sarif => render(&bt.report, Format::Sarif, &TextOptions::default()),
+        OutputFormat::Junit => render(&bt.report, Format::Junit, &TextOptions::default()),
+    };
+    match a.output {
+        Some(p) => {
+            std::fs::write(&p, text).with_context(|| format!("cannot write {}", p.display()))?
+        }
+        None => write_stdout(&text)?,
+    }
+    Ok(if bt.failed() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 #[derive(clap::Args)]
@@ -351,6 +529,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve(args) => serve(args),
+        Command::BootTest(args) => boot_test(args),
         Command::Rules { json } => {
             if json {
                 let v: Vec<_> = catalogue()

@@ -90,6 +90,23 @@ pub struct Summary {
     pub unknown: usize,
 }
 
+impl Summary {
+    /// Count results by status.
+    pub fn of(results: &[RuleResult]) -> Summary {
+        let mut summary = Summary::default();
+        for r in results {
+            match r.status {
+                Status::Pass => summary.pass += 1,
+                Status::Fail => summary.fail += 1,
+                Status::Warn => summary.warn += 1,
+                Status::Waived => summary.waived += 1,
+                Status::Unknown => summary.unknown += 1,
+            }
+        }
+        summary
+    }
+}
+
 /// The outcome of `ibkit check`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Report {
@@ -235,16 +252,7 @@ pub fn check(insp: &Inspection, opts: &CheckOptions) -> Report {
         .into_iter()
         .filter_map(|m| m.into_inner().ok().flatten())
         .collect();
-    let mut summary = Summary::default();
-    for r in &results {
-        match r.status {
-            Status::Pass => summary.pass += 1,
-            Status::Fail => summary.fail += 1,
-            Status::Warn => summary.warn += 1,
-            Status::Waived => summary.waived += 1,
-            Status::Unknown => summary.unknown += 1,
-        }
-    }
+    let summary = Summary::of(&results);
     let mut notes = insp.notes.clone();
     notes.extend(cx.notes());
     let mut image = image_info(insp);
@@ -275,7 +283,26 @@ fn run_rule(
     waivers: Option<&Waivers>,
 ) -> RuleResult {
     let t = Instant::now();
-    let mut outcome = (rule.check)(cx);
+    let outcome = (rule.check)(cx);
+    rule_result(
+        rule,
+        severity,
+        outcome,
+        waivers,
+        t.elapsed().as_micros() as u64,
+    )
+}
+
+/// Turn an outcome into the report's item for `rule`: waivers applied, a
+/// failing `warning` rule shown as `warn`, the one-line summary. Shared by
+/// `check` and by live checks (`boot-test`) that produce their own outcomes.
+pub fn rule_result(
+    rule: &crate::rule::RuleDef,
+    severity: Severity,
+    mut outcome: crate::model::Outcome,
+    waivers: Option<&Waivers>,
+    elapsed_us: u64,
+) -> RuleResult {
     if let Some(w) = waivers {
         w.apply(rule.id, &mut outcome);
     }
@@ -295,7 +322,7 @@ fn run_rule(
         findings: outcome.findings,
         unverified: outcome.unverified,
         remediation: rule.remediation.to_string(),
-        elapsed_us: t.elapsed().as_micros() as u64,
+        elapsed_us,
     }
 }
 

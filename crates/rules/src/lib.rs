@@ -20,6 +20,6 @@ pub mod rules;
 pub mod waiver;
 
 pub use context::Context;
-pub use engine::{CheckOptions, Report, check};
+pub use engine::{CheckOptions, Report, Summary, check, rule_result};
 pub use model::{Evidence, Finding, Level, Outcome, RuleResult, Severity, Status};
 pub use rule::{RuleDef, catalogue, find_rule};

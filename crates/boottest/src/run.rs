@@ -1,0 +1,1335 @@
+//! The boot test's course: two VMs from the image, the first restarted
+//! twice, everything observed over SSH, the serial console, QMP and a
+//! capture of each VM's network. Judging is [`crate::checks`]' job.
+//!
+//! ```text
+//! first VM  (small flavor, NoCloud seed, virtiofs share)
+//!   boot -> SSH -> facts, ports, passwords, virtiofs -> health
+//!   QMP system_reset -> SSH (new boot_id) -> health
+//! flavor VM (large flavor, bigger disk, new MAC, OpenStack config drive)
+//!   boot -> SSH -> nproc, memory, root size, cloud-init -> health
+//!   systemctl reboot -> SSH (new boot_id) -> health
+//! ```
+//! The two VMs run at the same time when `parallel` is on (the default), so
+//! the wall time is about one boot plus one restart.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ibkit_vm::qemu::{Forward, MacAddr, Proto, ShareState, Vm, VmConfig};
+use ibkit_vm::ssh::{self, SshKey, SshSession};
+use ibkit_vm::{Accel, AccelChoice};
+use tracing::debug;
+
+use crate::error::BootTestError;
+use crate::guest::{self, judge_shadow, summarize_serial};
+use crate::health::{HealthSpec, Probe};
+use crate::observe::*;
+use crate::options::{AccelRequest, Flavor, Options};
+
+/// The test user the seeds create (key only, sudo without password).
+pub const TEST_USER: &str = "ibkit-boottest";
+
+/// Where the guest mounts the virtiofs share.
+const SHARE_MOUNT: &str = "/run/ibkit-share";
+
+/// A progress line sink (`ibkit boot-test` prints them on stderr).
+pub type Progress = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// Time spent in one step, and how much of it was waiting for the guest.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct StepTiming {
+    /// Step name.
+    pub name: String,
+    /// Seconds since the run started.
+    pub started_s: f64,
+    /// Wall time of the step.
+    pub elapsed_s: f64,
+    /// Part of it spent waiting for the guest (boot, SSH, health polling).
+    pub guest_wait_s: f64,
+}
+
+/// Shared clock and step log of a run.
+#[derive(Clone)]
+pub(crate) struct Clock {
+    start: Instant,
+    steps: Arc<Mutex<Vec<StepTiming>>>,
+    progress: Progress,
+}
+
+impl Clock {
+    pub(crate) fn new(progress: Progress) -> Clock {
+        Clock {
+            start: Instant::now(),
+            steps: Arc::new(Mutex::new(Vec::new())),
+            progress,
+        }
+    }
+    fn now_s(&self) -> f64 {
+        self.start.elapsed().as_secs_f64()
+    }
+    pub(crate) fn say(&self, msg: &str) {
+        (self.progress)(&format!("[{:6.1}s] {msg}", self.now_s()));
+    }
+    pub(crate) fn record(&self, name: &str, started: f64, guest_wait: f64) {
+        let t = StepTiming {
+            name: name.into(),
+            started_s: started,
+            elapsed_s: self.now_s() - started,
+            guest_wait_s: guest_wait,
+        };
+        if let Ok(mut s) = self.steps.lock() {
+            s.push(t);
+        }
+    }
+    pub(crate) fn steps(&self) -> Vec<StepTiming> {
+        self.steps.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+/// What [`run_course`] hands back besides observations.
+pub(crate) struct CourseResult {
+    pub observations: Observations,
+    pub vms: Vec<VmInfo>,
+    pub notes: Vec<String>,
+}
+
+/// A VM as the report describes it.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct VmInfo {
+    /// `first boot` / `flavor boot`.
+    pub label: String,
+    /// Flavor, disk, MAC, seed.
+    pub description: String,
+    /// The QEMU command line.
+    pub command_line: Vec<String>,
+    /// Serial console log.
+    pub serial_log: String,
+    /// Network capture.
+    pub pcap: String,
+}
+
+struct Plan {
+    work: PathBuf,
+    key: Arc<SshKey>,
+    health: Option<HealthSpec>,
+    app_units: Vec<String>,
+    forwards: Vec<Forward>,
+    accel: Accel,
+    clock: Clock,
+    opts: Options,
+    image_size: u64,
+}
+
+/// Choose the accelerator: a real probe boot of the image's own kernel.
+pub(crate) async fn choose_accel(
+    opts: &Options,
+    kernel: Option<(PathBuf, Option<PathBuf>)>,
+    clock: &Clock,
+) -> AccelChoice {
+    match opts.accel {
+        AccelRequest::Tcg => AccelChoice {
+            accel: Accel::Tcg,
+            reason: "requested (--accel tcg)".into(),
+        },
+        AccelRequest::Kvm => AccelChoice {
+            accel: Accel::Kvm,
+            reason: "requested (--accel kvm)".into(),
+        },
+        AccelRequest::Auto => {
+            let Some((kernel, initrd)) = kernel else {
+                return AccelChoice {
+                    accel: Accel::Tcg,
+                    reason: "no kernel found in the image's /boot to probe KVM with".into(),
+                };
+            };
+            clock.say(
+                "choosing the accelerator: KVM probe boot of the image's kernel (cached 24 h)",
+            );
+            ibkit_vm::accel::probe_kvm_cached(
+                &kernel,
+                initrd.as_deref(),
+                Duration::from_secs(10),
+                &opts.cache_dir,
+            )
+            .await
+        }
+    }
+}
+
+/// Copy the newest `/boot/vmlinuz-*` and its initrd out of the image.
+pub(crate) fn extract_kernel(
+    g: &ibkit_image::Guest,
+    work: &Path,
+) -> Option<(PathBuf, Option<PathBuf>)> {
+    let entries = g.read_dir("/boot").ok().flatten()?;
+    let mut versions: Vec<String> = entries
+        .iter()
+        .filter_map(|e| {
+            let name = String::from_utf8_lossy(&e.name).to_string();
+            name.strip_prefix("vmlinuz-").map(str::to_string)
+        })
+        .collect();
+    versions.sort();
+    let v = versions.pop()?;
+    let kernel = g.read(format!("/boot/vmlinuz-{v}")).ok().flatten()?;
+    let dir = work.join("kvm-probe");
+    std::fs::create_dir_all(&dir).ok()?;
+    let kpath = dir.join("vmlinuz");
+    std::fs::write(&kpath, kernel).ok()?;
+    let initrd = g
+        .read(format!("/boot/initrd.img-{v}"))
+        .ok()
+        .flatten()
+        .and_then(|b| {
+            let p = dir.join("initrd.img");
+            std::fs::write(&p, b).ok().map(|_| p)
+        });
+    Some((kpath, initrd))
+}
+
+/// Run both VMs and gather observations.
+pub(crate) async fn run_course(
+    opts: &Options,
+    accel: &AccelChoice,
+    work: &Path,
+    image_size: u64,
+    clock: &Clock,
+) -> Result<CourseResult, BootTestError> {
+    let key =
+        Arc::new(SshKey::generate().map_err(|e| BootTestError::Setup(format!("SSH key: {e}")))?);
+    let health = match opts.manifest.as_ref().and_then(|m| m.health.as_ref()) {
+        Some(v) => {
+            let mut h = HealthSpec::from_toml(v).map_err(BootTestError::Manifest)?;
+            if let Some(t) = opts.health_timeout {
+                h.timeout = t;
+            }
+            Some(h)
+        }
+        None => None,
+    };
+    let mut forwards = vec![Forward {
+        proto: Proto::Tcp,
+        guest_port: 22,
+    }];
+    let mut add = |proto: Proto, port: u16| {
+        if !forwards
+            .iter()
+            .any(|f| f.proto == proto && f.guest_port == port)
+        {
+            forwards.push(Forward {
+                proto,
+                guest_port: port,
+            });
+        }
+    };
+    if let Some(m) = &opts.manifest {
+        for p in &m.ports {
+            let proto = match p.protocol {
+                ibkit_rules::manifest::Protocol::Tcp => Proto::Tcp,
+                ibkit_rules::manifest::Protocol::Udp => Proto::Udp,
+            };
+            add(proto, p.number);
+        }
+    }
+    if let Some(h) = &health {
+        for p in &h.probes {
+            if let Some(port) = p.port() {
+                add(Proto::Tcp, port);
+            }
+        }
+    }
+    let plan = Arc::new(Plan {
+        work: work.to_path_buf(),
+        key,
+        health: health.clone(),
+        app_units: opts
+            .manifest
+            .as_ref()
+            .map(|m| m.units.clone())
+            .unwrap_or_default(),
+        forwards,
+        accel: accel.accel,
+        clock: clock.clone(),
+        opts: opts.clone(),
+        image_size,
+    });
+
+    let mut obs = Observations {
+        accel: Some(accel.clone()),
+        health_spec: health,
+        manifest_given: opts.manifest.is_some(),
+        declared_ports: opts
+            .manifest
+            .as_ref()
+            .map(|m| m.ports.iter().map(|p| p.to_string()).collect())
+            .unwrap_or_default(),
+        app_units: plan.app_units.clone(),
+        ..Default::default()
+    };
+    let mut notes = Vec::new();
+    let mut vms = Vec::new();
+
+    let flavor_plan = plan.clone();
+    let flavor_task = async move { flavor_vm(&flavor_plan).await };
+    let first_plan = plan.clone();
+    let first_task = async move { first_vm(&first_plan).await };
+    let (first, flavor) = if opts.parallel {
+        tokio::join!(first_task, flavor_task)
+    } else {
+        let a = first_task.await;
+        let b = flavor_task.await;
+        (a, b)
+    };
+    for (res, slot) in [(first, 0), (flavor, 1)] {
+        match res {
+            Ok(r) => {
+                vms.push(r.info);
+                notes.extend(r.notes);
+                if slot == 0 {
+                    obs.first = Some(r.boot);
+                    obs.hard_reset = r.hard;
+                } else {
+                    obs.flavor = Some(r.boot);
+                    obs.soft_reboot = r.soft;
+                }
+            }
+            Err(e) => notes.push(format!(
+                "{}: {e}",
+                if slot == 0 { "first VM" } else { "flavor VM" }
+            )),
+        }
+    }
+    Ok(CourseResult {
+        observations: obs,
+        vms,
+        notes,
+    })
+}
+
+struct VmRun {
+    boot: BootObs,
+    soft: Option<RestartObs>,
+    hard: Option<RestartObs>,
+    info: VmInfo,
+    notes: Vec<String>,
+}
+
+async fn first_vm(plan: &Plan) -> Result<VmRun, BootTestError> {
+    let clock = &plan.clock;
+    let label = "first boot";
+    let dir = plan.work.join("vm1-first");
+    let share = dir.join("share");
+    std::fs::create_dir_all(&share).map_err(|e| BootTestError::io(&share, e))?;
+    let marker = format!("ibkit-{:016x}", rand::random::<u64>());
+    std::fs::write(share.join("marker"), &marker)
+        .map_err(|e| BootTestError::io(&share.join("marker"), e))?;
+    let mac = MacAddr::random();
+    let instance = format!("iid-ibkit-{:08x}", rand::random::<u32>());
+    let seed = dir.join("seed-cidata.img");
+    let files =
+        ibkit_vm::seed::nocloud_files(&instance, "ibkit-boottest-1", &user_data(&plan.key), None);
+    ibkit_vm::seed::write_vfat("cidata", &files, &seed)
+        .map_err(|e| BootTestError::Setup(format!("NoCloud seed: {e}")))?;
+    let cfg = vm_config(
+        plan,
+        "first",
+        &dir,
+        plan.opts.small,
+        None,
+        mac,
+        seed,
+        Some(share),
+    );
+    let started = clock.now_s();
+    clock.say(&format!(
+        "{label}: starting QEMU ({}, {} vCPU, {} MiB, MAC {mac})",
+        accel_name(plan.accel),
+        plan.opts.small.vcpus,
+        plan.opts.small.memory_mib
+    ));
+    let vm = Vm::start(cfg)
+        .await
+        .map_err(|e| BootTestError::Vm(format!("{label}: {e}")))?;
+    let qemu_start = SystemTime::now();
+    let mut boot = new_boot_obs(label, &vm, plan.opts.small, plan.image_size, mac, "NoCloud");
+    let mut notes = Vec::new();
+    let info = vm_info(label, &boot, &vm);
+
+    let session = wait_ssh(plan, &vm, label, plan.opts.boot_timeout, &mut boot).await;
+    clock.record(
+        &format!("{label}: boot to SSH"),
+        started,
+        clock.now_s() - started,
+    );
+    let mut hard = None;
+    if let Some(session) = session {
+        let t = clock.now_s();
+        let (g, wait) = gather(plan, &session, &vm, label, true, &mut notes).await;
+        boot.guest = Some(g);
+        clock.record(&format!("{label}: guest facts"), t, wait);
+        let t = clock.now_s();
+        if let Some(spec) = &plan.health {
+            clock.say(&format!("{label}: app health check"));
+            boot.health = Some(probe_health(plan, &vm, &session, spec).await);
+            clock.record(&format!("{label}: health"), t, clock.now_s() - t);
+        }
+        // Ports are read again once the app is healthy: a listener that opens late still counts.
+        if let Some(g) = boot.guest.as_mut() {
+            read_listeners(&session, g).await;
+        }
+        // The forced reset happens here while the flavor VM reboots cleanly:
+        // this VM is ready later (it has more to read) and a reset is quicker
+        // than a clean reboot, so the two finish close together.
+        hard = restart_if_healthy(plan, &vm, session, &boot, Restart::Hard).await;
+    }
+    finish_boot(&vm, &mut boot, qemu_start);
+    drop(vm);
+    Ok(VmRun {
+        boot,
+        soft: None,
+        hard,
+        info,
+        notes,
+    })
+}
+
+async fn flavor_vm(plan: &Plan) -> Result<VmRun, BootTestError> {
+    let clock = &plan.clock;
+    let label = "flavor boot";
+    let dir = plan.work.join("vm2-flavor");
+    std::fs::create_dir_all(&dir).map_err(|e| BootTestError::io(&dir, e))?;
+    let mac = MacAddr::random();
+    let uuid = uuid_like();
+    let seed = dir.join("seed-config-2.img");
+    let files = ibkit_vm::seed::config_drive_files(
+        &uuid,
+        "ibkit-boottest-2",
+        &plan.key.public_openssh(),
+        &user_data(&plan.key),
+        &mac,
+    );
+    ibkit_vm::seed::write_vfat("config-2", &files, &seed)
+        .map_err(|e| BootTestError::Setup(format!("config drive: {e}")))?;
+    let disk = plan.image_size + plan.opts.extra_disk;
+    let cfg = vm_config(
+        plan,
+        "flavor",
+        &dir,
+        plan.opts.large,
+        Some(disk),
+        mac,
+        seed,
+        None,
+    );
+    let started = clock.now_s();
+    clock.say(&format!(
+        "{label}: starting QEMU ({} vCPU, {} MiB, {:.1} GiB disk, MAC {mac}, config drive)",
+        plan.opts.large.vcpus,
+        plan.opts.large.memory_mib,
+        disk as f64 / (1u64 << 30) as f64
+    ));
+    let vm = Vm::start(cfg)
+        .await
+        .map_err(|e| BootTestError::Vm(format!("{label}: {e}")))?;
+    let qemu_start = SystemTime::now();
+    let mut boot = new_boot_obs(label, &vm, plan.opts.large, disk, mac, "ConfigDrive");
+    let info = vm_info(label, &boot, &vm);
+    let mut notes = Vec::new();
+    let mut soft = None;
+    let session = wait_ssh(plan, &vm, label, plan.opts.boot_timeout, &mut boot).await;
+    clock.record(
+        &format!("{label}: boot to SSH"),
+        started,
+        clock.now_s() - started,
+    );
+    if let Some(session) = session {
+        let t = clock.now_s();
+        let (g, wait) = gather(plan, &session, &vm, label, false, &mut notes).await;
+        boot.guest = Some(g);
+        clock.record(&format!("{label}: guest facts"), t, wait);
+        if let Some(spec) = &plan.health {
+            let t = clock.now_s();
+            clock.say(&format!("{label}: app health check"));
+            boot.health = Some(probe_health(plan, &vm, &session, spec).await);
+            clock.record(&format!("{label}: health"), t, clock.now_s() - t);
+        }
+        // The clean reboot happens here while the first VM is reset: the two
+        // restarts run in parallel.
+        soft = restart_if_healthy(plan, &vm, session, &boot, Restart::Soft).await;
+    }
+    finish_boot(&vm, &mut boot, qemu_start);
+    drop(vm);
+    Ok(VmRun {
+        boot,
+        soft,
+        hard: None,
+        info,
+        notes,
+    })
+}
+
+fn accel_name(a: Accel) -> &'static str {
+    match a {
+        Accel::Kvm => "KVM",
+        Accel::Tcg => "TCG",
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn vm_config(
+    plan: &Plan,
+    name: &str,
+    dir: &Path,
+    flavor: Flavor,
+    disk_size: Option<u64>,
+    mac: MacAddr,
+    seed: PathBuf,
+    share: Option<PathBuf>,
+) -> VmConfig {
+    VmConfig {
+        name: format!("ibkit-boottest-{name}"),
+        image: plan.opts.image.clone(),
+        work_dir: dir.to_path_buf(),
+        accel: plan.accel,
+        vcpus: flavor.vcpus,
+        memory_mib: flavor.memory_mib,
+        disk_size,
+        mac,
+        mtu: None,
+        drives: vec![seed],
+        share_dir: share,
+        forwards: plan.forwards.clone(),
+        machine: None,
+    }
+}
+
+fn new_boot_obs(label: &str, vm: &Vm, f: Flavor, disk: u64, mac: MacAddr, seed: &str) -> BootObs {
+    BootObs {
+        label: label.into(),
+        vcpus: f.vcpus,
+        memory_mib: f.memory_mib,
+        disk_bytes: disk,
+        mac: mac.to_string(),
+        seed: seed.into(),
+        serial_log: vm.serial_log_path().display().to_string(),
+        ..Default::default()
+    }
+}
+
+fn vm_info(label: &str, boot: &BootObs, vm: &Vm) -> VmInfo {
+    VmInfo {
+        label: label.into(),
+        description: boot.describe(),
+        command_line: vm.command_line(),
+        serial_log: vm.serial_log_path().display().to_string(),
+        pcap: vm.pcap_path().display().to_string(),
+    }
+}
+
+/// Serial summary and network capture, read at the end of the VM's life.
+fn finish_boot(vm: &Vm, boot: &mut BootObs, qemu_start: SystemTime) {
+    boot.serial = summarize_serial(&vm.serial_log(), 40);
+    boot.network = network_obs(&vm.pcap_path(), &vm.config().mac, qemu_start);
+}
+
+fn network_obs(pcap: &Path, mac: &MacAddr, qemu_start: SystemTime) -> NetObs {
+    let bytes = match std::fs::read(pcap) {
+        Ok(b) => b,
+        Err(e) => {
+            return NetObs {
+                error: Some(format!("{}: {e}", pcap.display())),
+                ..Default::default()
+            };
+        }
+    };
+    let mut n = NetObs::default();
+    match ibkit_vm::pcap::frames_from(&bytes, mac) {
+        Ok(c) => n.frames_from_guest = c,
+        Err(e) => n.error = Some(e.to_string()),
+    }
+    match ibkit_vm::pcap::dhcp_packets(&bytes) {
+        Ok(packets) => {
+            let start = qemu_start
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0);
+            for p in packets.iter().filter(|p| p.client_mac == *mac) {
+                if !p.from_server && (p.message_type == 1 || p.message_type == 3) {
+                    n.dhcp_requests += 1;
+                }
+                if p.from_server && p.message_type == 5 && n.dhcp_ack.is_none() {
+                    n.dhcp_ack = Some(p.your_ip.to_string());
+                    n.dhcp_ack_after_s = Some((p.time_s - start).max(0.0));
+                }
+            }
+        }
+        Err(e) => n.error = Some(e.to_string()),
+    }
+    n
+}
+
+/// cloud-config for the seeds: only the test user with the run's key.
+/// Nothing else: the image's own configuration must be what is tested.
+fn user_data(key: &SshKey) -> String {
+    format!(
+        "#cloud-config\nusers:\n  - name: {TEST_USER}\n    lock_passwd: true\n    shell: /bin/bash\n    sudo: \"ALL=(ALL) NOPASSWD:ALL\"\n    ssh_authorized_keys:\n      - {}\n",
+        key.public_openssh()
+    )
+}
+
+fn uuid_like() -> String {
+    let b: [u8; 16] = rand::random();
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-4{}-a{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[13..16],
+        &h[17..20],
+        &h[20..32]
+    )
+}
+
+/// Wait for an SSH login; records banner, time and errors in `boot`.
+async fn wait_ssh(
+    plan: &Plan,
+    vm: &Vm,
+    label: &str,
+    timeout: Duration,
+    boot: &mut BootObs,
+) -> Option<SshSession> {
+    let clock = &plan.clock;
+    let Some(addr) = vm.ssh_addr() else {
+        boot.ssh_error = Some("no forward of port 22".into());
+        return None;
+    };
+    clock.say(&format!(
+        "{label}: waiting for SSH (up to {} s)",
+        timeout.as_secs()
+    ));
+    let t0 = Instant::now();
+    let mut last_error = String::from("no answer yet");
+    let mut last_say = Instant::now();
+    loop {
+        if t0.elapsed() > timeout {
+            boot.ssh_error = Some(format!(
+                "no SSH login within {} s (last error: {last_error})",
+                timeout.as_secs()
+            ));
+            clock.say(&format!("{label}: gave up waiting for SSH"));
+            return None;
+        }
+        if !vm_alive(vm) {
+            boot.ssh_error = Some("QEMU exited before SSH answered".into());
+            return None;
+        }
+        if t0.elapsed() > plan.opts.silent_network_timeout
+            && let Ok(bytes) = std::fs::read(vm.pcap_path())
+            && ibkit_vm::pcap::frames_from(&bytes, &vm.config().mac).unwrap_or(0) == 0
+        {
+            boot.ssh_error = Some(format!(
+                "the guest sent nothing on its NIC (MAC {}) in {} s: its network never came up",
+                vm.config().mac,
+                plan.opts.silent_network_timeout.as_secs()
+            ));
+            clock.say(&format!(
+                "{label}: no network traffic from the guest; giving up"
+            ));
+            return None;
+        }
+        if boot.banner.is_none()
+            && let Ok(b) = ssh::banner(addr, Duration::from_secs(5)).await
+            && b.starts_with("SSH-")
+        {
+            boot.banner = Some(b.trim().to_string());
+        }
+        if boot.banner.is_some() {
+            match ssh::connect(addr, TEST_USER, &plan.key, Duration::from_secs(20)).await {
+                Ok(s) => {
+                    // The seed's user may exist before cloud-init is done with sudo; check it.
+                    match s.exec("sudo -n true", Duration::from_secs(20)).await {
+                        Ok(o) if o.success() => {
+                            let secs = t0.elapsed().as_secs_f64();
+                            boot.ssh_ready_after_s = Some(secs);
+                            clock.say(&format!("{label}: SSH login after {secs:.0} s"));
+                            return Some(s);
+                        }
+                        Ok(o) => {
+                            last_error = format!(
+                                "sudo not ready: {}",
+                                String::from_utf8_lossy(&o.stderr).trim()
+                            )
+                        }
+                        Err(e) => last_error = e.to_string(),
+                    }
+                    s.close().await;
+                }
+                Err(e) => last_error = e.to_string(),
+            }
+        }
+        if last_say.elapsed() > Duration::from_secs(30) {
+            clock.say(&format!(
+                "{label}: still waiting for SSH ({:.0} s{})",
+                t0.elapsed().as_secs_f64(),
+                if boot.banner.is_some() {
+                    ", sshd answers"
+                } else {
+                    ""
+                }
+            ));
+            last_say = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+fn vm_alive(vm: &Vm) -> bool {
+    // `is_running` needs &mut for try_wait; the PID check is enough here.
+    Path::new(&format!("/proc/{}", vm.qemu_pid())).exists()
+}
+
+/// Run a script as root in the guest, sections split on `@@name` lines.
+async fn sections(
+    session: &SshSession,
+    script: &str,
+    timeout: Duration,
+) -> Result<Vec<(String, String)>, String> {
+    let out = root_exec(session, script, timeout).await?;
+    let text = out.stdout_text();
+    let mut res: Vec<(String, String)> = Vec::new();
+    for line in text.lines() {
+        if let Some(name) = line.strip_prefix("@@") {
+            res.push((name.trim().to_string(), String::new()));
+        } else if let Some((_, body)) = res.last_mut() {
+            body.push_str(line);
+            body.push('\n');
+        }
+    }
+    Ok(res)
+}
+
+async fn root_exec(
+    session: &SshSession,
+    script: &str,
+    timeout: Duration,
+) -> Result<ssh::ExecOutput, String> {
+    let b64 = base64_encode(script.as_bytes());
+    let cmd = format!("echo {b64} | base64 -d | sudo -n bash");
+    session.exec(&cmd, timeout).await.map_err(|e| e.to_string())
+}
+
+fn base64_encode(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        out.push(T[(n >> 18) as usize & 63] as char);
+        out.push(T[(n >> 12) as usize & 63] as char);
+        out.push(if chunk.len() > 1 {
+            T[(n >> 6) as usize & 63] as char
+        } else {
+            '='
+        });
+        out.push(if chunk.len() > 2 {
+            T[n as usize & 63] as char
+        } else {
+            '='
+        });
+    }
+    out
+}
+
+fn unit_loop(units: &[String]) -> String {
+    let mut s = String::new();
+    for u in units {
+        // Unit names come from the manifest: quote them for the shell.
+        let q = shell_quote(u);
+        s.push_str(&format!(
+            "echo \"{u_} $(systemctl is-active {q} 2>/dev/null || true) $(systemctl is-enabled {q} 2>/dev/null || echo not-found)\"\n",
+            u_ = u.replace(['"', '$', '`', '\\'], "_")
+        ));
+    }
+    s
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+fn parse_units(body: &str) -> Vec<UnitState> {
+    body.lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            Some(UnitState {
+                unit: w.next()?.to_string(),
+                active: w.next().unwrap_or("unknown").to_string(),
+                enabled: w.next().unwrap_or("unknown").to_string(),
+            })
+        })
+        .collect()
+}
+
+/// Read the guest's facts. `full`: everything (first boot); else what the
+/// flavor check needs. Returns the observations and the seconds spent
+/// waiting on the guest.
+async fn gather(
+    plan: &Plan,
+    session: &SshSession,
+    vm: &Vm,
+    label: &str,
+    full: bool,
+    notes: &mut Vec<String>,
+) -> (GuestObs, f64) {
+    let clock = &plan.clock;
+    let mut g = GuestObs::default();
+    let t0 = Instant::now();
+    clock.say(&format!("{label}: waiting for cloud-init to finish"));
+    let mut ci = CloudInitObs::default();
+    let ci_wait = Instant::now();
+    let ci_result = root_exec(
+        session,
+        "cloud-init status --wait >/dev/null 2>&1; cloud-init status --long; echo \"@@exit $?\"",
+        Duration::from_secs(300),
+    )
+    .await;
+    // Waiting for cloud-init is waiting for the guest; the rest is our work.
+    let waited = ci_wait.elapsed().as_secs_f64();
+    match ci_result {
+        Ok(o) => {
+            let text = o.stdout_text();
+            let (body, exit) = match text.rsplit_once("@@exit ") {
+                Some((b, e)) => (b.to_string(), e.trim().parse::<u32>().ok()),
+                None => (text.clone(), None),
+            };
+            ci.status = body
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("status:"))
+                .map(|s| s.trim().to_string());
+            ci.status_text = body;
+            ci.exit_status = exit;
+        }
+        Err(e) => g.errors.push(format!("cloud-init status: {e}")),
+    }
+    let mut script = String::from(
+        "echo @@cmdline; cat /proc/cmdline\n\
+         echo @@nproc; nproc\n\
+         echo @@meminfo; cat /proc/meminfo\n\
+         echo @@rootsize; df -B1 --output=size / | tail -n 1\n\
+         echo @@blk; r=$(findmnt -no SOURCE /); p=$(lsblk -no PKNAME \"$r\" 2>/dev/null | head -n 1); basename \"$(readlink -f /sys/block/${p:-vda}/device/driver)\"\n\
+         echo @@net; for n in /sys/class/net/*; do [ -e \"$n/device/driver\" ] && echo \"$(basename \"$n\") $(cat \"$n/address\") $(basename \"$(readlink -f \"$n/device/driver\")\")\"; done\n\
+         echo @@addr; ip -4 -o addr show scope global 2>/dev/null | awk '{print $2, $4}'\n\
+         echo @@result; cat /run/cloud-init/result.json 2>/dev/null\n\
+         echo @@sshd\n",
+    );
+    script.push_str(&unit_loop(&[
+        "ssh.service".into(),
+        "ssh.socket".into(),
+        "sshd.service".into(),
+    ]));
+    script.push_str("echo @@units\n");
+    script.push_str(&unit_loop(&plan.app_units));
+    if full {
+        script.push_str("echo @@shadow; cat /etc/shadow\n");
+    }
+    match sections(session, &script, Duration::from_secs(60)).await {
+        Ok(secs) => {
+            for (name, body) in secs {
+                let first = body.lines().next().unwrap_or("").trim().to_string();
+                match name.as_str() {
+                    "cmdline" => g.cmdline = Some(first),
+                    "nproc" => g.nproc = first.parse().ok(),
+                    "meminfo" => g.mem_total_kib = guest::mem_total_kib(&body),
+                    "rootsize" => g.root_size = first.parse().ok(),
+                    "blk" => g.block_driver = Some(first).filter(|s| !s.is_empty()),
+                    "net" => {
+                        for l in body.lines() {
+                            let w: Vec<&str> = l.split_whitespace().collect();
+                            if w.len() == 3 {
+                                g.macs.push(w[1].to_string());
+                                g.net_drivers.push(w[2].to_string());
+                            }
+                        }
+                    }
+                    "addr" => g.addresses = body.lines().map(str::to_string).collect(),
+                    "result" => parse_result_json(&body, &mut ci),
+                    "sshd" => g.sshd_units = parse_units(&body),
+                    "units" => g.app_units = parse_units(&body),
+                    "shadow" => g.shadow = Some(judge_shadow(&body)),
+                    _ => {}
+                }
+            }
+        }
+        Err(e) => g.errors.push(format!("reading guest facts: {e}")),
+    }
+    if full && g.shadow.is_none() {
+        g.shadow_error = Some("`cat /etc/shadow` as root failed".into());
+    }
+    g.cloud_init = Some(ci);
+    if full {
+        read_listeners(session, &mut g).await;
+        password_attempts(vm, &mut g).await;
+        g.share = mount_share(session, vm).await;
+    }
+    for e in &g.errors {
+        notes.push(format!("{label}: {e}"));
+    }
+    debug!(?g, elapsed = t0.elapsed().as_secs_f64(), "guest facts");
+    (g, waited)
+}
+
+fn parse_result_json(body: &str, ci: &mut CloudInitObs) {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(body) else {
+        return;
+    };
+    ci.result_found = true;
+    let v1 = &v["v1"];
+    ci.datasource = v1["datasource"].as_str().map(str::to_string);
+    if let Some(errs) = v1["errors"].as_array() {
+        ci.errors = errs
+            .iter()
+            .map(|e| {
+                e.as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| e.to_string())
+            })
+            .collect();
+    }
+    if let Some(rec) = v1["recoverable_errors"].as_object() {
+        for (level, list) in rec {
+            for e in list.as_array().into_iter().flatten() {
+                ci.recoverable
+                    .push(format!("{level}: {}", e.as_str().unwrap_or("?")));
+            }
+        }
+    }
+}
+
+async fn read_listeners(session: &SshSession, g: &mut GuestObs) {
+    match root_exec(session, "ss -Hltunp", Duration::from_secs(30)).await {
+        Ok(o) if o.success() => {
+            let (l, bad) = guest::parse_ss(&o.stdout_text());
+            g.listeners = Some(l);
+            g.listeners_unparsed = bad;
+            g.listeners_error = None;
+        }
+        Ok(o) => {
+            g.listeners_error = Some(format!(
+                "exit {:?}: {}",
+                o.exit_status,
+                String::from_utf8_lossy(&o.stderr).trim()
+            ))
+        }
+        Err(e) => g.listeners_error = Some(e),
+    }
+}
+
+/// Password logins as root with the best-known passwords, in parallel.
+async fn password_attempts(vm: &Vm, g: &mut GuestObs) {
+    let Some(addr) = vm.ssh_addr() else { return };
+    let t = Duration::from_secs(20);
+    g.auth_methods = ssh::offered_methods(addr, "root", t).await.ok();
+    let tries = ["toor", "root", "password"];
+    let futs = tries
+        .into_iter()
+        .map(|p| async move { (p, ssh::try_password(addr, "root", p, t).await) });
+    for (p, res) in futures_join_all(futs).await {
+        let outcome = match res {
+            Ok(ssh::PasswordOutcome::Accepted) => "accepted".to_string(),
+            Ok(ssh::PasswordOutcome::Rejected) => "rejected".to_string(),
+            Ok(ssh::PasswordOutcome::NotOffered) => "not-offered".to_string(),
+            Err(e) => format!("error: {e}"),
+        };
+        g.password_attempts.push(PasswordAttempt {
+            user: "root".into(),
+            password: redact(p),
+            outcome,
+        });
+    }
+}
+
+async fn futures_join_all<F, T>(futs: impl Iterator<Item = F>) -> Vec<T>
+where
+    F: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let handles: Vec<_> = futs.map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        if let Ok(v) = h.await {
+            out.push(v);
+        }
+    }
+    out
+}
+
+fn redact(p: &str) -> String {
+    let c: Vec<char> = p.chars().collect();
+    match c.len() {
+        0 => String::new(),
+        1 | 2 => "*".repeat(c.len()),
+        n => format!("{}{}{}", c[0], "*".repeat(n - 2), c[n - 1]),
+    }
+}
+
+async fn mount_share(session: &SshSession, vm: &Vm) -> ShareObs {
+    match vm.share() {
+        ShareState::Ready => {}
+        ShareState::Unavailable(why) => {
+            return ShareObs {
+                unavailable: Some(why.clone()),
+                ..Default::default()
+            };
+        }
+        ShareState::NotRequested => {
+            return ShareObs {
+                unavailable: Some("no share requested".into()),
+                ..Default::default()
+            };
+        }
+    }
+    let marker = vm
+        .config()
+        .share_dir
+        .as_ref()
+        .and_then(|d| std::fs::read_to_string(d.join("marker")).ok())
+        .unwrap_or_default();
+    let script = format!(
+        "mkdir -p {SHARE_MOUNT} && mount -t virtiofs ibkit {SHARE_MOUNT} && cat {SHARE_MOUNT}/marker; rc=$?; umount {SHARE_MOUNT} 2>/dev/null; exit $rc"
+    );
+    match root_exec(session, &script, Duration::from_secs(60)).await {
+        Ok(o) if o.success() && o.stdout_text().trim() == marker.trim() && !marker.is_empty() => {
+            ShareObs {
+                mounted: true,
+                ..Default::default()
+            }
+        }
+        Ok(o) => ShareObs {
+            error: Some(format!(
+                "exit {:?}: {}{}",
+                o.exit_status,
+                String::from_utf8_lossy(&o.stderr).trim(),
+                if o.success() { " (marker differs)" } else { "" }
+            )),
+            ..Default::default()
+        },
+        Err(e) => ShareObs {
+            error: Some(e),
+            ..Default::default()
+        },
+    }
+}
+
+/// Poll the app's health until every probe passes or the spec's timeout.
+async fn probe_health(plan: &Plan, vm: &Vm, session: &SshSession, spec: &HealthSpec) -> HealthObs {
+    let t0 = Instant::now();
+    let mut h = HealthObs::default();
+    loop {
+        h.attempts += 1;
+        let mut failure = None;
+        for p in &spec.probes {
+            if let Err(e) = probe_once(vm, session, p).await {
+                failure = Some(format!("{}: {e}", p.describe()));
+                break;
+            }
+        }
+        match failure {
+            None => {
+                h.passed = true;
+                h.last_error = None;
+                h.after_s = t0.elapsed().as_secs_f64();
+                return h;
+            }
+            Some(e) => h.last_error = Some(e),
+        }
+        if t0.elapsed() >= spec.timeout || !vm_alive(vm) {
+            h.after_s = t0.elapsed().as_secs_f64();
+            plan.clock.say(&format!(
+                "health check failed: {}",
+                h.last_error.as_deref().unwrap_or("?")
+            ));
+            return h;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+async fn probe_once(vm: &Vm, session: &SshSession, p: &Probe) -> Result<(), String> {
+    match p {
+        Probe::PortHealth { port } => {
+            let hp = vm
+                .host_port(Proto::Tcp, *port)
+                .ok_or("port not forwarded")?;
+            let addr = SocketAddr::from(([127, 0, 0, 1], hp));
+            let mut stream =
+                tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+                    .await
+                    .map_err(|_| "connect timed out".to_string())?
+                    .map_err(|e| format!("connect: {e}"))?;
+            // slirp accepts on the host side before it connects to the guest, and
+            // closes at once when the guest refuses: an immediate EOF is "closed".
+            use tokio::io::AsyncReadExt;
+            let mut buf = [0u8; 64];
+            match tokio::time::timeout(Duration::from_millis(1500), stream.read(&mut buf)).await {
+                Err(_) | Ok(Ok(1..)) => Ok(()),
+                Ok(Ok(0)) => Err("connection closed at once: nothing listens in the guest".into()),
+                Ok(Err(e)) => Err(format!("connection reset: {e}")),
+            }
+        }
+        Probe::HttpHealth {
+            protocol,
+            method,
+            port,
+            path,
+            http_codes,
+        } => {
+            let hp = vm
+                .host_port(Proto::Tcp, *port)
+                .ok_or("port not forwarded")?;
+            let url = format!("{protocol}://127.0.0.1:{hp}{path}");
+            let client = reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .danger_accept_invalid_certs(true)
+                .build()
+                .map_err(|e| e.to_string())?;
+            let m = reqwest::Method::from_bytes(method.as_bytes()).map_err(|e| e.to_string())?;
+            let resp = client
+                .request(m, &url)
+                .send()
+                .await
+                .map_err(|e| error_chain(&e))?;
+            let code = resp.status().as_u16();
+            if http_codes.contains(&code) {
+                Ok(())
+            } else {
+                Err(format!("HTTP {code}"))
+            }
+        }
+        Probe::ScriptHealth {
+            script_type,
+            script,
+        } => {
+            let interp = if script_type == "python" {
+                "python3"
+            } else {
+                "bash"
+            };
+            let b64 = base64_encode(script.as_bytes());
+            let cmd = format!("echo {b64} | base64 -d | sudo -n {interp}");
+            let o = session
+                .exec(&cmd, Duration::from_secs(60))
+                .await
+                .map_err(|e| e.to_string())?;
+            if o.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "exit {:?}: {}",
+                    o.exit_status,
+                    String::from_utf8_lossy(&o.stderr).trim()
+                ))
+            }
+        }
+    }
+}
+
+/// An error with its causes: reqwest's own message hides the useful part
+/// ("connection refused", "connection reset").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+#[derive(Clone, Copy)]
+enum Restart {
+    Soft,
+    Hard,
+}
+
+/// Restart the VM unless its app was unhealthy already (a restart would
+/// prove nothing then); the session is closed either way.
+async fn restart_if_healthy(
+    plan: &Plan,
+    vm: &Vm,
+    session: SshSession,
+    boot: &BootObs,
+    how: Restart,
+) -> Option<RestartObs> {
+    if boot.health.as_ref().is_some_and(|h| !h.passed) {
+        session.close().await;
+        return None;
+    }
+    let (r, s) = restart(plan, vm, session, how).await;
+    if let Some(s) = s {
+        s.close().await;
+    }
+    Some(r)
+}
+
+/// Restart the VM, wait for SSH with a new boot_id, probe health.
+async fn restart(
+    plan: &Plan,
+    vm: &Vm,
+    session: SshSession,
+    how: Restart,
+) -> (RestartObs, Option<SshSession>) {
+    let clock = &plan.clock;
+    let (name, step) = match how {
+        Restart::Soft => ("systemctl reboot", "soft reboot"),
+        Restart::Hard => ("QMP system_reset", "hard reset"),
+    };
+    let mut r = RestartObs {
+        how: name.into(),
+        ..Default::default()
+    };
+    let started = clock.now_s();
+    r.boot_id_before = boot_id(&session).await;
+    clock.say(&format!("{step}: {name}"));
+    let t0 = Instant::now();
+    match how {
+        Restart::Soft => {
+            // The connection drops while the command runs: its result does not matter.
+            let _ = session
+                .exec("sudo -n systemctl reboot", Duration::from_secs(15))
+                .await;
+            session.close().await;
+        }
+        Restart::Hard => {
+            session.close().await;
+            if let Err(e) = vm.system_reset().await {
+                r.error = Some(format!("QMP system_reset failed: {e}"));
+                clock.record(step, started, 0.0);
+                return (r, None);
+            }
+        }
+    }
+    let Some(addr) = vm.ssh_addr() else {
+        r.error = Some("no SSH forward".into());
+        return (r, None);
+    };
+    let deadline = plan.opts.restart_timeout;
+    let mut last = String::from("no answer");
+    let session = loop {
+        if t0.elapsed() > deadline {
+            r.error = Some(format!(
+                "SSH did not come back with a new boot within {} s (last: {last})",
+                deadline.as_secs()
+            ));
+            break None;
+        }
+        if !vm_alive(vm) {
+            r.error = Some("QEMU exited".into());
+            break None;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        match ssh::connect(addr, TEST_USER, &plan.key, Duration::from_secs(10)).await {
+            Ok(s) => {
+                let id = boot_id(&s).await;
+                if id.is_some() && id != r.boot_id_before {
+                    r.boot_id_after = id;
+                    r.back_after_s = Some(t0.elapsed().as_secs_f64());
+                    break Some(s);
+                }
+                s.close().await;
+                last = "still the old boot".into();
+            }
+            Err(e) => last = e.to_string(),
+        }
+    };
+    let Some(session) = session else {
+        clock.say(&format!("{step}: the VM did not come back"));
+        clock.record(step, started, clock.now_s() - started);
+        return (r, None);
+    };
+    clock.say(&format!(
+        "{step}: SSH back after {:.0} s",
+        r.back_after_s.unwrap_or(0.0)
+    ));
+    if let Some(spec) = &plan.health {
+        r.health = Some(probe_health(plan, vm, &session, spec).await);
+        if r.health.as_ref().is_some_and(|h| !h.passed)
+            && let Ok(secs) = sections(
+                &session,
+                &format!("echo @@units\n{}", unit_loop(&plan.app_units)),
+                Duration::from_secs(30),
+            )
+            .await
+        {
+            for (n, body) in secs {
+                if n == "units" {
+                    r.app_units = parse_units(&body);
+                }
+            }
+        }
+    }
+    clock.record(step, started, clock.now_s() - started);
+    (r, Some(session))
+}
+
+async fn boot_id(s: &SshSession) -> Option<String> {
+    s.exec(
+        "cat /proc/sys/kernel/random/boot_id",
+        Duration::from_secs(15),
+    )
+    .await
+    .ok()
+    .filter(|o| o.success())
+    .map(|o| o.stdout_text().trim().to_string())
+    .filter(|s| !s.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_known_vectors() {
+        assert_eq!(base64_encode(b""), "");
+        assert_eq!(base64_encode(b"f"), "Zg==");
+        assert_eq!(base64_encode(b"fo"), "Zm8=");
+        assert_eq!(base64_encode(b"foo"), "Zm9v");
+        assert_eq!(base64_encode(b"foobar"), "Zm9vYmFy");
+    }
+
+    #[test]
+    fn result_json() {
+        let mut ci = CloudInitObs::default();
+        parse_result_json(
+            r#"{"v1": {"datasource": "DataSourceNoCloud [seed=/dev/vdb]", "errors": ["x failed"], "recoverable_errors": {"WARNING": ["w"]}}}"#,
+            &mut ci,
+        );
+        assert!(ci.result_found);
+        assert_eq!(ci.errors, vec!["x failed".to_string()]);
+        assert_eq!(ci.recoverable, vec!["WARNING: w".to_string()]);
+        assert!(
+            ci.datasource
+                .as_deref()
+                .is_some_and(|d| d.contains("NoCloud"))
+        );
+        let mut none = CloudInitObs::default();
+        parse_result_json("not json", &mut none);
+        assert!(!none.result_found);
+    }
+
+    #[test]
+    fn units_and_quoting() {
+        let u = parse_units("ssh.service active enabled\nssh.socket inactive disabled\n");
+        assert_eq!(u.len(), 2);
+        assert_eq!(u[1].enabled, "disabled");
+        assert_eq!(shell_quote("a'b"), "'a'\\''b'");
+        assert_eq!(redact("toor"), "t**r");
+    }
+}

@@ -1,0 +1,805 @@
+//! The deployment manifest: what `ibkit deploy up MANIFEST` deploys.
+//!
+//! A TOML file modelled on the platform's resources: the instance and its
+//! retry budget, the hosts (image, flavor, cloud-init user data), the script
+//! groups and health checks exactly as `ibkit serve` takes them
+//! ([`ibkit_api::GroupSpec`], [`ibkit_api::HealthCheck`]), the outputs shown
+//! to the buyer, and the auto-recovery policy. Unknown keys are refused.
+//!
+//! ```toml
+//! [instance]
+//! name = "pgcluster"          # [A-Za-z0-9_-]{1,63}; names the VMs
+//! max_attempts = 3            # default 3: a failed deployment is retried,
+//!                             # each attempt recreating the VMs
+//! attempt_timeout = "30m"     # default 30m: one attempt, groups + health
+//! health_timeout = "10m"      # default 10m: readiness gate after the groups
+//!
+//! [[hosts]]
+//! name = "primary"
+//! image = "images/app.qcow2"  # relative to this file (QEMU) or an image name (OpenStack)
+//! flavor = { vcpus = 2, memory_mib = 2048, disk_gib = 10 }   # default 1 / 1024 / 10
+//! [hosts.user_data]
+//! install_agent = true        # default; false = the agent is baked into the image
+//! agent_memory_max = "512M"   # default: the platform's cap for the agent and its scripts
+//! ssh_authorized_keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample ops@example"]
+//! packages = ["jq"]
+//! per_boot = ["echo boot >> /var/log/boot.log"]   # shell scripts, run by cloud-init
+//! per_instance = ["echo first boot of this VM > /etc/motd"]
+//! per_once = ["touch /var/lib/first-ever-boot"]
+//! cloud_config = """
+//! timezone: Europe/Berlin
+//! """                         # extra #cloud-config YAML, its own MIME part
+//!
+//! [[hosts]]
+//! name = "replica"
+//! image = "images/app.qcow2"
+//!
+//! [[groups]]
+//! name = "init"
+//! hosts = ["primary"]
+//! [[groups.steps]]
+//! index = 1
+//! type = "bash"
+//! content = "printf '{\"token\":\"%s\"}' \"$(openssl rand -hex 16)\" > /tmp/init.json"
+//! options = { structured_result_file = "/tmp/init.json" }
+//!
+//! [[groups]]
+//! name = "join"
+//! hosts = ["replica"]
+//! depends_on = ["init"]
+//! [[groups.steps]]
+//! index = 1
+//! content = "echo joining with {{ibkit.results.primary.init.1.structured.token}}"
+//!
+//! [[health_checks]]
+//! name = "ssh"
+//! kind = "port_health"
+//! port = 22
+//! period = "10s"
+//!
+//! [[outputs]]
+//! name = "join_token"
+//! value = "{{ibkit.results.primary.init.1.structured.token}}"
+//! sensitive = true            # default false: masked unless asked for
+//! description = "Token for joining more replicas"
+//!
+//! [recovery]
+//! enabled = true              # default true
+//! detection_timeout = "5m"    # default 5m: agent silent / health missing this long
+//! backoff = "30s"             # default 30s, doubled per consecutive recovery of a host
+//! max_backoff = "10m"         # default 10m
+//! max_per_window = 3          # default 3 recoveries per host per window, then failed
+//! window = "1h"               # default 1h
+//! keep_evidence = true        # default true: keep the dead VM's serial log and disk
+//! ```
+//!
+//! [`DeployManifest::validate`] reports every problem it finds, each with
+//! its path (`hosts[1].flavor.vcpus: must be 1..=64`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use ibkit_api::reference::{self, ReferenceTarget};
+use ibkit_api::step::sha256_hex;
+use ibkit_api::{Duration, GroupSpec, HealthCheck, HostSpec, InstanceSpec};
+use serde::{Deserialize, Serialize};
+
+/// Limits of a flavor, inclusive.
+pub const VCPUS: std::ops::RangeInclusive<u32> = 1..=64;
+pub const MEMORY_MIB: std::ops::RangeInclusive<u32> = 256..=262_144;
+pub const DISK_GIB: std::ops::RangeInclusive<u32> = 1..=2048;
+/// At most this many attempts of a deployment.
+pub const MAX_ATTEMPTS: std::ops::RangeInclusive<u32> = 1..=20;
+/// At most this many scripts per cloud-init frequency (`NN-` prefixes).
+pub const MAX_SCRIPTS: usize = 99;
+
+/// The whole manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployManifest {
+    pub instance: InstanceSettings,
+    pub hosts: Vec<HostDef>,
+    #[serde(default)]
+    pub groups: Vec<GroupSpec>,
+    #[serde(default)]
+    pub health_checks: Vec<HealthCheck>,
+    #[serde(default)]
+    pub outputs: Vec<OutputDef>,
+    #[serde(default)]
+    pub recovery: RecoveryPolicy,
+    /// The directory relative image paths are resolved against.
+    #[serde(skip)]
+    base_dir: PathBuf,
+}
+
+/// `[instance]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceSettings {
+    pub name: String,
+    /// Attempts of a deployment before it is `failed`; each recreates the VMs.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// Wall time of one attempt: the groups and the health gate.
+    #[serde(default = "default_attempt_timeout")]
+    pub attempt_timeout: Duration,
+    /// After the groups, how long every health check may take to pass.
+    #[serde(default = "default_health_timeout")]
+    pub health_timeout: Duration,
+}
+
+fn default_max_attempts() -> u32 {
+    3
+}
+fn default_attempt_timeout() -> Duration {
+    Duration::from_secs(30 * 60)
+}
+fn default_health_timeout() -> Duration {
+    Duration::from_secs(10 * 60)
+}
+
+/// `[[hosts]]`: one VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostDef {
+    pub name: String,
+    /// A path relative to the manifest (QEMU backend) or an image name or
+    /// id (OpenStack backend).
+    pub image: String,
+    #[serde(default)]
+    pub flavor: Flavor,
+    #[serde(default)]
+    pub user_data: UserDataSpec,
+}
+
+/// A VM's size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Flavor {
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    /// Size of the root disk; the image is grown to it (never shrunk).
+    pub disk_gib: u32,
+}
+
+impl Default for Flavor {
+    fn default() -> Self {
+        Flavor {
+            vcpus: 1,
+            memory_mib: 1024,
+            disk_gib: 10,
+        }
+    }
+}
+
+/// `[hosts.user_data]`: what the generated cloud-init user data does
+/// besides installing the agent (see [`crate::userdata`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UserDataSpec {
+    /// Download the agent from the service and install it (true), or only
+    /// configure, pair and start the agent baked into the image (false).
+    pub install_agent: bool,
+    /// `MemoryMax` of the agent's unit (the agent and its scripts).
+    pub agent_memory_max: String,
+    /// Keys for the image's default user.
+    pub ssh_authorized_keys: Vec<String>,
+    /// Installed by cloud-init before the scripts run.
+    pub packages: Vec<String>,
+    /// Scripts run at every boot (cloud-init `scripts-per-boot`).
+    pub per_boot: Vec<String>,
+    /// Scripts run on the first boot of each VM (`scripts-per-instance`).
+    pub per_instance: Vec<String>,
+    /// Scripts run once ever, even across instance-id changes (`scripts-per-once`).
+    pub per_once: Vec<String>,
+    /// Extra `#cloud-config` YAML, passed through as its own MIME part.
+    pub cloud_config: Option<String>,
+}
+
+impl Default for UserDataSpec {
+    fn default() -> Self {
+        UserDataSpec {
+            install_agent: true,
+            agent_memory_max: "512M".into(),
+            ssh_authorized_keys: Vec::new(),
+            packages: Vec::new(),
+            per_boot: Vec::new(),
+            per_instance: Vec::new(),
+            per_once: Vec::new(),
+            cloud_config: None,
+        }
+    }
+}
+
+/// `[[outputs]]`: a value shown to the buyer once the instance runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputDef {
+    pub name: String,
+    /// Text with result references (`{{ibkit.results.HOST.GROUP.INDEX…}}`).
+    pub value: String,
+    /// Kept out of logs and listings; shown on explicit request.
+    #[serde(default)]
+    pub sensitive: bool,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// `[recovery]`: recreating VMs that died (see [`crate::recovery`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecoveryPolicy {
+    pub enabled: bool,
+    /// An agent silent or a health check missing this long marks the VM dead.
+    pub detection_timeout: Duration,
+    /// Wait before the first recreation; doubled per consecutive recovery of
+    /// the same host, capped at `max_backoff`.
+    pub backoff: Duration,
+    pub max_backoff: Duration,
+    /// Recoveries per host allowed within `window`; one more marks the
+    /// instance `failed` instead.
+    pub max_per_window: u32,
+    pub window: Duration,
+    /// Keep the dead VM's serial log and disk for a post-mortem.
+    pub keep_evidence: bool,
+}
+
+impl Default for RecoveryPolicy {
+    fn default() -> Self {
+        RecoveryPolicy {
+            enabled: true,
+            detection_timeout: Duration::from_secs(5 * 60),
+            backoff: Duration::from_secs(30),
+            max_backoff: Duration::from_secs(10 * 60),
+            max_per_window: 3,
+            window: Duration::from_secs(60 * 60),
+            keep_evidence: true,
+        }
+    }
+}
+
+/// One problem, at a path such as `hosts[1].flavor.vcpus`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct FieldError {
+    pub path: String,
+    pub message: String,
+}
+
+/// Every problem found in a manifest, in document order.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ValidationErrors(pub Vec<FieldError>);
+
+impl fmt::Display for ValidationErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ValidationErrors {
+    /// The paths, for tests and summaries.
+    pub fn paths(&self) -> Vec<&str> {
+        self.0.iter().map(|e| e.path.as_str()).collect()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("cannot read {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{origin} is not a valid deployment manifest: {message}")]
+    Parse { origin: String, message: String },
+    #[error("{origin} is not a valid deployment manifest:\n{errors}")]
+    Invalid {
+        origin: String,
+        errors: ValidationErrors,
+    },
+}
+
+impl FromStr for DeployManifest {
+    type Err = ManifestError;
+
+    /// Parses (does not validate) a manifest; relative image paths resolve
+    /// against the current directory.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        DeployManifest::parse(text, Path::new("."), "the manifest")
+    }
+}
+
+impl DeployManifest {
+    /// Reads and parses (does not validate) a manifest file.
+    pub fn load(path: &Path) -> Result<Self, ManifestError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
+            path: path.into(),
+            source,
+        })?;
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        DeployManifest::parse(&text, dir, &path.display().to_string())
+    }
+
+    /// [`DeployManifest::load`] then [`DeployManifest::validate`].
+    pub fn load_validated(path: &Path) -> Result<Self, ManifestError> {
+        let m = DeployManifest::load(path)?;
+        m.validate().map_err(|errors| ManifestError::Invalid {
+            origin: path.display().to_string(),
+            errors,
+        })?;
+        Ok(m)
+    }
+
+    /// Parses `text`; relative image paths resolve against `base_dir`.
+    pub fn parse(text: &str, base_dir: &Path, origin: &str) -> Result<Self, ManifestError> {
+        let mut m: DeployManifest = toml::from_str(text).map_err(|e| ManifestError::Parse {
+            origin: origin.to_string(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        m.base_dir = base_dir.to_path_buf();
+        Ok(m)
+    }
+
+    pub fn base_dir(&self) -> &Path {
+        &self.base_dir
+    }
+
+    pub fn host(&self, name: &str) -> Option<&HostDef> {
+        self.hosts.iter().find(|h| h.name == name)
+    }
+
+    /// The image of a host as a file: absolute as written, relative ones
+    /// against the manifest's directory (QEMU backend).
+    pub fn image_path(&self, host: &HostDef) -> PathBuf {
+        let p = Path::new(&host.image);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+
+    /// [`HostDef::config_hash`] of the host with that name.
+    pub fn host_config_hash(&self, name: &str) -> Option<String> {
+        self.host(name).map(HostDef::config_hash)
+    }
+
+    /// What `ibkit serve` gets: hosts by name, groups, health checks.
+    pub fn to_instance_spec(&self) -> InstanceSpec {
+        InstanceSpec {
+            name: self.instance.name.clone(),
+            hosts: self
+                .hosts
+                .iter()
+                .map(|h| HostSpec {
+                    name: h.name.clone(),
+                })
+                .collect(),
+            groups: self.groups.clone(),
+            health_checks: self.health_checks.clone(),
+        }
+    }
+
+    /// Checks everything serde cannot; returns every problem found.
+    ///
+    /// The script groups and health checks are checked by
+    /// [`InstanceSpec::validate`], which stops at its first problem.
+    pub fn validate(&self) -> Result<(), ValidationErrors> {
+        let mut errs = Errors::default();
+        self.validate_instance(&mut errs);
+        self.validate_hosts(&mut errs);
+        if let Err(e) = self.to_instance_spec().validate() {
+            let path = if e.at == "name" {
+                "instance.name".to_string()
+            } else {
+                e.at
+            };
+            if !errs.0.iter().any(|x| x.path == path) {
+                errs.push(path, e.message);
+            }
+        }
+        self.validate_outputs(&mut errs);
+        self.validate_recovery(&mut errs);
+        if errs.0.is_empty() {
+            Ok(())
+        } else {
+            Err(ValidationErrors(errs.0))
+        }
+    }
+
+    fn validate_instance(&self, errs: &mut Errors) {
+        let i = &self.instance;
+        if !ibkit_api::is_valid_name(&i.name) {
+            errs.push(
+                "instance.name",
+                format!(
+                    "{:?} is not a valid instance name ([A-Za-z0-9_-], 1-63 characters)",
+                    i.name
+                ),
+            );
+        }
+        if !MAX_ATTEMPTS.contains(&i.max_attempts) {
+            errs.push(
+                "instance.max_attempts",
+                format!("must be {}..={}", MAX_ATTEMPTS.start(), MAX_ATTEMPTS.end()),
+            );
+        }
+        if i.attempt_timeout == Duration::ZERO {
+            errs.push("instance.attempt_timeout", "must be longer than 0s");
+        }
+        if i.health_timeout == Duration::ZERO {
+            errs.push("instance.health_timeout", "must be longer than 0s");
+        } else if i.health_timeout > i.attempt_timeout && i.attempt_timeout != Duration::ZERO {
+            errs.push(
+                "instance.health_timeout",
+                format!(
+                    "{} is longer than attempt_timeout ({}), which includes it",
+                    i.health_timeout, i.attempt_timeout
+                ),
+            );
+        }
+    }
+
+    fn validate_hosts(&self, errs: &mut Errors) {
+        if self.hosts.is_empty() {
+            errs.push("hosts", "a deployment needs at least one host");
+        }
+        let mut seen = BTreeSet::new();
+        for (i, h) in self.hosts.iter().enumerate() {
+            let at = format!("hosts[{i}]");
+            if !ibkit_api::is_valid_name(&h.name) || h.name == "self" {
+                errs.push(
+                    format!("{at}.name"),
+                    format!(
+                        "{:?} is not a valid host name ([A-Za-z0-9_-], 1-63 characters, not \"self\")",
+                        h.name
+                    ),
+                );
+            } else if !seen.insert(h.name.as_str()) {
+                errs.push(format!("{at}.name"), format!("duplicate host {:?}", h.name));
+            }
+            if h.image.trim().is_empty() {
+                errs.push(format!("{at}.image"), "must not be empty");
+            } else if h.image.chars().any(char::is_control) {
+                errs.push(format!("{at}.image"), "must not contain control characters");
+            }
+            let f = &h.flavor;
+            for (field, value, range) in [
+                ("vcpus", f.vcpus, &VCPUS),
+                ("memory_mib", f.memory_mib, &MEMORY_MIB),
+                ("disk_gib", f.disk_gib, &DISK_GIB),
+            ] {
+                if !range.contains(&value) {
+                    errs.push(
+                        format!("{at}.flavor.{field}"),
+                        format!(
+                            "must be {}..={} (found {value})",
+                            range.start(),
+                            range.end()
+                        ),
+                    );
+                }
+            }
+            validate_user_data(&h.user_data, &format!("{at}.user_data"), errs);
+        }
+    }
+
+    fn validate_outputs(&self, errs: &mut Errors) {
+        let hosts: BTreeSet<&str> = self.hosts.iter().map(|h| h.name.as_str()).collect();
+        let groups: BTreeMap<&str, &GroupSpec> =
+            self.groups.iter().map(|g| (g.name.as_str(), g)).collect();
+        let mut names = BTreeSet::new();
+        for (i, o) in self.outputs.iter().enumerate() {
+            let at = format!("outputs[{i}]");
+            if !ibkit_api::is_valid_name(&o.name) {
+                errs.push(
+                    format!("{at}.name"),
+                    format!("{:?} is not a valid output name ([A-Za-z0-9_-])", o.name),
+                );
+            } else if !names.insert(o.name.as_str()) {
+                errs.push(
+                    format!("{at}.name"),
+                    format!("duplicate output {:?}", o.name),
+                );
+            }
+            if o.value.is_empty() {
+                errs.push(format!("{at}.value"), "must not be empty");
+                continue;
+            }
+            let refs = match reference::find_references(&o.value) {
+                Ok(r) => r,
+                Err(m) => {
+                    errs.push(format!("{at}.value"), m);
+                    continue;
+                }
+            };
+            for r in refs {
+                let problem = if r.host == "self" {
+                    Some("outputs belong to no host: name the host instead of \"self\"".to_string())
+                } else if !hosts.contains(r.host.as_str()) {
+                    Some(format!("unknown host {:?}", r.host))
+                } else if let Some(g) = groups.get(r.group.as_str()) {
+                    match g.steps.iter().find(|s| s.index == r.index) {
+                        None => Some(format!("group {:?} has no step {}", r.group, r.index)),
+                        Some(_) if !g.hosts.contains(&r.host) => Some(format!(
+                            "group {:?} does not run on host {:?}",
+                            r.group, r.host
+                        )),
+                        Some(s)
+                            if matches!(r.target, ReferenceTarget::Structured(_))
+                                && s.options.structured_result_file.is_none() =>
+                        {
+                            Some(format!(
+                                "step {}/{} has no structured_result_file",
+                                r.group, r.index
+                            ))
+                        }
+                        Some(_) => None,
+                    }
+                } else {
+                    Some(format!("unknown group {:?}", r.group))
+                };
+                if let Some(p) = problem {
+                    errs.push(format!("{at}.value"), format!("reference {r}: {p}"));
+                }
+            }
+        }
+    }
+
+    fn validate_recovery(&self, errs: &mut Errors) {
+        let r = &self.recovery;
+        for (field, d) in [
+            ("detection_timeout", r.detection_timeout),
+            ("backoff", r.backoff),
+            ("max_backoff", r.max_backoff),
+            ("window", r.window),
+        ] {
+            if d == Duration::ZERO {
+                errs.push(format!("recovery.{field}"), "must be longer than 0s");
+            }
+        }
+        if r.max_backoff < r.backoff {
+            errs.push(
+                "recovery.max_backoff",
+                format!("{} is shorter than backoff ({})", r.max_backoff, r.backoff),
+            );
+        }
+        if r.max_per_window == 0 {
+            errs.push(
+                "recovery.max_per_window",
+                "must be at least 1 (use enabled = false to turn recovery off)",
+            );
+        }
+    }
+}
+
+fn validate_user_data(u: &UserDataSpec, at: &str, errs: &mut Errors) {
+    if !valid_memory_max(&u.agent_memory_max) {
+        errs.push(
+            format!("{at}.agent_memory_max"),
+            format!(
+                "{:?} is not a systemd MemoryMax size (e.g. 512M, 1G)",
+                u.agent_memory_max
+            ),
+        );
+    }
+    for (i, k) in u.ssh_authorized_keys.iter().enumerate() {
+        let fields = k.split_whitespace().count();
+        if k.contains(['\n', '\r']) {
+            errs.push(
+                format!("{at}.ssh_authorized_keys[{i}]"),
+                "must be a single line",
+            );
+        } else if fields < 2 {
+            errs.push(
+                format!("{at}.ssh_authorized_keys[{i}]"),
+                "expected \"TYPE BASE64-KEY [COMMENT]\"",
+            );
+        }
+    }
+    for (i, p) in u.packages.iter().enumerate() {
+        if p.is_empty() || p.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            errs.push(
+                format!("{at}.packages[{i}]"),
+                format!("{p:?} is not a package name"),
+            );
+        }
+    }
+    for (field, scripts) in [
+        ("per_boot", &u.per_boot),
+        ("per_instance", &u.per_instance),
+        ("per_once", &u.per_once),
+    ] {
+        if scripts.len() > MAX_SCRIPTS {
+            errs.push(
+                format!("{at}.{field}"),
+                format!("at most {MAX_SCRIPTS} scripts"),
+            );
+        }
+        for (i, s) in scripts.iter().enumerate() {
+            if s.trim().is_empty() {
+                errs.push(format!("{at}.{field}[{i}]"), "must not be empty");
+            } else if s.contains('\0') {
+                errs.push(format!("{at}.{field}[{i}]"), "must not contain NUL");
+            }
+        }
+    }
+    if let Some(c) = &u.cloud_config {
+        if c.trim().is_empty() {
+            errs.push(format!("{at}.cloud_config"), "must not be empty when set");
+        } else if c.contains('\0') {
+            errs.push(format!("{at}.cloud_config"), "must not contain NUL");
+        }
+    }
+}
+
+/// `512M`, `1G`, `1073741824`, `infinity`, and what install.sh accepts.
+fn valid_memory_max(s: &str) -> bool {
+    if s == "infinity" {
+        return true;
+    }
+    let digits = s.trim_end_matches(['K', 'M', 'G', 'T']);
+    s.len() - digits.len() <= 1
+        && !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && digits.bytes().any(|b| b != b'0')
+}
+
+impl HostDef {
+    /// A stable hash of what a VM is made from: image, flavor and user
+    /// data (defaults filled in, so writing a default explicitly changes
+    /// nothing). A host whose hash differs from the running VM's is
+    /// recreated by `up`; script groups are not part of it (changed steps
+    /// rerun on the running VM instead).
+    ///
+    /// Lowercase hex SHA-256 of `ibkit-host-v1\n` and the compact JSON
+    /// `{"image":…,"flavor":{…},"user_data":{…}}`. The image is hashed as
+    /// written, not its content.
+    pub fn config_hash(&self) -> String {
+        #[derive(Serialize)]
+        struct HashInput<'a> {
+            image: &'a str,
+            flavor: &'a Flavor,
+            user_data: &'a UserDataSpec,
+        }
+        let json = serde_json::to_string(&HashInput {
+            image: &self.image,
+            flavor: &self.flavor,
+            user_data: &self.user_data,
+        })
+        .unwrap_or_default();
+        let mut input = b"ibkit-host-v1\n".to_vec();
+        input.extend_from_slice(json.as_bytes());
+        sha256_hex(&input)
+    }
+}
+
+#[derive(Default)]
+struct Errors(Vec<FieldError>);
+
+impl Errors {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(FieldError {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[instance]
+name = "x"
+[[hosts]]
+name = "a"
+image = "a.qcow2"
+"#;
+
+    fn parse(text: &str) -> DeployManifest {
+        text.parse().expect("parses")
+    }
+
+    #[test]
+    fn minimal_manifest_gets_the_defaults() {
+        let m = parse(MINIMAL);
+        m.validate().expect("valid");
+        assert_eq!(m.instance.max_attempts, 3);
+        assert_eq!(m.instance.attempt_timeout.to_string(), "30m");
+        assert_eq!(m.instance.health_timeout.to_string(), "10m");
+        assert_eq!(m.hosts[0].flavor, Flavor::default());
+        assert!(m.hosts[0].user_data.install_agent);
+        assert_eq!(m.hosts[0].user_data.agent_memory_max, "512M");
+        assert_eq!(m.recovery, RecoveryPolicy::default());
+        assert_eq!(m.image_path(&m.hosts[0]), Path::new("./a.qcow2"));
+    }
+
+    #[test]
+    fn the_module_doc_example_is_valid() {
+        let source = include_str!("manifest.rs");
+        let text: String = source
+            .lines()
+            .skip_while(|l| *l != "//! ```toml")
+            .skip(1)
+            .take_while(|l| *l != "//! ```")
+            .map(|l| {
+                format!(
+                    "{}\n",
+                    l.strip_prefix("//! ")
+                        .or_else(|| l.strip_prefix("//!"))
+                        .unwrap_or(l)
+                )
+            })
+            .collect();
+        assert!(text.contains("[recovery]"), "{text}");
+        let m = parse(&text);
+        if let Err(e) = m.validate() {
+            panic!("{text}\n---\n{e}");
+        }
+        assert_eq!(m.outputs[0].name, "join_token");
+        assert!(
+            !m.hosts[0]
+                .user_data
+                .cloud_config
+                .as_deref()
+                .unwrap_or("")
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn memory_max_spellings() {
+        for ok in ["512M", "1G", "1073741824", "infinity", "2T"] {
+            assert!(valid_memory_max(ok), "{ok}");
+        }
+        for bad in ["", "M", "0", "512MB", "1.5G", "-1", "512 M", "512m"] {
+            assert!(!valid_memory_max(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn config_hash_ignores_explicit_defaults_and_sees_changes() {
+        let base = parse(MINIMAL);
+        let explicit = parse(
+            r#"
+[instance]
+name = "x"
+[[hosts]]
+name = "a"
+image = "a.qcow2"
+flavor = { vcpus = 1, memory_mib = 1024, disk_gib = 10 }
+[hosts.user_data]
+install_agent = true
+agent_memory_max = "512M"
+packages = []
+"#,
+        );
+        let h = base.host_config_hash("a").expect("host a");
+        assert_eq!(h.len(), 64);
+        assert_eq!(Some(h.clone()), explicit.host_config_hash("a"));
+        let mut changed = base.clone();
+        changed.hosts[0].flavor.memory_mib = 2048;
+        assert_ne!(Some(h.clone()), changed.host_config_hash("a"));
+        let mut changed = base.clone();
+        changed.hosts[0].user_data.per_boot.push("true".into());
+        assert_ne!(Some(h.clone()), changed.host_config_hash("a"));
+        let mut renamed = base.clone();
+        renamed.instance.name = "y".into();
+        assert_eq!(Some(h), renamed.host_config_hash("a"));
+        assert_eq!(base.host_config_hash("nope"), None);
+    }
+}

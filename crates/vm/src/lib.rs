@@ -1,0 +1,26 @@
+//! # ibkit-vm: a small, careful QEMU runner
+//!
+//! Used by `ibkit boot-test` (and later `ibkit deploy`) to boot a marketplace
+//! image the way a cloud would: a throw-away qcow2 overlay over the untouched
+//! image, a cloud-init seed (NoCloud or OpenStack config drive, written in
+//! Rust by [`seed`]), user-mode networking with port forwards and a packet
+//! capture ([`pcap`]), a QMP control socket ([`qmp`]), optionally a virtiofs
+//! share, and an SSH client ([`ssh`]) to look inside.
+//!
+//! * [`qemu::Vm`] starts and stops QEMU (and virtiofsd);
+//! * [`accel`] decides between KVM and TCG by really booting a kernel;
+//! * [`procs`] makes sure no QEMU or virtiofsd outlives the program, even on
+//!   Ctrl-C, panic or SIGKILL of the parent.
+//!
+//! Every error names the file, command or timeout it is about.
+
+pub mod accel;
+pub mod pcap;
+pub mod procs;
+pub mod qemu;
+pub mod qmp;
+pub mod seed;
+pub mod ssh;
+
+pub use accel::{Accel, AccelChoice};
+pub use qemu::{Forward, MacAddr, Proto, ShareState, Vm, VmConfig, VmError, find_virtiofsd};
