@@ -8,7 +8,9 @@
 //! - `spec.json` ([`RunnerSpec`], written by the agent),
 //! - `runner.json` ([`RunnerId`]: pid, start time and boot id of the runner),
 //! - `stdout` (the script's stdout) and `log` (stdout and stderr
-//!   interleaved in arrival order), each capped with an explicit marker,
+//!   interleaved in arrival order), each capped with an explicit marker;
+//!   a cut `log` ends with the last 4 KiB of stderr, so the error is never
+//!   the part left out,
 //! - `exit.json` ([`ExitRecord`], written atomically last).
 
 use std::collections::VecDeque;
@@ -128,6 +130,9 @@ pub struct ExitRecord {
     pub error: Option<String>,
 }
 
+/// How much of the end of stderr is repeated after a cut log.
+const STDERR_TAIL: usize = 4096;
+
 /// A file capped at `cap` bytes that keeps the head (written through) and
 /// the tail (kept in memory, appended at the end after a marker that says
 /// how many bytes were left out).
@@ -179,7 +184,16 @@ impl CappedFile {
     }
 
     /// Writes the marker and tail; returns the bytes left out.
-    fn finish(mut self) -> io::Result<u64> {
+    fn finish(self) -> io::Result<u64> {
+        self.finish_with_stderr(&[])
+    }
+
+    /// Like [`CappedFile::finish`], and when bytes were left out, appends
+    /// `stderr_tail`: stdout and stderr arrive through separate pipes, so the
+    /// script's last error line can land in the dropped middle of the log
+    /// when stdout was still draining. The end of stderr is where the error
+    /// usually is: it must never be the part that is lost.
+    fn finish_with_stderr(mut self, stderr_tail: &[u8]) -> io::Result<u64> {
         if self.dropped > 0 {
             let marker = format!(
                 "\n--- ibkit: {} bytes left out here (output over the cap of {} bytes; head and tail kept) ---\n",
@@ -190,6 +204,14 @@ impl CappedFile {
         let (a, b) = self.tail.as_slices();
         self.file.write_all(a)?;
         self.file.write_all(b)?;
+        if self.dropped > 0 && !stderr_tail.is_empty() {
+            let marker = format!(
+                "\n--- ibkit: the last {} bytes of stderr (the log above was cut) ---\n",
+                stderr_tail.len()
+            );
+            self.file.write_all(marker.as_bytes())?;
+            self.file.write_all(stderr_tail)?;
+        }
         self.file.sync_all()?;
         Ok(self.dropped)
     }
@@ -305,9 +327,11 @@ fn run(dir: &Path, started_at_ms: i64) -> io::Result<ExitRecord> {
             let _ = done.send("stdout");
         });
     }
+    let stderr_tail = Arc::new(Mutex::new(VecDeque::<u8>::new()));
     if let Some(mut err) = child.stderr.take() {
         let log = Arc::clone(&log);
         let done = done_tx.clone();
+        let stderr_tail = Arc::clone(&stderr_tail);
         std::thread::spawn(move || {
             let mut buf = vec![0u8; 64 * 1024];
             while let Ok(n) = err.read(&mut buf) {
@@ -316,6 +340,11 @@ fn run(dir: &Path, started_at_ms: i64) -> io::Result<ExitRecord> {
                 }
                 if let Ok(mut l) = log.lock() {
                     let _ = l.write(&buf[..n]);
+                }
+                if let Ok(mut t) = stderr_tail.lock() {
+                    t.extend(&buf[..n]);
+                    let excess = t.len().saturating_sub(STDERR_TAIL);
+                    t.drain(..excess);
                 }
             }
             let _ = done.send("stderr");
@@ -413,6 +442,10 @@ fn run(dir: &Path, started_at_ms: i64) -> io::Result<ExitRecord> {
         note(format!("the script was ended by signal {sig}"));
     }
     let log = take_log(log)?;
+    let stderr_tail: Vec<u8> = stderr_tail
+        .lock()
+        .map(|t| t.iter().copied().collect())
+        .unwrap_or_default();
     Ok(ExitRecord {
         exit_code,
         signal,
@@ -422,7 +455,7 @@ fn run(dir: &Path, started_at_ms: i64) -> io::Result<ExitRecord> {
         started_at_ms,
         finished_at_ms: now_ms(),
         stdout_truncated_bytes: stdout_file.finish()?,
-        log_truncated_bytes: log.finish()?,
+        log_truncated_bytes: log.finish_with_stderr(&stderr_tail)?,
         error: None,
     })
 }
@@ -526,4 +559,35 @@ fn resolve_identity(
         return (None, None, home, name);
     }
     (Some(uid), Some(gid), home, name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The order the pipes are read in decides where stderr lands in the
+    /// log; a cut log must show the end of stderr anyway.
+    #[test]
+    fn cut_log_ends_with_the_stderr_tail() -> io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("log");
+        let mut log = CappedFile::create(&path, 1024)?;
+        log.write(b"HEAD\n")?;
+        log.write(b"ERR-LAST\n")?; // stderr read before stdout drained
+        log.write(&[b'a'; 4096])?;
+        let dropped = log.finish_with_stderr(b"ERR-LAST\n")?;
+        assert!(dropped > 0);
+        let text = fs::read_to_string(&path)?;
+        assert!(text.starts_with("HEAD\n"));
+        assert!(text.ends_with(
+            "--- ibkit: the last 9 bytes of stderr (the log above was cut) ---\nERR-LAST\n"
+        ));
+        // Not cut: nothing is repeated.
+        let path = dir.path().join("small");
+        let mut log = CappedFile::create(&path, 1024)?;
+        log.write(b"out\nERR\n")?;
+        assert_eq!(log.finish_with_stderr(b"ERR\n")?, 0);
+        assert_eq!(fs::read_to_string(&path)?, "out\nERR\n");
+        Ok(())
+    }
 }

@@ -115,6 +115,19 @@ pub async fn boot_test(opts: Options, progress: Progress) -> Result<BootTestRepo
     results.sort_by_key(|r| order.iter().position(|id| *id == r.id));
     let mut notes = facts.notes;
     notes.extend(course.notes);
+    // A VM nobody could log in to: say why, with the console's last words.
+    for b in [obs.first.as_ref(), obs.flavor.as_ref()].into_iter().flatten() {
+        if b.guest.is_none() {
+            let from = b.serial.tail.len().saturating_sub(5);
+            notes.push(format!(
+                "{}: {}; last console lines ({}): {}",
+                b.label,
+                b.ssh_error.as_deref().unwrap_or("no SSH login"),
+                b.serial_log,
+                b.serial.tail[from..].join(" | ")
+            ));
+        }
+    }
     let report = Report {
         schema_version: 1,
         tool: ibkit_rules::engine::ToolInfo {
