@@ -116,7 +116,10 @@ pub async fn boot_test(opts: Options, progress: Progress) -> Result<BootTestRepo
     let mut notes = facts.notes;
     notes.extend(course.notes);
     // A VM nobody could log in to: say why, with the console's last words.
-    for b in [obs.first.as_ref(), obs.flavor.as_ref()].into_iter().flatten() {
+    for b in [obs.first.as_ref(), obs.flavor.as_ref()]
+        .into_iter()
+        .flatten()
+    {
         if b.guest.is_none() {
             let from = b.serial.tail.len().saturating_sub(5);
             notes.push(format!(

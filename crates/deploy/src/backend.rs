@@ -10,7 +10,8 @@
 //! instance. Every method is idempotent enough to be retried after a crash
 //! of `ibkit deploy`: VMs are found again by instance and host.
 //!
-//! # QEMU backend (next increment)
+//! # QEMU backend ([`crate::qemu_backend`]; the notes below were the plan,
+//! the module docs say what was built)
 //!
 //! - **Disks:** a copy-on-write qcow2 overlay per VM
 //!   (`qemu-img create -f qcow2 -F qcow2 -b IMAGE overlay.qcow2 DISK_GiB G`)
@@ -156,6 +157,13 @@ pub enum BackendError {
     Capacity(String),
     #[error("the backend is unavailable: {0}")]
     Unavailable(String),
+    /// A host command (`ip`, `dnsmasq`, `qemu-img`…) failed.
+    #[error("`{command}` failed ({status}): {stderr}")]
+    Command {
+        command: String,
+        status: String,
+        stderr: String,
+    },
     #[error(transparent)]
     Io(#[from] std::io::Error),
     #[error("{0}")]

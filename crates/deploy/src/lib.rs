@@ -12,13 +12,16 @@
 //!   with sensitive ones masked unless asked for;
 //! - [`recovery`]: when a dead VM is recreated (backoff, cap per window);
 //! - [`backend`]: the compute backend interface the QEMU and OpenStack
-//!   backends will implement.
+//!   backends implement;
+//! - [`qemu_backend`]: the local QEMU backend (detached VMs on a private
+//!   bridge with dnsmasq DHCP, state on disk).
 //!
 //! See `docs/deploy.md` for the manifest reference and the lifecycle.
 
 pub mod backend;
 pub mod manifest;
 pub mod outputs;
+pub mod qemu_backend;
 pub mod recovery;
 pub mod userdata;
 
@@ -30,5 +33,6 @@ pub use manifest::{
     RecoveryPolicy, UserDataSpec, ValidationErrors,
 };
 pub use outputs::{OutputValue, StepResultView, format_outputs, render_outputs};
+pub use qemu_backend::{NetworkConfig, QemuBackend};
 pub use recovery::{RecoveryDecision, RecoveryHistory};
 pub use userdata::{AgentBootstrap, Secret, UserDataError, render_user_data};

@@ -7,7 +7,9 @@
 //! capture ([`pcap`]), a QMP control socket ([`qmp`]), optionally a virtiofs
 //! share, and an SSH client ([`ssh`]) to look inside.
 //!
-//! * [`qemu::Vm`] starts and stops QEMU (and virtiofsd);
+//! * [`qemu::Vm`] starts and stops QEMU (and virtiofsd); with
+//!   [`LaunchOptions::detached`] QEMU is daemonised and outlives the program
+//!   (`ibkit deploy`), found again by [`Vm::attach`] / [`detached_qemu_pid`];
 //! * [`accel`] decides between KVM and TCG by really booting a kernel;
 //! * [`procs`] makes sure no QEMU or virtiofsd outlives the program, even on
 //!   Ctrl-C, panic or SIGKILL of the parent.
@@ -23,4 +25,7 @@ pub mod seed;
 pub mod ssh;
 
 pub use accel::{Accel, AccelChoice};
-pub use qemu::{Forward, MacAddr, Proto, ShareState, Vm, VmConfig, VmError, find_virtiofsd};
+pub use qemu::{
+    Forward, LaunchOptions, MacAddr, NetBackend, Proto, ShareState, Vm, VmConfig, VmError,
+    detached_qemu_pid, find_virtiofsd, pidfile_path, stop_detached,
+};

@@ -9,7 +9,7 @@
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::str::FromStr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -193,6 +193,65 @@ impl VmConfig {
             share_dir: None,
             forwards: vec![Forward::tcp(22)],
             machine: None,
+        }
+    }
+}
+
+/// How the VM's NIC reaches a network.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "type")]
+pub enum NetBackend {
+    /// QEMU user-mode networking with [`VmConfig::forwards`] (the default).
+    #[default]
+    User,
+    /// An existing tap device (created and bridged by the caller):
+    /// `-netdev tap,ifname=...,script=no,downscript=no`. Forwards are not
+    /// used: the guest is reached on its own address.
+    Tap { ifname: String },
+}
+
+/// Launch options beyond [`VmConfig`] (kept apart so that `VmConfig`
+/// literals elsewhere keep compiling). The default is what [`Vm::start`]
+/// does: an attached child, user-mode networking, a packet capture and a
+/// `cache=unsafe` throw-away overlay.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LaunchOptions {
+    /// QEMU outlives this process: it is started with `-daemonize -pidfile
+    /// WORK/qemu.pid`, without `PR_SET_PDEATHSIG`, is not registered for
+    /// [`procs::kill_all`], and dropping the [`Vm`] leaves it running
+    /// ([`Vm::shutdown`] and [`Vm::quit`] still stop it). Find it again with
+    /// [`Vm::attach`] or [`detached_qemu_pid`]. A virtiofs share is refused
+    /// (virtiofsd would not outlive the process).
+    pub detached: bool,
+    pub net: NetBackend,
+    /// Capture the NIC's traffic to `net.pcap` (`filter-dump`).
+    pub capture: bool,
+    /// `cache=` of the root disk: `unsafe` for throw-away overlays,
+    /// `writeback` for disks that must survive a host crash.
+    pub disk_cache: String,
+}
+
+impl Default for LaunchOptions {
+    fn default() -> Self {
+        LaunchOptions {
+            detached: false,
+            net: NetBackend::User,
+            capture: true,
+            disk_cache: "unsafe".into(),
+        }
+    }
+}
+
+impl LaunchOptions {
+    /// A long-lived VM: detached, on a tap device, no capture, `writeback`.
+    pub fn detached_on_tap(ifname: impl Into<String>) -> LaunchOptions {
+        LaunchOptions {
+            detached: true,
+            net: NetBackend::Tap {
+                ifname: ifname.into(),
+            },
+            capture: false,
+            disk_cache: "writeback".into(),
         }
     }
 }
@@ -447,13 +506,161 @@ fn check_socket_path(name: &str, p: &Path) -> Result<(), VmError> {
 
 // ---------------------------------------------------------------- Vm
 
+/// The QEMU process: our child (killed with us) or a detached daemon.
+#[derive(Debug)]
+enum QemuProc {
+    Child(ChildProc),
+    /// Started with `-daemonize`; `pidfile` is what its command line names.
+    Detached {
+        pid: u32,
+        pidfile: PathBuf,
+    },
+}
+
+impl QemuProc {
+    fn pid(&self) -> u32 {
+        match self {
+            QemuProc::Child(c) => c.pid(),
+            QemuProc::Detached { pid, .. } => *pid,
+        }
+    }
+
+    /// `Some(status)` once QEMU has exited.
+    fn exit_status(&mut self) -> Option<String> {
+        match self {
+            QemuProc::Child(c) => c.try_wait().ok().flatten().map(|s| s.to_string()),
+            QemuProc::Detached { pid, pidfile } => {
+                if is_our_qemu(*pid, pidfile) {
+                    None
+                } else {
+                    Some(format!("detached QEMU pid {pid} is gone"))
+                }
+            }
+        }
+    }
+
+    fn is_running(&mut self) -> bool {
+        self.exit_status().is_none()
+    }
+
+    fn signal(&mut self, signal: Signal) {
+        match self {
+            QemuProc::Child(c) => c.signal(signal),
+            QemuProc::Detached { pid, pidfile } => {
+                if is_our_qemu(*pid, pidfile)
+                    && let Ok(raw) = i32::try_from(*pid)
+                {
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), signal);
+                }
+            }
+        }
+    }
+
+    /// Wait (polling every 50 ms) up to `timeout`; true once it exited.
+    async fn wait_timeout(&mut self, timeout: Duration) -> bool {
+        match self {
+            QemuProc::Child(c) => c.wait_timeout(timeout).await.is_some(),
+            QemuProc::Detached { .. } => {
+                let deadline = Instant::now() + timeout;
+                loop {
+                    if !self.is_running() {
+                        return true;
+                    }
+                    if Instant::now() >= deadline {
+                        return false;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    /// SIGKILL (a child is also reaped; a detached QEMU is reaped by init).
+    fn kill_and_reap(&mut self) {
+        match self {
+            QemuProc::Child(c) => c.kill_and_reap(),
+            QemuProc::Detached { .. } => {
+                self.signal(Signal::SIGKILL);
+                let deadline = Instant::now() + Duration::from_secs(2);
+                while self.is_running() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+}
+
+/// The pid file of a detached VM in `work_dir`.
+pub fn pidfile_path(work_dir: &Path) -> PathBuf {
+    work_dir.join("qemu.pid")
+}
+
+/// Whether `pid` is alive (not a zombie) and a QEMU whose command line has
+/// `-pidfile PIDFILE` (so a reused pid never passes).
+fn is_our_qemu(pid: u32, pidfile: &Path) -> bool {
+    if !procs::is_alive(pid) {
+        return false;
+    }
+    let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let args: Vec<&[u8]> = raw.split(|b| *b == 0).collect();
+    let want = pidfile.as_os_str().as_encoded_bytes();
+    args.windows(2)
+        .any(|w| w[0] == b"-pidfile".as_slice() && w[1] == want)
+}
+
+/// The pid of the detached QEMU of `work_dir`, if one runs: the pid in
+/// `WORK/qemu.pid` is alive and is a QEMU started with that pid file.
+pub fn detached_qemu_pid(work_dir: &Path) -> Option<u32> {
+    let dir = std::fs::canonicalize(work_dir).ok()?;
+    let pidfile = pidfile_path(&dir);
+    let pid: u32 = std::fs::read_to_string(&pidfile)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    is_our_qemu(pid, &pidfile).then_some(pid)
+}
+
+/// Stop the detached QEMU of `work_dir` without a [`Vm`]: QMP `quit`, then
+/// SIGTERM, then SIGKILL, allowing `grace` for each. Returns how it ended
+/// (`"not running"`, `"quit"`, `"terminated"`, `"killed"`).
+pub async fn stop_detached(work_dir: &Path, grace: Duration) -> &'static str {
+    let Some(pid) = detached_qemu_pid(work_dir) else {
+        return "not running";
+    };
+    let pidfile =
+        pidfile_path(&std::fs::canonicalize(work_dir).unwrap_or_else(|_| work_dir.to_path_buf()));
+    let mut p = QemuProc::Detached { pid, pidfile };
+    let sock = work_dir.join("qmp.sock");
+    let quit = tokio::time::timeout(grace.max(Duration::from_secs(1)), async {
+        let mut q = Qmp::connect(&sock, Duration::from_secs(5)).await?;
+        q.execute("quit", None).await
+    })
+    .await;
+    if !matches!(quit, Ok(Ok(_))) {
+        tracing::debug!(pid, socket = %sock.display(), "QMP quit did not work: {quit:?}");
+    }
+    if p.wait_timeout(grace).await {
+        return "quit";
+    }
+    p.signal(Signal::SIGTERM);
+    if p.wait_timeout(grace).await {
+        return "terminated";
+    }
+    p.kill_and_reap();
+    "killed"
+}
+
 /// A running QEMU VM. Dropping it SIGKILLs QEMU and virtiofsd.
 pub struct Vm {
     config: VmConfig,
     work_dir: PathBuf,
     argv: Vec<String>,
-    qemu: Mutex<ChildProc>,
+    qemu: Mutex<QemuProc>,
     qemu_pid: u32,
+    detached: bool,
     virtiofsd: Option<ChildProc>,
     virtiofsd_sandbox: Option<String>,
     share: ShareState,
@@ -479,6 +686,12 @@ impl Vm {
     /// QEMU, and return once QMP answers. If virtiofsd is missing or fails,
     /// the VM starts without the share ([`ShareState::Unavailable`]).
     pub async fn start(config: VmConfig) -> Result<Vm, VmError> {
+        Vm::start_with(config, LaunchOptions::default()).await
+    }
+
+    /// [`Vm::start`] with [`LaunchOptions`]: e.g. a detached QEMU on a tap
+    /// device that outlives this process.
+    pub async fn start_with(config: VmConfig, opts: LaunchOptions) -> Result<Vm, VmError> {
         let name = config.name.clone();
         let cfg_err = |message: String| VmError::Config {
             name: name.clone(),
@@ -513,6 +726,27 @@ impl Vm {
                 return Err(cfg_err(format!("extra drive {} not found", d.display())));
             }
         }
+        if opts.detached && config.share_dir.is_some() {
+            return Err(cfg_err(
+                "a detached VM cannot have a virtiofs share (virtiofsd would not outlive this process)".into(),
+            ));
+        }
+        if let NetBackend::Tap { ifname } = &opts.net
+            && (ifname.is_empty() || ifname.len() > 15 || ifname.contains([',', '/', ' ']))
+        {
+            return Err(cfg_err(format!("bad tap device name {ifname:?}")));
+        }
+        if !opts
+            .disk_cache
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b == b'.')
+            || opts.disk_cache.is_empty()
+        {
+            return Err(cfg_err(format!(
+                "bad disk cache mode {:?}",
+                opts.disk_cache
+            )));
+        }
         if let Some(s) = &config.share_dir
             && !s.is_dir()
         {
@@ -529,9 +763,16 @@ impl Vm {
         let pcap = work_dir.join("net.pcap");
         let vfs_sock = work_dir.join("virtiofsd.sock");
         let vfs_log = work_dir.join("virtiofsd.log");
+        let pidfile = pidfile_path(&work_dir);
         check_socket_path(&name, &qmp_sock)?;
         check_socket_path(&name, &vfs_sock)?;
-        for stale in [&overlay, &qmp_sock, &pcap, &vfs_sock, &serial] {
+        if let Some(pid) = detached_qemu_pid(&work_dir) {
+            return Err(cfg_err(format!(
+                "a detached QEMU (pid {pid}) still runs in {}",
+                work_dir.display()
+            )));
+        }
+        for stale in [&overlay, &qmp_sock, &pcap, &vfs_sock, &serial, &pidfile] {
             match std::fs::remove_file(stale) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -584,7 +825,11 @@ impl Vm {
         // Host ports for the forwards.
         let mut reserved = Vec::new();
         let mut ports = Vec::new();
-        for f in &config.forwards {
+        let forwards: &[Forward] = match opts.net {
+            NetBackend::User => &config.forwards,
+            NetBackend::Tap { .. } => &[],
+        };
+        for f in forwards {
             let (port, r) = reserve_port(f.proto).map_err(|source| VmError::Io {
                 name: name.clone(),
                 what: format!("cannot find a free {} port on", f.proto),
@@ -597,12 +842,14 @@ impl Vm {
 
         let argv = build_argv(
             &config,
+            &opts,
             &ports,
             &overlay,
             &serial,
             &qmp_sock,
             &pcap,
             &vfs_sock,
+            &pidfile,
             share == ShareState::Ready,
         );
         let log_file = std::fs::File::create(&qemu_log).map_err(io("cannot create", &qemu_log))?;
@@ -616,24 +863,64 @@ impl Vm {
             .stdout(log_file)
             .stderr(log_err);
         drop(reserved);
-        let mut qemu = ChildProc::spawn(&mut cmd, &format!("qemu:{name}")).map_err(|source| {
-            VmError::Spawn {
-                name: name.clone(),
-                program: argv[0].clone(),
-                source,
+        let spawn_err = |source| VmError::Spawn {
+            name: name.clone(),
+            program: argv[0].clone(),
+            source,
+        };
+        let t0 = Instant::now();
+        let mut qemu = if opts.detached {
+            // The foreground QEMU exits once the daemon is initialised (or
+            // failed); the daemon is reparented to init and never ours.
+            let mut fg = cmd.spawn().map_err(spawn_err)?;
+            let started = Instant::now();
+            let status = loop {
+                if let Ok(Some(status)) = fg.try_wait() {
+                    break status;
+                }
+                if started.elapsed() > Duration::from_secs(60) {
+                    let _ = fg.kill();
+                    let _ = fg.wait();
+                    return Err(VmError::QemuExited {
+                        name,
+                        status: "did not daemonize within 60 s".into(),
+                        log: read_log(&qemu_log),
+                        log_path: qemu_log,
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            let pid = std::fs::read_to_string(&pidfile)
+                .ok()
+                .and_then(|t| t.trim().parse::<u32>().ok());
+            match pid {
+                Some(pid) if status.success() && is_our_qemu(pid, &pidfile) => QemuProc::Detached {
+                    pid,
+                    pidfile: pidfile.clone(),
+                },
+                _ => {
+                    return Err(VmError::QemuExited {
+                        name,
+                        status: format!("{status}, pid file {} says {pid:?}", pidfile.display()),
+                        log: read_log(&qemu_log),
+                        log_path: qemu_log,
+                    });
+                }
             }
-        })?;
+        } else {
+            QemuProc::Child(ChildProc::spawn(&mut cmd, &format!("qemu:{name}")).map_err(spawn_err)?)
+        };
         let qemu_pid = qemu.pid();
         tracing::info!(vm = %name, pid = qemu_pid, accel = %config.accel, "QEMU started: {}", argv.join(" "));
 
         // Wait for QMP (or an early exit).
-        let qmp_timeout = Duration::from_secs(30);
-        let t0 = Instant::now();
+        // A detached QEMU's wait includes daemonizing (up to 60 s).
+        let qmp_timeout = Duration::from_secs(if opts.detached { 90 } else { 30 });
         let qmp = loop {
-            if let Ok(Some(status)) = qemu.try_wait() {
+            if let Some(status) = qemu.exit_status() {
                 return Err(VmError::QemuExited {
                     name,
-                    status: status.to_string(),
+                    status,
                     log: read_log(&qemu_log),
                     log_path: qemu_log,
                 });
@@ -662,6 +949,7 @@ impl Vm {
             argv,
             qemu: Mutex::new(qemu),
             qemu_pid,
+            detached: opts.detached,
             virtiofsd,
             virtiofsd_sandbox,
             share,
@@ -740,19 +1028,17 @@ impl Vm {
         self.started.elapsed()
     }
 
-    fn exit_status(&self) -> Option<ExitStatus> {
+    fn exit_status(&self) -> Option<String> {
         self.qemu
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .try_wait()
-            .ok()
-            .flatten()
+            .exit_status()
     }
 
-    fn not_running(&self, status: ExitStatus) -> VmError {
+    fn not_running(&self, status: String) -> VmError {
         VmError::NotRunning {
             name: self.config.name.clone(),
-            status: status.to_string(),
+            status,
             log: read_log(&self.qemu_log_path()),
             log_path: self.qemu_log_path(),
         }
@@ -812,6 +1098,90 @@ impl Vm {
             .is_running()
     }
 
+    /// Whether QEMU was started (or attached) detached: dropping this value
+    /// leaves it running.
+    pub fn is_detached(&self) -> bool {
+        self.detached
+    }
+
+    /// Find the detached QEMU of `config.work_dir` again (after a restart
+    /// of this program): its pid file names a live QEMU started with that
+    /// pid file, and its QMP socket answers. Nothing is created or
+    /// started; `config` supplies the name and is returned by
+    /// [`Vm::config`]. Dropping the result leaves QEMU running.
+    pub async fn attach(config: VmConfig) -> Result<Vm, VmError> {
+        let name = config.name.clone();
+        let work_dir = std::fs::canonicalize(&config.work_dir).map_err(|source| VmError::Io {
+            name: name.clone(),
+            what: "cannot resolve work directory".into(),
+            path: config.work_dir.clone(),
+            source,
+        })?;
+        let pidfile = pidfile_path(&work_dir);
+        let qemu_log = work_dir.join("qemu.log");
+        let Some(pid) = detached_qemu_pid(&work_dir) else {
+            return Err(VmError::NotRunning {
+                name,
+                status: format!("no live QEMU named by {}", pidfile.display()),
+                log: read_log(&qemu_log),
+                log_path: qemu_log,
+            });
+        };
+        let qmp_sock = work_dir.join("qmp.sock");
+        let qmp = Qmp::connect(&qmp_sock, Duration::from_secs(10))
+            .await
+            .map_err(|source| VmError::Qmp {
+                name: name.clone(),
+                source,
+            })?;
+        let argv = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|raw| {
+                raw.split(|b| *b == 0)
+                    .filter(|a| !a.is_empty())
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Vm {
+            config,
+            work_dir,
+            argv,
+            qemu: Mutex::new(QemuProc::Detached { pid, pidfile }),
+            qemu_pid: pid,
+            detached: true,
+            virtiofsd: None,
+            virtiofsd_sandbox: None,
+            share: ShareState::NotRequested,
+            qmp: tokio::sync::Mutex::new(qmp),
+            ports: Vec::new(),
+            started: Instant::now(),
+        })
+    }
+
+    /// Stop QEMU at once (no guest shutdown): QMP `quit`, then SIGTERM, then
+    /// SIGKILL, allowing `grace` for each. Works for attached and detached
+    /// VMs; virtiofsd is stopped too.
+    pub async fn quit(mut self, grace: Duration) -> Result<(), VmError> {
+        let _ = tokio::time::timeout(grace.max(Duration::from_secs(1)), async {
+            let mut q = self.qmp.lock().await;
+            let _ = q.execute("quit", None).await;
+        })
+        .await;
+        let qemu = self.qemu.get_mut().unwrap_or_else(|p| p.into_inner());
+        if !qemu.wait_timeout(grace).await {
+            qemu.signal(Signal::SIGTERM);
+            if !qemu.wait_timeout(grace).await {
+                qemu.kill_and_reap();
+            }
+        }
+        // An attached child is reaped here.
+        qemu.kill_and_reap();
+        if let Some(v) = self.virtiofsd.as_mut() {
+            kill_tree(v);
+        }
+        Ok(())
+    }
+
     /// ACPI power-down, wait up to `grace`, then QMP `quit`, then SIGKILL.
     /// virtiofsd is stopped too. Files in the work directory are kept.
     pub async fn shutdown(mut self, grace: Duration) -> Result<(), VmError> {
@@ -826,7 +1196,7 @@ impl Vm {
                 tracing::debug!(vm = %name, "system_powerdown: {e}");
             }
             let qemu = self.qemu.get_mut().unwrap_or_else(|p| p.into_inner());
-            if qemu.wait_timeout(grace).await.is_some() {
+            if qemu.wait_timeout(grace).await {
                 how = "powered off";
             } else {
                 let _ = tokio::time::timeout(Duration::from_secs(5), async {
@@ -835,7 +1205,7 @@ impl Vm {
                 })
                 .await;
                 let qemu = self.qemu.get_mut().unwrap_or_else(|p| p.into_inner());
-                if qemu.wait_timeout(Duration::from_secs(5)).await.is_some() {
+                if qemu.wait_timeout(Duration::from_secs(5)).await {
                     how = "quit";
                 }
             }
@@ -860,6 +1230,10 @@ impl Vm {
 impl Drop for Vm {
     fn drop(&mut self) {
         let qemu = self.qemu.get_mut().unwrap_or_else(|p| p.into_inner());
+        if let QemuProc::Detached { pid, .. } = qemu {
+            tracing::debug!(vm = %self.config.name, pid = *pid, "leaving detached QEMU running");
+            return;
+        }
         if qemu.is_running() {
             tracing::debug!(vm = %self.config.name, pid = self.qemu_pid, "killing QEMU");
         }
@@ -959,12 +1333,14 @@ async fn start_virtiofsd(
 #[allow(clippy::too_many_arguments)]
 fn build_argv(
     c: &VmConfig,
+    opts: &LaunchOptions,
     ports: &[(Forward, u16)],
     overlay: &Path,
     serial: &Path,
     qmp: &Path,
     pcap: &Path,
     vfs_sock: &Path,
+    pidfile: &Path,
     share: bool,
 ) -> Vec<String> {
     let mut a: Vec<String> = vec![qemu_binary().display().to_string()];
@@ -1007,7 +1383,11 @@ fn build_argv(
     push(&["-qmp", &format!("unix:{},server=on,wait=off", qp(qmp))]);
     push(&[
         "-drive",
-        &format!("file={},if=virtio,format=qcow2,cache=unsafe", qp(overlay)),
+        &format!(
+            "file={},if=virtio,format=qcow2,cache={}",
+            qp(overlay),
+            q(&opts.disk_cache)
+        ),
     ]);
     for d in &c.drives {
         let abs = std::fs::canonicalize(d).unwrap_or_else(|_| d.clone());
@@ -1016,7 +1396,12 @@ fn build_argv(
             &format!("file={},if=virtio,format=raw,readonly=on", qp(&abs)),
         ]);
     }
-    let mut netdev = "user,id=n0".to_string();
+    let mut netdev = match &opts.net {
+        NetBackend::User => "user,id=n0".to_string(),
+        NetBackend::Tap { ifname } => {
+            format!("tap,id=n0,ifname={},script=no,downscript=no", q(ifname))
+        }
+    };
     for (f, host) in ports {
         netdev.push_str(&format!(
             ",hostfwd={}:127.0.0.1:{host}-:{}",
@@ -1029,10 +1414,12 @@ fn build_argv(
         nic.push_str(&format!(",host_mtu={mtu}"));
     }
     push(&["-device", &nic]);
-    push(&[
-        "-object",
-        &format!("filter-dump,id=dump0,netdev=n0,file={}", qp(pcap)),
-    ]);
+    if opts.capture {
+        push(&[
+            "-object",
+            &format!("filter-dump,id=dump0,netdev=n0,file={}", qp(pcap)),
+        ]);
+    }
     if share {
         push(&[
             "-object",
@@ -1049,6 +1436,9 @@ fn build_argv(
         ]);
     }
     push(&["-device", "virtio-rng-pci"]);
+    if opts.detached {
+        push(&["-daemonize", "-pidfile", &pidfile.display().to_string()]);
+    }
     a
 }
 
@@ -1093,12 +1483,14 @@ mod tests {
         let ports = vec![(Forward::tcp(22), 40022), (Forward::udp(53), 40053)];
         let a = build_argv(
             &c,
+            &LaunchOptions::default(),
             &ports,
             Path::new("/w/overlay.qcow2"),
             Path::new("/w/serial.log"),
             Path::new("/w/qmp.sock"),
             Path::new("/w/net.pcap"),
             Path::new("/w/virtiofsd.sock"),
+            Path::new("/w/qemu.pid"),
             true,
         );
         let s = a.join(" ");
@@ -1143,6 +1535,80 @@ mod tests {
         // The image is untouched and an overlay exists.
         assert_eq!(std::fs::read(&img).expect("read").len(), 1 << 20);
         assert!(dir.path().join("w/overlay.qcow2").exists());
+    }
+
+    #[test]
+    fn argv_detached_on_tap() {
+        let c = VmConfig::new("d", "/img.qcow2", "/w");
+        let a = build_argv(
+            &c,
+            &LaunchOptions::detached_on_tap("ibkt0"),
+            &[],
+            Path::new("/w/overlay.qcow2"),
+            Path::new("/w/serial.log"),
+            Path::new("/w/qmp.sock"),
+            Path::new("/w/net.pcap"),
+            Path::new("/w/virtiofsd.sock"),
+            Path::new("/w/qemu.pid"),
+            false,
+        );
+        let s = a.join(" ");
+        assert!(
+            s.contains("-netdev tap,id=n0,ifname=ibkt0,script=no,downscript=no "),
+            "{s}"
+        );
+        assert!(s.ends_with("-daemonize -pidfile /w/qemu.pid"), "{s}");
+        assert!(s.contains("cache=writeback"), "{s}");
+        assert!(!s.contains("filter-dump"), "{s}");
+        assert!(!s.contains("hostfwd"), "{s}");
+    }
+
+    #[tokio::test]
+    async fn detached_vm_outlives_its_handle_and_is_attached_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let img = dir.path().join("disk.raw");
+        std::fs::write(&img, vec![0u8; 1 << 20]).expect("image");
+        let work = dir.path().join("w");
+        let mut c = VmConfig::new("detached", &img, &work);
+        c.memory_mib = 128;
+        let opts = LaunchOptions {
+            detached: true,
+            ..LaunchOptions::default()
+        };
+        let mut shared = c.clone();
+        shared.share_dir = Some(dir.path().to_path_buf());
+        let err = Vm::start_with(shared, opts.clone())
+            .await
+            .expect_err("no share when detached");
+        assert!(err.to_string().contains("virtiofs"), "{err}");
+
+        let vm = Vm::start_with(c.clone(), opts.clone())
+            .await
+            .expect("start");
+        let pid = vm.qemu_pid();
+        assert!(vm.is_detached());
+        assert!(!procs::registered().iter().any(|(p, _)| *p == pid));
+        drop(vm);
+        assert!(procs::is_alive(pid), "a detached QEMU survives the drop");
+        assert_eq!(detached_qemu_pid(&work), Some(pid));
+        // A second start in the same directory is refused while it runs.
+        let err = Vm::start_with(c.clone(), opts).await.expect_err("busy");
+        assert!(err.to_string().contains("still runs"), "{err}");
+
+        let mut vm = Vm::attach(c.clone()).await.expect("attach");
+        assert_eq!(vm.qemu_pid(), pid);
+        assert!(vm.is_running());
+        let st = vm.qmp("query-status", None).await.expect("query-status");
+        assert!(st["status"].is_string());
+        assert!(vm.command_line().iter().any(|a| a == "-daemonize"));
+        vm.quit(Duration::from_secs(5)).await.expect("quit");
+        assert!(!procs::is_alive(pid));
+        assert_eq!(detached_qemu_pid(&work), None);
+        assert!(Vm::attach(c).await.is_err());
+        assert_eq!(
+            stop_detached(&work, Duration::from_secs(1)).await,
+            "not running"
+        );
     }
 
     #[tokio::test]

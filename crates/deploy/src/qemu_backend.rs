@@ -1,0 +1,973 @@
+//! The local QEMU [`ComputeBackend`]: detached VMs on a private bridge.
+//!
+//! Everything lives in a state directory, so a new `QemuBackend` (after
+//! `ibkit deploy` restarted) finds the VMs again from files, `/proc` and
+//! the QMP sockets; nothing is kept only in memory:
+//!
+//! ```text
+//! STATE/vms/<instance>/<host>-a<attempt>/   one VM; its id is "<instance>.<host>-a<attempt>"
+//!     overlay.qcow2    copy-on-write over the image (absolute backing path, format detected)
+//!     seed.img         NoCloud `cidata`: user-data (the request's bytes), meta-data
+//!                      (instance-id = the VM id, local-hostname = the host)
+//!     serial.log       the serial console
+//!     qmp.sock         QMP
+//!     qemu.pid         the daemonised QEMU (`-daemonize -pidfile`)
+//!     qemu.log         QEMU's stderr until it daemonised
+//!     vm.json          the request without user data, MAC, IP, tap, creation time
+//! STATE/evidence/<instance>/<host>-a<attempt>-<UTC time>/   what delete_vm kept
+//! STATE/addresses.json   fixed IP per (instance id, host): a recreated VM keeps its IP
+//! STATE/dnsmasq.hosts    MAC,IP per VM directory (dnsmasq --dhcp-hostsfile, SIGHUP)
+//! STATE/dnsmasq.leases, dnsmasq.pid, dnsmasq.log
+//! ```
+//!
+//! Network: a Linux bridge ([`NetworkConfig`], default `ibkbr0` with
+//! 10.77.0.1/24) holding the host's address, a persistent tap per VM
+//! enslaved to it, and dnsmasq (DHCP only, `--port=0`, static leases) bound
+//! to the bridge. VMs reach each other and the host (where `ibkit serve`
+//! listens); there is no NAT. A recreated VM gets a new MAC
+//! (`fa:16:3e` + a hash of instance, host and attempt) and the host's fixed
+//! IP: the hosts file is rewritten and the old MAC's lease dropped (dnsmasq
+//! restarted) so dnsmasq does not refuse the address as "leased to"
+//! the old MAC.
+//!
+//! Needs root (bridge, taps, dnsmasq). Calls within one process are
+//! serialised by a lock; two processes on one state directory are not
+//! supported.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ibkit_vm::qmp::Qmp;
+use ibkit_vm::{Accel, LaunchOptions, MacAddr, Vm, VmConfig, seed};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::backend::{
+    BackendError, ComputeBackend, Evidence, InstanceRef, VmHandle, VmInfo, VmRequest, VmState,
+};
+use crate::manifest::Flavor;
+
+/// The private network of the QEMU backend.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkConfig {
+    /// Linux bridge name (at most 15 bytes).
+    pub bridge: String,
+    /// The host's address on the bridge (where the service listens) and
+    /// the DHCP server's.
+    pub host_addr: Ipv4Addr,
+    /// Prefix length of the subnet (8..=30).
+    pub prefix_len: u8,
+    /// VMs get addresses from the subnet's `first_host_offset`-th address on.
+    pub first_host_offset: u32,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig {
+            bridge: "ibkbr0".into(),
+            host_addr: Ipv4Addr::new(10, 77, 0, 1),
+            prefix_len: 24,
+            first_host_offset: 10,
+        }
+    }
+}
+
+impl NetworkConfig {
+    fn mask(&self) -> u32 {
+        u32::MAX << (32 - u32::from(self.prefix_len))
+    }
+
+    /// The subnet's network address (10.77.0.0).
+    pub fn network(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.host_addr) & self.mask())
+    }
+
+    pub fn netmask(&self) -> Ipv4Addr {
+        Ipv4Addr::from(self.mask())
+    }
+
+    /// Addresses VMs may get, in order (host address and broadcast excluded).
+    pub fn vm_addresses(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        let net = u32::from(self.network());
+        let broadcast = net | !self.mask();
+        let host = u32::from(self.host_addr);
+        (net.saturating_add(self.first_host_offset.max(1))..broadcast)
+            .filter(move |a| *a != host)
+            .map(Ipv4Addr::from)
+    }
+
+    fn validate(&self) -> Result<(), BackendError> {
+        let bad = |why: String| Err(BackendError::Other(format!("network config: {why}")));
+        if self.bridge.is_empty()
+            || self.bridge.len() > 15
+            || !self
+                .bridge
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return bad(format!("bridge {:?}: 1-15 of [A-Za-z0-9_-]", self.bridge));
+        }
+        if !(8..=30).contains(&self.prefix_len) {
+            return bad(format!("prefix_len {} not in 8..=30", self.prefix_len));
+        }
+        if self.vm_addresses().next().is_none() {
+            return bad("no addresses left for VMs".into());
+        }
+        Ok(())
+    }
+}
+
+/// What `vm.json` holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmRecord {
+    pub id: String,
+    pub instance_id: uuid::Uuid,
+    pub instance_name: String,
+    pub host: String,
+    /// Absolute path of the image.
+    pub image: PathBuf,
+    pub flavor: Flavor,
+    pub config_hash: String,
+    pub attempt: u32,
+    pub mac: MacAddr,
+    pub ip: Ipv4Addr,
+    pub tap: String,
+    pub bridge: String,
+    pub accel: String,
+    pub created_unix: u64,
+    pub created: String,
+    /// QEMU's command line as started.
+    pub qemu_argv: Vec<String>,
+}
+
+/// The local QEMU backend (see the module docs).
+#[derive(Debug)]
+pub struct QemuBackend {
+    state_dir: PathBuf,
+    network: NetworkConfig,
+    accel: Accel,
+    stop_grace: Duration,
+    lock: tokio::sync::Mutex<()>,
+}
+
+fn io_err(what: &str, path: &Path, e: std::io::Error) -> BackendError {
+    BackendError::Io(std::io::Error::new(
+        e.kind(),
+        format!("{what} {}: {e}", path.display()),
+    ))
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// `ip`: `$IBKIT_IP` or `ip`.
+fn ip_binary() -> String {
+    std::env::var("IBKIT_IP").unwrap_or_else(|_| "ip".into())
+}
+
+/// `dnsmasq`: `$IBKIT_DNSMASQ` or `dnsmasq`.
+fn dnsmasq_binary() -> String {
+    std::env::var("IBKIT_DNSMASQ").unwrap_or_else(|_| "dnsmasq".into())
+}
+
+/// Runs a command; a failure names the command, its status and stderr.
+async fn run(program: &str, args: &[String]) -> Result<String, BackendError> {
+    let command = format!("{program} {}", args.join(" "));
+    let out = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|e| BackendError::Command {
+            command: command.clone(),
+            status: "could not start".into(),
+            stderr: e.to_string(),
+        })?;
+    if !out.status.success() {
+        return Err(BackendError::Command {
+            command,
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+async fn ip_cmd(args: &[&str]) -> Result<String, BackendError> {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    run(&ip_binary(), &args).await
+}
+
+fn link_exists(name: &str) -> bool {
+    Path::new("/sys/class/net").join(name).exists()
+}
+
+fn hash_hex(parts: &[&str]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p.as_bytes());
+    }
+    h.finalize().into()
+}
+
+/// `fa:16:3e` + three bytes of a hash of (instance, host, attempt, salt).
+pub fn vm_mac(instance: &uuid::Uuid, host: &str, attempt: u32, salt: u32) -> MacAddr {
+    let h = hash_hex(&[
+        &instance.to_string(),
+        host,
+        &attempt.to_string(),
+        &salt.to_string(),
+    ]);
+    MacAddr([0xfa, 0x16, 0x3e, h[0], h[1], h[2]])
+}
+
+/// `ibkt` + 8 hex digits of a hash of the VM id (12 bytes < IFNAMSIZ).
+fn tap_name(id: &str, salt: u32) -> String {
+    let h = hash_hex(&[id, &salt.to_string()]);
+    format!("ibkt{:02x}{:02x}{:02x}{:02x}", h[0], h[1], h[2], h[3])
+}
+
+/// "20260101T120000Z" for directory names.
+fn compact_utc(unix: u64) -> String {
+    ibkit_vm::accel::format_utc(unix).replace(['-', ':'], "")
+}
+
+/// Whether `pid` is alive and a dnsmasq started with `--pid-file=PIDFILE`.
+fn is_our_dnsmasq(pid: u32, pidfile: &Path) -> bool {
+    if !ibkit_vm::procs::is_alive(pid) {
+        return false;
+    }
+    let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let want = format!("--pid-file={}", pidfile.display());
+    raw.split(|b| *b == 0).any(|a| a == want.as_bytes())
+}
+
+fn signal_pid(pid: u32, sig: nix::sys::signal::Signal) {
+    if let Ok(raw) = i32::try_from(pid) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), sig);
+    }
+}
+
+async fn wait_gone(pid: u32, timeout: Duration) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    while ibkit_vm::procs::is_alive(pid) {
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    true
+}
+
+impl QemuBackend {
+    /// A backend keeping its state in `state_dir` (created if missing).
+    /// Nothing is started until the first VM is created.
+    pub fn new(
+        state_dir: impl Into<PathBuf>,
+        network: NetworkConfig,
+    ) -> Result<Self, BackendError> {
+        network.validate()?;
+        let state_dir = state_dir.into();
+        std::fs::create_dir_all(&state_dir)
+            .map_err(|e| io_err("cannot create state directory", &state_dir, e))?;
+        let state_dir = std::fs::canonicalize(&state_dir)
+            .map_err(|e| io_err("cannot resolve state directory", &state_dir, e))?;
+        Ok(QemuBackend {
+            state_dir,
+            network,
+            accel: Accel::Tcg,
+            stop_grace: Duration::from_secs(5),
+            lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// KVM or TCG (default TCG; `ibkit boot-test`'s probe tells which works).
+    pub fn with_accel(mut self, accel: Accel) -> Self {
+        self.accel = accel;
+        self
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    pub fn network(&self) -> &NetworkConfig {
+        &self.network
+    }
+
+    /// The directory of a VM id (`<instance>.<host>-a<attempt>`).
+    pub fn vm_dir(&self, id: &str) -> Result<PathBuf, BackendError> {
+        let (instance, rest) = id
+            .split_once('.')
+            .ok_or_else(|| BackendError::NotFound(format!("{id} (not <instance>.<host>-a<N>)")))?;
+        let ok = |s: &str| ibkit_api::is_valid_name(s);
+        let valid_rest = rest
+            .rsplit_once("-a")
+            .is_some_and(|(h, n)| ok(h) && n.parse::<u32>().is_ok());
+        if !ok(instance) || !valid_rest {
+            return Err(BackendError::NotFound(format!(
+                "{id} (not <instance>.<host>-a<N>)"
+            )));
+        }
+        Ok(self.state_dir.join("vms").join(instance).join(rest))
+    }
+
+    /// `vm.json` of a VM.
+    pub fn record(&self, id: &str) -> Result<VmRecord, BackendError> {
+        let path = self.vm_dir(id)?.join("vm.json");
+        read_record(&path)
+    }
+
+    fn pidfile(&self) -> PathBuf {
+        self.state_dir.join("dnsmasq.pid")
+    }
+
+    fn hosts_file(&self) -> PathBuf {
+        self.state_dir.join("dnsmasq.hosts")
+    }
+
+    fn leases_file(&self) -> PathBuf {
+        self.state_dir.join("dnsmasq.leases")
+    }
+
+    fn addresses_file(&self) -> PathBuf {
+        self.state_dir.join("addresses.json")
+    }
+
+    /// The running dnsmasq's pid, if it is ours.
+    pub fn dnsmasq_pid(&self) -> Option<u32> {
+        let pidfile = self.pidfile();
+        let pid: u32 = std::fs::read_to_string(&pidfile)
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        is_our_dnsmasq(pid, &pidfile).then_some(pid)
+    }
+
+    /// Every VM directory's record (any instance).
+    fn all_records(&self) -> Vec<(PathBuf, VmRecord)> {
+        let mut out = Vec::new();
+        let Ok(instances) = std::fs::read_dir(self.state_dir.join("vms")) else {
+            return out;
+        };
+        for inst in instances.flatten() {
+            let Ok(vms) = std::fs::read_dir(inst.path()) else {
+                continue;
+            };
+            for vm in vms.flatten() {
+                let dir = vm.path();
+                match read_record(&dir.join("vm.json")) {
+                    Ok(r) => out.push((dir, r)),
+                    Err(e) => tracing::warn!(dir = %dir.display(), "skipping VM directory: {e}"),
+                }
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// VM directories (with or without a readable vm.json).
+    fn vm_dir_count(&self) -> usize {
+        let Ok(instances) = std::fs::read_dir(self.state_dir.join("vms")) else {
+            return 0;
+        };
+        instances
+            .flatten()
+            .filter_map(|i| std::fs::read_dir(i.path()).ok())
+            .map(|d| d.flatten().count())
+            .sum()
+    }
+
+    /// Bridge with the host address, up; dnsmasq running.
+    pub async fn ensure_network(&self) -> Result<(), BackendError> {
+        let n = &self.network;
+        let br = n.bridge.as_str();
+        if !link_exists(br) {
+            ip_cmd(&["link", "add", "name", br, "type", "bridge"]).await?;
+            tracing::info!(bridge = br, "bridge created");
+        }
+        let cidr = format!("{}/{}", n.host_addr, n.prefix_len);
+        let addrs = ip_cmd(&["-4", "-o", "addr", "show", "dev", br]).await?;
+        if !addrs.split_whitespace().any(|w| w == cidr.as_str()) {
+            ip_cmd(&["addr", "add", &cidr, "dev", br]).await?;
+        }
+        ip_cmd(&["link", "set", "dev", br, "up"]).await?;
+        if !self.hosts_file().exists() {
+            self.write_hosts_file()?;
+        }
+        if self.dnsmasq_pid().is_none() {
+            self.start_dnsmasq().await?;
+        }
+        Ok(())
+    }
+
+    async fn start_dnsmasq(&self) -> Result<(), BackendError> {
+        let n = &self.network;
+        let start_log = self.state_dir.join("dnsmasq.start.log");
+        let pidfile = self.pidfile();
+        let _ = std::fs::remove_file(&pidfile);
+        let args = vec![
+            "--conf-file=/dev/null".to_string(),
+            format!("--interface={}", n.bridge),
+            "--except-interface=lo".into(),
+            "--bind-interfaces".into(),
+            "--port=0".into(),
+            "--no-resolv".into(),
+            "--no-hosts".into(),
+            "--user=root".into(),
+            "--group=root".into(),
+            "--dhcp-authoritative".into(),
+            format!("--dhcp-range={},static,{},1h", n.network(), n.netmask()),
+            format!("--dhcp-hostsfile={}", self.hosts_file().display()),
+            format!("--dhcp-leasefile={}", self.leases_file().display()),
+            format!("--pid-file={}", pidfile.display()),
+            format!(
+                "--log-facility={}",
+                self.state_dir.join("dnsmasq.log").display()
+            ),
+            "--log-dhcp".into(),
+        ];
+        let program = dnsmasq_binary();
+        let command = format!("{program} {}", args.join(" "));
+        let log = std::fs::File::create(&start_log)
+            .map_err(|e| io_err("cannot create", &start_log, e))?;
+        let log2 = log
+            .try_clone()
+            .map_err(|e| io_err("cannot reopen", &start_log, e))?;
+        // dnsmasq daemonises: the foreground process exits once it runs.
+        let status = tokio::process::Command::new(&program)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .status()
+            .await
+            .map_err(|e| BackendError::Command {
+                command: command.clone(),
+                status: "could not start".into(),
+                stderr: e.to_string(),
+            })?;
+        let stderr = || {
+            std::fs::read_to_string(&start_log)
+                .unwrap_or_default()
+                .trim()
+                .to_string()
+        };
+        if !status.success() {
+            return Err(BackendError::Command {
+                command,
+                status: status.to_string(),
+                stderr: stderr(),
+            });
+        }
+        for _ in 0..100 {
+            if let Some(pid) = self.dnsmasq_pid() {
+                tracing::info!(pid, bridge = %n.bridge, "dnsmasq started");
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(BackendError::Command {
+            command,
+            status: format!("no live dnsmasq in {} after 5 s", pidfile.display()),
+            stderr: stderr(),
+        })
+    }
+
+    async fn stop_dnsmasq(&self) -> Result<(), BackendError> {
+        if let Some(pid) = self.dnsmasq_pid() {
+            signal_pid(pid, nix::sys::signal::Signal::SIGTERM);
+            if !wait_gone(pid, Duration::from_secs(5)).await {
+                signal_pid(pid, nix::sys::signal::Signal::SIGKILL);
+                wait_gone(pid, Duration::from_secs(2)).await;
+            }
+        }
+        let _ = std::fs::remove_file(self.pidfile());
+        Ok(())
+    }
+
+    /// `MAC,IP` for every VM directory.
+    fn write_hosts_file(&self) -> Result<BTreeMap<MacAddr, Ipv4Addr>, BackendError> {
+        let hosts: BTreeMap<MacAddr, Ipv4Addr> = self
+            .all_records()
+            .into_iter()
+            .map(|(_, r)| (r.mac, r.ip))
+            .collect();
+        let mut text = String::from("# written by ibkit deploy (QEMU backend)\n");
+        for (mac, ip) in &hosts {
+            text.push_str(&format!("{mac},{ip}\n"));
+        }
+        let path = self.hosts_file();
+        let tmp = path.with_extension("hosts.tmp");
+        std::fs::write(&tmp, text).map_err(|e| io_err("cannot write", &tmp, e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| io_err("cannot replace", &path, e))?;
+        Ok(hosts)
+    }
+
+    /// Rewrites the hosts file and makes dnsmasq use it: SIGHUP, or a
+    /// restart without the leases of MACs that are gone (dnsmasq would
+    /// otherwise refuse a fixed address "leased to" an old MAC).
+    async fn sync_dhcp(&self) -> Result<(), BackendError> {
+        let hosts = self.write_hosts_file()?;
+        let Some(pid) = self.dnsmasq_pid() else {
+            return Ok(());
+        };
+        let leases = std::fs::read_to_string(self.leases_file()).unwrap_or_default();
+        let stale = |line: &str| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            f.len() >= 3
+                && f[1]
+                    .parse::<MacAddr>()
+                    .is_ok_and(|m| !hosts.contains_key(&m))
+        };
+        if leases.lines().any(stale) {
+            self.stop_dnsmasq().await?;
+            let kept: String = leases
+                .lines()
+                .filter(|l| !stale(l))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            let path = self.leases_file();
+            std::fs::write(&path, kept).map_err(|e| io_err("cannot write", &path, e))?;
+            self.start_dnsmasq().await?;
+        } else {
+            signal_pid(pid, nix::sys::signal::Signal::SIGHUP);
+        }
+        Ok(())
+    }
+
+    /// The fixed address of (instance, host), allocated on first use.
+    fn address_for(&self, instance: &uuid::Uuid, host: &str) -> Result<Ipv4Addr, BackendError> {
+        let path = self.addresses_file();
+        let mut map: BTreeMap<String, Ipv4Addr> = match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map_err(|e| BackendError::Other(format!("{}: {e}", path.display())))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) => return Err(io_err("cannot read", &path, e)),
+        };
+        let key = format!("{instance}/{host}");
+        if let Some(a) = map.get(&key) {
+            return Ok(*a);
+        }
+        let used: BTreeSet<Ipv4Addr> = map.values().copied().collect();
+        let a = self
+            .network
+            .vm_addresses()
+            .find(|a| !used.contains(a))
+            .ok_or_else(|| {
+                BackendError::Capacity(format!(
+                    "no free address left on {}/{}",
+                    self.network.network(),
+                    self.network.prefix_len
+                ))
+            })?;
+        map.insert(key, a);
+        let text =
+            serde_json::to_vec_pretty(&map).map_err(|e| BackendError::Other(e.to_string()))?;
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, text).map_err(|e| io_err("cannot write", &tmp, e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| io_err("cannot replace", &path, e))?;
+        Ok(a)
+    }
+
+    /// Forgets the fixed addresses of an instance's hosts (after `down`).
+    pub async fn release_addresses(&self, instance: &InstanceRef) -> Result<(), BackendError> {
+        let _guard = self.lock.lock().await;
+        let path = self.addresses_file();
+        let Ok(b) = std::fs::read(&path) else {
+            return Ok(());
+        };
+        let mut map: BTreeMap<String, Ipv4Addr> = serde_json::from_slice(&b)
+            .map_err(|e| BackendError::Other(format!("{}: {e}", path.display())))?;
+        let prefix = format!("{}/", instance.id);
+        map.retain(|k, _| !k.starts_with(&prefix));
+        let text =
+            serde_json::to_vec_pretty(&map).map_err(|e| BackendError::Other(e.to_string()))?;
+        std::fs::write(&path, text).map_err(|e| io_err("cannot write", &path, e))
+    }
+
+    /// Removes dnsmasq, the bridge and the DHCP files once no VM directory
+    /// is left; refuses while VMs exist.
+    pub async fn teardown_network(&self) -> Result<(), BackendError> {
+        let _guard = self.lock.lock().await;
+        let left = self.vm_dir_count();
+        if left > 0 {
+            return Err(BackendError::Other(format!(
+                "{left} VM(s) left in {}: delete them first",
+                self.state_dir.join("vms").display()
+            )));
+        }
+        self.stop_dnsmasq().await?;
+        if link_exists(&self.network.bridge) {
+            ip_cmd(&["link", "del", "dev", &self.network.bridge]).await?;
+        }
+        for f in [self.hosts_file(), self.leases_file(), self.addresses_file()] {
+            let _ = std::fs::remove_file(f);
+        }
+        Ok(())
+    }
+
+    async fn state_of(&self, dir: &Path) -> VmState {
+        if !dir.is_dir() {
+            return VmState::Missing;
+        }
+        if ibkit_vm::detached_qemu_pid(dir).is_none() {
+            return VmState::Stopped;
+        }
+        let sock = dir.join("qmp.sock");
+        let status = tokio::time::timeout(Duration::from_secs(15), async {
+            let mut q = Qmp::connect(&sock, Duration::from_secs(10)).await?;
+            q.execute("query-status", None).await
+        })
+        .await;
+        match status {
+            Ok(Ok(v)) if v["running"].as_bool() == Some(true) => VmState::Running,
+            Ok(Ok(v)) => {
+                tracing::info!(dir = %dir.display(), "QEMU runs but the guest does not: {v}");
+                VmState::Stopped
+            }
+            other => {
+                tracing::warn!(dir = %dir.display(), "QEMU runs but QMP does not answer: {other:?}");
+                VmState::Stopped
+            }
+        }
+    }
+
+    async fn create(&self, r: VmRequest) -> Result<VmHandle, BackendError> {
+        let bad = |why: String| Err(BackendError::Other(why));
+        if !ibkit_api::is_valid_name(&r.instance.name) {
+            return bad(format!("instance name {:?} is not valid", r.instance.name));
+        }
+        if !ibkit_api::is_valid_name(&r.host) {
+            return bad(format!("host name {:?} is not valid", r.host));
+        }
+        if r.attempt == 0 {
+            return bad("attempt must be at least 1".into());
+        }
+        let id = format!("{}.{}-a{}", r.instance.name, r.host, r.attempt);
+        let dir = self.vm_dir(&id)?;
+        let image = std::fs::canonicalize(&r.image).map_err(|e| BackendError::Image {
+            image: r.image.clone(),
+            why: e.to_string(),
+        })?;
+        if !image.is_file() {
+            return Err(BackendError::Image {
+                image: r.image.clone(),
+                why: "not a file".into(),
+            });
+        }
+        let _guard = self.lock.lock().await;
+        if dir.exists() {
+            return bad(format!(
+                "VM {id} exists already ({}): delete it first",
+                dir.display()
+            ));
+        }
+        self.ensure_network().await?;
+        let ip = self.address_for(&r.instance.id, &r.host)?;
+        let others = self.all_records();
+        let mut salt = 0;
+        let mac = loop {
+            let m = vm_mac(&r.instance.id, &r.host, r.attempt, salt);
+            if !others.iter().any(|(_, o)| o.mac == m) {
+                break m;
+            }
+            salt += 1;
+        };
+        let mut salt = 0;
+        let tap = loop {
+            let t = tap_name(&id, salt);
+            if !link_exists(&t) && !others.iter().any(|(_, o)| o.tap == t) {
+                break t;
+            }
+            salt += 1;
+        };
+        std::fs::create_dir_all(&dir).map_err(|e| io_err("cannot create", &dir, e))?;
+        let result = self.create_in(&r, &id, &dir, &image, ip, mac, &tap).await;
+        if result.is_err() {
+            if link_exists(&tap) {
+                let _ = ip_del_link(&tap).await;
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+            let _ = self.sync_dhcp().await;
+        }
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn create_in(
+        &self,
+        r: &VmRequest,
+        id: &str,
+        dir: &Path,
+        image: &Path,
+        ip: Ipv4Addr,
+        mac: MacAddr,
+        tap: &str,
+    ) -> Result<VmHandle, BackendError> {
+        // The seed: user data as given (bytes), a fresh instance-id.
+        let seed_img = dir.join("seed.img");
+        let mut files = seed::nocloud_files(id, &r.host, "", None);
+        for f in &mut files {
+            if f.path == "user-data" {
+                f.contents = r.user_data.clone();
+            }
+        }
+        seed::write_vfat("cidata", &files, &seed_img)
+            .map_err(|e| BackendError::Other(format!("VM {id}: {e}")))?;
+        let created_unix = now_unix();
+        let mut record = VmRecord {
+            id: id.to_string(),
+            instance_id: r.instance.id,
+            instance_name: r.instance.name.clone(),
+            host: r.host.clone(),
+            image: image.to_path_buf(),
+            flavor: r.flavor,
+            config_hash: r.config_hash.clone(),
+            attempt: r.attempt,
+            mac,
+            ip,
+            tap: tap.to_string(),
+            bridge: self.network.bridge.clone(),
+            accel: self.accel.to_string(),
+            created_unix,
+            created: ibkit_vm::accel::format_utc(created_unix),
+            qemu_argv: Vec::new(),
+        };
+        write_record(dir, &record)?;
+        self.sync_dhcp().await?;
+
+        ip_cmd(&["tuntap", "add", "dev", tap, "mode", "tap"]).await?;
+        ip_cmd(&["link", "set", "dev", tap, "master", &self.network.bridge]).await?;
+        ip_cmd(&["link", "set", "dev", tap, "up"]).await?;
+
+        let mut config = VmConfig::new(
+            format!("deploy-{}-{}-a{}", r.instance.name, r.host, r.attempt),
+            image,
+            dir,
+        );
+        config.accel = self.accel;
+        config.vcpus = r.flavor.vcpus;
+        config.memory_mib = u64::from(r.flavor.memory_mib);
+        config.disk_size = Some(u64::from(r.flavor.disk_gib) << 30);
+        config.mac = mac;
+        config.drives = vec![seed_img];
+        config.forwards = Vec::new();
+        let vm = Vm::start_with(config, LaunchOptions::detached_on_tap(tap))
+            .await
+            .map_err(|e| BackendError::Other(format!("VM {id}: {e}")))?;
+        record.qemu_argv = vm.command_line();
+        tracing::info!(vm = id, pid = vm.qemu_pid(), %ip, %mac, tap, "VM started");
+        // Dropping a detached VM closes QMP and leaves QEMU running.
+        drop(vm);
+        write_record(dir, &record)?;
+        Ok(VmHandle {
+            id: id.to_string(),
+            host: r.host.clone(),
+            addresses: vec![IpAddr::V4(ip)],
+        })
+    }
+
+    async fn delete(&self, id: &str, keep_evidence: bool) -> Result<Evidence, BackendError> {
+        let dir = self.vm_dir(id)?;
+        let _guard = self.lock.lock().await;
+        if !dir.exists() {
+            return Ok(Evidence::default());
+        }
+        let record = read_record(&dir.join("vm.json")).ok();
+        let how = ibkit_vm::stop_detached(&dir, self.stop_grace).await;
+        tracing::info!(vm = id, "QEMU stopped: {how}");
+        if let Some(r) = &record
+            && link_exists(&r.tap)
+        {
+            ip_del_link(&r.tap).await?;
+        }
+        let mut evidence = Evidence::default();
+        if keep_evidence {
+            let (instance, rest) = id.split_once('.').unwrap_or((id, id));
+            let parent = self.state_dir.join("evidence").join(instance);
+            std::fs::create_dir_all(&parent).map_err(|e| io_err("cannot create", &parent, e))?;
+            let stamp = compact_utc(now_unix());
+            let mut target = parent.join(format!("{rest}-{stamp}"));
+            let mut n = 1;
+            while target.exists() {
+                n += 1;
+                target = parent.join(format!("{rest}-{stamp}-{n}"));
+            }
+            // The seed holds the pairing key; sockets and pid files are dead.
+            for f in ["seed.img", "qmp.sock", "qemu.pid"] {
+                let _ = std::fs::remove_file(dir.join(f));
+            }
+            std::fs::rename(&dir, &target).map_err(|e| io_err("cannot move", &dir, e))?;
+            for f in ["serial.log", "overlay.qcow2", "vm.json", "qemu.log"] {
+                let p = target.join(f);
+                if p.exists() {
+                    evidence.paths.push(p);
+                }
+            }
+        } else {
+            std::fs::remove_dir_all(&dir).map_err(|e| io_err("cannot remove", &dir, e))?;
+        }
+        if let Some(parent) = dir.parent() {
+            let _ = std::fs::remove_dir(parent); // only when empty
+        }
+        self.sync_dhcp().await?;
+        Ok(evidence)
+    }
+
+    async fn list_instance(&self, instance: &InstanceRef) -> Result<Vec<VmInfo>, BackendError> {
+        let root = self.state_dir.join("vms").join(&instance.name);
+        let Ok(entries) = std::fs::read_dir(&root) else {
+            return Ok(Vec::new());
+        };
+        let mut dirs: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+        dirs.sort();
+        let mut out = Vec::new();
+        for dir in dirs {
+            let r = match read_record(&dir.join("vm.json")) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), "skipping VM directory: {e}");
+                    continue;
+                }
+            };
+            if r.instance_id != instance.id {
+                continue;
+            }
+            let state = self.state_of(&dir).await;
+            out.push(VmInfo {
+                handle: VmHandle {
+                    id: r.id.clone(),
+                    host: r.host.clone(),
+                    addresses: vec![IpAddr::V4(r.ip)],
+                },
+                state,
+                config_hash: r.config_hash,
+                attempt: r.attempt,
+            });
+        }
+        Ok(out)
+    }
+}
+
+async fn ip_del_link(name: &str) -> Result<String, BackendError> {
+    ip_cmd(&["link", "del", "dev", name]).await
+}
+
+fn read_record(path: &Path) -> Result<VmRecord, BackendError> {
+    let b = std::fs::read(path).map_err(|e| io_err("cannot read", path, e))?;
+    serde_json::from_slice(&b).map_err(|e| BackendError::Other(format!("{}: {e}", path.display())))
+}
+
+fn write_record(dir: &Path, r: &VmRecord) -> Result<(), BackendError> {
+    let path = dir.join("vm.json");
+    let tmp = dir.join("vm.json.tmp");
+    let text = serde_json::to_vec_pretty(r).map_err(|e| BackendError::Other(e.to_string()))?;
+    std::fs::write(&tmp, text).map_err(|e| io_err("cannot write", &tmp, e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| io_err("cannot replace", &path, e))
+}
+
+impl ComputeBackend for QemuBackend {
+    async fn create_vm(&self, request: VmRequest) -> Result<VmHandle, BackendError> {
+        self.create(request).await
+    }
+
+    async fn delete_vm(&self, id: &str, keep_evidence: bool) -> Result<Evidence, BackendError> {
+        self.delete(id, keep_evidence).await
+    }
+
+    async fn vm_state(&self, id: &str) -> Result<VmState, BackendError> {
+        let dir = match self.vm_dir(id) {
+            Ok(d) => d,
+            Err(BackendError::NotFound(_)) => return Ok(VmState::Missing),
+            Err(e) => return Err(e),
+        };
+        Ok(self.state_of(&dir).await)
+    }
+
+    async fn list(&self, instance: &InstanceRef) -> Result<Vec<VmInfo>, BackendError> {
+        self.list_instance(instance).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_of_the_default_network() {
+        let n = NetworkConfig::default();
+        assert_eq!(n.network(), Ipv4Addr::new(10, 77, 0, 0));
+        assert_eq!(n.netmask(), Ipv4Addr::new(255, 255, 255, 0));
+        let all: Vec<Ipv4Addr> = n.vm_addresses().collect();
+        assert_eq!(all.first(), Some(&Ipv4Addr::new(10, 77, 0, 10)));
+        assert_eq!(all.last(), Some(&Ipv4Addr::new(10, 77, 0, 254)));
+        assert!(n.validate().is_ok());
+        let bad = NetworkConfig {
+            bridge: "a-name-far-too-long".into(),
+            ..NetworkConfig::default()
+        };
+        assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn macs_and_taps() {
+        let id = uuid::Uuid::nil();
+        let a1 = vm_mac(&id, "a", 1, 0);
+        assert_eq!(&a1.0[..3], &[0xfa, 0x16, 0x3e]);
+        assert_eq!(a1, vm_mac(&id, "a", 1, 0));
+        assert_ne!(a1, vm_mac(&id, "a", 2, 0));
+        assert_ne!(a1, vm_mac(&id, "b", 1, 0));
+        let t = tap_name("demo.a-a1", 0);
+        assert_eq!(t.len(), 12);
+        assert!(t.starts_with("ibkt"));
+        assert_eq!(compact_utc(0), "19700101T000000Z");
+    }
+
+    #[test]
+    fn vm_ids_map_to_directories() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let b = QemuBackend::new(dir.path(), NetworkConfig::default()).expect("backend");
+        let d = b.vm_dir("demo.primary-a2").expect("dir");
+        assert!(d.ends_with("vms/demo/primary-a2"), "{}", d.display());
+        let d = b.vm_dir("demo.my-host-a12").expect("dir");
+        assert!(d.ends_with("vms/demo/my-host-a12"), "{}", d.display());
+        for bad in [
+            "demo",
+            "demo.primary",
+            "../x.a-a1",
+            "demo./-a1",
+            "demo.a-ax",
+            "demo.a/b-a1",
+        ] {
+            assert!(b.vm_dir(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn unknown_vms_are_missing_and_deleting_them_is_fine() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let b = QemuBackend::new(dir.path(), NetworkConfig::default()).expect("backend");
+        assert_eq!(b.vm_state("demo.a-a1").await.ok(), Some(VmState::Missing));
+        assert_eq!(b.vm_state("nonsense").await.ok(), Some(VmState::Missing));
+        let ev = b.delete_vm("demo.a-a1", true).await.expect("delete");
+        assert!(ev.paths.is_empty());
+        let inst = InstanceRef {
+            id: uuid::Uuid::nil(),
+            name: "demo".into(),
+        };
+        assert!(b.list(&inst).await.expect("list").is_empty());
+    }
+}

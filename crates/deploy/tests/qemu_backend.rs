@@ -1,0 +1,485 @@
+//! The QEMU backend with real VMs (TCG): two VMs of one instance on the
+//! private bridge reach each other and a service on the host, survive the
+//! backend value (re-adoption from the state directory), and one dead VM is
+//! recreated with a new MAC and the same IP while the other keeps running.
+//!
+//! Needs root (bridge, taps, dnsmasq) and the Debian 12 test image
+//! (`IBKIT_DEBIAN_QCOW2`, else the first line of
+//! `scripts/build-debian-image.sh`). Not root: the test fails and says so.
+//! The user data is the real deploy user data ([`render_user_data`]): its
+//! agent bootstrap downloads `install.sh` from the fake service on the
+//! bridge address, and a vendor cloud-config adds the test's SSH user.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use ibkit_deploy::backend::{ComputeBackend, InstanceRef, VmRequest, VmState};
+use ibkit_deploy::manifest::{Flavor, HostDef, UserDataSpec};
+use ibkit_deploy::qemu_backend::{NetworkConfig, QemuBackend};
+use ibkit_deploy::{AgentBootstrap, Secret, render_user_data};
+use ibkit_vm::ssh::{self, SshKey, SshSession};
+
+const BRIDGE: &str = "ibkbrtest";
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn debian_image() -> PathBuf {
+    if let Some(p) = std::env::var_os("IBKIT_DEBIAN_QCOW2") {
+        return PathBuf::from(p);
+    }
+    let script = repo_root().join("scripts/build-debian-image.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .output()
+        .expect("run build-debian-image.sh");
+    assert!(
+        out.status.success(),
+        "{} failed: {}",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let first = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .expect("image path on stdout")
+        .trim()
+        .to_string();
+    PathBuf::from(first)
+}
+
+fn boot_timeout() -> Duration {
+    Duration::from_secs(
+        std::env::var("IBKIT_BOOT_TIMEOUT_S")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(600),
+    )
+}
+
+struct Phase {
+    start: Instant,
+    last: Instant,
+}
+
+impl Phase {
+    fn done(&mut self, what: &str) {
+        let now = Instant::now();
+        eprintln!(
+            "[qemu backend test] {what}: {:.1} s (total {:.1} s)",
+            (now - self.last).as_secs_f64(),
+            (now - self.start).as_secs_f64()
+        );
+        self.last = now;
+    }
+}
+
+fn link_exists(name: &str) -> bool {
+    Path::new("/sys/class/net").join(name).exists()
+}
+
+/// Pids of live processes whose command line mentions `needle`.
+fn processes_naming(needle: &str) -> Vec<u32> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(needle) && ibkit_vm::procs::is_alive(pid) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+fn sigkill(pid: u32) {
+    let _ = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status();
+}
+
+/// Cleans up whatever the test left, also when it fails: every process
+/// naming the state directory (QEMU, dnsmasq), the taps of its VMs, the
+/// bridge. The state directory is kept after a failure (for a look).
+struct Guard {
+    state: PathBuf,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let needle = self.state.display().to_string();
+        for pid in processes_naming(&needle) {
+            sigkill(pid);
+        }
+        let mut taps = Vec::new();
+        for dir in ["vms", "evidence"] {
+            let Ok(insts) = std::fs::read_dir(self.state.join(dir)) else {
+                continue;
+            };
+            for i in insts.flatten() {
+                for vm in std::fs::read_dir(i.path()).into_iter().flatten().flatten() {
+                    if let Ok(b) = std::fs::read(vm.path().join("vm.json"))
+                        && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&b)
+                        && let Some(t) = v["tap"].as_str()
+                    {
+                        taps.push(t.to_string());
+                    }
+                }
+            }
+        }
+        for t in taps.iter().chain(std::iter::once(&BRIDGE.to_string())) {
+            if link_exists(t) {
+                let _ = Command::new("ip").args(["link", "del", "dev", t]).status();
+            }
+        }
+        if std::thread::panicking() {
+            eprintln!("[qemu backend test] state kept in {}", self.state.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.state);
+        }
+    }
+}
+
+/// A tiny HTTP server on the bridge address: `/v1/agent/install.sh` is a
+/// script recording its arguments in the guest, anything else says ok.
+fn serve(listener: TcpListener) {
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut s = stream;
+                let mut line = String::new();
+                let mut r = BufReader::new(s.try_clone().expect("clone"));
+                if r.read_line(&mut line).is_err() {
+                    return;
+                }
+                loop {
+                    let mut h = String::new();
+                    if r.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
+                        break;
+                    }
+                }
+                let body = if line.contains("/v1/agent/install.sh") {
+                    "#!/bin/sh\necho \"$@\" > /run/ibkit-test-installed\n".to_string()
+                } else {
+                    "ibkit-backend-test-ok\n".to_string()
+                };
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            });
+        }
+    });
+}
+
+async fn exec(s: &SshSession, cmd: &str) -> String {
+    let out = s
+        .exec(cmd, Duration::from_secs(300))
+        .await
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(
+        out.success(),
+        "{cmd}: exit {:?}\nstdout: {}\nstderr: {}",
+        out.exit_status,
+        out.stdout_text(),
+        out.stderr_text()
+    );
+    out.stdout_text()
+}
+
+fn ipv4(a: &[IpAddr]) -> Ipv4Addr {
+    match a.first() {
+        Some(IpAddr::V4(v)) => *v,
+        other => panic!("no IPv4 address: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_vms_on_a_bridge_readopted_and_one_recreated() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs root (Linux bridge, tap devices, dnsmasq); run it as root"
+    );
+    let mut t = Phase {
+        start: Instant::now(),
+        last: Instant::now(),
+    };
+    let image = debian_image();
+    assert!(image.is_file(), "image {} missing", image.display());
+    // Short: QMP socket paths must stay under 108 bytes.
+    let state = PathBuf::from(format!("/tmp/ibkd-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&state);
+    let guard = Guard {
+        state: state.clone(),
+    };
+    assert!(
+        !link_exists(BRIDGE),
+        "bridge {BRIDGE} exists already (left over?)"
+    );
+    let net = NetworkConfig {
+        bridge: BRIDGE.into(),
+        ..NetworkConfig::default()
+    };
+    let host_ip = net.host_addr;
+    let backend = QemuBackend::new(&state, net.clone()).expect("backend");
+    backend.ensure_network().await.expect("network");
+    let dnsmasq = backend.dnsmasq_pid().expect("dnsmasq runs");
+    let listener = TcpListener::bind((host_ip, 0)).expect("listen on the bridge address");
+    let port = listener.local_addr().expect("addr").port();
+    serve(listener);
+    t.done(&format!(
+        "bridge {BRIDGE}, dnsmasq {dnsmasq}, service on {host_ip}:{port}"
+    ));
+
+    let instance = InstanceRef {
+        id: uuid::Uuid::new_v4(),
+        name: "bt".into(),
+    };
+    let key = SshKey::generate().expect("key");
+    let vendor = format!(
+        "#cloud-config\nusers:\n  - name: ibkit\n    sudo: \"ALL=(ALL) NOPASSWD:ALL\"\n    lock_passwd: true\n    shell: /bin/bash\n    ssh_authorized_keys:\n      - \"{}\"\n",
+        key.public_openssh()
+    );
+    let request = |host: &str, attempt: u32| {
+        let def = HostDef {
+            name: host.into(),
+            image: image.display().to_string(),
+            flavor: Flavor::default(),
+            user_data: UserDataSpec {
+                cloud_config: Some(vendor.clone()),
+                ..UserDataSpec::default()
+            },
+        };
+        let boot = AgentBootstrap {
+            service_url: format!("http://{host_ip}:{port}"),
+            cert_sha256_hex: String::new(),
+            curl_pin: String::new(),
+            instance_id: instance.id,
+            host: host.into(),
+            pairing_key: Secret::new(format!("ibkp_test-{host}-{attempt}")),
+        };
+        VmRequest {
+            instance: instance.clone(),
+            host: host.into(),
+            image: image.display().to_string(),
+            flavor: def.flavor,
+            user_data: render_user_data(&def, &boot).expect("user data"),
+            config_hash: def.config_hash(),
+            attempt,
+        }
+    };
+
+    let (a, b) = tokio::join!(
+        backend.create_vm(request("a", 1)),
+        backend.create_vm(request("b", 1))
+    );
+    let (a, b) = (a.expect("create a"), b.expect("create b"));
+    let (a_ip, b_ip) = (ipv4(&a.addresses), ipv4(&b.addresses));
+    assert_ne!(a_ip, b_ip);
+    assert_eq!(a.id, "bt.a-a1");
+    let a_dir = backend.vm_dir(&a.id).expect("dir");
+    let b_dir = backend.vm_dir(&b.id).expect("dir");
+    for f in [
+        "overlay.qcow2",
+        "seed.img",
+        "serial.log",
+        "qmp.sock",
+        "qemu.pid",
+        "vm.json",
+    ] {
+        assert!(a_dir.join(f).exists(), "{f} in {}", a_dir.display());
+    }
+    let a_pid = ibkit_vm::detached_qemu_pid(&a_dir).expect("a runs");
+    let b_pid = ibkit_vm::detached_qemu_pid(&b_dir).expect("b runs");
+    let b1 = backend.record(&b.id).expect("b record");
+    let vm_json = std::fs::read_to_string(a_dir.join("vm.json")).expect("vm.json");
+    assert!(!vm_json.contains("ibkp_test"), "no user data in vm.json");
+    t.done(&format!(
+        "created a ({a_ip}, pid {a_pid}) and b ({b_ip}, pid {b_pid})"
+    ));
+
+    let (sa, sb) = tokio::join!(
+        ssh::wait_for_ssh(
+            SocketAddr::new(a_ip.into(), 22),
+            "ibkit",
+            &key,
+            boot_timeout()
+        ),
+        ssh::wait_for_ssh(
+            SocketAddr::new(b_ip.into(), 22),
+            "ibkit",
+            &key,
+            boot_timeout()
+        )
+    );
+    let (sa, sb) = (sa.expect("ssh a"), sb.expect("ssh b"));
+    t.done("SSH to both fixed addresses over the bridge");
+
+    let leases = std::fs::read_to_string(state.join("dnsmasq.leases")).unwrap_or_default();
+    assert!(
+        leases.contains(&format!("{} {b_ip}", b1.mac)),
+        "lease of b: {leases}"
+    );
+    assert!(exec(&sb, "hostname").await.trim() == "b");
+    let status = exec(
+        &sa,
+        "cloud-init status --wait >/dev/null; cloud-init status",
+    )
+    .await;
+    assert!(status.contains("done"), "{status}");
+    let installed = exec(&sa, "cat /run/ibkit-test-installed").await;
+    assert!(
+        installed.contains("--host a") && installed.contains(&instance.id.to_string()),
+        "the deploy bootstrap ran install.sh from the service: {installed}"
+    );
+    let got = exec(&sa, &format!("curl -fsS http://{host_ip}:{port}/")).await;
+    assert_eq!(got.trim(), "ibkit-backend-test-ok");
+    let banner = exec(
+        &sa,
+        &format!("timeout 20 bash -c 'exec 3<>/dev/tcp/{b_ip}/22; head -c 7 <&3'"),
+    )
+    .await;
+    assert_eq!(banner, "SSH-2.0", "a reaches b's port 22");
+    let addr = exec(&sa, "ip -4 -o addr show scope global").await;
+    assert!(addr.contains(&format!("{a_ip}/24")), "{addr}");
+    sa.close().await;
+    sb.close().await;
+    t.done("a reached the service (deploy bootstrap + curl) and b");
+
+    drop(backend);
+    let backend = QemuBackend::new(&state, net.clone()).expect("backend again");
+    let listed = backend.list(&instance).await.expect("list");
+    let states: Vec<(String, VmState, u32)> = listed
+        .iter()
+        .map(|v| (v.handle.id.clone(), v.state, v.attempt))
+        .collect();
+    assert_eq!(
+        states,
+        vec![
+            ("bt.a-a1".to_string(), VmState::Running, 1),
+            ("bt.b-a1".to_string(), VmState::Running, 1)
+        ]
+    );
+    assert_eq!(listed[1].handle.addresses, vec![IpAddr::V4(b_ip)]);
+    let other = InstanceRef {
+        id: uuid::Uuid::new_v4(),
+        name: "bt".into(),
+    };
+    assert!(backend.list(&other).await.expect("list").is_empty());
+    t.done("a new backend value re-adopted both VMs");
+
+    sigkill(b_pid);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ibkit_vm::procs::is_alive(b_pid) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(backend.vm_state(&b.id).await.ok(), Some(VmState::Stopped));
+    let evidence = backend.delete_vm(&b.id, true).await.expect("delete b");
+    assert_eq!(backend.vm_state(&b.id).await.ok(), Some(VmState::Missing));
+    let names: Vec<String> = evidence
+        .paths
+        .iter()
+        .map(|p| {
+            p.file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    assert!(names.contains(&"serial.log".to_string()), "{names:?}");
+    assert!(names.contains(&"overlay.qcow2".to_string()), "{names:?}");
+    for p in &evidence.paths {
+        assert!(p.exists(), "{}", p.display());
+        assert!(p.starts_with(state.join("evidence/bt")), "{}", p.display());
+    }
+    let serial = evidence
+        .paths
+        .iter()
+        .find(|p| p.ends_with("serial.log"))
+        .expect("serial");
+    let text = String::from_utf8_lossy(&std::fs::read(serial).expect("serial")).into_owned();
+    assert!(
+        text.contains("Linux version"),
+        "kernel messages in the serial log"
+    );
+    assert!(
+        !serial.parent().expect("dir").join("seed.img").exists(),
+        "the seed (pairing key) is not kept"
+    );
+    assert!(!link_exists(&b1.tap), "b's tap removed");
+    t.done("b killed: Stopped, deleted with evidence");
+
+    let b2 = backend
+        .create_vm(request("b", 2))
+        .await
+        .expect("recreate b");
+    assert_eq!(b2.id, "bt.b-a2");
+    assert_eq!(ipv4(&b2.addresses), b_ip, "same IP");
+    let b2rec = backend.record(&b2.id).expect("record");
+    assert_ne!(b2rec.mac, b1.mac, "new MAC");
+    let hosts = std::fs::read_to_string(state.join("dnsmasq.hosts")).expect("hosts");
+    assert!(hosts.contains(&format!("{},{b_ip}", b2rec.mac)), "{hosts}");
+    assert!(!hosts.contains(&b1.mac.to_string()), "{hosts}");
+    let sb2 = ssh::wait_for_ssh(
+        SocketAddr::new(b_ip.into(), 22),
+        "ibkit",
+        &key,
+        boot_timeout(),
+    )
+    .await
+    .expect("ssh b2");
+    let iid = exec(&sb2, "cat /var/lib/cloud/data/instance-id").await;
+    assert_eq!(iid.trim(), "bt.b-a2");
+    sb2.close().await;
+    let sa = ssh::wait_for_ssh(
+        SocketAddr::new(a_ip.into(), 22),
+        "ibkit",
+        &key,
+        boot_timeout(),
+    )
+    .await
+    .expect("ssh a again");
+    let banner = exec(
+        &sa,
+        &format!("timeout 20 bash -c 'exec 3<>/dev/tcp/{b_ip}/22; head -c 7 <&3'"),
+    )
+    .await;
+    assert_eq!(banner, "SSH-2.0", "a reaches the new b");
+    sa.close().await;
+    assert_eq!(
+        ibkit_vm::detached_qemu_pid(&a_dir),
+        Some(a_pid),
+        "a untouched"
+    );
+    t.done("b recreated: new MAC, same IP, reachable from a");
+
+    let err = backend.teardown_network().await.expect_err("VMs left");
+    assert!(err.to_string().contains("VM(s) left"), "{err}");
+    for v in backend.list(&instance).await.expect("list") {
+        let ev = backend
+            .delete_vm(&v.handle.id, false)
+            .await
+            .expect("delete");
+        assert!(ev.paths.is_empty());
+    }
+    assert!(!ibkit_vm::procs::is_alive(a_pid));
+    // dnsmasq was restarted when b's old lease had to go.
+    let dnsmasq = backend.dnsmasq_pid().expect("dnsmasq still runs");
+    backend.teardown_network().await.expect("teardown");
+    assert_eq!(backend.dnsmasq_pid(), None);
+    assert!(!link_exists(BRIDGE), "bridge removed");
+    assert!(!ibkit_vm::procs::is_alive(dnsmasq), "dnsmasq stopped");
+    let left = processes_naming(&state.display().to_string());
+    assert!(left.is_empty(), "processes left: {left:?}");
+    for r in [&b1, &b2rec] {
+        assert!(!link_exists(&r.tap), "tap {} removed", r.tap);
+    }
+    t.done("deleted everything, network torn down");
+    drop(guard);
+}
