@@ -11,8 +11,10 @@ cd "$(dirname "$0")/.."
 image=$(./scripts/build-boot-images.sh --only clean | cut -f2)
 IBKIT_VIRTIOFSD="$(./scripts/install-virtiofsd.sh)"
 export IBKIT_VIRTIOFSD
-cargo build --release --quiet -p ibkit
-bin=./target/release/ibkit
+# The time is the guests' (TCG); IBKIT_BENCH_PROFILE=dev skips the release build.
+profile=${IBKIT_BENCH_PROFILE:-release}
+cargo build --profile "$profile" --quiet -p ibkit
+case $profile in dev) bin=./target/debug/ibkit ;; *) bin=./target/$profile/ibkit ;; esac
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 
