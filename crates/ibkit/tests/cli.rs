@@ -39,27 +39,7 @@ fn workspace() -> PathBuf {
 /// set by scripts/test.sh, else built (or fetched from its content cache)
 /// by the project's script.
 fn debian_images() -> [PathBuf; 3] {
-    if let (Ok(a), Ok(b), Ok(c)) = (
-        std::env::var("IBKIT_DEBIAN_QCOW2"),
-        std::env::var("IBKIT_DEBIAN_QCOW2_ZLIB"),
-        std::env::var("IBKIT_DEBIAN_RAW"),
-    ) {
-        return [a.into(), b.into(), c.into()];
-    }
-    let out = Command::new(workspace().join("scripts/build-debian-image.sh"))
-        .output()
-        .expect("image script runs");
-    assert!(
-        out.status.success(),
-        "build-debian-image.sh failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let lines: Vec<PathBuf> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(PathBuf::from)
-        .collect();
-    assert_eq!(lines.len(), 3, "script prints three paths");
-    [lines[0].clone(), lines[1].clone(), lines[2].clone()]
+    ibkit_test_utils::debian_images().expect("the Debian 12 test image")
 }
 
 fn json(r: &Run) -> Value {

@@ -122,7 +122,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result, bail, ensure};
 
 pub use spec::{Container, FsType, GptPart, Layout, PartTable, Volume};
 pub use tree::Tree;
@@ -397,4 +397,38 @@ fn ensure_image(
         }
     }
     Ok(final_path)
+}
+
+/// The project's real Debian 12 image as (qcow2, zlib qcow2, raw): from the
+/// environment `scripts/test.sh` sets (`IBKIT_DEBIAN_QCOW2`,
+/// `IBKIT_DEBIAN_QCOW2_ZLIB`, `IBKIT_DEBIAN_RAW`), else built (or found in
+/// its content cache) by `scripts/build-debian-image.sh`.
+pub fn debian_images() -> Result<[PathBuf; 3]> {
+    if let (Ok(a), Ok(b), Ok(c)) = (
+        std::env::var("IBKIT_DEBIAN_QCOW2"),
+        std::env::var("IBKIT_DEBIAN_QCOW2_ZLIB"),
+        std::env::var("IBKIT_DEBIAN_RAW"),
+    ) {
+        return Ok([a.into(), b.into(), c.into()]);
+    }
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let script = manifest.join("../../scripts/build-debian-image.sh");
+    let out = std::process::Command::new(&script)
+        .output()
+        .with_context(|| format!("cannot run {}", script.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{} failed:\n{}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let lines: Vec<PathBuf> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| PathBuf::from(l.trim()))
+        .collect();
+    match <[PathBuf; 3]>::try_from(lines) {
+        Ok(paths) => Ok(paths),
+        Err(lines) => bail!("{} printed {} paths, not 3", script.display(), lines.len()),
+    }
 }

@@ -20,27 +20,8 @@ fn repo_root() -> PathBuf {
 }
 
 fn debian_image() -> PathBuf {
-    if let Some(p) = std::env::var_os("IBKIT_DEBIAN_QCOW2") {
-        return PathBuf::from(p);
-    }
-    let script = repo_root().join("scripts/build-debian-image.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .output()
-        .expect("run build-debian-image.sh");
-    assert!(
-        out.status.success(),
-        "{} failed: {}",
-        script.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let first = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .next()
-        .expect("image path on stdout")
-        .trim()
-        .to_string();
-    PathBuf::from(first)
+    let [qcow2, _, _] = ibkit_test_utils::debian_images().expect("the Debian 12 test image");
+    qcow2
 }
 
 fn ensure_virtiofsd() -> PathBuf {
