@@ -28,7 +28,7 @@ echo "test: cargo test (workspace)" >&2
 cargo build --workspace --bins
 # Tests that boot VMs (QEMU under TCG on CI) run last and alone, so other
 # tests do not steal the CPU their guests need.
-vm_tests='binary(boot_test) | package(ibkit-vm) & kind(test) | package(ibkit-deploy) & binary(qemu_backend)'
+vm_tests='binary(boot_test) | package(ibkit-vm) & kind(test) | package(ibkit-deploy) & binary(qemu_backend) | package(ibkit) & binary(deploy)'
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast -E "not ($vm_tests)"
   echo "test: tests that boot VMs (one at a time)" >&2

@@ -1,17 +1,11 @@
 //! HTTP client of the service's agent API, with optional certificate
 //! pinning.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use ibkit_api::wire::{
     ErrorBody, HealthReport, Heartbeat, PairRequest, PairResponse, Report, WorkResponse,
 };
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
-use sha2::{Digest, Sha256};
 
 /// Extra time over the long-poll wait before the client gives up.
 const LONG_POLL_SLACK: Duration = Duration::from_secs(15);
@@ -38,86 +32,12 @@ impl ApiError {
     }
 }
 
-/// Accepts exactly the leaf certificate whose DER SHA-256 is the pin,
-/// whatever its name, issuer or dates; handshake signatures are still
-/// verified with the provider's algorithms, so the peer must hold the key.
-#[derive(Debug)]
-pub struct PinnedCertVerifier {
-    pin: [u8; 32],
-    provider: Arc<CryptoProvider>,
-}
-
-impl PinnedCertVerifier {
-    pub fn new(pin: [u8; 32], provider: Arc<CryptoProvider>) -> Self {
-        PinnedCertVerifier { pin, provider }
-    }
-}
-
-impl ServerCertVerifier for PinnedCertVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let digest = Sha256::digest(end_entity.as_ref());
-        if digest.as_slice() == self.pin {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::General(format!(
-                "the service's certificate (sha256 {}) is not the pinned one ({})",
-                ibkit_api::step::hex(digest.as_slice()),
-                ibkit_api::step::hex(&self.pin)
-            )))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
+/// The verifier lives in `ibkit-api` so `ibkit deploy` pins the same way.
+pub use ibkit_api::pin::PinnedCertVerifier;
 
 /// A reqwest client builder that accepts only the pinned certificate.
 pub fn pinned_builder(pin: [u8; 32]) -> Result<reqwest::ClientBuilder, ApiError> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ApiError::Setup(e.to_string()))?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(PinnedCertVerifier::new(pin, provider)))
-        .with_no_client_auth();
+    let tls = ibkit_api::pin::pinned_client_config(pin).map_err(ApiError::Setup)?;
     Ok(reqwest::Client::builder().tls_backend_preconfigured(tls))
 }
 

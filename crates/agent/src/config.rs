@@ -116,21 +116,7 @@ pub enum ParseError {
 /// Hex SHA-256, case-insensitive, `:` separators allowed (openssl's
 /// `-fingerprint` spelling).
 pub fn parse_pin(pin: &str) -> Result<[u8; 32], String> {
-    let hex: Vec<u8> = pin.bytes().filter(|b| *b != b':').collect();
-    let bad = || {
-        format!(
-            "server_cert_sha256 {pin:?}: expected 64 hex digits (SHA-256 of the certificate's DER)"
-        )
-    };
-    if hex.len() != 64 {
-        return Err(bad());
-    }
-    let mut out = [0u8; 32];
-    for (i, pair) in hex.chunks(2).enumerate() {
-        let s = std::str::from_utf8(pair).map_err(|_| bad())?;
-        out[i] = u8::from_str_radix(s, 16).map_err(|_| bad())?;
-    }
-    Ok(out)
+    ibkit_api::pin::parse_cert_sha256(pin).map_err(|e| format!("server_cert_sha256 {e}"))
 }
 
 #[cfg(test)]

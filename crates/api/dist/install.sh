@@ -3,10 +3,16 @@
 # the service's URL and certificate pin filled in. On a fresh VM:
 #
 #   curl -fsS -k --pinnedpubkey 'sha256//…' https://SERVICE/v1/agent/install.sh \
-#     | sh -s -- --instance ID --host NAME --pairing-key KEY
+#     | sh -s -- --instance ID --host NAME --pairing-key KEY \
+#                [--server-url URL] [--memory-max SIZE]
 #
 # downloads the agent binary (same pin), writes /etc/ibkit/agent.toml,
 # pairs with the service and starts the systemd unit.
+# --server-url URL replaces the service URL filled in here, for both the
+# download and the agent's config, when the VM reaches the service at
+# another address (e.g. over a private bridge); the certificate pins still
+# apply. Only http(s)://[A-Za-z0-9.:/_[]-] is accepted (exit 2 otherwise).
+# --memory-max SIZE caps the unit's memory (default 512M).
 # IBKIT_ROOT=DIR installs below DIR; IBKIT_NO_SYSTEMD=1 skips the unit
 # (both for tests and images that bake the agent in).
 set -eu
@@ -14,7 +20,7 @@ SERVER_URL='@SERVER_URL@'
 CERT_SHA256='@CERT_SHA256@'
 CURL_PIN='@CURL_PIN@'
 
-instance='' host='' key='' memory_max='512M'
+instance='' host='' key='' memory_max='512M' server_url=''
 root="${IBKIT_ROOT:-}"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -22,6 +28,7 @@ while [ $# -gt 0 ]; do
     --host) host="$2"; shift 2 ;;
     --pairing-key) key="$2"; shift 2 ;;
     --memory-max) memory_max="$2"; shift 2 ;;
+    --server-url) server_url="$2"; shift 2 ;;
     *) echo "ibkit install: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -34,13 +41,27 @@ for value in "$instance" "$host" "$key" "$memory_max"; do
     *[!A-Za-z0-9_.-]*) echo "ibkit install: invalid characters in '$value'" >&2; exit 2 ;;
   esac
 done
+if [ -n "$server_url" ]; then
+  # Only URL characters that need no quoting in curl's argument or agent.toml.
+  case "$server_url" in
+    http://?*|https://?*) ;;
+    *) printf "ibkit install: --server-url must start with http:// or https://: '%s'\n" "$server_url" >&2; exit 2 ;;
+  esac
+  case "${server_url#*://}" in
+    *[!]A-Za-z0-9.:/_[-]*)
+      printf "ibkit install: invalid characters in --server-url '%s' (allowed after the scheme: A-Z a-z 0-9 . : / _ [ ] -)\n" "$server_url" >&2
+      exit 2 ;;
+  esac
+  SERVER_URL="${server_url%/}"
+fi
 
 curl_pin=''
 [ -n "$CURL_PIN" ] && curl_pin="-k --pinnedpubkey $CURL_PIN"
 mkdir -p "$root/usr/local/bin" "$root/etc/ibkit" "$root/var/lib/ibkit-agent"
 echo "ibkit install: downloading the agent from $SERVER_URL" >&2
 # shellcheck disable=SC2086 # curl_pin is two words on purpose
-curl -fsS --retry 10 --retry-delay 2 --retry-connrefused $curl_pin \
+# -g: brackets of an IPv6 address in the URL are not a curl glob.
+curl -fsS -g --retry 10 --retry-delay 2 --retry-connrefused $curl_pin \
   -o "$root/usr/local/bin/.ibkit-agent.new" "$SERVER_URL/v1/agent/binary"
 chmod 0755 "$root/usr/local/bin/.ibkit-agent.new"
 mv -f "$root/usr/local/bin/.ibkit-agent.new" "$root/usr/local/bin/ibkit-agent"

@@ -33,6 +33,10 @@ mod tests {
         let s = install_script("https://10.0.2.2:8443/", "ab12", "sha256//xyz=");
         assert!(s.contains("SERVER_URL='https://10.0.2.2:8443'"));
         assert!(s.contains("CERT_SHA256='ab12'"));
+        assert!(
+            s.contains("--server-url) server_url="),
+            "the override option"
+        );
         assert!(s.contains("Type=notify"));
         assert!(!s.contains("@SERVER_URL@") && !s.contains("@AGENT_UNIT@"));
         // The unit's own placeholder is filled in by the script at install time.

@@ -7,6 +7,8 @@
 pub mod dist;
 pub mod duration;
 pub mod health;
+#[cfg(feature = "pinning")]
+pub mod pin;
 pub mod reference;
 pub mod spec;
 pub mod step;

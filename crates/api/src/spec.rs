@@ -6,7 +6,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::reference::{self, ReferenceTarget};
-use crate::{HealthCheck, StepSpec};
+use crate::{Duration, HealthCheck, StepSpec};
+
+/// Bounds of [`InstanceSpec::detection_timeout`]: below a second heartbeats
+/// cannot keep up; above a day a dead host would go unnoticed too long.
+pub const DETECTION_TIMEOUT_MIN: Duration = Duration::from_secs(1);
+pub const DETECTION_TIMEOUT_MAX: Duration = Duration::from_secs(24 * 3600);
 
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -18,6 +23,12 @@ pub struct InstanceSpec {
     pub groups: Vec<GroupSpec>,
     #[serde(default)]
     pub health_checks: Vec<HealthCheck>,
+    /// How long an agent may stay silent, or a host's health checks go
+    /// without a passing result, before the host is unhealthy and a recovery
+    /// request is opened; default: the service's --agent-timeout /
+    /// --health-timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detection_timeout: Option<Duration>,
 }
 
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -92,6 +103,17 @@ impl InstanceSpec {
     pub fn validate(&self) -> Result<(), SpecError> {
         if self.name.trim().is_empty() || self.name.len() > 200 {
             return Err(err("name", "must be 1-200 characters"));
+        }
+        if let Some(t) = self.detection_timeout
+            && !(DETECTION_TIMEOUT_MIN..=DETECTION_TIMEOUT_MAX).contains(&t)
+        {
+            return Err(err(
+                "detection_timeout",
+                format!(
+                    "detection_timeout {t} is out of range: it must be between \
+                     {DETECTION_TIMEOUT_MIN} and {DETECTION_TIMEOUT_MAX}"
+                ),
+            ));
         }
         if self.hosts.is_empty() {
             return Err(err("hosts", "an instance needs at least one host"));
@@ -306,10 +328,57 @@ mod tests {
                 r#"{"name":"x","hosts":[{"name":"a"}],"groups":[{"name":"g","hosts":["a"],"steps":[{"index":1,"content":"x","options":{"attempts":0}}]}]}"#,
                 "groups[0].steps[0].options",
             ),
+            (
+                r#"{"name":"x","hosts":[{"name":"a"}],"detection_timeout":"999ms"}"#,
+                "detection_timeout",
+            ),
+            (
+                r#"{"name":"x","hosts":[{"name":"a"}],"detection_timeout":"24h1s"}"#,
+                "detection_timeout",
+            ),
         ];
         for (json, at) in cases {
             let e = spec(json).validate().expect_err(json);
             assert_eq!(e.at, at, "{json}: {e}");
         }
+    }
+
+    #[test]
+    fn detection_timeout_is_optional_and_bounded() {
+        let plain = spec(r#"{"name":"x","hosts":[{"name":"a"}]}"#);
+        assert_eq!(plain.detection_timeout, None);
+        // Absent stays absent on the wire (specs stored before the field existed).
+        let text = serde_json::to_string(&plain).expect("serialises");
+        assert!(!text.contains("detection_timeout"), "{text}");
+        for (json, millis) in [
+            ("\"30s\"", 30_000),
+            ("\"1s\"", 1_000),
+            ("\"24h\"", 86_400_000),
+            ("90", 90_000),
+        ] {
+            let s = spec(&format!(
+                r#"{{"name":"x","hosts":[{{"name":"a"}}],"detection_timeout":{json}}}"#
+            ));
+            s.validate().expect(json);
+            assert_eq!(s.detection_timeout.map(Duration::as_millis), Some(millis));
+            let back: InstanceSpec =
+                serde_json::from_str(&serde_json::to_string(&s).expect("serialises"))
+                    .expect("round trips");
+            assert_eq!(back, s);
+        }
+        let e = spec(r#"{"name":"x","hosts":[{"name":"a"}],"detection_timeout":"0s"}"#)
+            .validate()
+            .expect_err("zero");
+        assert_eq!(e.at, "detection_timeout");
+        assert!(
+            e.message.contains("detection_timeout 0s") && e.message.contains("1s and 24h"),
+            "{e}"
+        );
+        assert!(
+            serde_json::from_str::<InstanceSpec>(
+                r#"{"name":"x","hosts":[{"name":"a"}],"detection_timeout":"soon"}"#
+            )
+            .is_err()
+        );
     }
 }

@@ -48,6 +48,46 @@ pub struct WorkResponse {
     pub config_rev: String,
 }
 
+/// Operator → service: `GET /v1/service`, how the service is set up.
+///
+/// `ibkit deploy` reads the pins from here over an authenticated, pinned
+/// connection before it writes them into a VM's user data.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceInfo {
+    /// The URL installers and agents use.
+    pub public_url: String,
+    /// Hex SHA-256 of the service certificate's DER (what agents pin);
+    /// null with plain HTTP.
+    pub cert_sha256: Option<String>,
+    /// curl's `--pinnedpubkey` value (`sha256//BASE64` of the public key);
+    /// null unless the certificate is the generated self-signed one.
+    pub curl_pin: Option<String>,
+    /// `--heartbeat-interval` (an instance with `detection_timeout` may get
+    /// a shorter one).
+    pub heartbeat_interval: Duration,
+    /// `--agent-timeout`, for instances without `detection_timeout`.
+    pub agent_timeout: Duration,
+    /// `--health-timeout`, for instances without `detection_timeout`.
+    pub health_timeout: Duration,
+    /// The service's version.
+    pub version: String,
+}
+
+/// `STATE_DIR/endpoint.json`, written by `ibkit serve` once it listens so a
+/// local `ibkit deploy` can find the service from its state directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceEndpoint {
+    pub url: String,
+    /// Hex SHA-256 of the certificate's DER; null with plain HTTP.
+    pub cert_sha256: Option<String>,
+}
+
+impl ServiceEndpoint {
+    /// Its file name in the state directory.
+    pub const FILE_NAME: &'static str = "endpoint.json";
+}
+
 /// One step execution handed to an agent, references already resolved.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,6 +1,6 @@
 //! The compute backend: where the VMs of an instance run.
 //!
-//! Interface only in this increment; `ibkit deploy` drives it as follows.
+//! [`crate::controller`] drives it as follows.
 //! `up` lists the instance's VMs ([`ComputeBackend::list`]), keeps those
 //! whose `config_hash` matches the manifest's host ([`crate::HostDef::config_hash`])
 //! and that are `Running`, deletes the others and creates the missing ones
@@ -194,6 +194,21 @@ pub trait ComputeBackend: Send + Sync {
         &self,
         instance: &InstanceRef,
     ) -> impl Future<Output = Result<Vec<VmInfo>, BackendError>> + Send;
+
+    /// The end of a VM's console output (at most `max_bytes`), for failure
+    /// reasons: a VM whose agent never paired says why on its console.
+    fn console_tail(
+        &self,
+        id: &str,
+        max_bytes: usize,
+    ) -> impl Future<Output = Result<String, BackendError>> + Send;
+
+    /// The instance is gone (`down`, after its VMs were deleted): free what
+    /// the backend keeps for it (addresses, networks).
+    fn release_instance(
+        &self,
+        instance: &InstanceRef,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send;
 }
 
 #[cfg(test)]
@@ -280,6 +295,14 @@ mod tests {
                     attempt: r.attempt,
                 })
                 .collect())
+        }
+
+        async fn console_tail(&self, id: &str, _max: usize) -> Result<String, BackendError> {
+            Ok(format!("console of {id}"))
+        }
+
+        async fn release_instance(&self, _instance: &InstanceRef) -> Result<(), BackendError> {
+            Ok(())
         }
     }
 

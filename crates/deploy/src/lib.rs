@@ -1,8 +1,6 @@
 //! `ibkit deploy`: a service instance from a vendor image, deployed onto a
 //! compute backend (local QEMU first, OpenStack later).
 //!
-//! This crate holds the parts that need no VM and are tested on their own:
-//!
 //! - [`manifest`]: the deployment manifest (`deploy.toml`), its validation
 //!   (every error names its path) and the [`ibkit_api::InstanceSpec`] it
 //!   hands to `ibkit serve`;
@@ -10,6 +8,12 @@
 //!   installs and pairs the agent and runs the vendor's boot scripts;
 //! - [`outputs`]: the values shown to the buyer, rendered from step results,
 //!   with sensitive ones masked unless asked for;
+//! - [`client`]: the service's operator API (pinned TLS, operator token);
+//! - [`controller`]: `up` (attempts, updates), `status`, `outputs`, `down`
+//!   and the recovery rounds (`watch`), with the pure decision
+//!   [`controller::plan_round`];
+//! - [`store`]: what is remembered per deployment (atomic JSON records, a
+//!   lock shared by the commands);
 //! - [`recovery`]: when a dead VM is recreated (backoff, cap per window);
 //! - [`backend`]: the compute backend interface the QEMU and OpenStack
 //!   backends implement;
@@ -19,15 +23,20 @@
 //! See `docs/deploy.md` for the manifest reference and the lifecycle.
 
 pub mod backend;
+pub mod client;
+pub mod controller;
 pub mod manifest;
 pub mod outputs;
 pub mod qemu_backend;
 pub mod recovery;
+pub mod store;
 pub mod userdata;
 
 pub use backend::{
     BackendError, ComputeBackend, Evidence, InstanceRef, VmHandle, VmInfo, VmRequest, VmState,
 };
+pub use client::{ServiceClient, ServiceEndpoint};
+pub use controller::{Controller, DeployError, StatusView};
 pub use manifest::{
     DeployManifest, FieldError, Flavor, HostDef, InstanceSettings, ManifestError, OutputDef,
     RecoveryPolicy, UserDataSpec, ValidationErrors,
@@ -35,4 +44,5 @@ pub use manifest::{
 pub use outputs::{OutputValue, StepResultView, format_outputs, render_outputs};
 pub use qemu_backend::{NetworkConfig, QemuBackend};
 pub use recovery::{RecoveryDecision, RecoveryHistory};
+pub use store::{DeployStatus, DeploymentRecord, Store};
 pub use userdata::{AgentBootstrap, Secret, UserDataError, render_user_data};

@@ -389,6 +389,8 @@ impl DeployManifest {
                 .collect(),
             groups: self.groups.clone(),
             health_checks: self.health_checks.clone(),
+            // The service's monitor opens recovery requests after this.
+            detection_timeout: Some(self.recovery.detection_timeout),
         }
     }
 

@@ -862,6 +862,31 @@ impl QemuBackend {
     }
 }
 
+/// Console output as plain text: colour and cursor escape sequences
+/// (`ESC [ … final`) and other control characters removed.
+fn console_text(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    let mut chars = raw.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                // Parameters and intermediates, then one final byte.
+                for p in chars.by_ref() {
+                    if ('@'..='~').contains(&p) {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        if c == '\n' || c == '\t' || !c.is_control() {
+            out.push(c);
+        }
+    }
+    out
+}
+
 async fn ip_del_link(name: &str) -> Result<String, BackendError> {
     ip_cmd(&["link", "del", "dev", name]).await
 }
@@ -900,11 +925,40 @@ impl ComputeBackend for QemuBackend {
     async fn list(&self, instance: &InstanceRef) -> Result<Vec<VmInfo>, BackendError> {
         self.list_instance(instance).await
     }
+
+    async fn console_tail(&self, id: &str, max_bytes: usize) -> Result<String, BackendError> {
+        let path = self.vm_dir(id)?.join("serial.log");
+        let data = match std::fs::read(&path) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(String::new()),
+            Err(e) => return Err(io_err("cannot read", &path, e)),
+        };
+        let start = data.len().saturating_sub(max_bytes);
+        Ok(console_text(&String::from_utf8_lossy(&data[start..])))
+    }
+
+    async fn release_instance(&self, instance: &InstanceRef) -> Result<(), BackendError> {
+        self.release_addresses(instance).await?;
+        if self.vm_dir_count() == 0 {
+            // The last instance is gone: no bridge or dnsmasq left behind.
+            self.teardown_network().await?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn console_text_drops_escape_sequences() {
+        assert_eq!(
+            console_text("[\u{1b}[0;32m  OK  \u{1b}[0m] Started x.\r\nlogin: \u{7}"),
+            "[  OK  ] Started x.\nlogin: "
+        );
+        assert_eq!(console_text("cut \u{1b}[0;3"), "cut ");
+    }
 
     #[test]
     fn addresses_of_the_default_network() {

@@ -346,8 +346,10 @@ trap 'rm -f "$installer"' EXIT
 rounds=5
 for round in $(seq 1 "$rounds"); do
   if curl "${curl_opts[@]}" -o "$installer" "$service_url/v1/agent/install.sh"; then
-    if IBKIT_ROOT="$root" sh "$installer" --instance "$instance" --host "$host" \
-        --pairing-key "$pairing_key" --memory-max "$memory_max"; then
+    # --server-url: the VM may reach the service at another address than
+    # the service's public URL (a private bridge).
+    if IBKIT_ROOT="$root" sh "$installer" --server-url "$service_url" --instance "$instance" \
+        --host "$host" --pairing-key "$pairing_key" --memory-max "$memory_max"; then
       log "the agent is installed, paired and running"
       exit 0
     fi

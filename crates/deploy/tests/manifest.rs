@@ -40,7 +40,7 @@ fn the_example_loads_and_validates() {
     assert_eq!(m.instance.name, "two-host-demo");
     let names: Vec<&str> = m.hosts.iter().map(|h| h.name.as_str()).collect();
     assert_eq!(names, ["primary", "replica"]);
-    assert_eq!(m.hosts[0].flavor.vcpus, 2);
+    assert_eq!(m.hosts[0].flavor.vcpus, 1);
     assert_eq!(m.hosts[1].flavor.memory_mib, 1024);
     let dir = path.parent().expect("dir");
     assert_eq!(m.image_path(&m.hosts[0]), dir.join("debian12.qcow2"));
@@ -79,8 +79,8 @@ fn the_example_loads_and_validates() {
                 ),
             }),
             ("replica", "join", 1) => Some(StepResultView {
-                raw: "joined 10.231.0.11:7000\n".into(),
-                structured: None,
+                raw: "{\"joined\": \"replica\", \"joins\": 1}\n".into(),
+                structured: Some(serde_json::json!({"joined": "replica", "joins": 1})),
             }),
             _ => None,
         },
@@ -92,9 +92,9 @@ fn the_example_loads_and_validates() {
     assert_eq!(
         shown,
         [
-            ("primary_address", Some("10.231.0.11:7000"), false),
+            ("join_url", Some("http://10.231.0.11:7000/join"), false),
             ("join_token", Some("t0k3n"), true),
-            ("replica_status", Some("joined 10.231.0.11:7000"), false),
+            ("replica_joined", Some("replica (join number 1)"), false),
         ]
     );
     let listing = ibkit_deploy::format_outputs(&values, false);

@@ -432,6 +432,8 @@ EOF
     assert_eq!(
         installer_args.lines().collect::<Vec<_>>(),
         [
+            "--server-url",
+            "https://10.231.0.1:8443",
             "--instance",
             INSTANCE_ID,
             "--host",

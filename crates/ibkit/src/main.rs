@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
+mod deploy_cmd;
+
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use ibkit_image::container::BackingPolicy;
@@ -108,6 +110,9 @@ enum Command {
     BootTest(BootTestArgs),
     /// Run the configuration service the agents talk to.
     Serve(ServeArgs),
+    /// Deploy a service instance from a manifest onto local QEMU VMs, show
+    /// its status and outputs, recover dead VMs, delete it.
+    Deploy(deploy_cmd::DeployArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -529,6 +534,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve(args) => serve(args),
+        Command::Deploy(args) => deploy_cmd::deploy(args),
         Command::BootTest(args) => boot_test(args),
         Command::Rules { json } => {
             if json {

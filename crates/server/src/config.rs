@@ -4,6 +4,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use ibkit_api::InstanceSpec;
+
 /// How the service speaks TLS.
 #[derive(Debug, Clone)]
 pub enum TlsMode {
@@ -54,6 +56,60 @@ impl ServeConfig {
     }
 }
 
+/// The shortest heartbeat interval an instance's `detection_timeout` can
+/// ask for; faster would only load the service.
+const MIN_INSTANCE_HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// A timeout and where it came from, for the monitor's messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeout {
+    pub value: Duration,
+    /// `detection_timeout`, `--agent-timeout` or `--health-timeout`.
+    pub source: &'static str,
+}
+
+impl ServeConfig {
+    /// The heartbeat interval told to `spec`'s agents: the global one, or,
+    /// with a `detection_timeout`, a third of it (at least a second) when
+    /// that is shorter, so a healthy agent is never declared silent.
+    pub fn heartbeat_interval_for(&self, spec: &InstanceSpec) -> Duration {
+        match spec.detection_timeout {
+            Some(t) => self
+                .heartbeat_interval
+                .min((t.to_std() / 3).max(MIN_INSTANCE_HEARTBEAT)),
+            None => self.heartbeat_interval,
+        }
+    }
+
+    /// How long `spec`'s agents may stay silent.
+    pub fn agent_timeout_for(&self, spec: &InstanceSpec) -> Timeout {
+        match spec.detection_timeout {
+            Some(t) => Timeout {
+                value: t.to_std(),
+                source: "detection_timeout",
+            },
+            None => Timeout {
+                value: self.agent_timeout,
+                source: "--agent-timeout",
+            },
+        }
+    }
+
+    /// How long `spec`'s health checks may go without a passing result.
+    pub fn health_timeout_for(&self, spec: &InstanceSpec) -> Timeout {
+        match spec.detection_timeout {
+            Some(t) => Timeout {
+                value: t.to_std(),
+                source: "detection_timeout",
+            },
+            None => Timeout {
+                value: self.health_timeout,
+                source: "--health-timeout",
+            },
+        }
+    }
+}
+
 /// The machine's hostname, when it can be read.
 pub fn hostname() -> Option<String> {
     for path in ["/proc/sys/kernel/hostname", "/etc/hostname"] {
@@ -65,4 +121,44 @@ pub fn hostname() -> Option<String> {
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(detection_timeout: Option<&str>) -> InstanceSpec {
+        InstanceSpec {
+            name: "x".into(),
+            hosts: Vec::new(),
+            groups: Vec::new(),
+            health_checks: Vec::new(),
+            detection_timeout: detection_timeout.map(|t| t.parse().expect("duration")),
+        }
+    }
+
+    #[test]
+    fn detection_timeout_sets_timeouts_and_heartbeat() {
+        let cfg = ServeConfig::new("/nonexistent");
+        let secs = |s| Duration::from_secs(s);
+        assert_eq!(cfg.heartbeat_interval_for(&spec(None)), secs(30));
+        assert_eq!(cfg.heartbeat_interval_for(&spec(Some("30s"))), secs(10));
+        // Never longer than the global interval, never under a second.
+        assert_eq!(cfg.heartbeat_interval_for(&spec(Some("1h"))), secs(30));
+        assert_eq!(cfg.heartbeat_interval_for(&spec(Some("2s"))), secs(1));
+        let mut fast = cfg.clone();
+        fast.heartbeat_interval = Duration::from_millis(500);
+        assert_eq!(
+            fast.heartbeat_interval_for(&spec(Some("2s"))),
+            Duration::from_millis(500)
+        );
+        let t = cfg.agent_timeout_for(&spec(Some("2s")));
+        assert_eq!((t.value, t.source), (secs(2), "detection_timeout"));
+        let t = cfg.health_timeout_for(&spec(Some("2s")));
+        assert_eq!((t.value, t.source), (secs(2), "detection_timeout"));
+        let t = cfg.agent_timeout_for(&spec(None));
+        assert_eq!((t.value, t.source), (secs(300), "--agent-timeout"));
+        let t = cfg.health_timeout_for(&spec(None));
+        assert_eq!((t.value, t.source), (secs(300), "--health-timeout"));
+    }
 }

@@ -59,10 +59,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl AppState {
-    pub fn heartbeat_ms(&self) -> u64 {
-        u64::try_from(self.cfg.heartbeat_interval.as_millis()).unwrap_or(u64::MAX)
-    }
-
     pub fn cached_spec(&self, inst: &str) -> Option<Arc<InstanceSpec>> {
         lock(&self.specs).get(inst).cloned()
     }
@@ -195,20 +191,48 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath
 
 /// Writes a file readable by its owner only.
 pub fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
+    write_atomic(path, data, 0o600)
+}
+
+/// Writes a file anyone may read (nothing secret in it).
+pub fn write_public(path: &Path, data: &[u8]) -> anyhow::Result<()> {
+    write_atomic(path, data, 0o644)
+}
+
+/// Temporary file, fsync, rename: readers see the old or the new content,
+/// never a partial file.
+fn write_atomic(path: &Path, data: &[u8], mode: u32) -> anyhow::Result<()> {
     use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
-        .mode(0o600)
+        .mode(mode)
         .open(&tmp)
         .with_context(|| format!("cannot write {}", tmp.display()))?;
+    // The umask may have narrowed the mode, and a stale temp file keeps its own.
+    f.set_permissions(std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot set the mode of {}", tmp.display()))?;
     f.write_all(data)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
+}
+
+/// Writes `STATE/endpoint.json` so a local `ibkit deploy` finds the service.
+fn write_endpoint(state_dir: &Path, url: &str, cert_sha256: Option<&str>) -> anyhow::Result<()> {
+    let endpoint = ibkit_api::wire::ServiceEndpoint {
+        url: url.to_string(),
+        cert_sha256: cert_sha256.map(str::to_string),
+    };
+    let mut json = serde_json::to_vec_pretty(&endpoint)?;
+    json.push(b'\n');
+    write_public(
+        &state_dir.join(ibkit_api::wire::ServiceEndpoint::FILE_NAME),
+        &json,
+    )
 }
 
 fn operator_token_hash(cfg: &ServeConfig) -> anyhow::Result<String> {
@@ -312,6 +336,10 @@ impl Server {
                 tokio::spawn(server.serve(app.into_make_service()))
             }
         };
+        if let Err(e) = write_endpoint(&state.cfg.state_dir, &url, state.cert_sha256.as_deref()) {
+            handle.shutdown();
+            return Err(e);
+        }
         let background = monitor::spawn(state.clone());
         tracing::info!("ibkit serve listening on {local_addr}, public URL {url}");
         Ok(Server {

@@ -12,6 +12,7 @@ use crate::AppState;
 use crate::db::now_ms;
 use crate::dispatch;
 use crate::error::ApiError;
+use crate::routes::agent::duration;
 
 pub fn spawn(state: Arc<AppState>) -> Vec<tokio::task::JoinHandle<()>> {
     let s = state.clone();
@@ -91,6 +92,10 @@ fn round(s: &AppState, c: &mut rusqlite::Connection) -> Result<(), ApiError> {
     };
     for inst in instances {
         let spec = dispatch::spec_of(s, &tx, &inst)?;
+        let (agent_timeout, health_timeout) = (
+            s.cfg.agent_timeout_for(&spec),
+            s.cfg.health_timeout_for(&spec),
+        );
         let hosts: Vec<HostRow> = {
             let mut stmt = tx.prepare_cached(
                 "SELECT name, paired_at, last_heartbeat_at, checks_active_since, health
@@ -150,14 +155,15 @@ fn round(s: &AppState, c: &mut rusqlite::Connection) -> Result<(), ApiError> {
                     .flatten()
                     .max()
                     .unwrap_or(paired_at);
-                if now - last > ms(s.cfg.agent_timeout) {
+                if now - last > ms(agent_timeout.value) {
                     Some((
                         "agent_silent",
                         format!(
-                            "agent silent for {}s (last seen {}; timeout {}s)",
+                            "agent silent for {}s (last seen {}; timeout {}, {})",
                             (now - last) / 1000,
                             when(last),
-                            s.cfg.agent_timeout.as_secs()
+                            duration(agent_timeout.value),
+                            agent_timeout.source
                         ),
                     ))
                 } else if let Some(active) = h.checks_active_since {
@@ -171,14 +177,15 @@ fn round(s: &AppState, c: &mut rusqlite::Connection) -> Result<(), ApiError> {
                                 .flatten()
                                 .max()
                                 .unwrap_or(active);
-                            (now - since > ms(s.cfg.health_timeout)).then(|| {
+                            (now - since > ms(health_timeout.value)).then(|| {
                                 (
                                     "health_missing",
                                     format!(
-                                        "no passing result of health check {:?} for {}s (timeout {}s)",
+                                        "no passing result of health check {:?} for {}s (timeout {}, {})",
                                         ch.name,
                                         (now - since) / 1000,
-                                        s.cfg.health_timeout.as_secs()
+                                        duration(health_timeout.value),
+                                        health_timeout.source
                                     ),
                                 )
                             })
@@ -235,5 +242,10 @@ mod tests {
     fn formats_times() {
         assert_eq!(super::when(0), "1970-01-01T00:00:00Z");
         assert_eq!(super::when(1_700_000_000_000), "2023-11-14T22:13:20Z");
+        // Timeouts in reasons are spelled as in specs and flags.
+        let shown = |ms| super::duration(super::Duration::from_millis(ms)).to_string();
+        assert_eq!(shown(2_000), "2s");
+        assert_eq!(shown(300_000), "5m");
+        assert_eq!(shown(1_500), "1s500ms");
     }
 }

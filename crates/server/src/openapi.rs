@@ -1,7 +1,8 @@
 //! The OpenAPI 3.1 document, built with utoipa from the route table.
 
 use ibkit_api::wire::{
-    ErrorBody, HealthReport, Heartbeat, PairRequest, PairResponse, Report, WorkResponse,
+    ErrorBody, HealthReport, Heartbeat, PairRequest, PairResponse, Report, ServiceInfo,
+    WorkResponse,
 };
 use ibkit_api::{InstanceSpec, SpecError};
 use utoipa::openapi::path::{
@@ -145,6 +146,10 @@ fn shape(method: &str, path: &str) -> Option<Shape> {
                 BAD_REQUEST,
                 ("409", "The host has no health check of that name"),
             ]),
+        ("get", "/v1/service") => ok(
+            schema_ref::<ServiceInfo>(),
+            "The public URL, the certificate pins agents and installers use, the global intervals and the version",
+        ),
         ("get", "/v1/instances") => ok(
             array_of::<InstanceSummary>(),
             "Every instance, oldest first",
@@ -273,6 +278,7 @@ fn schemas() -> Vec<(String, RefOr<Schema>)> {
     add::<Report>(&mut v);
     add::<Heartbeat>(&mut v);
     add::<HealthReport>(&mut v);
+    add::<ServiceInfo>(&mut v);
     add::<views::Liveness>(&mut v);
     add::<views::InstanceSummary>(&mut v);
     add::<views::InstanceDetail>(&mut v);
@@ -487,6 +493,7 @@ mod tests {
             "InstanceDetail",
             "StepView",
             "RecoveryRequest",
+            "ServiceInfo",
         ] {
             assert!(schemas.contains_key(name), "no schema {name}");
         }

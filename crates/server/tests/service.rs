@@ -318,6 +318,79 @@ async fn once_redeploy_and_update_semantics() {
     assert_eq!(st, 400, "{body}");
 }
 
+/// An update reruns a changed step and every step that uses its result
+/// (on any host, transitively), and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_reruns_the_steps_that_use_a_changed_result() {
+    let dir = tmp();
+    let svc = Svc::start(config(dir.path())).await;
+    let spec = |a: &str, c: &str| {
+        json!({"name": "deps", "hosts": [{"name": "p"}, {"name": "r"}], "groups": [
+            {"name": "a", "hosts": ["p"], "steps": [
+                {"index": 1, "content": format!("echo {a}")},
+                {"index": 2, "content": "echo {{ibkit.results.self.a.1.raw}}"},
+                {"index": 3, "content": format!("echo {c}")},
+            ]},
+            {"name": "b", "hosts": ["r"], "depends_on": ["a"], "steps": [
+                {"index": 1, "content": "true", "options": {
+                    "environment_variables": ["X={{ibkit.results.p.a.2.raw}}"]}},
+                {"index": 2, "content": "echo {{ibkit.results.p.a.3.raw}}"},
+            ]},
+        ]})
+    };
+    let (id, keys) = svc.create(&spec("v1", "c1")).await;
+    let p = svc.pair(&id, &keys, "p").await;
+    let r = svc.pair(&id, &keys, "r").await;
+    let run_all = |h: &'static str| {
+        let (svc, agent) = (&svc, if h == "p" { &p } else { &r });
+        async move {
+            let mut ran = Vec::new();
+            loop {
+                let (_, w) = agent.work(svc, 0, None).await;
+                if w["work"].is_null() {
+                    return ran;
+                }
+                let w = &w["work"];
+                ran.push(w["index"].as_u64().expect("index"));
+                agent
+                    .run(svc, w["exec_id"].as_str().expect("exec"), true, "out", None)
+                    .await;
+            }
+        }
+    };
+    assert_eq!(run_all("p").await, [1, 2, 3]);
+    assert_eq!(run_all("r").await, [1, 2]);
+    assert_eq!(svc.instance(&id).await["status"], "running");
+
+    // a/1 changes: a/2 uses it (self), b/1 uses a/2 (another host): all
+    // three run again; a/3 and b/2 do not.
+    let (st, body) = svc
+        .op(
+            "PUT",
+            &format!("/v1/instances/{id}"),
+            Some(&spec("v2", "c1")),
+        )
+        .await;
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(run_all("p").await, [1, 2]);
+    assert_eq!(run_all("r").await, [1]);
+    assert_eq!(svc.step(&id, "r", "b", 2).await["attempts"], 1);
+    assert_eq!(svc.instance(&id).await["status"], "running");
+
+    // a/3 changes: only b/2 follows.
+    let (st, _) = svc
+        .op(
+            "PUT",
+            &format!("/v1/instances/{id}"),
+            Some(&spec("v2", "c2")),
+        )
+        .await;
+    assert_eq!(st, 200);
+    assert_eq!(run_all("p").await, [3]);
+    assert_eq!(run_all("r").await, [2]);
+    assert_eq!(svc.step(&id, "p", "a", 1).await["attempts"], 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reports_apply_once_and_hostile_requests_are_refused() {
     let dir = tmp();
@@ -909,6 +982,10 @@ async fn answers_match_the_openapi_schemas() {
         .req("POST", "/v1/agent/health", Some(&cred), Some(&hr))
         .await;
     check("post", "/v1/agent/health", st, &body);
+    let (st, body) = svc.req("GET", "/v1/service", None, None).await;
+    check("get", "/v1/service", st, &body);
+    let (st, body) = svc.op("GET", "/v1/service", None).await;
+    check("get", "/v1/service", st, &body);
     let (st, body) = svc.req("GET", "/v1/instances", None, None).await;
     check("get", "/v1/instances", st, &body);
     let (st, body) = svc.op("GET", "/v1/instances", None).await;
@@ -991,4 +1068,405 @@ async fn answers_match_the_openapi_schemas() {
     check("post", "/v1/instances/{id}/redeploy", st, &body);
     let (st, body) = svc.req("GET", "/v1/agent/work", Some(&cred), None).await;
     check("get", "/v1/agent/work", st, &body);
+}
+
+/// Pairs `host` with a raw request and returns the whole answer.
+async fn pair_raw(svc: &Svc, id: &str, key: &str, host: &str) -> Value {
+    let (st, body) = svc
+        .req("POST", "/v1/agent/pair", None, Some(&json!({"instance": id, "host": host, "pairing_key": key, "agent_version": "t", "protocol": 1})))
+        .await;
+    assert_eq!(st, 200, "pair: {body}");
+    body
+}
+
+fn heartbeat() -> Value {
+    json!({"agent_version": "t", "uptime_s": 1, "running_exec": null, "queued_reports": 0})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn detection_timeout_sets_the_heartbeat_interval_agents_are_told() {
+    let dir = tmp();
+    let mut cfg = config(dir.path());
+    cfg.heartbeat_interval = Duration::from_secs(30);
+    let svc = Svc::start(cfg).await;
+    let (fast, fast_keys) = svc
+        .create(&json!({"name": "fast", "hosts": [{"name": "h"}], "detection_timeout": "30s"}))
+        .await;
+    let (slow, slow_keys) = svc
+        .create(&json!({"name": "slow", "hosts": [{"name": "h"}]}))
+        .await;
+    let paired = pair_raw(&svc, &fast, &fast_keys[0].1, "h").await;
+    assert_eq!(paired["heartbeat_interval"], "10s", "{paired}");
+    let fast_cred = paired["credential"].as_str().expect("cred").to_string();
+    let paired = pair_raw(&svc, &slow, &slow_keys[0].1, "h").await;
+    assert_eq!(paired["heartbeat_interval"], "30s", "{paired}");
+    let slow_cred = paired["credential"].as_str().expect("cred").to_string();
+    let work = |cred: String, q: String| {
+        let svc = &svc;
+        async move {
+            let (st, body) = svc.req("GET", &q, Some(&cred), None).await;
+            assert_eq!(st, 200, "{body}");
+            body
+        }
+    };
+    let fast_work = work(fast_cred.clone(), "/v1/agent/work?wait_ms=0".into()).await;
+    assert_eq!(fast_work["heartbeat_interval"], "10s", "{fast_work}");
+    let slow_work = work(slow_cred.clone(), "/v1/agent/work?wait_ms=0".into()).await;
+    assert_eq!(slow_work["heartbeat_interval"], "30s", "{slow_work}");
+    // Same (no) checks: only the interval tells the revisions apart.
+    assert_ne!(fast_work["config_rev"], slow_work["config_rev"]);
+    // Setting a detection timeout on a running instance ends the agent's
+    // long poll at once with the new interval.
+    let rev = slow_work["config_rev"].as_str().expect("rev").to_string();
+    let t = Instant::now();
+    let (polled, (st, put)) = tokio::join!(
+        work(
+            slow_cred.clone(),
+            format!("/v1/agent/work?wait_ms=20000&config_rev={rev}")
+        ),
+        async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            svc.op(
+                "PUT",
+                &format!("/v1/instances/{slow}"),
+                Some(&json!({"name": "slow", "hosts": [{"name": "h"}], "detection_timeout": "6s"})),
+            )
+            .await
+        }
+    );
+    assert_eq!(st, 200, "{put}");
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "the long poll waited"
+    );
+    assert_eq!(polled["heartbeat_interval"], "2s", "{polled}");
+    assert_ne!(polled["config_rev"], slow_work["config_rev"]);
+    assert_eq!(svc.instance(&slow).await["spec"]["detection_timeout"], "6s");
+    // Out of range or malformed: refused, naming the field.
+    for bad in [json!("500ms"), json!("25h"), json!("soon")] {
+        let (st, body) = svc
+            .op(
+                "POST",
+                "/v1/instances",
+                Some(&json!({"name": "bad", "hosts": [{"name": "h"}], "detection_timeout": bad})),
+            )
+            .await;
+        assert_eq!(st, 400, "{bad}: {body}");
+        assert!(
+            body["error"]
+                .as_str()
+                .expect("error")
+                .contains("detection_timeout")
+                || body["error"].as_str().expect("error").contains("soon"),
+            "{bad}: {body}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn detection_timeout_replaces_the_agent_and_health_timeouts() {
+    let dir = tmp();
+    // The global timeouts (60s) cannot fire during this test.
+    let svc = Svc::start(config(dir.path())).await;
+    let t = Instant::now();
+    let (fast, fast_keys) = svc
+        .create(&json!({"name": "fast", "detection_timeout": "2s",
+            "hosts": [{"name": "quiet"}, {"name": "checked"}],
+            "groups": [{"name": "g", "hosts": ["checked"], "steps": [{"index": 1, "content": "true"}]}],
+            "health_checks": [{"name": "app", "kind": "port_health", "port": 8080, "period": "1s", "hosts": ["checked"]}]}))
+        .await;
+    let (slow, slow_keys) = svc
+        .create(&json!({"name": "slow", "hosts": [{"name": "quiet"}]}))
+        .await;
+    let _quiet = svc.pair(&fast, &fast_keys, "quiet").await;
+    let checked = svc.pair(&fast, &fast_keys, "checked").await;
+    let _slow_quiet = svc.pair(&slow, &slow_keys, "quiet").await;
+    let w = checked.take(&svc).await;
+    checked
+        .run(&svc, w["exec_id"].as_str().expect("exec"), true, "", None)
+        .await;
+    let (_, active) = checked.work(&svc, 0, None).await;
+    assert_eq!(active["health_checks"][0]["name"], "app", "{active}");
+    let list = loop {
+        // `checked` keeps heartbeating but never reports a passing check.
+        let (st, _) = svc
+            .req(
+                "POST",
+                "/v1/agent/heartbeat",
+                Some(&checked.credential),
+                Some(&heartbeat()),
+            )
+            .await;
+        assert_eq!(st, 200);
+        let list = svc.recovery(&fast).await;
+        if list.len() >= 2 {
+            break list;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "no recovery requests: {list:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        t.elapsed() >= Duration::from_millis(1500),
+        "the verdict came before the 2s timeout"
+    );
+    let by = |h: &str| {
+        list.iter()
+            .find(|r| r["host"] == h)
+            .cloned()
+            .unwrap_or_else(|| panic!("no request for {h}: {list:#?}"))
+    };
+    let quiet = by("quiet");
+    assert_eq!(quiet["kind"], "agent_silent", "{quiet:#}");
+    let reason = quiet["reason"].as_str().expect("reason");
+    assert!(
+        reason.contains("timeout 2s, detection_timeout"),
+        "the reason names the timeout used: {reason}"
+    );
+    let missing = by("checked");
+    assert_eq!(missing["kind"], "health_missing", "{missing:#}");
+    let reason = missing["reason"].as_str().expect("reason");
+    assert!(
+        reason.contains("\"app\"") && reason.contains("timeout 2s, detection_timeout"),
+        "{reason}"
+    );
+    // The other instance's silent host is judged by --agent-timeout (60s).
+    assert_eq!(svc.recovery(&slow).await, Vec::<Value>::new());
+    assert_eq!(svc.instance(&slow).await["hosts"][0]["health"], "healthy");
+}
+
+/// `GET /v1/service`, `STATE/endpoint.json` and the pinned client of
+/// `ibkit_api::pin` against the real service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_info_and_endpoint_file_give_the_pins() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tmp();
+    let mut svc = Svc::start(config(dir.path())).await;
+    let cert = svc
+        .server
+        .as_ref()
+        .expect("server")
+        .cert_sha256
+        .clone()
+        .expect("cert");
+    // The operator token is required.
+    let (st, body) = svc.req("GET", "/v1/service", None, None).await;
+    assert_eq!(st, 401, "{body}");
+    let (st, body) = svc.req("GET", "/v1/service", Some("op_wrong"), None).await;
+    assert_eq!(st, 401, "{body}");
+    let (st, body) = svc.op("GET", "/v1/service", None).await;
+    assert_eq!(st, 200, "{body}");
+    let info: ibkit_api::wire::ServiceInfo =
+        serde_json::from_value(body.clone()).expect("a ServiceInfo");
+    assert_eq!(info.public_url, svc.url);
+    assert_eq!(info.cert_sha256.as_deref(), Some(cert.as_str()));
+    assert_eq!(info.heartbeat_interval.to_string(), "500ms");
+    assert_eq!(info.agent_timeout.to_string(), "1m");
+    assert_eq!(info.health_timeout.to_string(), "1m");
+    assert_eq!(info.version, env!("CARGO_PKG_VERSION"));
+    // curl_pin is the one the installer is served with.
+    let pin = info.curl_pin.clone().expect("self-signed: a curl pin");
+    assert!(pin.starts_with("sha256//"), "{pin}");
+    let script = svc
+        .client
+        .get(format!("{}/v1/agent/install.sh", svc.url))
+        .send()
+        .await
+        .expect("get")
+        .text()
+        .await
+        .expect("text");
+    assert!(script.contains(&format!("CURL_PIN='{pin}'\n")), "{script}");
+
+    // endpoint.json: the URL and pin, world-readable, written atomically.
+    let path = dir.path().join("endpoint.json");
+    let read = |path: &std::path::Path| -> Value {
+        serde_json::from_slice(&std::fs::read(path).expect("endpoint.json")).expect("JSON")
+    };
+    assert_eq!(read(&path), json!({"url": svc.url, "cert_sha256": cert}));
+    let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
+    assert_eq!(mode & 0o777, 0o644);
+    assert!(!dir.path().join("endpoint.tmp").exists(), "temp file left");
+    // What a local `ibkit deploy` does: trust only the file's pin.
+    let endpoint: ibkit_api::wire::ServiceEndpoint =
+        serde_json::from_value(read(&path)).expect("a ServiceEndpoint");
+    let pinned = |hex: &str| {
+        let pin = ibkit_api::pin::parse_cert_sha256(hex).expect("pin");
+        let tls = ibkit_api::pin::pinned_client_config(pin).expect("tls");
+        reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .build()
+            .expect("client")
+    };
+    let client = pinned(endpoint.cert_sha256.as_deref().expect("cert"));
+    let r = client
+        .get(format!("{}/v1/service", endpoint.url))
+        .bearer_auth(&svc.token)
+        .send()
+        .await
+        .expect("the pinned certificate is accepted");
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.json::<Value>().await.expect("json"), body);
+    let wrong = pinned(&"00".repeat(32))
+        .get(format!("{}/healthz", endpoint.url))
+        .send()
+        .await
+        .expect_err("another pin is refused");
+    let mut chain = wrong.to_string();
+    let mut src = std::error::Error::source(&wrong);
+    while let Some(s) = src {
+        chain.push_str(&format!(": {s}"));
+        src = s.source();
+    }
+    assert!(chain.contains("not the pinned one"), "{chain}");
+
+    // A restart listens on another port: the file follows.
+    svc.restart().await;
+    assert_eq!(read(&path)["url"], svc.url);
+
+    // Plain HTTP: no pins anywhere.
+    let plain_dir = tmp();
+    let mut cfg = config(plain_dir.path());
+    cfg.tls = ibkit_server::TlsMode::InsecureHttp;
+    let server = ibkit_server::Server::start(cfg).await.expect("starts");
+    assert!(server.url.starts_with("http://"), "{}", server.url);
+    assert_eq!(
+        read(&plain_dir.path().join("endpoint.json")),
+        json!({"url": server.url, "cert_sha256": null})
+    );
+    let token = std::fs::read_to_string(plain_dir.path().join("operator-token")).expect("token");
+    let info: ibkit_api::wire::ServiceInfo = reqwest::Client::new()
+        .get(format!("{}/v1/service", server.url))
+        .bearer_auth(token.trim())
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("a ServiceInfo");
+    assert_eq!((info.cert_sha256, info.curl_pin), (None, None));
+    server.shutdown().await;
+}
+
+/// The served installer with `--server-url`: the VM reaches the service at
+/// another address than the public URL baked into the script.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn installer_server_url_overrides_the_public_url() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tmp();
+    let mut cfg = config(dir.path());
+    // Nothing answers there: only the override can reach the service.
+    cfg.public_url = Some("https://public.invalid:9".into());
+    // A stand-in agent that records how the installer calls it.
+    let fake = dir.path().join("fake-agent");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\nprintf '%s\\n' \"$@\" > \"$(dirname \"$0\")/../../../agent-args\"\n",
+    )
+    .expect("fake agent");
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    cfg.agent_binary = Some(fake.clone());
+    let mut svc = Svc::start(cfg).await;
+    // The address the "VM" (and this test) reaches the service at.
+    svc.url = format!(
+        "https://{}",
+        svc.server.as_ref().expect("server").local_addr
+    );
+    let (id, keys) = svc
+        .create(&json!({"name": "i", "hosts": [{"name": "vm"}]}))
+        .await;
+    let script = svc
+        .client
+        .get(format!("{}/v1/agent/install.sh", svc.url))
+        .send()
+        .await
+        .expect("get")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        script.contains("SERVER_URL='https://public.invalid:9'"),
+        "{script}"
+    );
+    let script_path = dir.path().join("install.sh");
+    std::fs::write(&script_path, &script).expect("write");
+    let install = |root: &std::path::Path, url: &str| {
+        std::process::Command::new("sh")
+            .arg(&script_path)
+            .args([
+                "--instance",
+                &id,
+                "--host",
+                "vm",
+                "--pairing-key",
+                &keys[0].1,
+            ])
+            .args(["--server-url", url])
+            .env("IBKIT_ROOT", root)
+            .env("IBKIT_NO_SYSTEMD", "1")
+            .output()
+            .expect("sh runs")
+    };
+    // A trailing slash is dropped.
+    for (n, url) in [svc.url.clone(), format!("{}/", svc.url)]
+        .iter()
+        .enumerate()
+    {
+        let root = dir.path().join(format!("root{n}"));
+        let out = install(&root, url);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "install failed: {stderr}");
+        assert!(
+            stderr.contains(&format!("downloading the agent from {}\n", svc.url)),
+            "{stderr}"
+        );
+        assert_eq!(
+            std::fs::read(root.join("usr/local/bin/ibkit-agent")).expect("installed"),
+            std::fs::read(&fake).expect("fake"),
+            "the binary came from the service"
+        );
+        let toml = std::fs::read_to_string(root.join("etc/ibkit/agent.toml")).expect("config");
+        assert!(
+            toml.contains(&format!("server_url = \"{}\"\n", svc.url)),
+            "{toml}"
+        );
+        assert!(!toml.contains("public.invalid"), "{toml}");
+        let cert = svc
+            .server
+            .as_ref()
+            .expect("server")
+            .cert_sha256
+            .clone()
+            .expect("cert");
+        assert!(
+            toml.contains(&format!("server_cert_sha256 = \"{cert}\"")),
+            "{toml}"
+        );
+        let args = std::fs::read_to_string(root.join("agent-args")).expect("the agent ran");
+        let config = root.join("etc/ibkit/agent.toml");
+        assert_eq!(args, format!("pair\n--config\n{}\n", config.display()));
+    }
+    // Anything else is refused before anything is downloaded or written.
+    for bad in [
+        "ftp://127.0.0.1:1",
+        "https://",
+        "127.0.0.1:8443",
+        "https://a;touch${IFS}pwned",
+        "https://a b",
+        "https://a\"b",
+        "https://a'b",
+        "https://a$(id)",
+        "https://a\\b",
+        "https://a?b",
+    ] {
+        let root = dir.path().join("refused");
+        let out = install(&root, bad);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {stderr}");
+        assert!(stderr.contains("--server-url"), "{bad}: {stderr}");
+        assert!(stderr.contains(bad), "the message quotes it: {stderr}");
+        assert!(!root.exists(), "{bad}: the installer went on");
+    }
 }

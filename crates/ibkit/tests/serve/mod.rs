@@ -82,7 +82,7 @@ impl Service {
         Self::spawn(state, "127.0.0.1:0", args)
     }
 
-    fn spawn(state: &Path, listen: &str, args: Vec<String>) -> Service {
+    pub fn spawn(state: &Path, listen: &str, args: Vec<String>) -> Service {
         std::fs::create_dir_all(state).expect("state dir");
         let mut child = Command::new(ibkit_bin())
             .arg("serve")

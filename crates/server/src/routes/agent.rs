@@ -18,7 +18,8 @@ use crate::dispatch;
 use crate::error::{ApiError, ApiResult};
 use crate::{ApiJson, ApiQuery, AppState};
 
-fn duration(d: Duration) -> ibkit_api::Duration {
+/// A duration on the wire (`15s`), saturating.
+pub(crate) fn duration(d: Duration) -> ibkit_api::Duration {
     ibkit_api::Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
@@ -40,7 +41,8 @@ pub async fn pair(
         req.host.clone(),
         req.agent_version.clone(),
     );
-    let ok =
+    let st = s.clone();
+    let spec =
         s.db.write(move |c| {
             let tx = c.transaction()?;
             let n = tx.execute(
@@ -49,15 +51,20 @@ pub async fn pair(
                  AND EXISTS (SELECT 1 FROM instances WHERE id = ?1 AND status != 'deleted')",
                 params![inst, host, key_hash, cred_hash, now_ms(), version],
             )?;
+            let spec = if n == 1 {
+                Some(dispatch::spec_of(&st, &tx, &inst)?)
+            } else {
+                None
+            };
             tx.commit()?;
-            Ok(n == 1)
+            Ok(spec)
         })
         .await?;
-    if !ok {
+    let Some(spec) = spec else {
         return Err(ApiError::unauthorized(
             "pairing refused: unknown instance or host, or wrong pairing key",
         ));
-    }
+    };
     tracing::info!("paired host {} of instance {}", req.host, req.instance);
     s.record_heartbeat(&req.instance, &req.host, &req.agent_version);
     s.notify_host(&req.instance, &req.host);
@@ -65,7 +72,7 @@ pub async fn pair(
         credential,
         instance: req.instance,
         host: req.host,
-        heartbeat_interval: duration(s.cfg.heartbeat_interval),
+        heartbeat_interval: duration(s.cfg.heartbeat_interval_for(&spec)),
     }))
 }
 
@@ -83,7 +90,7 @@ pub struct WorkQuery {
 async fn compute_work(s: &Arc<AppState>, auth: &AgentAuth) -> ApiResult<WorkResponse> {
     let st = s.clone();
     let a = auth.clone();
-    let (next, checks) =
+    let (next, checks, spec) =
         s.db.write(move |c| {
             let tx = c.transaction()?;
             // The credential may have been revoked while we waited.
@@ -93,24 +100,29 @@ async fn compute_work(s: &Arc<AppState>, auth: &AgentAuth) -> ApiResult<WorkResp
                 ));
             }
             let next = dispatch::next_work(&st, &tx, &a.instance, &a.host)?;
+            // Also needed without checks: it sets the heartbeat interval.
+            let spec = dispatch::spec_of(&st, &tx, &a.instance)?;
             let checks = if next.checks_active {
-                let spec = dispatch::spec_of(&st, &tx, &a.instance)?;
                 dispatch::checks_for(&spec, &a.host)
             } else {
                 Vec::new()
             };
             tx.commit()?;
-            Ok((next, checks))
+            Ok((next, checks, spec))
         })
         .await?;
     if next.changed {
         s.notify_instance(&auth.instance);
     }
+    let heartbeat = s.cfg.heartbeat_interval_for(&spec);
     Ok(WorkResponse {
         work: next.work,
-        config_rev: dispatch::config_rev(&checks, s.heartbeat_ms()),
+        config_rev: dispatch::config_rev(
+            &checks,
+            u64::try_from(heartbeat.as_millis()).unwrap_or(u64::MAX),
+        ),
         health_checks: checks,
-        heartbeat_interval: duration(s.cfg.heartbeat_interval),
+        heartbeat_interval: duration(heartbeat),
     })
 }
 

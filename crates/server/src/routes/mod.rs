@@ -50,6 +50,12 @@ pub const ROUTES: &[(&str, &str, &str, &str)] = &[
         "agent",
         "One health check result",
     ),
+    (
+        "get",
+        "/v1/service",
+        "operator",
+        "The service's URL, certificate pins, intervals and version",
+    ),
     ("get", "/v1/instances", "operator", "List instances"),
     (
         "post",
@@ -133,6 +139,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/agent/heartbeat", post(agent::heartbeat))
         .route("/v1/agent/health", post(agent::health))
+        .route("/v1/service", get(operator::service_info))
         .route("/v1/instances", get(operator::list).post(operator::create))
         .route(
             "/v1/instances/{id}",

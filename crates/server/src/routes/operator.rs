@@ -7,6 +7,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use ibkit_api::InstanceSpec;
+use ibkit_api::wire::ServiceInfo;
 use rusqlite::{Connection, OptionalExtension as _, params};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -104,6 +105,21 @@ pub async fn create(
         StatusCode::CREATED,
         Json(json!({"id": id, "name": spec.name, "status": status, "hosts": hosts})),
     ))
+}
+
+/// How the service is set up. Behind the operator token because clients
+/// (`ibkit deploy`) trust the pins from here only over an authenticated,
+/// pinned connection.
+pub async fn service_info(_: Operator, State(s): State<Arc<AppState>>) -> Json<ServiceInfo> {
+    Json(ServiceInfo {
+        public_url: s.public_url.clone(),
+        cert_sha256: s.cert_sha256.clone(),
+        curl_pin: s.curl_pin.clone(),
+        heartbeat_interval: super::agent::duration(s.cfg.heartbeat_interval),
+        agent_timeout: super::agent::duration(s.cfg.agent_timeout),
+        health_timeout: super::agent::duration(s.cfg.health_timeout),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    })
 }
 
 pub async fn list(_: Operator, State(s): State<Arc<AppState>>) -> ApiResult<Json<Value>> {
@@ -242,6 +258,8 @@ pub async fn update(
             }
             let mut wanted = BTreeSet::new();
             let mut touched_hosts = BTreeSet::new();
+            // Steps reset because their hash changed (or that are new).
+            let mut rerun: BTreeSet<(String, String, u32)> = BTreeSet::new();
             for g in &spec.groups {
                 for h in &g.hosts {
                     for stp in &g.steps {
@@ -260,6 +278,7 @@ pub async fn update(
                                     &[&id2, h, &g.name, &stp.index],
                                 )?;
                                 touched_hosts.insert(h.clone());
+                                rerun.insert(key.clone());
                             }
                             None => {
                                 tx.execute(
@@ -267,10 +286,62 @@ pub async fn update(
                                     params![id2, h, g.name, stp.index, hash, stp.options.once],
                                 )?;
                                 touched_hosts.insert(h.clone());
+                                rerun.insert(key.clone());
                             }
                         }
                         wanted.insert(key);
                     }
+                }
+            }
+            // Steps that use the result of a step that runs again run again
+            // too (transitively): their input may change. A `once` step that
+            // is skipped keeps its result, so it does not propagate.
+            let runs_again = |(h, g, i): &(String, String, u32)| {
+                tx.query_row(
+                    "SELECT status FROM steps WHERE instance = ?1 AND host = ?2 AND grp = ?3 AND idx = ?4",
+                    params![id2, h, g, i],
+                    |r| r.get::<_, String>(0),
+                )
+                .is_ok_and(|st| st == "pending")
+            };
+            let mut visited = rerun.clone();
+            rerun.retain(|k| runs_again(k));
+            loop {
+                let mut more = Vec::new();
+                for g in &spec.groups {
+                    for h in &g.hosts {
+                        for stp in &g.steps {
+                            let key = (h.clone(), g.name.clone(), stp.index);
+                            if visited.contains(&key) {
+                                continue;
+                            }
+                            let uses_rerun = std::iter::once(&stp.content)
+                                .chain(&stp.options.environment_variables)
+                                .flat_map(|t| ibkit_api::reference::find_references(t).unwrap_or_default())
+                                .any(|r| {
+                                    let host = if r.host == "self" { h.clone() } else { r.host.clone() };
+                                    rerun.contains(&(host, r.group.clone(), r.index))
+                                });
+                            if uses_rerun {
+                                more.push(key);
+                            }
+                        }
+                    }
+                }
+                if more.is_empty() {
+                    break;
+                }
+                for key in more {
+                    dispatch::reset_steps(
+                        &tx,
+                        "instance = ?1 AND host = ?2 AND grp = ?3 AND idx = ?4",
+                        &[&id2, &key.0, &key.1, &key.2],
+                    )?;
+                    touched_hosts.insert(key.0.clone());
+                    if runs_again(&key) {
+                        rerun.insert(key.clone());
+                    }
+                    visited.insert(key);
                 }
             }
             for key in existing.keys().filter(|k| !wanted.contains(*k)) {

@@ -1,0 +1,475 @@
+//! `ibkit deploy up|status|outputs|down|watch|list`: the command line of
+//! `ibkit-deploy`'s controller on the local QEMU backend.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Subcommand, ValueEnum};
+use ibkit_deploy::controller::Progress;
+use ibkit_deploy::outputs::format_outputs;
+use ibkit_deploy::qemu_backend::{NetworkConfig, QemuBackend};
+use ibkit_deploy::{
+    Controller, DeployManifest, DeployStatus, ServiceClient, ServiceEndpoint, StatusView, Store,
+};
+use ibkit_vm::Accel;
+
+#[derive(clap::Args)]
+pub struct DeployArgs {
+    #[command(subcommand)]
+    command: DeployCommand,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DeployAccel {
+    Tcg,
+    Kvm,
+}
+
+#[derive(Subcommand)]
+enum DeployCommand {
+    /// Deploy a manifest, or update a deployed one (only what changed is
+    /// redone); waits until the instance is running or failed.
+    Up {
+        /// The deployment manifest (TOML, see docs/deploy.md).
+        manifest: PathBuf,
+        /// Stay and recover dead VMs until interrupted.
+        #[arg(long)]
+        watch: bool,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// The deployment: status, attempts with their failure reasons,
+    /// recoveries, VMs, per host steps and health.
+    Status {
+        /// Deployment name, or its manifest.
+        target: String,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// The outputs; sensitive ones are masked unless --show-sensitive.
+    Outputs {
+        /// Deployment name, or its manifest.
+        target: String,
+        #[arg(long)]
+        show_sensitive: bool,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// Delete the VMs and the instance.
+    Down {
+        /// Deployment name, or its manifest.
+        target: String,
+        /// Do not keep the VMs' serial logs and disks (default: the
+        /// manifest's `keep_evidence`).
+        #[arg(long)]
+        no_evidence: bool,
+    },
+    /// Recover dead VMs of running deployments (all, or the named ones)
+    /// until interrupted.
+    Watch { names: Vec<String> },
+    /// Every deployment with its status.
+    List {
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+}
+
+#[derive(clap::Args)]
+struct Common {
+    /// Where deployments and the QEMU backend keep their state.
+    #[arg(
+        long,
+        global = true,
+        env = "IBKIT_DEPLOY_STATE",
+        default_value = "/var/lib/ibkit/deploy"
+    )]
+    state: PathBuf,
+    /// The state directory of a local `ibkit serve` (its endpoint.json and
+    /// operator-token), used unless --service is given.
+    #[arg(
+        long,
+        global = true,
+        env = "IBKIT_SERVE_STATE",
+        default_value = "/var/lib/ibkit"
+    )]
+    serve_state: PathBuf,
+    /// The service URL (then --operator-token-file is needed too).
+    #[arg(long, global = true, env = "IBKIT_SERVICE")]
+    service: Option<String>,
+    /// Hex SHA-256 of the service's certificate (its ready line prints it);
+    /// without it the certificate must be CA-signed.
+    #[arg(long, global = true, env = "IBKIT_SERVICE_CERT_SHA256")]
+    service_cert_sha256: Option<String>,
+    #[arg(long, global = true, env = "IBKIT_OPERATOR_TOKEN_FILE")]
+    operator_token_file: Option<PathBuf>,
+    /// The service as VMs reach it (default: the service's port on the
+    /// bridge address).
+    #[arg(long, global = true)]
+    guest_service_url: Option<String>,
+    /// The private network's Linux bridge.
+    #[arg(long, global = true, default_value = "ibkbr0")]
+    bridge: String,
+    /// The host's address and prefix on the bridge; VMs get addresses from
+    /// the same subnet.
+    #[arg(long, global = true, default_value = "10.77.0.1/24")]
+    network: String,
+    /// QEMU accelerator (`ibkit boot-test` finds out whether KVM works here).
+    #[arg(long, global = true, value_enum, default_value = "tcg")]
+    accel: DeployAccel,
+    /// No progress lines on stderr.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+}
+
+fn parse_network(s: &str, bridge: &str) -> Result<NetworkConfig> {
+    let (addr, prefix) = s
+        .split_once('/')
+        .with_context(|| format!("--network {s:?}: write ADDRESS/PREFIX, e.g. 10.77.0.1/24"))?;
+    Ok(NetworkConfig {
+        bridge: bridge.to_string(),
+        host_addr: addr
+            .parse()
+            .with_context(|| format!("--network {s:?}: {addr:?} is not an IPv4 address"))?,
+        prefix_len: prefix
+            .parse()
+            .with_context(|| format!("--network {s:?}: {prefix:?} is not a prefix length"))?,
+        ..NetworkConfig::default()
+    })
+}
+
+impl Common {
+    fn endpoint(&self) -> Result<ServiceEndpoint> {
+        match &self.service {
+            Some(url) => {
+                let token_file = self
+                    .operator_token_file
+                    .clone()
+                    .unwrap_or_else(|| self.serve_state.join("operator-token"));
+                let token = std::fs::read_to_string(&token_file).with_context(|| {
+                    format!(
+                        "cannot read the operator token {} (--operator-token-file)",
+                        token_file.display()
+                    )
+                })?;
+                Ok(ServiceEndpoint {
+                    url: url.clone(),
+                    cert_sha256: self.service_cert_sha256.clone(),
+                    operator_token: ibkit_deploy::Secret::new(token.trim()),
+                })
+            }
+            None => {
+                let mut ep = ServiceEndpoint::from_serve_state(&self.serve_state)?;
+                if let Some(f) = &self.operator_token_file {
+                    let token = std::fs::read_to_string(f)
+                        .with_context(|| format!("cannot read {}", f.display()))?;
+                    ep.operator_token = ibkit_deploy::Secret::new(token.trim());
+                }
+                Ok(ep)
+            }
+        }
+    }
+}
+
+fn progress(quiet: bool) -> Progress {
+    let start = Instant::now();
+    Box::new(move |line: &str| {
+        if !quiet {
+            eprintln!(
+                "ibkit deploy [{:>6.1}s] {line}",
+                start.elapsed().as_secs_f64()
+            );
+        }
+    })
+}
+
+/// A deployment name, or the name inside a manifest file.
+fn resolve_name(target: &str) -> Result<String> {
+    let p = Path::new(target);
+    if p.is_file() {
+        let m = DeployManifest::load(p)?;
+        return Ok(m.instance.name);
+    }
+    if !ibkit_api::is_valid_name(target) {
+        bail!("{target:?} is neither a manifest file nor a deployment name");
+    }
+    Ok(target.to_string())
+}
+
+async fn controller(c: &Common) -> Result<Controller<QemuBackend>> {
+    let network = parse_network(&c.network, &c.bridge)?;
+    let store = Store::open(&c.state)?;
+    let accel = match c.accel {
+        DeployAccel::Tcg => Accel::Tcg,
+        DeployAccel::Kvm => Accel::Kvm,
+    };
+    let backend = QemuBackend::new(c.state.join("qemu"), network.clone())?.with_accel(accel);
+    let endpoint = c.endpoint()?;
+    let guest_url = match &c.guest_service_url {
+        Some(u) => u.clone(),
+        None => ibkit_deploy::client::with_host(&endpoint.url, &network.host_addr.to_string())?,
+    };
+    let client = ServiceClient::new(&endpoint)?;
+    Ok(Controller::new(backend, client, store, guest_url, progress(c.quiet)).await?)
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
+    crate::write_stdout(&format!("{}\n", serde_json::to_string_pretty(v)?))
+}
+
+fn fmt_ms(ms: u64) -> String {
+    ibkit_vm::accel::format_utc(ms / 1000)
+}
+
+fn status_text(s: &StatusView) -> String {
+    let mut out = format!(
+        "{}  {}  (instance {})\n",
+        s.name,
+        s.status.as_str(),
+        s.instance_id
+    );
+    if let Some(r) = &s.status_reason {
+        out.push_str(&format!("  reason: {}\n", r.replace('\n', "\n    ")));
+    }
+    out.push_str(&format!("  manifest: {}\n", s.manifest.display()));
+    for vm in &s.vms {
+        out.push_str(&format!(
+            "  vm {:<24} host {:<12} {:<8} {}\n",
+            vm.id,
+            vm.host,
+            vm.state,
+            vm.addresses.join(",")
+        ));
+    }
+    if let Some(svc) = &s.service {
+        out.push_str(&format!(
+            "  service: {}{}\n",
+            svc.status,
+            svc.status_reason
+                .as_deref()
+                .map(|r| format!(" ({})", r.lines().next().unwrap_or("")))
+                .unwrap_or_default()
+        ));
+        for h in &svc.hosts {
+            let steps: Vec<String> = h.steps.iter().map(|(k, v)| format!("{v} {k}")).collect();
+            out.push_str(&format!(
+                "    host {:<12} {:<8} {}  steps: {}{}\n",
+                h.name,
+                if h.paired { "paired" } else { "unpaired" },
+                h.health,
+                steps.join(", "),
+                h.unhealthy_reason
+                    .as_deref()
+                    .map(|r| format!("  ({r})"))
+                    .unwrap_or_default()
+            ));
+        }
+    }
+    for a in &s.attempts {
+        let took = a
+            .ended_ms
+            .map(|e| {
+                format!(
+                    " in {:.1} s",
+                    e.saturating_sub(a.started_ms) as f64 / 1000.0
+                )
+            })
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "  attempt {} ({:?}) started {}: {}{took}\n",
+            a.number,
+            a.kind,
+            fmt_ms(a.started_ms),
+            a.outcome.map_or("in progress", DeployStatus::as_str)
+        ));
+        if let Some(f) = &a.failure {
+            out.push_str(&format!("    failure: {}\n", f.replace('\n', "\n      ")));
+        }
+    }
+    for r in &s.recoveries {
+        out.push_str(&format!(
+            "  recovery of {} ({}) detected {}: {}\n",
+            r.host,
+            r.kind,
+            fmt_ms(r.detected_ms),
+            match (r.recovered_ms, &r.failure) {
+                (Some(t), _) => format!(
+                    "running again after {:.1} s",
+                    t.saturating_sub(r.detected_ms) as f64 / 1000.0
+                ),
+                (None, Some(f)) => format!("failed: {f}"),
+                (None, None) => "in progress".into(),
+            }
+        ));
+        out.push_str(&format!("    reason: {}\n", r.reason));
+        if let (Some(o), Some(n)) = (&r.old_vm, &r.new_vm) {
+            out.push_str(&format!("    {o} -> {n}\n"));
+        }
+        if let Some(p) = r.evidence.first().and_then(|p| p.parent()) {
+            out.push_str(&format!("    evidence: {}\n", p.display()));
+        }
+    }
+    out
+}
+
+async fn until_interrupted() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+async fn run_async(a: DeployArgs) -> Result<ExitCode> {
+    let c = &a.common;
+    match a.command {
+        DeployCommand::Up {
+            manifest,
+            watch,
+            format,
+        } => {
+            // Refuse a broken manifest before touching anything.
+            DeployManifest::load_validated(&manifest)?;
+            let ctl = controller(c).await?;
+            let record = tokio::select! {
+                r = ctl.up(&manifest) => r?,
+                _ = until_interrupted() => {
+                    eprintln!("ibkit deploy: interrupted; the VMs started so far are kept (`ibkit deploy down` removes them)");
+                    return Ok(ExitCode::from(130));
+                }
+            };
+            let status = ctl.status(&record.name).await?;
+            if format == Format::Json {
+                print_json(&status)?;
+            } else {
+                crate::write_stdout(&status_text(&status))?;
+                if record.status == DeployStatus::Running {
+                    let outputs = ctl.outputs(&record.name).await?;
+                    if !outputs.is_empty() {
+                        crate::write_stdout(&format!(
+                            "outputs:\n{}",
+                            format_outputs(&outputs, false)
+                        ))?;
+                    }
+                }
+            }
+            let code = if record.status == DeployStatus::Running {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            };
+            if watch && record.status == DeployStatus::Running {
+                eprintln!("ibkit deploy: watching {} (Ctrl-C stops)", record.name);
+                ctl.watch(std::slice::from_ref(&record.name), until_interrupted())
+                    .await;
+            }
+            Ok(code)
+        }
+        DeployCommand::Status { target, format } => {
+            let name = resolve_name(&target)?;
+            let ctl = controller(c).await?;
+            let status = ctl.status(&name).await?;
+            if format == Format::Json {
+                print_json(&status)?;
+            } else {
+                crate::write_stdout(&status_text(&status))?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        DeployCommand::Outputs {
+            target,
+            show_sensitive,
+            format,
+        } => {
+            let name = resolve_name(&target)?;
+            let ctl = controller(c).await?;
+            let outputs = ctl.outputs(&name).await?;
+            if format == Format::Json {
+                let v: serde_json::Map<String, serde_json::Value> = outputs
+                    .iter()
+                    .map(|o| (o.name.clone(), o.to_json(show_sensitive)))
+                    .collect();
+                print_json(&v)?;
+            } else {
+                crate::write_stdout(&format_outputs(&outputs, show_sensitive))?;
+            }
+            Ok(if outputs.iter().any(|o| o.error.is_some()) {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        DeployCommand::Down {
+            target,
+            no_evidence,
+        } => {
+            let name = resolve_name(&target)?;
+            let ctl = controller(c).await?;
+            ctl.down(&name, no_evidence.then_some(false)).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        DeployCommand::Watch { names } => {
+            let ctl = controller(c).await?;
+            eprintln!(
+                "ibkit deploy: watching {} (Ctrl-C stops)",
+                if names.is_empty() {
+                    "every deployment".to_string()
+                } else {
+                    names.join(", ")
+                }
+            );
+            ctl.watch(&names, until_interrupted()).await;
+            Ok(ExitCode::SUCCESS)
+        }
+        DeployCommand::List { format } => {
+            let store = Store::open(&c.state)?;
+            let mut rows = Vec::new();
+            for name in store.names()? {
+                let r = store.load(&name)?;
+                rows.push(serde_json::json!({
+                    "name": r.name, "status": r.status, "instance_id": r.instance_id,
+                    "status_reason": r.status_reason, "updated_ms": r.updated_ms,
+                }));
+            }
+            if format == Format::Json {
+                print_json(&rows)?;
+            } else {
+                let mut s = String::new();
+                for r in &rows {
+                    s.push_str(&format!(
+                        "{:<24} {:<9} {}\n",
+                        r["name"].as_str().unwrap_or(""),
+                        r["status"].as_str().unwrap_or(""),
+                        r["instance_id"].as_str().unwrap_or("")
+                    ));
+                }
+                crate::write_stdout(&s)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+pub fn deploy(a: DeployArgs) -> Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    // The QEMU processes are daemons on purpose: they outlive this command.
+    rt.block_on(run_async(a))
+}

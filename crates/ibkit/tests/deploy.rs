@@ -1,0 +1,576 @@
+//! `ibkit deploy` end to end with real VMs (QEMU under TCG on the local
+//! backend), a real `ibkit serve` process and the real agent installed by
+//! the generated cloud-init user data:
+//!
+//! - the two-host example (`examples/deploy/two-host.toml`) reaches
+//!   `running`, its outputs are right, and the replica joined the primary's
+//!   join API with the primary's token (the API refuses any other);
+//! - the replica's QEMU is killed: `ibkit deploy watch` recreates only that
+//!   VM (the primary's QEMU process keeps running), the new replica joins
+//!   again (a second join with the same token) and the instance is
+//!   `running` again, with the dead VM's serial log and disk kept;
+//! - a broken script makes a deployment `failed` after its attempts, each
+//!   on new VMs, with the script's own words in every failure reason;
+//! - `down` deletes VMs, instance, taps and bridge.
+//!
+//! Needs root (bridge, taps, dnsmasq) and the Debian 12 test image
+//! (`IBKIT_DEBIAN_QCOW2`, else built by `scripts/build-debian-image.sh`).
+
+mod serve;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use serve::{Service, ibkit_bin};
+
+fn debian_image() -> PathBuf {
+    let [qcow2, _, _] = ibkit_test_utils::debian_images().expect("the Debian 12 test image");
+    qcow2
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+fn link_exists(name: &str) -> bool {
+    Path::new("/sys/class/net").join(name).exists()
+}
+
+/// Pids of live processes whose command line mentions `needle`.
+fn processes_naming(needle: &str) -> Vec<u32> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(needle) && ibkit_vm::procs::is_alive(pid) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+fn sigkill(pid: u32) {
+    let _ = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status();
+}
+
+/// A service, a deploy state directory and a bridge of their own; whatever
+/// is left (QEMU, dnsmasq, watch, taps, bridge) is removed on drop, also
+/// after a failure (the state directory is then kept for a look).
+struct Env {
+    dir: tempfile::TempDir,
+    service: Service,
+    bridge: &'static str,
+    network: &'static str,
+    watch: Option<Child>,
+}
+
+impl Env {
+    fn new(bridge: &'static str, network: &'static str) -> Env {
+        let dir = tempfile::Builder::new()
+            .prefix("ibkit-deploy-test")
+            .tempdir_in("/var/tmp")
+            .expect("tempdir");
+        // The service listens on every address (VMs reach it on the
+        // bridge); its public URL is the loopback one.
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let service = Service::spawn(
+            &dir.path().join("serve"),
+            &format!("0.0.0.0:{port}"),
+            vec![
+                "--public-url".into(),
+                format!("https://127.0.0.1:{port}"),
+                "--monitor-interval".into(),
+                "2s".into(),
+            ],
+        );
+        Env {
+            dir,
+            service,
+            bridge,
+            network,
+            watch: None,
+        }
+    }
+
+    fn state(&self) -> PathBuf {
+        self.dir.path().join("deploy")
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(ibkit_bin());
+        cmd.arg("deploy")
+            .args(args)
+            .arg("--state")
+            .arg(self.state())
+            .arg("--serve-state")
+            .arg(self.dir.path().join("serve"))
+            .args(["--bridge", self.bridge, "--network", self.network])
+            .env("IBKIT_LOG", "warn");
+        cmd
+    }
+
+    /// Runs `ibkit deploy ARGS`, stderr (progress) passed through; killed
+    /// after `timeout`.
+    fn run(&self, args: &[&str], timeout: Duration) -> Output {
+        let mut child = self
+            .command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("ibkit deploy starts");
+        let start = Instant::now();
+        loop {
+            if child.try_wait().expect("wait").is_some() {
+                return child.wait_with_output().expect("output");
+            }
+            if start.elapsed() > timeout {
+                let _ = child.kill();
+                panic!("ibkit deploy {args:?} did not finish within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let out = self.run(args, Duration::from_secs(120));
+        assert!(
+            out.status.success(),
+            "ibkit deploy {args:?}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        serde_json::from_slice(&out.stdout).expect("JSON on stdout")
+    }
+
+    fn status(&self, name: &str) -> Value {
+        self.json(&["status", name, "--format", "json"])
+    }
+
+    /// A manifest directory: the manifest and `debian12.qcow2` linked to
+    /// the test image.
+    fn manifest(&self, file: &str, text: &str) -> PathBuf {
+        let dir = self.dir.path().join("manifests");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let link = dir.join("debian12.qcow2");
+        if !link.exists() {
+            std::os::unix::fs::symlink(debian_image(), &link).expect("symlink");
+        }
+        let path = dir.join(file);
+        std::fs::write(&path, text).expect("manifest");
+        path
+    }
+
+    fn qemu_pid(&self, instance: &str, vm: &str) -> Option<u32> {
+        let pidfile = self
+            .state()
+            .join("qemu/vms")
+            .join(instance)
+            .join(vm)
+            .join("qemu.pid");
+        let pid: u32 = std::fs::read_to_string(pidfile).ok()?.trim().parse().ok()?;
+        ibkit_vm::procs::is_alive(pid).then_some(pid)
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if let Some(mut w) = self.watch.take() {
+            let _ = w.kill();
+            let _ = w.wait();
+        }
+        let needle = self.dir.path().display().to_string();
+        for pid in processes_naming(&needle) {
+            if pid != std::process::id() {
+                sigkill(pid);
+            }
+        }
+        // Taps are named in each VM's vm.json.
+        let mut taps = Vec::new();
+        for sub in ["qemu/vms", "qemu/evidence"] {
+            let root = self.state().join(sub);
+            for inst in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+                for vm in std::fs::read_dir(inst.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                {
+                    if let Ok(b) = std::fs::read(vm.path().join("vm.json"))
+                        && let Ok(v) = serde_json::from_slice::<Value>(&b)
+                        && let Some(t) = v["tap"].as_str()
+                    {
+                        taps.push(t.to_string());
+                    }
+                }
+            }
+        }
+        for t in taps.iter().map(String::as_str).chain([self.bridge]) {
+            if link_exists(t) {
+                let _ = Command::new("ip").args(["link", "del", "dev", t]).status();
+            }
+        }
+        if std::thread::panicking() {
+            let kept = self.dir.path().to_path_buf();
+            eprintln!("[deploy test] state kept in {}", kept.display());
+            std::mem::forget(std::mem::replace(
+                &mut self.dir,
+                tempfile::tempdir().expect("tempdir"),
+            ));
+        }
+    }
+}
+
+fn outputs(env: &Env, name: &str) -> Value {
+    env.json(&["outputs", name, "--format", "json", "--show-sensitive"])
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<Value>) -> Value {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?}: {what}"
+        );
+        std::thread::sleep(Duration::from_secs(3));
+    }
+}
+
+#[test]
+fn two_host_example_runs_and_a_killed_replica_is_recreated_alone() {
+    assert!(is_root(), "this test needs root (bridge, taps, dnsmasq)");
+    let env = Env::new("ibkbrdep", "10.78.0.1/24");
+    let example = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/deploy/two-host.toml"),
+    )
+    .expect("the example");
+    let manifest = env.manifest("two-host.toml", &example);
+    let manifest_arg = manifest.to_str().expect("utf-8 path");
+    let t = Instant::now();
+
+    // up: running, exit 0.
+    let out = env.run(
+        &["up", manifest_arg, "--format", "json"],
+        Duration::from_secs(1500),
+    );
+    let status: Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+    assert!(out.status.success(), "up failed: {status:#}");
+    let up_s = t.elapsed().as_secs_f64();
+    eprintln!("[deploy test] up -> running in {up_s:.1} s");
+    assert_eq!(status["status"], "running", "{status:#}");
+    assert_eq!(
+        status["attempts"].as_array().map(Vec::len),
+        Some(1),
+        "{status:#}"
+    );
+    assert_eq!(status["service"]["status"], "running");
+    let name = "two-host-demo";
+
+    // Outputs: the token is 32 hex digits, the join URL is the primary's
+    // address on the bridge, and the replica joined once.
+    let o = outputs(&env, name);
+    let token = o["join_token"]["value"]
+        .as_str()
+        .expect("token")
+        .to_string();
+    assert_eq!(token.len(), 32, "{o:#}");
+    assert!(token.chars().all(|c| c.is_ascii_hexdigit()), "{o:#}");
+    let url = o["join_url"]["value"].as_str().expect("url");
+    assert!(
+        url.starts_with("http://10.78.0.") && url.ends_with(":7000/join"),
+        "{o:#}"
+    );
+    assert_eq!(
+        o["replica_joined"]["value"], "replica (join number 1)",
+        "{o:#}"
+    );
+    // Masked unless asked for.
+    let text = env.run(&["outputs", name], Duration::from_secs(60));
+    let text = String::from_utf8_lossy(&text.stdout).into_owned();
+    assert!(
+        !text.contains(&token) && text.contains("sensitive"),
+        "{text}"
+    );
+    // The replica's step ran with the primary's token: its environment
+    // holds it (resolved by the service) and the primary's API accepted it.
+    let id = status["instance_id"].as_str().expect("id").to_string();
+    let join = env.service.step(&id, "replica", "join", 1);
+    assert_eq!(join["status"], "ok", "{join:#}");
+    assert_eq!(join["structured_result"]["joined"], "replica", "{join:#}");
+
+    // Kill the replica's QEMU while `watch` runs.
+    let primary_pid = env.qemu_pid(name, "primary-a1").expect("primary QEMU");
+    let replica_pid = env.qemu_pid(name, "replica-a1").expect("replica QEMU");
+    let watch = env
+        .command(&["watch", name])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("watch starts");
+    let mut env = env;
+    env.watch = Some(watch);
+    std::thread::sleep(Duration::from_secs(3));
+    let killed = Instant::now();
+    sigkill(replica_pid);
+    let status = wait_until(
+        "the instance running again",
+        Duration::from_secs(1200),
+        || {
+            let s = env.status(name);
+            let done = s["status"] == "running"
+                && s["recoveries"]
+                    .as_array()
+                    .is_some_and(|r| r.len() == 1 && r[0]["recovered_ms"].is_u64());
+            done.then_some(s)
+        },
+    );
+    eprintln!(
+        "[deploy test] kill -> running in {:.1} s",
+        killed.elapsed().as_secs_f64()
+    );
+    let rec = &status["recoveries"][0];
+    assert_eq!(rec["host"], "replica", "{status:#}");
+    assert_eq!(rec["kind"], "vm_stopped", "{status:#}");
+    assert_eq!(rec["old_vm"], format!("{name}.replica-a1"));
+    assert_eq!(rec["new_vm"], format!("{name}.replica-a2"));
+    // The dead VM's serial log and disk are kept.
+    let evidence: Vec<&str> = rec["evidence"]
+        .as_array()
+        .expect("evidence")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        evidence.iter().any(|p| p.ends_with("serial.log")),
+        "{evidence:?}"
+    );
+    assert!(
+        evidence.iter().any(|p| p.ends_with("overlay.qcow2")),
+        "{evidence:?}"
+    );
+    for p in &evidence {
+        assert!(Path::new(p).exists(), "{p} missing");
+    }
+    // Only the replica was recreated: the primary's QEMU never stopped.
+    assert_eq!(env.qemu_pid(name, "primary-a1"), Some(primary_pid));
+    let vms: Vec<String> = status["vms"]
+        .as_array()
+        .expect("vms")
+        .iter()
+        .map(|v| {
+            format!(
+                "{} {}",
+                v["id"].as_str().unwrap_or(""),
+                v["state"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    assert_eq!(
+        vms,
+        [
+            format!("{name}.primary-a1 running"),
+            format!("{name}.replica-a2 running")
+        ]
+    );
+    // The new replica resolved the primary's (unchanged, `once`) token
+    // again and joined a second time; health checks pass again.
+    let o = outputs(&env, name);
+    assert_eq!(o["join_token"]["value"], token.as_str(), "{o:#}");
+    assert_eq!(
+        o["replica_joined"]["value"], "replica (join number 2)",
+        "{o:#}"
+    );
+    assert_eq!(status["service"]["status"], "running");
+    let init = env.service.step(&id, "primary", "init", 1);
+    assert_eq!(
+        init["attempts"], 1,
+        "the primary's once step ran again: {init:#}"
+    );
+
+    // Update 1: only the primary's second step changes. It alone reruns;
+    // no VM is recreated, the replica's step (which does not use that
+    // step's result) does not rerun.
+    if let Some(mut w) = env.watch.take() {
+        let _ = w.kill();
+        let _ = w.wait();
+    }
+    let exec = |host: &str, group: &str, index: u64| {
+        env.service.step(&id, host, group, index)["exec_id"]
+            .as_str()
+            .map(str::to_string)
+    };
+    let before = [
+        exec("primary", "init", 1),
+        exec("primary", "init", 2),
+        exec("replica", "join", 1),
+    ];
+    let changed = example.replace(
+        "chmod 0755 /usr/local/bin/demo-primary",
+        "chmod 0755 /usr/local/bin/demo-primary # v2",
+    );
+    assert_ne!(changed, example);
+    let _ = env.manifest("two-host.toml", &changed);
+    let t = Instant::now();
+    let out = env.run(
+        &["up", manifest_arg, "--format", "json"],
+        Duration::from_secs(900),
+    );
+    let status: Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+    assert!(out.status.success(), "update failed: {status:#}");
+    eprintln!(
+        "[deploy test] step update -> running in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    assert_eq!(status["attempts"][1]["kind"], "update", "{status:#}");
+    let after = [
+        exec("primary", "init", 1),
+        exec("primary", "init", 2),
+        exec("replica", "join", 1),
+    ];
+    assert_eq!(after[0], before[0], "the once step reran");
+    assert_ne!(after[1], before[1], "the changed step did not rerun");
+    assert_eq!(after[2], before[2], "the replica's step reran");
+    assert_eq!(env.qemu_pid(name, "primary-a1"), Some(primary_pid));
+    assert!(env.qemu_pid(name, "replica-a2").is_some());
+
+    // Update 2: the replica's flavor changes: only its VM is recreated
+    // (and it joins a third time); the primary keeps running.
+    let changed = changed.replacen(
+        "flavor = { vcpus = 1, memory_mib = 1024, disk_gib = 4 }\n[hosts.user_data]\nper_instance",
+        "flavor = { vcpus = 1, memory_mib = 900, disk_gib = 4 }\n[hosts.user_data]\nper_instance",
+        1,
+    );
+    assert!(changed.contains("memory_mib = 900"));
+    let _ = env.manifest("two-host.toml", &changed);
+    let t = Instant::now();
+    let out = env.run(
+        &["up", manifest_arg, "--format", "json"],
+        Duration::from_secs(1500),
+    );
+    let status: Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+    assert!(out.status.success(), "update failed: {status:#}");
+    eprintln!(
+        "[deploy test] flavor update -> running in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let vm_ids: Vec<&str> = status["vms"]
+        .as_array()
+        .expect("vms")
+        .iter()
+        .filter_map(|v| v["id"].as_str())
+        .collect();
+    assert_eq!(
+        vm_ids,
+        [
+            format!("{name}.primary-a1").as_str(),
+            format!("{name}.replica-a3").as_str()
+        ]
+    );
+    assert_eq!(env.qemu_pid(name, "primary-a1"), Some(primary_pid));
+    assert_eq!(
+        exec("primary", "init", 2),
+        after[1],
+        "the primary's step reran"
+    );
+    let o = outputs(&env, name);
+    assert_eq!(
+        o["replica_joined"]["value"], "replica (join number 3)",
+        "{o:#}"
+    );
+
+    // down: VMs, taps, bridge and the instance are gone.
+    let out = env.run(&["down", name], Duration::from_secs(120));
+    assert!(out.status.success());
+    assert!(env.qemu_pid(name, "primary-a1").is_none());
+    assert!(!link_exists(env.bridge), "the bridge is left");
+    assert_eq!(env.service.instance(&id)["status"], "deleted");
+    assert_eq!(env.status(name)["status"], "deleted");
+}
+
+const BROKEN: &str = r#"
+[instance]
+name = "broken-demo"
+max_attempts = 2
+attempt_timeout = "15m"
+
+[[hosts]]
+name = "app"
+image = "debian12.qcow2"
+flavor = { vcpus = 1, memory_mib = 768, disk_gib = 3 }
+
+[[groups]]
+name = "setup"
+hosts = ["app"]
+
+[[groups.steps]]
+index = 1
+type = "bash"
+content = """
+echo "preparing the data directory"
+echo "fatal: /srv/data is not writable (disk full?)" >&2
+exit 4
+"""
+[groups.steps.options]
+timeout = "30s"
+"#;
+
+#[test]
+fn a_broken_script_fails_the_deployment_after_its_attempts_with_the_log() {
+    assert!(is_root(), "this test needs root (bridge, taps, dnsmasq)");
+    let env = Env::new("ibkbrbrk", "10.79.0.1/24");
+    let manifest = env.manifest("broken.toml", BROKEN);
+    let out = env.run(
+        &["up", manifest.to_str().expect("utf-8"), "--format", "json"],
+        Duration::from_secs(1800),
+    );
+    assert_eq!(out.status.code(), Some(1), "up must fail with exit code 1");
+    let status: Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+    assert_eq!(status["status"], "failed", "{status:#}");
+    let attempts = status["attempts"].as_array().expect("attempts");
+    assert_eq!(attempts.len(), 2, "{status:#}");
+    for (n, a) in attempts.iter().enumerate() {
+        assert_eq!(a["outcome"], "failed", "{a:#}");
+        assert_eq!(a["kind"], if n == 0 { "create" } else { "retry" });
+        let why = a["failure"].as_str().expect("failure reason");
+        assert!(why.contains("setup"), "{why}");
+        assert!(
+            why.contains("/srv/data is not writable"),
+            "the log is not in {why}"
+        );
+    }
+    let reason = status["status_reason"].as_str().expect("reason");
+    assert!(
+        reason.contains("2 attempt(s) failed") && reason.contains("not writable"),
+        "{reason}"
+    );
+    // Each attempt ran on a new VM; the first one's evidence is kept.
+    assert_eq!(status["vms"][0]["id"], "broken-demo.app-a2", "{status:#}");
+    let evidence = env.state().join("qemu/evidence/broken-demo");
+    let kept: Vec<String> = std::fs::read_dir(&evidence)
+        .expect("evidence dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(kept.iter().any(|k| k.starts_with("app-a1-")), "{kept:?}");
+    let out = env.run(
+        &["down", "broken-demo", "--no-evidence"],
+        Duration::from_secs(120),
+    );
+    assert!(out.status.success());
+    assert!(!link_exists(env.bridge));
+}
