@@ -262,7 +262,17 @@ impl Store {
             path: path.clone(),
             why: e.to_string(),
         })?;
-        let mut f = File::create(&tmp).map_err(io(&tmp))?;
+        // The manifest's scripts may hold secrets: owner only.
+        let mut f = {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(io(&tmp))?
+        };
         f.write_all(&text).map_err(io(&tmp))?;
         f.sync_all().map_err(io(&tmp))?;
         std::fs::rename(&tmp, &path).map_err(io(&path))
@@ -382,6 +392,12 @@ mod tests {
         let mut r = record("demo");
         store.save(&mut r).expect("saved");
         assert_eq!(store.load("demo").expect("loaded"), r);
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(dir.path().join("deployments/demo.json"))
+                .expect("record")
+                .permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600);
         assert_eq!(store.names().expect("names"), ["demo"]);
         let m = r.manifest().expect("manifest");
         assert_eq!(m.image_path(&m.hosts[0]), PathBuf::from("/tmp/x/a.qcow2"));

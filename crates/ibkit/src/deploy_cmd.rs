@@ -343,8 +343,19 @@ async fn run_async(a: DeployArgs) -> Result<ExitCode> {
             watch,
             format,
         } => {
-            // Refuse a broken manifest before touching anything.
-            DeployManifest::load_validated(&manifest)?;
+            // Refuse a broken manifest, or a missing image, before touching
+            // anything.
+            let m = DeployManifest::load_validated(&manifest)?;
+            for h in &m.hosts {
+                let image = m.image_path(h);
+                if !image.is_file() {
+                    bail!(
+                        "host {}: image {} is not a file (hosts[].image is relative to the manifest's directory)",
+                        h.name,
+                        image.display()
+                    );
+                }
+            }
             let ctl = controller(c).await?;
             let record = tokio::select! {
                 r = ctl.up(&manifest) => r?,

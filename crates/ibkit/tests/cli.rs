@@ -382,3 +382,76 @@ fn real_debian_image_with_its_manifest_passes_every_static_rule() {
         "{ports}"
     );
 }
+
+/// `ibkit deploy` refuses bad input before touching anything, and says
+/// what is wrong: an invalid manifest (every problem with its path), a
+/// missing image, no service to talk to.
+#[test]
+fn deploy_refuses_bad_input_with_clear_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("deploy");
+    let serve_state = dir.path().join("no-serve");
+    let deploy = |args: &[&str]| {
+        let out = ibkit()
+            .arg("deploy")
+            .args(args)
+            .arg("--state")
+            .arg(&state)
+            .arg("--serve-state")
+            .arg(&serve_state)
+            .output()
+            .expect("ibkit runs");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[instance]\nname = \"x\"\n[[hosts]]\nname = \"a\"\nimage = \"a.qcow2\"\nflavor = { vcpus = 0 }\n",
+    )
+    .expect("write");
+    let (code, err) = deploy(&["up", bad.to_str().expect("utf-8")]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("hosts[0].flavor.vcpus"), "{err}");
+
+    let no_image = dir.path().join("no-image.toml");
+    std::fs::write(
+        &no_image,
+        "[instance]\nname = \"x\"\n[[hosts]]\nname = \"a\"\nimage = \"missing.qcow2\"\n",
+    )
+    .expect("write");
+    let (code, err) = deploy(&["up", no_image.to_str().expect("utf-8")]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("host a: image") && err.contains("missing.qcow2"),
+        "{err}"
+    );
+
+    let (code, err) = deploy(&["status", "x"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("endpoint.json") && err.contains("ibkit serve"),
+        "{err}"
+    );
+
+    let (code, err) = deploy(&["outputs", "../etc/passwd"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("neither a manifest file nor a deployment name"),
+        "{err}"
+    );
+
+    // Nothing was deployed.
+    let out = ibkit()
+        .args(["deploy", "list", "--format", "json", "--state"])
+        .arg(&state)
+        .output()
+        .expect("ibkit runs");
+    assert!(out.status.success());
+    assert_eq!(
+        serde_json::from_slice::<Value>(&out.stdout).ok(),
+        Some(serde_json::json!([]))
+    );
+}
