@@ -6,7 +6,8 @@
 #   1. `up` to `running`, with its milestones (VMs created, each agent
 #      paired, each host's steps done, health passed);
 #   2. kill -9 of the replica's QEMU to `running` again (found by the
-#      backend in the next 2 s round);
+#      backend in the next 2 s recovery round, which runs inside `ibkit
+#      serve --recover-deployments`);
 #   3. the replica cut off the network (its tap leaves the bridge; the VM
 #      runs on, its agent goes silent): found by the service's monitor after
 #      the 30 s detection timeout, then recreated, to `running` again.
@@ -27,9 +28,8 @@ bin=$dir/ibkit
 work=$(mktemp -d /var/tmp/ibkit-bench-deploy.XXXXXX)
 bridge=ibkbrbench
 net=10.76.0.1/24
-serve_pid='' watch_pid=''
+serve_pid=''
 cleanup() {
-  if [ -n "$watch_pid" ]; then kill "$watch_pid" 2>/dev/null || true; fi
   "$bin" deploy down two-host-demo --no-evidence --state "$work/deploy" \
     --serve-state "$work/serve" --bridge "$bridge" --network "$net" -q >/dev/null 2>&1 || true
   if [ -n "$serve_pid" ]; then kill "$serve_pid" 2>/dev/null || true; fi
@@ -43,6 +43,7 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
 mkdir -p "$work/serve" "$work/m"
 "$bin" serve --listen "0.0.0.0:$port" --public-url "https://127.0.0.1:$port" \
   --state-dir "$work/serve" --agent-binary "$dir/ibkit-agent" --monitor-interval 2s \
+  --recover-deployments "$work/deploy" --bridge "$bridge" --network "$net" \
   >"$work/serve.out" 2>"$work/serve.log" &
 serve_pid=$!
 for _ in $(seq 1 100); do [ -s "$work/serve/endpoint.json" ] && break; sleep 0.1; done
@@ -72,8 +73,7 @@ for name, at in sorted(a["milestones"], key=lambda m: m[1]):
     prev = at
 PY
 
-deploy watch two-host-demo -q &
-watch_pid=$!
+# Recovery runs inside the service (--recover-deployments).
 sleep 3
 
 wait_recovered() { # N: the number of recoveries that must be done

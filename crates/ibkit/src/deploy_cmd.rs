@@ -84,6 +84,22 @@ enum DeployCommand {
     },
 }
 
+/// The local QEMU backend's network and accelerator (`ibkit deploy`, and
+/// `ibkit serve --recover-deployments`).
+#[derive(clap::Args, Clone)]
+pub struct QemuArgs {
+    /// The private network's Linux bridge.
+    #[arg(long, global = true, default_value = "ibkbr0")]
+    bridge: String,
+    /// The host's address and prefix on the bridge; VMs get addresses from
+    /// the same subnet.
+    #[arg(long, global = true, default_value = "10.77.0.1/24")]
+    network: String,
+    /// QEMU accelerator (`ibkit boot-test` finds out whether KVM works here).
+    #[arg(long, global = true, value_enum, default_value = "tcg")]
+    accel: DeployAccel,
+}
+
 #[derive(clap::Args)]
 struct Common {
     /// Where deployments and the QEMU backend keep their state.
@@ -116,16 +132,8 @@ struct Common {
     /// bridge address).
     #[arg(long, global = true)]
     guest_service_url: Option<String>,
-    /// The private network's Linux bridge.
-    #[arg(long, global = true, default_value = "ibkbr0")]
-    bridge: String,
-    /// The host's address and prefix on the bridge; VMs get addresses from
-    /// the same subnet.
-    #[arg(long, global = true, default_value = "10.77.0.1/24")]
-    network: String,
-    /// QEMU accelerator (`ibkit boot-test` finds out whether KVM works here).
-    #[arg(long, global = true, value_enum, default_value = "tcg")]
-    accel: DeployAccel,
+    #[command(flatten)]
+    qemu: QemuArgs,
     /// No progress lines on stderr.
     #[arg(long, short, global = true)]
     quiet: bool,
@@ -206,20 +214,72 @@ fn resolve_name(target: &str) -> Result<String> {
 }
 
 async fn controller(c: &Common) -> Result<Controller<QemuBackend>> {
-    let network = parse_network(&c.network, &c.bridge)?;
-    let store = Store::open(&c.state)?;
-    let accel = match c.accel {
+    let endpoint = c.endpoint()?;
+    controller_for(
+        &c.state,
+        endpoint,
+        &c.qemu,
+        c.guest_service_url.clone(),
+        progress(c.quiet),
+    )
+    .await
+}
+
+async fn controller_for(
+    state: &Path,
+    endpoint: ServiceEndpoint,
+    qemu: &QemuArgs,
+    guest_service_url: Option<String>,
+    progress: Progress,
+) -> Result<Controller<QemuBackend>> {
+    let network = parse_network(&qemu.network, &qemu.bridge)?;
+    let store = Store::open(state)?;
+    let accel = match qemu.accel {
         DeployAccel::Tcg => Accel::Tcg,
         DeployAccel::Kvm => Accel::Kvm,
     };
-    let backend = QemuBackend::new(c.state.join("qemu"), network.clone())?.with_accel(accel);
-    let endpoint = c.endpoint()?;
-    let guest_url = match &c.guest_service_url {
-        Some(u) => u.clone(),
+    let backend = QemuBackend::new(state.join("qemu"), network.clone())?.with_accel(accel);
+    let guest_url = match guest_service_url {
+        Some(u) => u,
         None => ibkit_deploy::client::with_host(&endpoint.url, &network.host_addr.to_string())?,
     };
     let client = ServiceClient::new(&endpoint)?;
-    Ok(Controller::new(backend, client, store, guest_url, progress(c.quiet)).await?)
+    Ok(Controller::new(backend, client, store, guest_url, progress).await?)
+}
+
+/// `ibkit serve --recover-deployments DIR`: the recovery rounds of every
+/// deployment in `DIR`, inside the service (as `ibkit deploy watch`),
+/// talking to the service over loopback with its own token and pin.
+pub async fn recover_in_service(
+    server: &ibkit_server::Server,
+    deploy_state: PathBuf,
+    qemu: QemuArgs,
+) -> Result<tokio::task::JoinHandle<()>> {
+    let token_file = server.operator_token_file();
+    let token = std::fs::read_to_string(&token_file)
+        .with_context(|| format!("cannot read {}", token_file.display()))?;
+    let url = server.local_url();
+    let endpoint = ServiceEndpoint {
+        url: url.clone(),
+        cert_sha256: server.cert_sha256.clone(),
+        operator_token: ibkit_deploy::Secret::new(token.trim()),
+    };
+    // VMs reach the service on the bridge address, at the bound port.
+    let ctl = controller_for(
+        &deploy_state,
+        endpoint,
+        &qemu,
+        None,
+        Box::new(|line: &str| eprintln!("ibkit serve: recovery: {line}")),
+    )
+    .await?;
+    eprintln!(
+        "ibkit serve: recovering dead VMs of the deployments in {}",
+        deploy_state.display()
+    );
+    Ok(tokio::spawn(async move {
+        ctl.watch(&[], std::future::pending()).await;
+    }))
 }
 
 fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {

@@ -330,6 +330,12 @@ struct ServeArgs {
     health_timeout: ibkit_api::Duration,
     #[arg(long, default_value = "5s")]
     monitor_interval: ibkit_api::Duration,
+    /// Also recover dead VMs of the deployments in this `ibkit deploy`
+    /// state directory (local QEMU backend), as `ibkit deploy watch` would.
+    #[arg(long, value_name = "DEPLOY_STATE")]
+    recover_deployments: Option<PathBuf>,
+    #[command(flatten)]
+    qemu: deploy_cmd::QemuArgs,
 }
 
 fn serve(a: ServeArgs) -> Result<ExitCode> {
@@ -357,7 +363,19 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    rt.block_on(ibkit_server::run(cfg))?;
+    rt.block_on(async {
+        let server = ibkit_server::Server::start(cfg).await?;
+        server.print_ready()?;
+        let recovery = match a.recover_deployments {
+            Some(dir) => Some(deploy_cmd::recover_in_service(&server, dir, a.qemu).await?),
+            None => None,
+        };
+        let r = server.wait().await;
+        if let Some(task) = recovery {
+            task.abort();
+        }
+        r
+    })?;
     Ok(ExitCode::SUCCESS)
 }
 

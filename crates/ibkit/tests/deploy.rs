@@ -5,10 +5,17 @@
 //! - the two-host example (`examples/deploy/two-host.toml`) reaches
 //!   `running`, its outputs are right, and the replica joined the primary's
 //!   join API with the primary's token (the API refuses any other);
-//! - the replica's QEMU is killed: `ibkit deploy watch` recreates only that
+//! - the replica's QEMU is killed: the service's recovery rounds
+//!   (`ibkit serve --recover-deployments`, the code of `ibkit deploy
+//!   watch`) recreate only that
 //!   VM (the primary's QEMU process keeps running), the new replica joins
 //!   again (a second join with the same token) and the instance is
 //!   `running` again, with the dead VM's serial log and disk kept;
+//! - the new replica is cut off the network (its VM runs on): the service's
+//!   monitor opens a recovery request after the 30 s detection timeout and
+//!   the replica is recreated again;
+//! - an update of one step reruns only that step; an update of the
+//!   replica's flavor recreates only the replica;
 //! - a broken script makes a deployment `failed` after its attempts, each
 //!   on new VMs, with the script's own words in every failure reason;
 //! - `down` deletes VMs, instance, taps and bridge.
@@ -20,7 +27,7 @@ mod serve;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -66,14 +73,13 @@ fn sigkill(pid: u32) {
 }
 
 /// A service, a deploy state directory and a bridge of their own; whatever
-/// is left (QEMU, dnsmasq, watch, taps, bridge) is removed on drop, also
+/// is left (QEMU, dnsmasq, taps, bridge) is removed on drop, also
 /// after a failure (the state directory is then kept for a look).
 struct Env {
     dir: tempfile::TempDir,
     service: Service,
     bridge: &'static str,
     network: &'static str,
-    watch: Option<Child>,
 }
 
 impl Env {
@@ -96,6 +102,13 @@ impl Env {
                 format!("https://127.0.0.1:{port}"),
                 "--monitor-interval".into(),
                 "2s".into(),
+                // Recovery inside the service (as `ibkit deploy watch`).
+                "--recover-deployments".into(),
+                dir.path().join("deploy").display().to_string(),
+                "--bridge".into(),
+                bridge.into(),
+                "--network".into(),
+                network.into(),
             ],
         );
         Env {
@@ -103,7 +116,6 @@ impl Env {
             service,
             bridge,
             network,
-            watch: None,
         }
     }
 
@@ -188,10 +200,6 @@ impl Env {
 
 impl Drop for Env {
     fn drop(&mut self) {
-        if let Some(mut w) = self.watch.take() {
-            let _ = w.kill();
-            let _ = w.wait();
-        }
         let needle = self.dir.path().display().to_string();
         for pid in processes_naming(&needle) {
             if pid != std::process::id() {
@@ -313,18 +321,9 @@ fn two_host_example_runs_and_a_killed_replica_is_recreated_alone() {
     assert_eq!(join["status"], "ok", "{join:#}");
     assert_eq!(join["structured_result"]["joined"], "replica", "{join:#}");
 
-    // Kill the replica's QEMU while `watch` runs.
+    // Kill the replica's QEMU: the service's recovery rounds find it.
     let primary_pid = env.qemu_pid(name, "primary-a1").expect("primary QEMU");
     let replica_pid = env.qemu_pid(name, "replica-a1").expect("replica QEMU");
-    let watch = env
-        .command(&["watch", name])
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("watch starts");
-    let mut env = env;
-    env.watch = Some(watch);
-    std::thread::sleep(Duration::from_secs(3));
     let killed = Instant::now();
     sigkill(replica_pid);
     let status = wait_until(
@@ -402,13 +401,65 @@ fn two_host_example_runs_and_a_killed_replica_is_recreated_alone() {
         "the primary's once step ran again: {init:#}"
     );
 
+    // The replica cut off the network: its VM runs on (the backend sees
+    // nothing wrong) but its agent and health results go silent. The
+    // service's monitor opens a recovery request after the manifest's
+    // detection_timeout (30 s) and the recovery rounds act on it.
+    let vm_json: Value = serde_json::from_slice(
+        &std::fs::read(
+            env.state()
+                .join("qemu/vms")
+                .join(name)
+                .join("replica-a2/vm.json"),
+        )
+        .expect("vm.json"),
+    )
+    .expect("vm.json parses");
+    let tap = vm_json["tap"].as_str().expect("tap").to_string();
+    let cut = Instant::now();
+    let ok = Command::new("ip")
+        .args(["link", "set", "dev", &tap, "nomaster"])
+        .status()
+        .expect("ip runs");
+    assert!(ok.success());
+    let status = wait_until(
+        "running after the network cut",
+        Duration::from_secs(1200),
+        || {
+            let s = env.status(name);
+            let done = s["status"] == "running"
+                && s["recoveries"]
+                    .as_array()
+                    .is_some_and(|r| r.len() == 2 && r[1]["recovered_ms"].is_u64());
+            done.then_some(s)
+        },
+    );
+    eprintln!(
+        "[deploy test] network cut -> running in {:.1} s",
+        cut.elapsed().as_secs_f64()
+    );
+    let rec = &status["recoveries"][1];
+    let kind = rec["kind"].as_str().expect("kind");
+    assert!(
+        kind == "agent_silent" || kind == "health_missing",
+        "the service's monitor should have found it: {rec:#}"
+    );
+    assert!(
+        rec["reason"].as_str().is_some_and(|r| r.contains("30s")),
+        "{rec:#}"
+    );
+    assert_eq!(rec["new_vm"], format!("{name}.replica-a3"));
+    assert_eq!(env.qemu_pid(name, "primary-a1"), Some(primary_pid));
+    let o = outputs(&env, name);
+    assert_eq!(
+        o["replica_joined"]["value"], "replica (join number 3)",
+        "{o:#}"
+    );
+
     // Update 1: only the primary's second step changes. It alone reruns;
     // no VM is recreated, the replica's step (which does not use that
-    // step's result) does not rerun.
-    if let Some(mut w) = env.watch.take() {
-        let _ = w.kill();
-        let _ = w.wait();
-    }
+    // step's result) does not rerun. (The service's recovery rounds pause
+    // while `up` holds the lock.)
     let exec = |host: &str, group: &str, index: u64| {
         env.service.step(&id, host, group, index)["exec_id"]
             .as_str()
@@ -446,10 +497,10 @@ fn two_host_example_runs_and_a_killed_replica_is_recreated_alone() {
     assert_ne!(after[1], before[1], "the changed step did not rerun");
     assert_eq!(after[2], before[2], "the replica's step reran");
     assert_eq!(env.qemu_pid(name, "primary-a1"), Some(primary_pid));
-    assert!(env.qemu_pid(name, "replica-a2").is_some());
+    assert!(env.qemu_pid(name, "replica-a3").is_some());
 
     // Update 2: the replica's flavor changes: only its VM is recreated
-    // (and it joins a third time); the primary keeps running.
+    // (and it joins a fourth time); the primary keeps running.
     let changed = changed.replacen(
         "flavor = { vcpus = 1, memory_mib = 1024, disk_gib = 4 }\n[hosts.user_data]\nper_instance",
         "flavor = { vcpus = 1, memory_mib = 900, disk_gib = 4 }\n[hosts.user_data]\nper_instance",
@@ -478,7 +529,7 @@ fn two_host_example_runs_and_a_killed_replica_is_recreated_alone() {
         vm_ids,
         [
             format!("{name}.primary-a1").as_str(),
-            format!("{name}.replica-a3").as_str()
+            format!("{name}.replica-a4").as_str()
         ]
     );
     assert_eq!(env.qemu_pid(name, "primary-a1"), Some(primary_pid));
@@ -489,7 +540,7 @@ fn two_host_example_runs_and_a_killed_replica_is_recreated_alone() {
     );
     let o = outputs(&env, name);
     assert_eq!(
-        o["replica_joined"]["value"], "replica (join number 3)",
+        o["replica_joined"]["value"], "replica (join number 4)",
         "{o:#}"
     );
 

@@ -37,6 +37,11 @@ pub struct ServeConfig {
 }
 
 impl ServeConfig {
+    /// HTTPS (anything but `--insecure-http`).
+    pub fn tls_enabled(&self) -> bool {
+        !matches!(self.tls, TlsMode::InsecureHttp)
+    }
+
     /// The defaults of `ibkit serve` for a state directory.
     pub fn new(state_dir: impl Into<PathBuf>) -> Self {
         ServeConfig {

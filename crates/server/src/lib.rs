@@ -353,6 +353,52 @@ impl Server {
         })
     }
 
+    /// The ready line on stdout: `ibkit serve listening on URL cert-sha256 HEX`.
+    pub fn print_ready(&self) -> anyhow::Result<()> {
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        writeln!(
+            out,
+            "ibkit serve listening on {} cert-sha256 {}",
+            self.url,
+            self.cert_sha256.as_deref().unwrap_or("none")
+        )?;
+        out.flush()?;
+        Ok(())
+    }
+
+    /// The service as a client on this machine reaches it: the bound port
+    /// on loopback when listening on every address (the public URL may name
+    /// a host that does not resolve here).
+    pub fn local_url(&self) -> String {
+        let scheme = if self.state.cfg.tls_enabled() {
+            "https"
+        } else {
+            "http"
+        };
+        let ip = if self.local_addr.ip().is_unspecified() {
+            match self.local_addr.ip() {
+                std::net::IpAddr::V6(_) => "[::1]".to_string(),
+                std::net::IpAddr::V4(_) => "127.0.0.1".to_string(),
+            }
+        } else {
+            match self.local_addr.ip() {
+                std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+                ip => ip.to_string(),
+            }
+        };
+        format!("{scheme}://{ip}:{}", self.local_addr.port())
+    }
+
+    /// The operator token file in use.
+    pub fn operator_token_file(&self) -> PathBuf {
+        self.state
+            .cfg
+            .operator_token_file
+            .clone()
+            .unwrap_or_else(|| self.state.cfg.state_dir.join("operator-token"))
+    }
+
     /// Stops serving, flushes heartbeats.
     pub async fn shutdown(self) {
         self.handle.shutdown();
@@ -389,18 +435,8 @@ impl Server {
 
 /// Runs `ibkit serve`: prints the ready line on stdout, serves until stopped.
 pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
-    use std::io::Write as _;
     let server = Server::start(config).await?;
-    {
-        let mut out = std::io::stdout().lock();
-        writeln!(
-            out,
-            "ibkit serve listening on {} cert-sha256 {}",
-            server.url,
-            server.cert_sha256.as_deref().unwrap_or("none")
-        )?;
-        out.flush()?;
-    }
+    server.print_ready()?;
     server.wait().await
 }
 
