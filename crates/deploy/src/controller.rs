@@ -157,9 +157,7 @@ impl<B: ComputeBackend> Controller<B> {
     /// Deploys or updates the manifest at `path`; returns the record once
     /// the deployment is `running` or `failed`.
     pub async fn up(&self, path: &Path) -> Result<DeploymentRecord, DeployError> {
-        let manifest = DeployManifest::load_validated(path)?;
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| DeployError::Refused(format!("cannot read {}: {e}", path.display())))?;
+        let (manifest, text) = DeployManifest::read_validated(path)?;
         let abs = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
         let name = manifest.instance.name.clone();
         let _lock = self

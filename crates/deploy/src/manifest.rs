@@ -321,6 +321,26 @@ impl FromStr for DeployManifest {
 impl DeployManifest {
     /// Reads and parses (does not validate) a manifest file.
     pub fn load(path: &Path) -> Result<Self, ManifestError> {
+        Ok(DeployManifest::read(path)?.0)
+    }
+
+    /// [`DeployManifest::load`] then [`DeployManifest::validate`].
+    pub fn load_validated(path: &Path) -> Result<Self, ManifestError> {
+        Ok(DeployManifest::read_validated(path)?.0)
+    }
+
+    /// [`DeployManifest::load_validated`], with the text the manifest was
+    /// parsed from (what a deployment records), read once.
+    pub fn read_validated(path: &Path) -> Result<(Self, String), ManifestError> {
+        let (m, text) = DeployManifest::read(path)?;
+        m.validate().map_err(|errors| ManifestError::Invalid {
+            origin: path.display().to_string(),
+            errors,
+        })?;
+        Ok((m, text))
+    }
+
+    fn read(path: &Path) -> Result<(Self, String), ManifestError> {
         let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
             path: path.into(),
             source,
@@ -329,17 +349,8 @@ impl DeployManifest {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
         };
-        DeployManifest::parse(&text, dir, &path.display().to_string())
-    }
-
-    /// [`DeployManifest::load`] then [`DeployManifest::validate`].
-    pub fn load_validated(path: &Path) -> Result<Self, ManifestError> {
-        let m = DeployManifest::load(path)?;
-        m.validate().map_err(|errors| ManifestError::Invalid {
-            origin: path.display().to_string(),
-            errors,
-        })?;
-        Ok(m)
+        let m = DeployManifest::parse(&text, dir, &path.display().to_string())?;
+        Ok((m, text))
     }
 
     /// Parses `text`; relative image paths resolve against `base_dir`.

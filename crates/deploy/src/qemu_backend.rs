@@ -862,6 +862,38 @@ impl QemuBackend {
     }
 }
 
+/// Removes what the VMs under `state_dir` left on the host, without a
+/// backend value: kills every process naming `state_dir` (QEMU, dnsmasq),
+/// deletes the taps named in the VM records (live VMs and evidence) and
+/// the bridge. For tests and for cleaning up after a crash; best effort,
+/// errors are ignored.
+pub fn force_cleanup(state_dir: &Path, bridge: &str) {
+    for pid in ibkit_vm::procs::pids_naming(&state_dir.display().to_string()) {
+        ibkit_vm::procs::sigkill(pid);
+    }
+    let mut links = Vec::new();
+    for sub in ["vms", "evidence"] {
+        let instances = std::fs::read_dir(state_dir.join(sub)).into_iter().flatten();
+        for inst in instances.flatten() {
+            for vm in std::fs::read_dir(inst.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                if let Ok(r) = read_record(&vm.path().join("vm.json")) {
+                    links.push(r.tap);
+                }
+            }
+        }
+    }
+    links.push(bridge.to_string());
+    for link in links.iter().filter(|l| link_exists(l)) {
+        let _ = std::process::Command::new(ip_binary())
+            .args(["link", "del", "dev", link])
+            .status();
+    }
+}
+
 /// Console output as plain text: colour and cursor escape sequences
 /// (`ESC [ … final`) and other control characters removed.
 fn console_text(raw: &str) -> String {

@@ -12,14 +12,14 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use ibkit_deploy::backend::{ComputeBackend, InstanceRef, VmRequest, VmState};
 use ibkit_deploy::manifest::{Flavor, HostDef, UserDataSpec};
-use ibkit_deploy::qemu_backend::{NetworkConfig, QemuBackend};
+use ibkit_deploy::qemu_backend::{NetworkConfig, QemuBackend, force_cleanup};
 use ibkit_deploy::{AgentBootstrap, Secret, render_user_data};
+use ibkit_test_utils::{Phase, is_root, link_exists};
 use ibkit_vm::ssh::{self, SshKey, SshSession};
 
 const BRIDGE: &str = "ibkbrtest";
@@ -38,48 +38,6 @@ fn boot_timeout() -> Duration {
     )
 }
 
-struct Phase {
-    start: Instant,
-    last: Instant,
-}
-
-impl Phase {
-    fn done(&mut self, what: &str) {
-        let now = Instant::now();
-        eprintln!(
-            "[qemu backend test] {what}: {:.1} s (total {:.1} s)",
-            (now - self.last).as_secs_f64(),
-            (now - self.start).as_secs_f64()
-        );
-        self.last = now;
-    }
-}
-
-fn link_exists(name: &str) -> bool {
-    Path::new("/sys/class/net").join(name).exists()
-}
-
-/// Pids of live processes whose command line mentions `needle`.
-fn processes_naming(needle: &str) -> Vec<u32> {
-    let mut found = Vec::new();
-    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&cmdline).contains(needle) && ibkit_vm::procs::is_alive(pid) {
-            found.push(pid);
-        }
-    }
-    found
-}
-
-fn sigkill(pid: u32) {
-    let _ = Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
-        .status();
-}
-
 /// Cleans up whatever the test left, also when it fails: every process
 /// naming the state directory (QEMU, dnsmasq), the taps of its VMs, the
 /// bridge. The state directory is kept after a failure (for a look).
@@ -89,31 +47,7 @@ struct Guard {
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        let needle = self.state.display().to_string();
-        for pid in processes_naming(&needle) {
-            sigkill(pid);
-        }
-        let mut taps = Vec::new();
-        for dir in ["vms", "evidence"] {
-            let Ok(insts) = std::fs::read_dir(self.state.join(dir)) else {
-                continue;
-            };
-            for i in insts.flatten() {
-                for vm in std::fs::read_dir(i.path()).into_iter().flatten().flatten() {
-                    if let Ok(b) = std::fs::read(vm.path().join("vm.json"))
-                        && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&b)
-                        && let Some(t) = v["tap"].as_str()
-                    {
-                        taps.push(t.to_string());
-                    }
-                }
-            }
-        }
-        for t in taps.iter().chain(std::iter::once(&BRIDGE.to_string())) {
-            if link_exists(t) {
-                let _ = Command::new("ip").args(["link", "del", "dev", t]).status();
-            }
-        }
+        force_cleanup(&self.state, BRIDGE);
         if std::thread::panicking() {
             eprintln!("[qemu backend test] state kept in {}", self.state.display());
         } else {
@@ -180,13 +114,10 @@ fn ipv4(a: &[IpAddr]) -> Ipv4Addr {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_vms_on_a_bridge_readopted_and_one_recreated() {
     assert!(
-        nix::unistd::geteuid().is_root(),
+        is_root(),
         "this test needs root (Linux bridge, tap devices, dnsmasq); run it as root"
     );
-    let mut t = Phase {
-        start: Instant::now(),
-        last: Instant::now(),
-    };
+    let mut t = Phase::new("qemu backend test");
     let image = debian_image();
     assert!(image.is_file(), "image {} missing", image.display());
     // Short: QMP socket paths must stay under 108 bytes.
@@ -351,7 +282,7 @@ async fn two_vms_on_a_bridge_readopted_and_one_recreated() {
     assert!(backend.list(&other).await.expect("list").is_empty());
     t.done("a new backend value re-adopted both VMs");
 
-    sigkill(b_pid);
+    ibkit_vm::procs::sigkill(b_pid);
     let deadline = Instant::now() + Duration::from_secs(10);
     while ibkit_vm::procs::is_alive(b_pid) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -452,7 +383,7 @@ async fn two_vms_on_a_bridge_readopted_and_one_recreated() {
     assert_eq!(backend.dnsmasq_pid(), None);
     assert!(!link_exists(BRIDGE), "bridge removed");
     assert!(!ibkit_vm::procs::is_alive(dnsmasq), "dnsmasq stopped");
-    let left = processes_naming(&state.display().to_string());
+    let left = ibkit_vm::procs::pids_naming(&state.display().to_string());
     assert!(left.is_empty(), "processes left: {left:?}");
     for r in [&b1, &b2rec] {
         assert!(!link_exists(&r.tap), "tap {} removed", r.tap);

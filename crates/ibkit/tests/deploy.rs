@@ -30,46 +30,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use ibkit_deploy::qemu_backend::force_cleanup;
+use ibkit_test_utils::{is_root, link_exists};
 use serde_json::Value;
-use serve::{Service, ibkit_bin};
+use serve::{Service, ibkit_bin, wait_every};
 
 fn debian_image() -> PathBuf {
     let [qcow2, _, _] = ibkit_test_utils::debian_images().expect("the Debian 12 test image");
     qcow2
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
-}
-
-fn link_exists(name: &str) -> bool {
-    Path::new("/sys/class/net").join(name).exists()
-}
-
-/// Pids of live processes whose command line mentions `needle`.
-fn processes_naming(needle: &str) -> Vec<u32> {
-    let mut found = Vec::new();
-    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&cmdline).contains(needle) && ibkit_vm::procs::is_alive(pid) {
-            found.push(pid);
-        }
-    }
-    found
-}
-
-fn sigkill(pid: u32) {
-    let _ = Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
-        .status();
 }
 
 /// A service, a deploy state directory and a bridge of their own; whatever
@@ -200,43 +168,14 @@ impl Env {
 
 impl Drop for Env {
     fn drop(&mut self) {
-        let needle = self.dir.path().display().to_string();
-        for pid in processes_naming(&needle) {
-            if pid != std::process::id() {
-                sigkill(pid);
-            }
+        // The service and the recovery rounds name the directory too.
+        for pid in ibkit_vm::procs::pids_naming(&self.dir.path().display().to_string()) {
+            ibkit_vm::procs::sigkill(pid);
         }
-        // Taps are named in each VM's vm.json.
-        let mut taps = Vec::new();
-        for sub in ["qemu/vms", "qemu/evidence"] {
-            let root = self.state().join(sub);
-            for inst in std::fs::read_dir(&root).into_iter().flatten().flatten() {
-                for vm in std::fs::read_dir(inst.path())
-                    .into_iter()
-                    .flatten()
-                    .flatten()
-                {
-                    if let Ok(b) = std::fs::read(vm.path().join("vm.json"))
-                        && let Ok(v) = serde_json::from_slice::<Value>(&b)
-                        && let Some(t) = v["tap"].as_str()
-                    {
-                        taps.push(t.to_string());
-                    }
-                }
-            }
-        }
-        for t in taps.iter().map(String::as_str).chain([self.bridge]) {
-            if link_exists(t) {
-                let _ = Command::new("ip").args(["link", "del", "dev", t]).status();
-            }
-        }
+        force_cleanup(&self.state().join("qemu"), self.bridge);
         if std::thread::panicking() {
-            let kept = self.dir.path().to_path_buf();
-            eprintln!("[deploy test] state kept in {}", kept.display());
-            std::mem::forget(std::mem::replace(
-                &mut self.dir,
-                tempfile::tempdir().expect("tempdir"),
-            ));
+            eprintln!("[deploy test] state kept in {}", self.dir.path().display());
+            self.dir.disable_cleanup(true);
         }
     }
 }
@@ -245,18 +184,22 @@ fn outputs(env: &Env, name: &str) -> Value {
     env.json(&["outputs", name, "--format", "json", "--show-sensitive"])
 }
 
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<Value>) -> Value {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?}: {what}"
-        );
-        std::thread::sleep(Duration::from_secs(3));
-    }
+/// Waits until the deployment is `running` again after its `n`-th
+/// recovery; returns its status.
+fn wait_recovered(env: &Env, name: &str, n: usize, what: &str) -> Value {
+    wait_every(
+        what,
+        Duration::from_secs(1200),
+        Duration::from_secs(3),
+        || {
+            let s = env.status(name);
+            let done = s["status"] == "running"
+                && s["recoveries"]
+                    .as_array()
+                    .is_some_and(|r| r.len() == n && r[n - 1]["recovered_ms"].is_u64());
+            done.then_some(s)
+        },
+    )
 }
 
 #[test]
@@ -325,19 +268,8 @@ fn two_host_example_runs_and_a_killed_replica_is_recreated_alone() {
     let primary_pid = env.qemu_pid(name, "primary-a1").expect("primary QEMU");
     let replica_pid = env.qemu_pid(name, "replica-a1").expect("replica QEMU");
     let killed = Instant::now();
-    sigkill(replica_pid);
-    let status = wait_until(
-        "the instance running again",
-        Duration::from_secs(1200),
-        || {
-            let s = env.status(name);
-            let done = s["status"] == "running"
-                && s["recoveries"]
-                    .as_array()
-                    .is_some_and(|r| r.len() == 1 && r[0]["recovered_ms"].is_u64());
-            done.then_some(s)
-        },
-    );
+    ibkit_vm::procs::sigkill(replica_pid);
+    let status = wait_recovered(&env, name, 1, "the instance running again");
     eprintln!(
         "[deploy test] kill -> running in {:.1} s",
         killed.elapsed().as_secs_f64()
@@ -422,18 +354,7 @@ fn two_host_example_runs_and_a_killed_replica_is_recreated_alone() {
         .status()
         .expect("ip runs");
     assert!(ok.success());
-    let status = wait_until(
-        "running after the network cut",
-        Duration::from_secs(1200),
-        || {
-            let s = env.status(name);
-            let done = s["status"] == "running"
-                && s["recoveries"]
-                    .as_array()
-                    .is_some_and(|r| r.len() == 2 && r[1]["recovered_ms"].is_u64());
-            done.then_some(s)
-        },
-    );
+    let status = wait_recovered(&env, name, 2, "running after the network cut");
     eprintln!(
         "[deploy test] network cut -> running in {:.1} s",
         cut.elapsed().as_secs_f64()

@@ -112,6 +112,7 @@
 mod cmd;
 mod disk;
 mod hash;
+mod host;
 mod lvm;
 mod mkfs;
 mod spec;
@@ -124,6 +125,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, bail, ensure};
 
+pub use host::{Phase, is_root, link_exists};
 pub use spec::{Container, FsType, GptPart, Layout, PartTable, Volume};
 pub use tree::Tree;
 

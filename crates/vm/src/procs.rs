@@ -75,6 +75,31 @@ pub fn is_alive(pid: u32) -> bool {
     stat_fields(pid).is_some_and(|f| f.first().map(String::as_str) != Some("Z"))
 }
 
+/// Live processes other than this one whose command line contains
+/// `needle` (from /proc): what a state directory's daemons left behind.
+pub fn pids_naming(needle: &str) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let me = std::process::id();
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != me)
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
+        })
+        .filter(|pid| is_alive(*pid))
+        .collect()
+}
+
+/// SIGKILL to a pid that is not our child (a daemon); a process that is
+/// already gone is not an error.
+pub fn sigkill(pid: u32) {
+    if let Ok(raw) = i32::try_from(pid) {
+        let _ = kill(Pid::from_raw(raw), Signal::SIGKILL);
+    }
+}
+
 /// Pids of the processes whose parent is `pid` (from /proc).
 pub fn child_pids(pid: u32) -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {

@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ibkit_vm::ssh::{self, SshKey};
 use ibkit_vm::{
@@ -58,23 +58,6 @@ fn virtiofsd_processes(needle: &str) -> Vec<u32> {
     found
 }
 
-struct Phase {
-    start: Instant,
-    last: Instant,
-}
-
-impl Phase {
-    fn done(&mut self, what: &str) {
-        let now = Instant::now();
-        eprintln!(
-            "[boot test] {what}: {:.1} s (total {:.1} s)",
-            (now - self.last).as_secs_f64(),
-            (now - self.start).as_secs_f64()
-        );
-        self.last = now;
-    }
-}
-
 /// Boot budget: 240 s is enough on an idle 2-core machine (about 85 s seen),
 /// but a boot took 213 s while other VMs and builds shared the CPUs; default
 /// 420 s, `IBKIT_BOOT_TIMEOUT_S` overrides.
@@ -89,10 +72,7 @@ fn boot_timeout() -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn boot_debian_under_tcg() {
-    let mut t = Phase {
-        start: Instant::now(),
-        last: Instant::now(),
-    };
+    let mut t = ibkit_test_utils::Phase::new("boot test");
     let image = debian_image();
     assert!(image.is_file(), "image {} missing", image.display());
     let image_before = std::fs::metadata(&image)

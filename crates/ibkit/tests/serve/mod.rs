@@ -36,7 +36,17 @@ pub fn agent_bin() -> PathBuf {
 
 /// Waits until `f` returns Some, polling every 50 ms, or panics after
 /// `timeout` with `what` and the last value seen.
-pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+pub fn wait_for<T>(what: &str, timeout: Duration, f: impl FnMut() -> Option<T>) -> T {
+    wait_every(what, timeout, Duration::from_millis(50), f)
+}
+
+/// [`wait_for`], polling every `every` (for checks that cost more).
+pub fn wait_every<T>(
+    what: &str,
+    timeout: Duration,
+    every: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
     let start = Instant::now();
     loop {
         if let Some(v) = f() {
@@ -46,7 +56,7 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
             start.elapsed() < timeout,
             "timed out after {timeout:?} waiting for {what}"
         );
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(every);
     }
 }
 
