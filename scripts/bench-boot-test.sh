@@ -7,7 +7,7 @@
 # Run it on an otherwise idle machine: VMs under TCG compete for the CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-./scripts/setup.sh >/dev/null
+./scripts/setup.sh test bench >/dev/null
 image=$(./scripts/build-boot-images.sh --only clean | cut -f2)
 IBKIT_VIRTIOFSD="$(./scripts/install-virtiofsd.sh)"
 export IBKIT_VIRTIOFSD

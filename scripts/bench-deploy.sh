@@ -17,7 +17,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "bench-deploy: needs root (bridge, taps)" >&2; exit 2; }
-./scripts/setup.sh >/dev/null
+./scripts/setup.sh test bench >/dev/null
 image=$(./scripts/build-debian-image.sh | head -1)
 # The time is the guests' (TCG); IBKIT_BENCH_PROFILE=dev skips the release build.
 profile=${IBKIT_BENCH_PROFILE:-release}

@@ -3,54 +3,60 @@
 # machine: `ibkit serve` on loopback and two `ibkit-agent` processes, one per
 # host, each with its own state directory. The replica joins with the
 # primary's token, passed as a structured result through the service.
-# Prints the instance, every step's status and result.
+# Prints the instance, every step's status and result (`ibkit instance
+# status`), and exits 0 only when the instance is running.
+#
+# Usage: scripts/demo-cluster.sh [BIN_DIR [INSTANCE_JSON]]
+#   BIN_DIR holds `ibkit` and `ibkit-agent` (default: cargo's dev build,
+#   made here if missing or stale). INSTANCE_JSON defaults to
+#   examples/cluster/instance.json (the tests also run a broken one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --quiet -p ibkit -p ibkit-agent
-bin=target/release
+if [ $# -ge 1 ]; then
+  bin=$1
+else
+  cargo build -p ibkit -p ibkit-agent
+  bin=target/debug
+fi
+spec=${2:-examples/cluster/instance.json}
+for b in ibkit ibkit-agent; do
+  [ -x "$bin/$b" ] || { echo "demo: $bin/$b is missing" >&2; exit 2; }
+done
 work=$(mktemp -d)
-cleanup() { jobs -p | xargs -r kill 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
+# shellcheck disable=SC2317 # called by the trap
+cleanup() {
+  jobs -p | xargs -r kill 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
 trap cleanup EXIT
+# Nothing the service or the agents write is for other local users.
+umask 077
 
 "$bin/ibkit" serve --listen 127.0.0.1:0 --state-dir "$work/svc" --agent-binary "$bin/ibkit-agent" \
   --heartbeat-interval 2s >"$work/serve.out" 2>"$work/serve.log" &
-for _ in $(seq 100); do [ -s "$work/serve.out" ] && break; sleep 0.1; done
-read -r _ _ _ _ url _ pin <"$work/serve.out"
-token=$(cat "$work/svc/operator-token")
-api() { curl -fsS --cacert "$work/svc/tls/cert.pem" -H "authorization: Bearer $token" "$@"; }
-echo "demo: ibkit serve listening on $url (certificate sha256 $pin)" >&2
+serve_pid=$!
+for _ in $(seq 200); do
+  [ -s "$work/svc/endpoint.json" ] && break
+  kill -0 "$serve_pid" 2>/dev/null || { echo "demo: ibkit serve exited:" >&2; cat "$work/serve.log" >&2; exit 1; }
+  sleep 0.1
+done
+[ -s "$work/svc/endpoint.json" ] || { echo "demo: ibkit serve did not start:" >&2; cat "$work/serve.log" >&2; exit 1; }
+echo "demo: $(head -n 1 "$work/serve.out")" >&2
 
-created=$(api -H 'content-type: application/json' --data @examples/cluster/instance.json "$url/v1/instances")
-id=$(printf '%s' "$created" | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
-echo "demo: created instance $id" >&2
+export IBKIT_SERVE_STATE="$work/svc"
+id=$("$bin/ibkit" instance create "$spec" --agent-configs "$work/agents")
+echo "demo: created instance $id; starting one agent per host" >&2
 for host in primary replica; do
-  key=$(printf '%s' "$created" | python3 -c "import json,sys; print(next(h['pairing_key'] for h in json.load(sys.stdin)['hosts'] if h['name']=='$host'))")
-  mkdir -p "$work/$host"
-  cat >"$work/$host/agent.toml" <<CONF
-server_url = "$url"
-server_cert_sha256 = "$pin"
-instance = "$id"
-host = "$host"
-pairing_key = "$key"
-state_dir = "$work/$host/state"
-CONF
-  "$bin/ibkit-agent" run --config "$work/$host/agent.toml" 2>"$work/$host/agent.log" &
+  "$bin/ibkit-agent" run --config "$work/agents/$host.toml" 2>"$work/agents/$host.log" &
 done
 
-status=applying
-for _ in $(seq 300); do
-  status=$(api "$url/v1/instances/$id" | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"])')
-  [ "$status" = applying ] || break
-  sleep 0.2
-done
-echo "demo: instance $id is $status" >&2
-for host in primary replica; do
-  api "$url/v1/instances/$id/hosts/$host/steps" | python3 -c '
-import json, sys
-host = sys.argv[1]
-data = json.load(sys.stdin)
-for s in (data if isinstance(data, list) else data.get("steps", [])):
-    print(f"  {host}/{s[\"group\"]}/{s[\"index\"]}: {s[\"status\"]} (attempts {s.get(\"attempts\")}, exit {s.get(\"exit_code\")}) result: {(s.get(\"result\") or \"\").strip()!r}")
-' "$host"
-done
-[ "$status" = running ]
+set +e
+"$bin/ibkit" instance status "$id" --wait 90s
+code=$?
+set -e
+if [ "$code" -ne 0 ]; then
+  echo "demo: the instance is not running; the service's and the agents' logs:" >&2
+  tail -n 20 "$work/serve.log" "$work"/agents/*.log >&2 || true
+fi
+exit "$code"

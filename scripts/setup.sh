@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# Installs every system package ibkit needs (Debian 12 / bookworm), idempotently.
-# Package lists live next to this script: apt-packages.txt and
-# apt-backports-packages.txt. Run as root (or with sudo available).
+# Installs the system packages ibkit needs (Debian 12 / bookworm), idempotently.
+#
+# Usage: scripts/setup.sh [LIST...]
+#   Always installs apt-packages.txt (what the demo needs) and the QEMU
+#   packages from bookworm-backports (apt-backports-packages.txt); each LIST
+#   adds apt-LIST-packages.txt next to this script (`test`, `bench`, ...).
+# Run as root (or with sudo available).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 
@@ -10,15 +14,25 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 read_list() { grep -v '^\s*#' "$1" | grep -v '^\s*$' | tr '\n' ' '; }
 
+lists=("$here/apt-packages.txt")
+for name in "$@"; do
+  f="$here/apt-$name-packages.txt"
+  [ -f "$f" ] || { echo "setup: no package list $f" >&2; exit 2; }
+  lists+=("$f")
+done
+plain=""
+for f in "${lists[@]}"; do plain+=" $(read_list "$f")"; done
+backports=$(read_list "$here/apt-backports-packages.txt")
+
 missing=()
-for p in $(read_list "$here/apt-packages.txt") $(read_list "$here/apt-backports-packages.txt"); do
+for p in $plain $backports; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
 if [ ${#missing[@]} -eq 0 ]; then
-  echo "setup: all system packages present"
+  echo "setup: all system packages present" >&2
   exit 0
 fi
-echo "setup: installing ${missing[*]}"
+echo "setup: installing ${missing[*]}" >&2
 
 if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
   $SUDO tee /etc/apt/sources.list.d/ibkit-backports.sources >/dev/null <<'SRC'
@@ -31,6 +45,8 @@ SRC
 fi
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends $(read_list "$here/apt-packages.txt")
-$SUDO apt-get install -y -qq --no-install-recommends -t bookworm-backports $(read_list "$here/apt-backports-packages.txt")
-echo "setup: done"
+# shellcheck disable=SC2086 # the lists are word lists
+$SUDO apt-get install -y -qq --no-install-recommends $plain
+# shellcheck disable=SC2086
+$SUDO apt-get install -y -qq --no-install-recommends -t bookworm-backports $backports
+echo "setup: done" >&2

@@ -3,12 +3,12 @@
 use std::path::{Path, PathBuf};
 
 use ibkit_api::Duration;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Default cap of a step's stdout and of its log, per attempt.
 pub const DEFAULT_MAX_OUTPUT_BYTES: u64 = 16 * 1024 * 1024;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// `https://service:8443`.
@@ -16,7 +16,7 @@ pub struct Config {
     /// Hex SHA-256 of the service's certificate (DER); when set, exactly
     /// that certificate is accepted, whatever its name or issuer. Empty
     /// means unset: the system's roots are used.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_cert_sha256: Option<String>,
     pub instance: String,
     pub host: String,
@@ -26,7 +26,7 @@ pub struct Config {
     #[serde(default = "default_max_output")]
     pub max_output_bytes: u64,
     /// Overrides the interval the service asks for.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat_interval: Option<Duration>,
 }
 
@@ -95,6 +95,11 @@ impl Config {
             ));
         }
         Ok(cfg)
+    }
+
+    /// The file's text, as [`Config::parse`] reads it back.
+    pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
+        toml::to_string(self)
     }
 
     /// The certificate pin as bytes, if set (validated by [`Config::parse`]).

@@ -15,6 +15,8 @@ use ibkit_deploy::{
 };
 use ibkit_vm::Accel;
 
+use crate::service_args::ServiceArgs;
+
 #[derive(clap::Args)]
 pub struct DeployArgs {
     #[command(subcommand)]
@@ -110,24 +112,8 @@ struct Common {
         default_value = "/var/lib/ibkit/deploy"
     )]
     state: PathBuf,
-    /// The state directory of a local `ibkit serve` (its endpoint.json and
-    /// operator-token), used unless --service is given.
-    #[arg(
-        long,
-        global = true,
-        env = "IBKIT_SERVE_STATE",
-        default_value = "/var/lib/ibkit"
-    )]
-    serve_state: PathBuf,
-    /// The service URL (then --operator-token-file is needed too).
-    #[arg(long, global = true, env = "IBKIT_SERVICE")]
-    service: Option<String>,
-    /// Hex SHA-256 of the service's certificate (its ready line prints it);
-    /// without it the certificate must be CA-signed.
-    #[arg(long, global = true, env = "IBKIT_SERVICE_CERT_SHA256")]
-    service_cert_sha256: Option<String>,
-    #[arg(long, global = true, env = "IBKIT_OPERATOR_TOKEN_FILE")]
-    operator_token_file: Option<PathBuf>,
+    #[command(flatten)]
+    service: ServiceArgs,
     /// The service as VMs reach it (default: the service's port on the
     /// bridge address).
     #[arg(long, global = true)]
@@ -153,39 +139,6 @@ fn parse_network(s: &str, bridge: &str) -> Result<NetworkConfig> {
             .with_context(|| format!("--network {s:?}: {prefix:?} is not a prefix length"))?,
         ..NetworkConfig::default()
     })
-}
-
-impl Common {
-    fn endpoint(&self) -> Result<ServiceEndpoint> {
-        match &self.service {
-            Some(url) => {
-                let token_file = self
-                    .operator_token_file
-                    .clone()
-                    .unwrap_or_else(|| self.serve_state.join("operator-token"));
-                let token = std::fs::read_to_string(&token_file).with_context(|| {
-                    format!(
-                        "cannot read the operator token {} (--operator-token-file)",
-                        token_file.display()
-                    )
-                })?;
-                Ok(ServiceEndpoint {
-                    url: url.clone(),
-                    cert_sha256: self.service_cert_sha256.clone(),
-                    operator_token: ibkit_deploy::Secret::new(token.trim()),
-                })
-            }
-            None => {
-                let mut ep = ServiceEndpoint::from_serve_state(&self.serve_state)?;
-                if let Some(f) = &self.operator_token_file {
-                    let token = std::fs::read_to_string(f)
-                        .with_context(|| format!("cannot read {}", f.display()))?;
-                    ep.operator_token = ibkit_deploy::Secret::new(token.trim());
-                }
-                Ok(ep)
-            }
-        }
-    }
 }
 
 fn progress(quiet: bool) -> Progress {
@@ -214,7 +167,7 @@ fn resolve_name(target: &str) -> Result<String> {
 }
 
 async fn controller(c: &Common) -> Result<Controller<QemuBackend>> {
-    let endpoint = c.endpoint()?;
+    let endpoint = c.service.endpoint()?;
     controller_for(
         &c.state,
         endpoint,

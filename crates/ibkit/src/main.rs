@@ -7,6 +7,8 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 mod deploy_cmd;
+mod instance_cmd;
+mod service_args;
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -113,6 +115,9 @@ enum Command {
     /// Deploy a service instance from a manifest onto local QEMU VMs, show
     /// its status and outputs, recover dead VMs, delete it.
     Deploy(deploy_cmd::DeployArgs),
+    /// Create instances in `ibkit serve` for agents you run yourself, and
+    /// show an instance's status, hosts and steps.
+    Instance(instance_cmd::InstanceArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -553,6 +558,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Serve(args) => serve(args),
         Command::Deploy(args) => deploy_cmd::deploy(args),
+        Command::Instance(args) => instance_cmd::instance(args),
         Command::BootTest(args) => boot_test(args),
         Command::Rules { json } => {
             if json {
