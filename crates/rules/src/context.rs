@@ -25,6 +25,8 @@ pub struct Context<'a> {
     boot: OnceLock<facts::boot::BootConfig>,
     kernels: OnceLock<Vec<facts::kernel::Kernel>>,
     cloud: OnceLock<facts::cloudinit::CloudConfig>,
+    homes: OnceLock<facts::homes::Homes>,
+    modprobe: OnceLock<facts::modprobe::Modprobe>,
     notes: Mutex<Vec<String>>,
 }
 
@@ -46,6 +48,8 @@ impl<'a> Context<'a> {
             boot: OnceLock::new(),
             kernels: OnceLock::new(),
             cloud: OnceLock::new(),
+            homes: OnceLock::new(),
+            modprobe: OnceLock::new(),
             notes: Mutex::new(Vec::new()),
         }
     }
@@ -117,5 +121,13 @@ impl<'a> Context<'a> {
     /// cloud-init's merged configuration.
     pub fn cloud(&self) -> &facts::cloudinit::CloudConfig {
         self.cloud.get_or_init(|| facts::cloudinit::load(self))
+    }
+    /// Every home directory: passwd homes, `/root`, `/home/*`, service homes.
+    pub fn homes(&self) -> &facts::homes::Homes {
+        self.homes.get_or_init(|| facts::homes::load(self))
+    }
+    /// The root filesystem's modprobe.d configuration.
+    pub fn modprobe(&self) -> &facts::modprobe::Modprobe {
+        self.modprobe.get_or_init(|| facts::modprobe::load(self))
     }
 }

@@ -549,3 +549,347 @@ fn rhel_family_image_on_xfs_and_lvm_passes_and_debuggers_are_found_in_rpmdb() {
         .collect();
     assert_eq!(pkgs, ["gdb 10.2-11.el9", "strace 5.18-2.el9"]);
 }
+
+#[test]
+fn img_no_secrets_and_history_search_homes_without_an_account() {
+    let mut t = clean_tree();
+    // A user removed with `userdel` (no -r): the home stays, owned by a
+    // uid that is in no passwd entry.
+    t.file("home/ghost/.bash_history", "mysql -u root -phunter2\n")
+        .file(
+            "home/ghost/.aws/credentials",
+            "[default]\naws_access_key_id = AKIAIOSFODNN7EXAMPLE\naws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY\n",
+        )
+        .file(
+            "home/ghost/keys/deploy",
+            "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQ\n-----END OPENSSH PRIVATE KEY-----\n",
+        )
+        .owner("home/ghost", 1001, 1001)
+        // The same home again through a symlink: reported once.
+        .symlink("home/ghost-link", "/home/ghost")
+        // A service home no passwd entry names, owned by debian's uid.
+        .file("srv/build/.ssh/known_hosts", "")
+        .file(
+            "srv/build/.git-credentials",
+            "https://ci:glpat-abcdefghij0123456789@git.example.com\n",
+        )
+        .owner("srv/build", 1000, 1000)
+        // A home root configured for adduser.
+        .file("etc/adduser.conf", "DSHELL=/bin/bash\nDHOME=/data/homes\n")
+        .file(
+            "data/homes/carol/.netrc",
+            "machine api.example.com login carol password s3cr3t\n",
+        )
+        .owner("data/homes/carol", 1002, 1002)
+        .file("opt/app/.env", "DEBUG=false\nDB_PASSWORD=s3cr3t-db\n");
+    let r = check_one(&t, "IMG-NO-SECRETS");
+    let no_account = "uid 1001 (no account in /etc/passwd)";
+    let finding = |path: &str| {
+        r.findings
+            .iter()
+            .find(|f| f.evidence.path.as_deref() == Some(path))
+            .unwrap_or_else(|| panic!("no finding at {path}: {:#?}", r.findings))
+    };
+    assert_finding(
+        &r,
+        Status::Fail,
+        "credential-file",
+        Some("/home/ghost/.aws/credentials"),
+    );
+    assert!(
+        finding("/home/ghost/.aws/credentials")
+            .message
+            .contains(no_account)
+    );
+    let key = finding("/home/ghost/keys/deploy");
+    assert_eq!(key.kind, "secret-content");
+    assert!(key.message.contains(no_account), "{key:#?}");
+    let build = finding("/srv/build/.git-credentials");
+    assert!(
+        build.message.contains("uid 1000 (user debian"),
+        "{build:#?}"
+    );
+    assert!(build.evidence.detail.contains("under /srv"), "{build:#?}");
+    let carol = finding("/data/homes/carol/.netrc");
+    assert!(carol.message.contains("uid 1002 (no account"), "{carol:#?}");
+    assert!(
+        carol.evidence.detail.contains("/etc/adduser.conf:2"),
+        "{carol:#?}"
+    );
+    assert_finding(&r, Status::Fail, "secret-content", Some("/opt/app/.env"));
+    assert!(
+        !r.findings.iter().any(|f| f
+            .evidence
+            .path
+            .as_deref()
+            .is_some_and(|p| p.starts_with("/home/ghost-link"))),
+        "the symlinked home is reported twice: {:#?}",
+        r.findings
+    );
+    let json = serde_json::to_string(&r).expect("json");
+    for secret in [
+        "wJalrXUtnFEMI",
+        "b3BlbnNzaC1rZXkt",
+        "glpat-abcdefghij",
+        "s3cr3t",
+    ] {
+        assert!(!json.contains(secret), "{secret} leaked: {json}");
+    }
+
+    let r = check_one(&t, "IMG-NO-HISTORY");
+    assert_finding(
+        &r,
+        Status::Fail,
+        "history-file",
+        Some("/home/ghost/.bash_history"),
+    );
+    assert_eq!(r.findings.len(), 1, "{:#?}", r.findings);
+    assert!(r.findings[0].message.contains(no_account), "{r:#?}");
+    assert!(!serde_json::to_string(&r).expect("json").contains("hunter2"));
+}
+
+#[test]
+fn kernel_virtio_disabled_by_modprobe_config_in_image_and_initramfs() {
+    let mut t = clean_tree();
+    t.file(
+        "etc/modprobe.d/blacklist-virtio.conf",
+        "# keep the build NIC\nblacklist virtio-net\n",
+    )
+    .file(
+        "usr/lib/modprobe.d/no-virtiofs.conf",
+        "install virtiofs /bin/false\n",
+    )
+    .file(
+        &format!("boot/initrd.img-{KVER}"),
+        initramfs(&[
+            (
+                &format!("usr/lib/modules/{KVER}/kernel/drivers/block/virtio_blk.ko.xz"),
+                b"ko",
+            ),
+            (
+                &format!("usr/lib/modules/{KVER}/kernel/drivers/net/virtio_net.ko.xz"),
+                b"ko",
+            ),
+            ("etc/modprobe.d/disk.conf", b"blacklist virtio_blk\n"),
+            ("init", b"#!/bin/sh\n"),
+        ]),
+    );
+    let r = check_one(&t, "KERNEL-VIRTIO");
+    assert_finding(
+        &r,
+        Status::Fail,
+        "driver-disabled",
+        Some("/etc/modprobe.d/blacklist-virtio.conf"),
+    );
+    let net = r
+        .findings
+        .iter()
+        .find(|f| f.evidence.path.as_deref() == Some("/etc/modprobe.d/blacklist-virtio.conf"))
+        .expect("finding");
+    assert_eq!(net.evidence.line, Some(2));
+    assert!(net.message.contains("virtio_net"), "{net:#?}");
+    assert_finding(
+        &r,
+        Status::Fail,
+        "driver-disabled",
+        Some("/usr/lib/modprobe.d/no-virtiofs.conf"),
+    );
+    assert_finding(
+        &r,
+        Status::Fail,
+        "driver-disabled-initramfs",
+        Some(&format!("/boot/initrd.img-{KVER}")),
+    );
+    let init = r
+        .findings
+        .iter()
+        .find(|f| f.kind == "driver-disabled-initramfs")
+        .expect("finding");
+    assert!(
+        init.evidence
+            .detail
+            .contains("/etc/modprobe.d/disk.conf:1 inside: blacklist virtio_blk"),
+        "{init:#?}"
+    );
+}
+
+#[test]
+fn kernel_virtio_disabled_on_the_kernel_command_line() {
+    let mut t = clean_tree();
+    let cfg = String::from_utf8(t.read("boot/grub/grub.cfg")).expect("utf8");
+    t.file(
+        "boot/grub/grub.cfg",
+        cfg.replace(
+            " console=tty0",
+            " modprobe.blacklist=floppy,virtio_net module_blacklist=virtio_pci initcall_blacklist=virtio_pci_driver_init console=tty0",
+        ),
+    );
+    let r = check_one(&t, "KERNEL-VIRTIO");
+    let cmdline: Vec<&str> = r
+        .findings
+        .iter()
+        .filter(|f| f.kind == "driver-disabled-cmdline")
+        .map(|f| f.evidence.detail.as_str())
+        .collect();
+    assert_eq!(r.status, Status::Fail, "{r:#?}");
+    assert!(
+        cmdline.contains(&"modprobe.blacklist= names virtio_net"),
+        "{cmdline:?}"
+    );
+    // virtio_pci is built in: module_blacklist= cannot stop it (information),
+    // initcall_blacklist= can.
+    assert!(
+        cmdline.contains(&"initcall_blacklist= names virtio_pci_driver_init"),
+        "{cmdline:?}"
+    );
+    assert!(
+        r.findings.iter().any(|f| f.kind == "blacklist-builtin"
+            && f.evidence.detail == "module_blacklist= names virtio_pci"),
+        "{:#?}",
+        r.findings
+    );
+    assert!(
+        r.findings
+            .iter()
+            .all(|f| f.evidence.path.as_deref() == Some("/boot/grub/grub.cfg"))
+    );
+}
+
+#[test]
+fn os_no_fixed_mac_in_cloudinit_system_config_fails_unless_disabled() {
+    // v2 in a drop-in, as the vendor left it: cloud-init applies it on every
+    // instance ahead of the datasource's network config.
+    let mut t = clean_tree();
+    t.file(
+        "etc/cloud/cloud.cfg.d/95-vendor-network.cfg",
+        "network:\n  version: 2\n  ethernets:\n    uplink:\n      match:\n        macaddress: \"fa:16:3e:27:9c:40\"\n      set-name: uplink\n      dhcp4: true\n",
+    );
+    let r = check_one(&t, "OS-NO-FIXED-MAC");
+    assert_finding(
+        &r,
+        Status::Fail,
+        "mac-in-cloudinit-system-config",
+        Some("/etc/cloud/cloud.cfg.d/95-vendor-network.cfg"),
+    );
+    assert_eq!(r.findings[0].evidence.line, Some(6), "{r:#?}");
+    // A later drop-in switching cloud-init's networking off disarms it.
+    t.file(
+        "etc/cloud/cloud.cfg.d/99-disable-network-config.cfg",
+        "network: {config: disabled}\n",
+    );
+    let r = check_one(&t, "OS-NO-FIXED-MAC");
+    assert_eq!(r.status, Status::Pass, "{r:#?}");
+
+    // v1 in cloud.cfg itself: a physical interface with mac_address.
+    let mut t = clean_tree();
+    let cfg = String::from_utf8(t.read("etc/cloud/cloud.cfg")).expect("utf8");
+    t.file(
+        "etc/cloud/cloud.cfg",
+        format!(
+            "{cfg}network:\n  version: 1\n  config:\n    - type: physical\n      name: eth0\n      mac_address: 52:54:00:ab:cd:ef\n      subnets:\n        - type: dhcp\n"
+        ),
+    );
+    let r = check_one(&t, "OS-NO-FIXED-MAC");
+    assert_finding(
+        &r,
+        Status::Fail,
+        "mac-in-cloudinit-system-config",
+        Some("/etc/cloud/cloud.cfg"),
+    );
+    let line = cfg.lines().count() + 6;
+    assert_eq!(r.findings[0].evidence.line, Some(line), "{r:#?}");
+    // Matching by name instead passes.
+    t.file(
+        "etc/cloud/cloud.cfg",
+        format!("{cfg}network:\n  version: 2\n  ethernets:\n    eth0:\n      match:\n        name: en*\n      dhcp4: true\n"),
+    );
+    let r = check_one(&t, "OS-NO-FIXED-MAC");
+    assert_eq!(r.status, Status::Pass, "{r:#?}");
+}
+
+#[test]
+fn os_console_log_follows_the_extlinux_default_label() {
+    let extlinux = |default: &str| {
+        format!(
+            "{default}\nTIMEOUT 10\nPROMPT 0\n\nLABEL rescue\n\tLINUX /vmlinuz-{KVER}\n\tINITRD /initrd.img-{KVER}\n\tAPPEND root=/dev/vda1 ro single console=tty0 console=ttyS0,115200\n\nLABEL debian\n\tLINUX /vmlinuz-{KVER}\n\tINITRD /initrd.img-{KVER}\n\tAPPEND root=/dev/vda1 ro console=tty0\n"
+        )
+    };
+    let mut t = clean_tree();
+    t.remove("boot/grub/grub.cfg").remove("etc/default/grub");
+    // DEFAULT names the second label: its APPEND (line 13) is what boots,
+    // although the first APPEND in the file has ttyS0.
+    t.file("boot/extlinux/extlinux.conf", extlinux("DEFAULT debian"));
+    let r = check_one(&t, "OS-CONSOLE-LOG");
+    assert_finding(
+        &r,
+        Status::Fail,
+        "console-missing",
+        Some("/boot/extlinux/extlinux.conf"),
+    );
+    assert_eq!(r.findings[0].evidence.line, Some(13), "{r:#?}");
+    assert!(r.findings[0].message.contains("\"debian\""), "{r:#?}");
+    // DEFAULT rescue (or ONTIMEOUT rescue) boots the entry with ttyS0.
+    t.file("boot/extlinux/extlinux.conf", extlinux("DEFAULT rescue"));
+    let r = check_one(&t, "OS-CONSOLE-LOG");
+    assert_eq!(r.status, Status::Pass, "{r:#?}");
+    t.file(
+        "boot/extlinux/extlinux.conf",
+        extlinux("DEFAULT debian\nONTIMEOUT rescue"),
+    );
+    let r = check_one(&t, "OS-CONSOLE-LOG");
+    assert_eq!(r.status, Status::Pass, "{r:#?}");
+    // Old syntax: DEFAULT is a kernel line; the global APPEND applies.
+    t.file(
+        "boot/extlinux/extlinux.conf",
+        format!("APPEND root=/dev/vda1 ro console=tty0\nDEFAULT /vmlinuz-{KVER} quiet\n"),
+    );
+    let r = check_one(&t, "OS-CONSOLE-LOG");
+    assert_finding(
+        &r,
+        Status::Fail,
+        "console-missing",
+        Some("/boot/extlinux/extlinux.conf"),
+    );
+    assert_eq!(r.findings[0].evidence.line, Some(2), "{r:#?}");
+}
+
+#[test]
+fn os_sshd_fails_when_sshd_not_to_be_run_exists() {
+    let mut t = clean_tree();
+    let unit = "[Unit]\nDescription=OpenBSD Secure Shell server\nAfter=network.target auditd.service\nConditionPathExists=!/etc/ssh/sshd_not_to_be_run\n[Service]\nExecStart=/usr/sbin/sshd -D\n[Install]\nWantedBy=multi-user.target\nAlias=sshd.service\n";
+    t.file("usr/lib/systemd/system/ssh.service", unit);
+    // Debian's unit, without the marker: passes.
+    let r = check_one(&t, "OS-SSHD");
+    assert_eq!(r.status, Status::Pass, "{r:#?}");
+    t.file("etc/ssh/sshd_not_to_be_run", "");
+    let r = check_one(&t, "OS-SSHD");
+    assert_finding(
+        &r,
+        Status::Fail,
+        "sshd-condition-unmet",
+        Some("/etc/ssh/sshd_not_to_be_run"),
+    );
+    assert!(
+        r.findings[0]
+            .evidence
+            .detail
+            .contains("/usr/lib/systemd/system/ssh.service:4"),
+        "{r:#?}"
+    );
+    // A required path that is missing stops it as well; a run-time path is
+    // not judged.
+    t.remove("etc/ssh/sshd_not_to_be_run").file(
+        "etc/systemd/system/ssh.service.d/10-vendor.conf",
+        "[Unit]\nConditionPathExists=/run/sshd-ready\nConditionPathExists=/etc/vendor/ssh-enabled\n",
+    );
+    let r = check_one(&t, "OS-SSHD");
+    assert_finding(
+        &r,
+        Status::Fail,
+        "sshd-condition-unmet",
+        Some("/etc/vendor/ssh-enabled"),
+    );
+    t.file("etc/vendor/ssh-enabled", "");
+    let r = check_one(&t, "OS-SSHD");
+    assert_eq!(r.status, Status::Pass, "{r:#?}");
+}

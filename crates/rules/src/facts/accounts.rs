@@ -41,34 +41,6 @@ pub struct ShadowEntry {
     pub line: usize,
 }
 
-/// What a password field means.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PasswordState {
-    /// Empty: login without a password.
-    Empty,
-    /// `*`, `!`, `!!`, `!*`, `x`...: no password can match.
-    Locked,
-    /// A crypt hash that some password matches.
-    Usable,
-}
-
-/// Classify a shadow (or passwd) password field.
-pub fn password_state(field: &str) -> PasswordState {
-    if field.is_empty() {
-        PasswordState::Empty
-    } else if field.starts_with('!')
-        || field.starts_with('*')
-        || field == "x"
-        || !field.starts_with('$') && field.len() != 13
-    {
-        // Traditional DES hashes are 13 characters; anything else that does
-        // not start with `$` cannot be produced by crypt().
-        PasswordState::Locked
-    } else {
-        PasswordState::Usable
-    }
-}
-
 /// The accounts of the guest.
 #[derive(Clone, Debug, Default)]
 pub struct Accounts {
@@ -87,25 +59,8 @@ impl Accounts {
     pub fn user(&self, name: &str) -> Option<&User> {
         self.users.iter().find(|u| u.name == name)
     }
-    /// Home directories to inspect: every user's home from /etc/passwd, plus
-    /// `/root`, deduplicated, skipping `/` and `/nonexistent`-style paths that
-    /// do not exist.
-    pub fn homes(&self) -> Vec<(String, Option<&User>)> {
-        let mut out: Vec<(String, Option<&User>)> = Vec::new();
-        for u in &self.users {
-            let h = u.home.trim_end_matches('/');
-            if h.is_empty() {
-                continue;
-            }
-            if !out.iter().any(|(p, _)| p == h) {
-                out.push((h.to_owned(), Some(u)));
-            }
-        }
-        if !out.iter().any(|(p, _)| p == "/root") {
-            out.push(("/root".to_owned(), None));
-        }
-        out
-    }
+    // Home directories are their own fact: `crate::facts::homes` (passwd
+    // homes, /root, /home/*, service homes, with their owners).
 }
 
 /// Load the account files.
@@ -135,34 +90,13 @@ pub fn load(cx: &Context) -> Accounts {
     }
     if let Some(text) = cx.read_text("/etc/shadow") {
         acc.has_shadow = true;
-        for (i, line) in text.lines().enumerate() {
-            let f: Vec<&str> = line.split(':').collect();
-            if f.len() < 2 || line.starts_with('#') {
-                continue;
-            }
-            acc.shadow.push(ShadowEntry {
-                name: f[0].to_owned(),
-                hash: f[1].to_owned(),
-                line: i + 1,
-            });
-        }
+        acc.shadow = super::password::shadow_lines(&text)
+            .map(|l| ShadowEntry {
+                name: l.user.to_owned(),
+                hash: l.hash.to_owned(),
+                line: l.line,
+            })
+            .collect();
     }
     acc
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn states() {
-        assert_eq!(password_state(""), PasswordState::Empty);
-        assert_eq!(password_state("*"), PasswordState::Locked);
-        assert_eq!(password_state("!"), PasswordState::Locked);
-        assert_eq!(password_state("!$6$abc$def"), PasswordState::Locked);
-        assert_eq!(password_state("$6$salt$hash"), PasswordState::Usable);
-        assert_eq!(password_state("$y$j9T$salt$hash"), PasswordState::Usable);
-        assert_eq!(password_state("abcdefghijklm"), PasswordState::Usable);
-        assert_eq!(password_state("x"), PasswordState::Locked);
-    }
 }

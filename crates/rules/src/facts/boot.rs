@@ -25,8 +25,12 @@ pub enum SourceKind {
     GrubDefaults,
     /// `/etc/kernel/cmdline` (UKI / kernel-install).
     KernelCmdline,
-    /// extlinux/syslinux `APPEND`.
-    Extlinux,
+    /// An extlinux/syslinux `LABEL` (its `APPEND`, or the global one), or
+    /// an old-syntax `DEFAULT kernel args` line (label empty).
+    Extlinux {
+        /// The label's name.
+        label: String,
+    },
 }
 
 /// One kernel command line found in the image.
@@ -266,6 +270,152 @@ fn version_key(s: &str) -> Vec<u64> {
         .collect()
 }
 
+/// extlinux/syslinux configuration files, in the order the loaders look.
+const EXTLINUX_CONFIGS: &[&str] = &[
+    "/boot/extlinux/extlinux.conf",
+    "/boot/extlinux.conf",
+    "/boot/syslinux/syslinux.cfg",
+    "/boot/syslinux/extlinux.conf",
+    "/syslinux/syslinux.cfg",
+    "/extlinux.conf",
+];
+
+/// One `LABEL` block of an extlinux/syslinux file.
+#[derive(Default)]
+struct SysLabel {
+    name: String,
+    line: usize,
+    kernel: Option<String>,
+    initrd: Option<String>,
+    append: Option<(String, usize)>,
+}
+
+/// Split `KEYWORD rest` (syslinux keywords are case-insensitive).
+fn syslinux_keyword(line: &str) -> (String, &str) {
+    let mut it = line.splitn(2, char::is_whitespace);
+    let k = it.next().unwrap_or("").to_ascii_lowercase();
+    (k, it.next().unwrap_or("").trim())
+}
+
+/// extlinux/syslinux: one command line per `LABEL`, and the index of the one
+/// that boots. That is the label named by `ONTIMEOUT`, else `MENU DEFAULT`,
+/// else `DEFAULT`, else the first label; a `DEFAULT` that names no label is
+/// the old syntax `DEFAULT kernel args` and boots that kernel. A label
+/// without `APPEND` takes the global one (`APPEND -` means none).
+fn parse_extlinux(path: &str, text: &str) -> (Vec<Cmdline>, Option<usize>) {
+    let mut labels: Vec<SysLabel> = Vec::new();
+    let mut global_append: Option<(String, usize)> = None;
+    let mut default: Option<(String, usize)> = None;
+    let mut ontimeout: Option<String> = None;
+    let mut menu_default: Option<String> = None;
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (key, rest) = syslinux_keyword(line);
+        match key.as_str() {
+            "label" => labels.push(SysLabel {
+                name: rest.to_owned(),
+                line: i + 1,
+                ..SysLabel::default()
+            }),
+            "default" => {
+                default = Some((rest.to_owned(), i + 1));
+            }
+            "ontimeout" => ontimeout = Some(rest.to_owned()),
+            "menu" => {
+                let (sub, _) = syslinux_keyword(rest);
+                if sub == "default"
+                    && let Some(l) = labels.last()
+                {
+                    menu_default = Some(l.name.clone());
+                }
+            }
+            "append" => match labels.last_mut() {
+                Some(l) => l.append = Some((rest.to_owned(), i + 1)),
+                None => global_append = Some((rest.to_owned(), i + 1)),
+            },
+            "kernel" | "linux" => {
+                if let Some(l) = labels.last_mut() {
+                    l.kernel = rest.split_whitespace().next().map(str::to_owned);
+                }
+            }
+            "initrd" => {
+                if let Some(l) = labels.last_mut() {
+                    l.initrd = Some(rest.to_owned());
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out: Vec<Cmdline> = labels
+        .iter()
+        .map(|l| {
+            let (args, line) = match (&l.append, &global_append) {
+                (Some((a, n)), _) if a == "-" => (String::new(), *n),
+                (Some((a, n)), _) => (a.clone(), *n),
+                (None, Some((a, n))) => (a.clone(), *n),
+                (None, None) => (String::new(), l.line),
+            };
+            // `INITRD` is passed to the kernel as `initrd=`, ahead of APPEND.
+            let args = match &l.initrd {
+                Some(i) if arg_value(&args, "initrd").is_none() => {
+                    format!("initrd={i} {args}").trim().to_owned()
+                }
+                _ => args,
+            };
+            Cmdline {
+                kind: SourceKind::Extlinux {
+                    label: l.name.clone(),
+                },
+                path: path.to_owned(),
+                line,
+                args,
+                kernel: l.kernel.clone(),
+            }
+        })
+        .collect();
+    let find = |name: &str| labels.iter().position(|l| l.name == name);
+    // The first word of DEFAULT/ONTIMEOUT is a label or a kernel; the rest
+    // is typed after it, i.e. appended to the command line.
+    let chosen = ontimeout
+        .as_deref()
+        .or(menu_default.as_deref())
+        .map(|s| (s.to_owned(), None))
+        .or_else(|| default.clone().map(|(s, l)| (s, Some(l))));
+    let Some((sel, default_line)) = chosen else {
+        let d = (!out.is_empty()).then_some(0);
+        return (out, d);
+    };
+    let mut words = sel.splitn(2, char::is_whitespace);
+    let first = words.next().unwrap_or("");
+    let extra = words.next().unwrap_or("").trim();
+    if let Some(i) = find(first) {
+        if !extra.is_empty() {
+            out[i].args = format!("{} {extra}", out[i].args).trim().to_owned();
+        }
+        return (out, Some(i));
+    }
+    if first.is_empty() {
+        let d = (!out.is_empty()).then_some(0);
+        return (out, d);
+    }
+    // Old syntax: DEFAULT names a kernel; the global APPEND applies.
+    let global = global_append.map(|(a, _)| a).unwrap_or_default();
+    out.push(Cmdline {
+        kind: SourceKind::Extlinux {
+            label: String::new(),
+        },
+        path: path.to_owned(),
+        line: default_line.unwrap_or(1),
+        args: format!("{global} {extra}").trim().to_owned(),
+        kernel: Some(first.to_owned()),
+    });
+    let d = out.len() - 1;
+    (out, Some(d))
+}
+
 /// Load the boot configuration.
 pub fn load(cx: &Context) -> BootConfig {
     let mut bc = BootConfig::default();
@@ -436,26 +586,15 @@ pub fn load(cx: &Context) -> BootConfig {
             kernel: None,
         });
     }
-    for p in [
-        "/boot/extlinux/extlinux.conf",
-        "/boot/syslinux/syslinux.cfg",
-        "/extlinux.conf",
-    ] {
+    for p in EXTLINUX_CONFIGS {
         if let Some(text) = cx.read_text(p) {
-            for (i, l) in text.lines().enumerate() {
-                let t = l.trim();
-                if t.len() > 6 && t[..6].eq_ignore_ascii_case("append") {
-                    bc.cmdlines.push(Cmdline {
-                        kind: SourceKind::Extlinux,
-                        path: p.to_owned(),
-                        line: i + 1,
-                        args: t[6..].trim().to_owned(),
-                        kernel: None,
-                    });
-                    if bc.default_entry.is_none() {
-                        bc.default_entry = Some(bc.cmdlines.len() - 1);
-                    }
-                }
+            let (entries, default) = parse_extlinux(p, &text);
+            let first = bc.cmdlines.len();
+            bc.cmdlines.extend(entries);
+            if let Some(d) = default
+                && bc.default_entry.is_none()
+            {
+                bc.default_entry = Some(first + d);
             }
         }
     }
@@ -496,5 +635,38 @@ mod tests {
         assert_eq!(out.len(), 2);
         assert_eq!(d, Some(1));
         assert_eq!(out[1].line, 7);
+    }
+
+    #[test]
+    fn extlinux_default_label_boots() {
+        let cfg = "DEFAULT debian\nLABEL rescue\n LINUX /vmlinuz-r\n APPEND ro single console=ttyS0\nlabel debian\n linux /vmlinuz-d\n initrd /initrd.img-d\n append root=/dev/sda1 ro console=tty0\n";
+        let (out, d) = parse_extlinux("/boot/extlinux/extlinux.conf", cfg);
+        let d = d.expect("default");
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[d].line, 8);
+        assert_eq!(out[d].kernel.as_deref(), Some("/vmlinuz-d"));
+        assert_eq!(consoles(&out[d].args), vec!["tty0"]);
+        assert_eq!(
+            arg_value(&out[d].args, "initrd").as_deref(),
+            Some("/initrd.img-d")
+        );
+    }
+
+    #[test]
+    fn extlinux_old_default_kernel_and_ontimeout() {
+        let (out, d) = parse_extlinux(
+            "/extlinux.conf",
+            "APPEND console=ttyS0\nDEFAULT /vmlinuz ro quiet\n",
+        );
+        let c = &out[d.expect("default")];
+        assert_eq!(c.kernel.as_deref(), Some("/vmlinuz"));
+        assert_eq!(c.args, "console=ttyS0 ro quiet");
+        assert_eq!(c.line, 2);
+        let (out, d) = parse_extlinux(
+            "/extlinux.conf",
+            "DEFAULT a\nONTIMEOUT b\nLABEL a\nAPPEND x\nLABEL b\nAPPEND -\n",
+        );
+        assert_eq!(out[d.expect("default")].args, "");
+        assert_eq!(out[1].line, 6);
     }
 }

@@ -17,6 +17,30 @@ pub struct CloudConfig {
     pub files: Vec<String>,
     /// Files that did not parse, with the parser's message.
     pub errors: Vec<(String, String)>,
+    /// The `network:` key merged the way cloud-init merges its system
+    /// config (mappings recursively, later files win; lists replaced), so a
+    /// later `network: {config: disabled}` does not hide an earlier file's
+    /// `ethernets:` from the merge but does switch it off.
+    pub network: Option<Value>,
+    /// Files that set `network:`, in order.
+    pub network_files: Vec<String>,
+}
+
+/// Merge `over` into `base`: mappings key by key, anything else replaced.
+fn deep_merge(base: &mut Value, over: Value) {
+    match (base, over) {
+        (Value::Object(b), Value::Object(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(slot) => deep_merge(slot, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o,
+    }
 }
 
 impl CloudConfig {
@@ -85,6 +109,13 @@ pub fn load(cx: &Context) -> CloudConfig {
         match serde_saphyr::from_str::<Value>(&text) {
             Ok(Value::Object(map)) => {
                 for (k, v) in map {
+                    if k == "network" {
+                        cc.network_files.push(p.clone());
+                        match cc.network.as_mut() {
+                            Some(n) => deep_merge(n, v.clone()),
+                            None => cc.network = Some(v.clone()),
+                        }
+                    }
                     cc.origin.insert(k.clone(), p.clone());
                     cc.merged.insert(k, v);
                 }

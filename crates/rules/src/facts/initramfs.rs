@@ -9,7 +9,8 @@
 //! Debian 12, gzip/xz/zstd elsewhere).
 //!
 //! [`scan`] streams through all of it: file data is skipped through a small
-//! buffer (only `modules.builtin` files are read, capped), the decompressed
+//! buffer (only `modules.builtin` and modprobe configuration files are read,
+//! capped), the decompressed
 //! archive is never held in memory, and every count, name and size is
 //! bounded by [`Limits`]. Hostile input yields an [`InitramfsError`] naming
 //! the byte offset, never a panic.
@@ -46,6 +47,9 @@ pub struct Initramfs {
     pub versions: BTreeSet<String>,
     /// Bytes of cpio data read (all segments decompressed).
     pub bytes: u64,
+    /// The modprobe configuration inside (`etc/modprobe.d/*.conf`, ...),
+    /// which decides what its udev may load before the root is mounted.
+    pub modprobe: crate::facts::modprobe::Modprobe,
 }
 
 impl Initramfs {
@@ -86,6 +90,13 @@ pub fn load_with(guest: &Guest, path: &str, limits: &Limits) -> Initramfs {
     out.files = listing.files;
     out.versions = listing.versions;
     out.bytes = listing.bytes;
+    out.modprobe = crate::facts::modprobe::from_files(&listing.config_files);
+    if listing.config_skipped > 0 {
+        out.modprobe.problems.push(format!(
+            "{path}: {} modprobe configuration files inside were not read (over the size or count limit)",
+            listing.config_skipped
+        ));
+    }
     out.error = err.map(|e| format!("{path}: {e}"));
     out
 }
@@ -108,6 +119,12 @@ pub struct Listing {
     pub versions: BTreeSet<String>,
     /// Bytes of cpio data read (decompressed size of every segment).
     pub bytes: u64,
+    /// modprobe configuration files (`etc/modprobe.d/*.conf` and the other
+    /// [`crate::facts::modprobe::INITRAMFS_DIRS`]): path inside the archive
+    /// (no leading `/`) and content; a symlink to `/dev/null` has none.
+    pub config_files: Vec<(String, Vec<u8>)>,
+    /// Configuration files not read because of [`Limits::max_config`].
+    pub config_skipped: usize,
 }
 
 /// Bounds on what [`scan`] reads.
@@ -125,6 +142,10 @@ pub struct Limits {
     pub max_segments: usize,
     /// Largest `modules.builtin` read (a larger one is skipped).
     pub max_builtin: u64,
+    /// Bytes of modprobe configuration files read, all together (a file
+    /// that does not fit is skipped and counted in
+    /// [`Listing::config_skipped`]).
+    pub max_config: u64,
 }
 
 /// The limits [`scan`] and [`load`] use.
@@ -135,7 +156,11 @@ pub const DEFAULT_LIMITS: Limits = Limits {
     max_input: 2 << 30,
     max_segments: 256,
     max_builtin: 4 << 20,
+    max_config: 1 << 20,
 };
+
+/// Most modprobe configuration files kept from one initramfs.
+const MAX_CONFIG_FILES: usize = 512;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -826,6 +851,12 @@ fn archive<R: Read>(src: &mut Peek<R>, st: &mut State) -> Result<(), Fail> {
             }
         }
         if (is_file || is_link)
+            && !consumed
+            && crate::facts::modprobe::initramfs_config(path).is_some()
+        {
+            consumed = read_config(src, st, path, filesize, is_link, data_at)?;
+        }
+        if (is_file || is_link)
             && let Some(module) = module_name(path)
         {
             st.listing
@@ -846,6 +877,47 @@ fn archive<R: Read>(src: &mut Peek<R>, st: &mut State) -> Result<(), Fail> {
         }
         skip_exact(src, pad4(filesize), "member data padding")?;
     }
+}
+
+/// Keep a modprobe configuration file's content (a symlink counts only when
+/// it points at `/dev/null`, which hides a file of the same name with
+/// nothing). Returns whether the data was consumed.
+fn read_config<R: Read>(
+    src: &mut Peek<R>,
+    st: &mut State,
+    path: &str,
+    filesize: u64,
+    is_link: bool,
+    data_at: u64,
+) -> Result<bool, Fail> {
+    let used: u64 = st
+        .listing
+        .config_files
+        .iter()
+        .map(|(_, d)| d.len() as u64)
+        .sum();
+    let fits = filesize <= st.limits.max_config.saturating_sub(used)
+        && st.listing.config_files.len() < MAX_CONFIG_FILES;
+    if !fits {
+        st.listing.config_skipped += 1;
+        return Ok(false);
+    }
+    // `filesize` is within `max_config` here, so this fits.
+    let mut data = vec![0u8; usize::try_from(filesize).unwrap_or(0)];
+    if !src.read_full(&mut data).map_err(|e| Fail::Io(data_at, e))? {
+        return Err(Fail::Bad(
+            data_at,
+            format!("truncated: the archive ends inside {path}"),
+        ));
+    }
+    if is_link {
+        if data == b"/dev/null" {
+            st.listing.config_files.push((path.to_owned(), Vec::new()));
+        }
+    } else {
+        st.listing.config_files.push((path.to_owned(), data));
+    }
+    Ok(true)
 }
 
 fn skip_exact<R: Read>(src: &mut Peek<R>, n: u64, what: &str) -> Result<(), Fail> {

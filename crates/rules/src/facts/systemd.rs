@@ -371,6 +371,67 @@ fn unit_names(cx: &Context, u: &mut Units, unit: &str) -> Vec<String> {
     names
 }
 
+/// A `ConditionPathExists=` of a unit that does not hold in the image.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnmetCondition {
+    /// The path the condition tests.
+    pub path: String,
+    /// True for `!path` (the unit starts only if the path is absent).
+    pub negated: bool,
+    /// The unit file (or drop-in) and line that set it.
+    pub source: String,
+}
+
+/// Paths that exist only at run time (tmpfs, kernel filesystems): an image
+/// cannot say whether a condition on them holds.
+fn runtime_path(p: &str) -> bool {
+    ["/run/", "/proc/", "/sys/", "/dev/", "/tmp/"]
+        .iter()
+        .any(|d| p.starts_with(d))
+}
+
+/// The `ConditionPathExists=` checks of `file` that fail on the image's
+/// files, as systemd would evaluate them at boot. Non-triggering conditions
+/// must all hold; of the triggering ones (`|` prefix) at least one must. A
+/// condition on a run-time path or with a specifier (`%`) is not judged.
+pub fn unmet_path_conditions(cx: &Context, file: &UnitFile) -> Vec<UnmetCondition> {
+    let mut unmet = Vec::new();
+    let mut triggering: Vec<UnmetCondition> = Vec::new();
+    let mut trigger_held = false;
+    for (v, line) in file.values("Unit", "ConditionPathExists") {
+        let (trigger, rest) = match v.strip_prefix('|') {
+            Some(r) => (true, r),
+            None => (false, v.as_str()),
+        };
+        let (negated, path) = match rest.strip_prefix('!') {
+            Some(p) => (true, p.trim()),
+            None => (false, rest.trim()),
+        };
+        if !path.starts_with('/') || path.contains('%') || runtime_path(path) {
+            if trigger {
+                trigger_held = true; // unknown: assume it may hold
+            }
+            continue;
+        }
+        let holds = cx.guest.exists(path) != negated;
+        let c = UnmetCondition {
+            path: path.to_owned(),
+            negated,
+            source: format!("{}:{line}", file.path),
+        };
+        match (trigger, holds) {
+            (true, true) => trigger_held = true,
+            (true, false) => triggering.push(c),
+            (false, false) => unmet.push(c),
+            (false, true) => {}
+        }
+    }
+    if !trigger_held {
+        unmet.extend(triggering);
+    }
+    unmet
+}
+
 /// Look up (and load) a unit's file outside the boot walk, e.g. a declared
 /// app unit that nothing pulls in.
 pub fn load_unit_file(cx: &Context, unit: &str) -> Option<UnitFile> {

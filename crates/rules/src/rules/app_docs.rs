@@ -42,10 +42,27 @@ Write the guide for this version and name the version in it (e.g. a heading
 
 ## Traps
 Stale template text from a previous release passes a "file exists" check.
+Harmless look-alikes pass: placeholder-like text inside code (fenced blocks
+and `inline code`, such as a Helm `{{ .Values.image }}`), and words that only
+contain a marker (`TODOs`, `XXXL`, "todo list").
 "#,
     remediation: "Ship a deployment guide next to ibkit.toml that names app.version and has no template leftovers.",
     check,
 };
+
+/// A Markdown line without its `inline code` spans.
+fn strip_inline_code(line: &str) -> String {
+    let mut out = String::new();
+    let mut code = false;
+    for c in line.chars() {
+        if c == '`' {
+            code = !code;
+        } else if !code {
+            out.push(c);
+        }
+    }
+    out
+}
 
 fn check_doc(o: &mut Outcome, path: &std::path::Path, version: &str, required: bool, what: &str) {
     let shown = path.display().to_string();
@@ -81,7 +98,19 @@ fn check_doc(o: &mut Outcome, path: &std::path::Path, version: &str, required: b
             Evidence::at(shown.clone(), format!("no line contains {version:?}")),
         ),
     }
-    for (i, l) in text.lines().enumerate() {
+    // Examples in code (fenced blocks, `inline code`) are the app's own
+    // syntax (`{{ .Values.image }}` for a Helm chart), not template leftovers.
+    let mut fenced = false;
+    for (i, raw) in text.lines().enumerate() {
+        let t = raw.trim_start();
+        if t.starts_with("```") || t.starts_with("~~~") {
+            fenced = !fenced;
+            continue;
+        }
+        if fenced {
+            continue;
+        }
+        let l = strip_inline_code(raw);
         if let Some(p) = PLACEHOLDERS.iter().find(|p| {
             if p.chars().all(|c| c.is_ascii_uppercase()) {
                 l.split(|c: char| !c.is_ascii_alphanumeric())
@@ -96,7 +125,7 @@ fn check_doc(o: &mut Outcome, path: &std::path::Path, version: &str, required: b
                 Evidence::at_line(
                     shown.clone(),
                     i + 1,
-                    l.chars().take(100).collect::<String>(),
+                    raw.chars().take(100).collect::<String>(),
                 ),
             );
             break;

@@ -37,10 +37,34 @@ disabled}`), delete static configs, and remove `mtu` settings.
 
 ## Traps
 cloud-init's rendered files (`50-cloud-init.*`) are re-rendered per instance.
+Harmless look-alikes pass: commented settings (`# iface eth0 inet static`,
+`# mtu 1400`), DNS servers in netplan (`nameservers: addresses: [...]`), and
+DHCP switched on with any YAML true (`dhcp4: on`, `dhcp4: "yes"`).
 "#,
     remediation: "Use DHCP through cloud-init; remove static addresses and hard-coded MTUs.",
     check,
 };
+
+/// True if a netplan file turns DHCP on (`dhcp4:`/`dhcp6:` with a YAML true:
+/// `true`, `yes`, `on`, any case, quoted or not).
+fn netplan_dhcp(text: &str) -> bool {
+    text.lines().any(|l| {
+        let t = l.trim();
+        let Some((k, v)) = t.split_once(':') else {
+            return false;
+        };
+        let v = v
+            .split(" #")
+            .next()
+            .unwrap_or("")
+            .trim()
+            .trim_matches(|c| c == '"' || c == '\'');
+        matches!(k.trim(), "dhcp4" | "dhcp6")
+            && ["true", "yes", "on", "y"]
+                .iter()
+                .any(|y| v.eq_ignore_ascii_case(y))
+    })
+}
 
 fn generated(path: &str) -> bool {
     path.contains("cloud-init") || path.ends_with("/50-cloud-init")
@@ -157,12 +181,23 @@ fn check(cx: &Context) -> Outcome {
         let Some(text) = cx.read_text(&p) else {
             continue;
         };
-        let dhcp = text.contains("dhcp4: true")
-            || text.contains("dhcp4: yes")
-            || text.contains("dhcp6: true");
+        let dhcp = netplan_dhcp(&text);
+        // `addresses:` under `nameservers:` are DNS servers, not the
+        // interface's address.
+        let mut nameservers: Option<usize> = None;
         for (i, l) in text.lines().enumerate() {
             let t = l.trim();
-            if t.starts_with("addresses:") && !dhcp {
+            if t.is_empty() || t.starts_with('#') {
+                continue;
+            }
+            let indent = l.len() - l.trim_start().len();
+            if nameservers.is_some_and(|n| indent <= n) {
+                nameservers = None;
+            }
+            if t.starts_with("nameservers:") {
+                nameservers = Some(indent);
+            }
+            if t.starts_with("addresses:") && !dhcp && nameservers.is_none() {
                 o.fail(
                     "static-address",
                     format!("static address in {n}"),

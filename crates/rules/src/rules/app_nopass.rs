@@ -1,32 +1,9 @@
 //! APP-NOPASS: no default passwords.
 
 use crate::context::Context;
-use crate::facts::accounts::{PasswordState, password_state};
+use crate::facts::password::{PasswordState, judge, password_state};
 use crate::model::{Evidence, Outcome, Severity};
 use crate::rule::RuleDef;
-
-/// Passwords tried against every usable hash (plus the account's own name).
-/// Short on purpose: yescrypt costs ~70 ms per try.
-pub const WELL_KNOWN_PASSWORDS: &[&str] = &[
-    "password",
-    "123456",
-    "root",
-    "toor",
-    "admin",
-    "changeme",
-    "debian",
-    "ubuntu",
-    "centos",
-    "almalinux",
-    "qwerty",
-    "passw0rd",
-    "P@ssw0rd",
-    "12345678",
-    "letmein",
-];
-
-/// How many of the list are tried against slow (yescrypt/bcrypt) hashes.
-const SLOW_HASH_TRIES: usize = 4;
 
 /// The rule.
 pub static RULE: RuleDef = RuleDef {
@@ -36,20 +13,26 @@ pub static RULE: RuleDef = RuleDef {
     severity: Severity::Error,
     doc: r#"## What it checks
 Every account in `/etc/shadow` (and password fields left in `/etc/passwd`):
-an empty password field fails; any usable hash fails (a password baked into
-an image is a default password: the vendor, and anyone who cracks the
-image, knows it); locked (`!`, `*`) passes. Usable hashes are also tried
-against a short list of well-known passwords and the account name, so the
-report can say *which* default it is. `PermitEmptyPasswords yes` in
-`sshd_config` fails too.
+an empty password field fails; any usable hash fails, whatever its scheme
+(DES, BSDi DES, MD5, SHA-256/512 crypt, yescrypt, gost-yescrypt, bcrypt,
+scrypt): a password baked into an image is a default password, the vendor
+and anyone who cracks the image know it. Locked fields (`!`, `*`, `!$6$…`,
+anything crypt() cannot produce) pass. Usable hashes are also tried against a
+short list of well-known passwords and the account name (every scheme the
+verifier supports), so the report can say *which* default it is.
+`PermitEmptyPasswords yes` in `sshd_config` fails too. `ibkit boot-test`
+judges the live `/etc/shadow` after first boot with the same function.
 
 ## Why
 Instances are reachable from the internet. A password that is the same on
 every instance from the image is found by scanners within hours.
 
 ## Evidence
-Offline: `/etc/shadow` line per account (never the hash itself). Live
-(boot-test): password login refused over SSH.
+Offline: `/etc/shadow` line per account and the hash's scheme (never the
+hash itself). Live (boot-test): the shadow file after first boot compared
+with the image's: a usable hash that came with the image and was not
+replaced fails, whether or not a guess logs in; SSH password logins with
+well-known passwords are tried too.
 
 ## Remediation
 Lock the accounts (`passwd -l root`, `usermod -p '!' user`), let cloud-init
@@ -64,40 +47,6 @@ warning, not a failure.
     remediation: "Lock every account's password (`passwd -l`) and generate app passwords per instance at first boot.",
     check,
 };
-
-fn verify(hash: &str, candidate: &str) -> bool {
-    if hash.starts_with("$y$") {
-        use yescrypt::PasswordVerifier;
-        yescrypt::Yescrypt::default()
-            .verify_password(candidate.as_bytes(), hash)
-            .is_ok()
-    } else {
-        pwhash::unix::verify(candidate, hash)
-    }
-}
-
-/// Find which well-known password a hash is, if any (never returns the hash):
-/// the password redacted (`p******d`). Also used on a live VM's shadow file.
-pub fn well_known(hash: &str, user: &str) -> Option<String> {
-    let slow = hash.starts_with("$y$") || hash.starts_with("$2") || hash.starts_with("$7$");
-    let mut candidates: Vec<&str> = vec![user];
-    let n = if slow {
-        SLOW_HASH_TRIES
-    } else {
-        WELL_KNOWN_PASSWORDS.len()
-    };
-    candidates.extend(WELL_KNOWN_PASSWORDS.iter().take(n));
-    candidates.into_iter().find(|c| verify(hash, c)).map(redact)
-}
-
-/// `password` -> `p******d`: enough to recognise, not to copy.
-fn redact(p: &str) -> String {
-    let chars: Vec<char> = p.chars().collect();
-    match chars.len() {
-        0..=2 => "*".repeat(chars.len()),
-        n => format!("{}{}{}", chars[0], "*".repeat(n - 2), chars[n - 1]),
-    }
-}
 
 /// Accounts whose password cloud-init replaces with a random one per instance.
 fn replaced_at_first_boot(cx: &Context) -> Vec<String> {
@@ -149,31 +98,19 @@ fn check(cx: &Context) -> Outcome {
     for s in &acc.shadow {
         checked += 1;
         let ev = |detail: String| Evidence::at_line("/etc/shadow", s.line, detail);
-        match password_state(&s.hash) {
+        let j = judge(&s.hash, &s.name);
+        let detail = format!("{}: {}", s.name, j.describe());
+        match j.state {
             PasswordState::Locked => {}
             PasswordState::Empty => o.fail(
                 "empty-password",
                 format!("account {} has an empty password", s.name),
-                ev(format!(
-                    "{}: empty password field: login without a password",
-                    s.name
-                )),
+                ev(format!("{detail}: login without a password")),
             ),
-            PasswordState::Usable => {
-                let scheme = s
-                    .hash
-                    .split('$')
-                    .nth(1)
-                    .map(|x| format!("${x}$"))
-                    .unwrap_or_else(|| "DES".into());
-                let known = well_known(&s.hash, &s.name);
-                let detail = match &known {
-                    Some(p) => format!("{}: {scheme} hash of a well-known password ({p})", s.name),
-                    None => format!("{}: usable {scheme} password hash", s.name),
-                };
+            PasswordState::Usable(_) => {
                 if replaced.contains(&s.name) {
                     o.warn("password-replaced", format!("account {} has a password in the image (cloud-init replaces it at first boot)", s.name), ev(detail));
-                } else if known.is_some() {
+                } else if j.well_known.is_some() {
                     o.fail(
                         "well-known-password",
                         format!("account {} has a well-known password", s.name),
@@ -191,7 +128,7 @@ fn check(cx: &Context) -> Outcome {
     }
     for u in &acc.users {
         let st = password_state(&u.passwd_field);
-        if st == PasswordState::Empty || st == PasswordState::Usable && u.passwd_field != "x" {
+        if st != PasswordState::Locked {
             o.fail(
                 "passwd-field-password",
                 format!("account {} has a password in /etc/passwd", u.name),
@@ -236,23 +173,4 @@ fn check(cx: &Context) -> Outcome {
         ));
     }
     o
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn redacts() {
-        assert_eq!(redact("password"), "p******d");
-        assert_eq!(redact("ab"), "**");
-    }
-
-    #[test]
-    fn verifies_sha512crypt() {
-        // python3 -c 'import crypt; print(crypt.crypt("password", "$6$saltsalt"))'
-        let h = "$6$saltsalt$qFmFH.bQmmtXzyBY0s9v7Oicd2z4XSIecDzlB5KiA2/jctKu9YterLp8wwnSq.qc.eoxqOmSuNp2xS0ktL3nh/";
-        assert!(verify(h, "password"));
-        assert!(!verify(h, "passwor"));
-    }
 }

@@ -8,10 +8,13 @@ use regex::bytes::Regex;
 
 use super::util::{fingerprint, names};
 use crate::context::Context;
+use crate::facts::homes::Home;
 use crate::model::{Evidence, Outcome, Severity};
 use crate::rule::RuleDef;
 
-/// Credential files relative to a home directory.
+/// Credential files relative to a home directory: path, what it is, and
+/// the markers one of which a non-comment line must contain for a file that
+/// may hold plain settings only (none: any content counts).
 pub const HOME_CREDENTIAL_FILES: &[(&str, &str, &[&str])] = &[
     (
         ".ssh/authorized_keys",
@@ -40,17 +43,17 @@ pub const HOME_CREDENTIAL_FILES: &[(&str, &str, &[&str])] = &[
     (
         ".config/openstack/clouds.yaml",
         "OpenStack credentials",
-        &["password", "application_credential_secret", "token"],
+        &["password:", "application_credential_secret:", "token:"],
     ),
     (
         ".config/openstack/secure.yaml",
         "OpenStack credentials",
-        &["password", "application_credential_secret", "token"],
+        &["password:", "application_credential_secret:", "token:"],
     ),
     (
         ".kube/config",
         "Kubernetes credentials",
-        &["token", "client-key-data", "password"],
+        &["token:", "client-key-data:", "password:"],
     ),
     (
         ".config/gcloud/credentials.db",
@@ -80,6 +83,8 @@ const CONTENT_DIRS: &[&str] = &[
 ];
 /// Largest file whose content is scanned.
 const MAX_SCAN_FILE: u64 = 1 << 20;
+/// Bytes read first to tell a binary file (skipped) from text.
+const SNIFF: u64 = 4096;
 /// Total bytes scanned before giving up (keeps `check` fast on big images).
 const SCAN_BUDGET: u64 = 96 << 20;
 /// Files visited at most.
@@ -92,6 +97,8 @@ struct Pattern {
     re: Regex,
 }
 
+const PEM_PRIVATE_KEY: &str = "PEM private key";
+
 fn patterns() -> &'static [Pattern] {
     static P: OnceLock<Vec<Pattern>> = OnceLock::new();
     P.get_or_init(|| {
@@ -100,7 +107,9 @@ fn patterns() -> &'static [Pattern] {
             re: Regex::new(re).expect("static pattern compiles (tested)"),
         };
         vec![
-            mk("PEM private key", r"-----BEGIN (?:RSA |DSA |EC |OPENSSH |ENCRYPTED |PGP )?PRIVATE KEY(?: BLOCK)?-----"),
+            mk(PEM_PRIVATE_KEY, r"-----BEGIN (?:RSA |DSA |EC |OPENSSH |ENCRYPTED |PGP )?PRIVATE KEY(?: BLOCK)?-----"),
+            mk("SSH2 private key", r"---- BEGIN SSH2 ENCRYPTED PRIVATE KEY ----"),
+            mk("PuTTY private key", r"(?m)^PuTTY-User-Key-File-[23]: "),
             mk("AWS access key", r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"),
             mk("GitHub token", r"\b(?:gh[pousr]_[A-Za-z0-9]{36}|github_pat_[A-Za-z0-9_]{60,})\b"),
             mk("GitLab token", r"\bglpat-[A-Za-z0-9_\-]{20}\b"),
@@ -118,15 +127,28 @@ pub static RULE: RuleDef = RuleDef {
     requirement: "The image must contain no sensitive data (keys, credentials, tokens, leftover cloud-init instance data, ...).",
     severity: Severity::Error,
     doc: r#"## What it checks
-Path rules, in every home from `/etc/passwd` and `/root`: `.ssh/authorized_keys`,
-private keys `.ssh/id_*`, `.aws/credentials`, `.docker/config.json`,
-`.git-credentials`, `.pgpass`, `.netrc`, `.my.cnf`, `clouds.yaml`,
-`.kube/config` and more; system-wide: SSH host keys `/etc/ssh/ssh_host_*_key`,
-cloud-init instance data `/var/lib/cloud/instances/*`, a non-empty
-`/etc/machine-id` (and `/var/lib/dbus/machine-id`), DHCP leases.
-Content rules over homes, `/etc`, `/opt`, `/srv`, `/var/lib/cloud`, `/tmp`:
-PEM private keys, AWS access keys, GitHub/GitLab/Slack tokens, Google API
-keys, OpenStack passwords in YAML.
+Every home directory, whether or not an account owns it: each home named in
+`/etc/passwd`, `/root`, every directory directly under `/home` (and under the
+home roots set by `HOME=` in `/etc/default/useradd` and `DHOME=` in
+`/etc/adduser.conf`), and service homes (directories directly under
+`/var/lib`, `/srv`, `/opt` holding a home's dot-files such as `.ssh`,
+`.bash_history`, `.aws`, `.config`; a bounded number is examined).
+
+Path rules in each home: `.ssh/authorized_keys`, private keys in `.ssh`
+(`id_*`, `*_key`, `*.pem` unless they hold a public key or certificate;
+any other file there by a private-key header),
+`.aws/credentials`, `.docker/config.json`, `.git-credentials`, `.pgpass`,
+`.netrc`, `.my.cnf`, `clouds.yaml`, `.kube/config` and more; system-wide:
+SSH host keys `/etc/ssh/ssh_host_*_key`, cloud-init instance data
+`/var/lib/cloud/instances/*`, a non-empty `/etc/machine-id` (and
+`/var/lib/dbus/machine-id`), DHCP leases.
+
+Content rules over every home (so a private key anywhere in it, whatever
+its name) and `/etc`, `/opt`, `/srv`, `/usr/local/etc`, `/var/lib/cloud`,
+`/tmp`, `/var/tmp`, `/var/www`: PEM, SSH2 and PuTTY private keys, AWS access
+keys, GitHub/GitLab/Slack tokens, Google API keys, OpenStack passwords in
+YAML, and credentials with a value in `.env` files (`DB_PASSWORD=…`,
+`API_TOKEN=…`).
 
 ## Why
 Every buyer gets a copy of the image. A key or token in it is a key or token
@@ -134,19 +156,29 @@ for everyone; an `authorized_keys` entry is a backdoor; a shared machine-id
 makes every instance look the same to systemd, DHCP and monitoring.
 
 ## Evidence
-Offline: the path and line, the kind of secret, and a fingerprint (length and
-the first SHA-256 digits). The secret itself is never printed.
+Offline: the path and line, the kind of secret, a fingerprint (length and
+the first SHA-256 digits), and for a home whose it is: `of user alice`, or
+`of uid 1001 (no account in /etc/passwd)` for a home left behind by
+`userdel` without `-r` or prepared before its user exists. The secret itself
+is never printed.
 
 ## Remediation
 Delete the files, truncate `/etc/machine-id` to zero bytes (keep the file),
 `cloud-init clean --logs --seed`, remove SSH host keys (cloud-init
-regenerates them), and rotate every credential that was in the image.
+regenerates them), delete the homes of removed users (`userdel -r`), and
+rotate every credential that was in the image.
 
 ## Traps
-Printing the secret into the report (we show a fingerprint). SSH host keys
+Printing the secret into the report (we show a fingerprint). Searching only
+the homes in `/etc/passwd` misses the homes of removed users. SSH host keys
 that cloud-init deletes and regenerates at first boot (`ssh_deletekeys`,
 on by default) are a warning, not a failure; without cloud-init they are
-shared by every instance and fail.
+shared by every instance and fail. Harmless look-alikes pass: public keys
+(`id_ed25519.pub`, a `BEGIN PUBLIC KEY` or certificate), an empty or
+comment-only `authorized_keys`, a `.pgpass`/`.my.cnf`/`.netrc` with the
+credential only in a comment, a kubeconfig that gets its token from a
+command, `.env` settings without a credential value (empty, `${VAR}`),
+`.env.example`, an empty machine-id, lease file or host key file.
 "#,
     remediation: "Delete the listed files, empty /etc/machine-id, run `cloud-init clean`, and rotate any credential that was in the image.",
     check,
@@ -168,69 +200,138 @@ fn host_keys_regenerated(cx: &Context) -> bool {
     delete && ssh_module
 }
 
+/// Lines that say something: not blank, not a `#` or `;` comment.
+fn meaningful_lines(data: &[u8]) -> impl Iterator<Item = &[u8]> {
+    data.split(|&c| c == b'\n').filter(|l| {
+        let t = l.trim_ascii();
+        !t.is_empty() && !t.starts_with(b"#") && !t.starts_with(b";")
+    })
+}
+
+/// True if the data holds a private key (PEM, SSH2 or PuTTY).
+fn private_key(data: &[u8]) -> bool {
+    patterns()
+        .iter()
+        .filter(|p| p.name.contains("private key"))
+        .any(|p| p.re.is_match(data))
+}
+
+/// True if a file under a private key's name holds a public key or a
+/// certificate only (`ssh-ed25519 AAAA…`, `BEGIN PUBLIC KEY`).
+fn public_only(data: &[u8]) -> bool {
+    if private_key(data) {
+        return false;
+    }
+    // Every line is a public key (`ssh-ed25519 AAAA…`), or inside a
+    // `BEGIN … PUBLIC KEY` / `BEGIN CERTIFICATE` block.
+    let mut in_block = false;
+    let mut any = false;
+    for l in meaningful_lines(data) {
+        let l = l.trim_ascii();
+        any = true;
+        let has = |w: &[u8]| l.windows(w.len()).any(|x| x == w);
+        if l.starts_with(b"----") && has(b"BEGIN") {
+            if !(has(b"PUBLIC KEY") || has(b"CERTIFICATE")) {
+                return false;
+            }
+            in_block = true;
+        } else if l.starts_with(b"----") && has(b"END") {
+            in_block = false;
+        } else if !in_block
+            && !["ssh-", "ecdsa-", "sk-ssh-", "sk-ecdsa-"]
+                .iter()
+                .any(|p| l.starts_with(p.as_bytes()))
+        {
+            return false;
+        }
+    }
+    any
+}
+
+fn check_home(cx: &Context, home: &Home, reported: &mut BTreeSet<String>, o: &mut Outcome) {
+    let who = home.whose();
+    for (rel, what, markers) in HOME_CREDENTIAL_FILES {
+        let p = home.join(rel);
+        let Ok(Some(m)) = cx.guest.stat(&p) else {
+            continue;
+        };
+        if m.kind != FileKind::File || m.size == 0 {
+            continue;
+        }
+        let head = cx.guest.read_head(&p, MAX_SCAN_FILE).ok().flatten();
+        if let Some(b) = &head {
+            // An empty or comment-only file holds nothing; one that may hold
+            // plain settings only counts with a credential marker outside
+            // comments (a registry URL is no secret).
+            let mut lines = meaningful_lines(b).peekable();
+            if lines.peek().is_none() {
+                continue;
+            }
+            if !markers.is_empty()
+                && !lines.any(|l| {
+                    let l = String::from_utf8_lossy(l);
+                    markers.iter().any(|k| l.contains(k))
+                })
+            {
+                continue;
+            }
+        }
+        let detail = match head {
+            Some(b) => format!(
+                "{what}; {} entries, {}; {}",
+                meaningful_lines(&b).count(),
+                fingerprint(&b),
+                home.how()
+            ),
+            None => format!("{what}; {}", home.how()),
+        };
+        o.fail(
+            "credential-file",
+            format!("{what} {who}: {p}"),
+            Evidence::at(p.clone(), detail),
+        );
+        reported.insert(p);
+    }
+    for n in names(cx, &home.join(".ssh")) {
+        if n.ends_with(".pub")
+            || n.starts_with("authorized_keys")
+            || n.starts_with("known_hosts")
+            || matches!(n.as_str(), "config" | "environment" | "rc")
+        {
+            continue;
+        }
+        // Named like a private key: anything but a public key counts. Any
+        // other file in .ssh: a private key by its content.
+        let by_name = n.starts_with("id_") || n.ends_with(".pem") || n.ends_with("_key");
+        let p = home.join(&format!(".ssh/{n}"));
+        if let Ok(Some(b)) = cx.guest.read_head(&p, MAX_SCAN_FILE)
+            && meaningful_lines(&b).next().is_some()
+            && (by_name && !public_only(&b) || !by_name && private_key(&b))
+        {
+            o.fail(
+                "private-key-file",
+                format!("SSH private key {who}: {p}"),
+                Evidence::at(
+                    p.clone(),
+                    format!("private key, {}; {}", fingerprint(&b), home.how()),
+                ),
+            );
+            reported.insert(p);
+        }
+    }
+}
+
 fn check(cx: &Context) -> Outcome {
     let mut o = Outcome::default();
     let mut reported: BTreeSet<String> = BTreeSet::new();
 
     // Homes.
-    for (home, user) in cx.accounts().homes() {
-        if !matches!(cx.guest.stat(&home), Ok(Some(m)) if m.kind == FileKind::Dir) {
-            continue;
-        }
-        let who = user
-            .map(|u| u.name.clone())
-            .unwrap_or_else(|| "root".into());
-        for (rel, what, markers) in HOME_CREDENTIAL_FILES {
-            let p = format!("{home}/{rel}");
-            match cx.guest.stat(&p) {
-                Ok(Some(m)) if m.kind == FileKind::File && m.size > 0 => {
-                    let head = cx.guest.read_head(&p, MAX_SCAN_FILE).ok().flatten();
-                    // Files that may hold plain settings only count when a
-                    // credential marker is in them (a registry URL is no secret).
-                    if let (false, Some(b)) = (markers.is_empty(), &head) {
-                        let text = String::from_utf8_lossy(b);
-                        if !markers.iter().any(|k| text.contains(k)) {
-                            continue;
-                        }
-                    }
-                    let detail = match head {
-                        Some(b) => {
-                            let lines = b
-                                .split(|&c| c == b'\n')
-                                .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
-                                .count();
-                            format!("{what}; {lines} entries, {}", fingerprint(&b))
-                        }
-                        None => what.to_string(),
-                    };
-                    o.fail(
-                        "credential-file",
-                        format!("{what} of {who}: {p}"),
-                        Evidence::at(p.clone(), detail),
-                    );
-                    reported.insert(p);
-                }
-                _ => {}
-            }
-        }
-        for n in names(cx, &format!("{home}/.ssh")) {
-            if n.starts_with("id_") && !n.ends_with(".pub")
-                || n.ends_with(".pem")
-                || n.ends_with("_key") && !n.ends_with(".pub")
-            {
-                let p = format!("{home}/.ssh/{n}");
-                if let Ok(Some(b)) = cx.guest.read_head(&p, MAX_SCAN_FILE)
-                    && !b.is_empty()
-                {
-                    o.fail(
-                        "private-key-file",
-                        format!("SSH private key of {who}: {p}"),
-                        Evidence::at(p.clone(), format!("private key, {}", fingerprint(&b))),
-                    );
-                    reported.insert(p);
-                }
-            }
-        }
+    let homes = cx.homes();
+    for p in &homes.problems {
+        o.unverified(p.clone());
+    }
+    for home in &homes.list {
+        check_home(cx, home, &mut reported, &mut o);
     }
 
     // SSH host keys.
@@ -238,7 +339,8 @@ fn check(cx: &Context) -> Outcome {
     for n in names(cx, "/etc/ssh") {
         if n.starts_with("ssh_host_") && n.ends_with("_key") {
             let p = format!("/etc/ssh/{n}");
-            if cx.guest.is_file(&p) {
+            // An empty file is no key (and nothing to share).
+            if matches!(cx.guest.stat(&p), Ok(Some(m)) if m.kind == FileKind::File && m.size > 0) {
                 reported.insert(p.clone());
                 if regenerated {
                     o.warn(
@@ -327,128 +429,222 @@ fn check(cx: &Context) -> Outcome {
         }
     }
 
-    // Content scan.
-    let mut budget = ScanBudget {
+    // Content scan: homes first (findings name their owner), then the
+    // system directories; a directory is scanned once whichever way leads
+    // to it.
+    let mut scan = Scan {
+        cx,
         bytes: 0,
         files: 0,
         exhausted: false,
+        roots: BTreeSet::new(),
+        reported,
     };
-    let mut roots: Vec<String> = cx
-        .accounts()
-        .homes()
-        .into_iter()
-        .map(|(h, _)| h)
-        .filter(|h| h != "/" && !h.is_empty())
+    let mut roots: Vec<(String, Option<&Home>)> = homes
+        .list
+        .iter()
+        .filter(|h| !h.system)
+        .map(|h| (h.real.clone(), Some(h)))
         .collect();
-    roots.extend(CONTENT_DIRS.iter().map(|s| s.to_string()));
-    let mut seen_roots = BTreeSet::new();
-    for root in roots {
+    roots.extend(CONTENT_DIRS.iter().map(|s| (s.to_string(), None)));
+    let mut order = Vec::new();
+    for (root, home) in roots {
         let Ok(r) = cx.guest.resolve(&root, true) else {
             continue;
         };
-        if r.meta.is_none_or(|m| m.kind != FileKind::Dir) || !seen_roots.insert(r.path.clone()) {
+        if r.meta.is_none_or(|m| m.kind != FileKind::Dir) {
             continue;
         }
         let real = String::from_utf8_lossy(&r.path).into_owned();
-        if seen_roots.iter().any(|s: &Vec<u8>| {
-            s != &r.path && r.path.starts_with(s) && r.path.get(s.len()) == Some(&b'/')
-        }) {
+        if real.is_empty() || real == "/" || !scan.roots.insert(real.clone()) {
             continue;
         }
-        scan_dir(cx, &real, 0, &mut budget, &mut reported, &mut o);
+        order.push((real, home));
     }
-    if budget.exhausted {
+    for (real, home) in &order {
+        // A root inside another is scanned on its own (homes first), so
+        // the outer walk skips it: see `Scan::dir`.
+        scan.dir(real, 0, *home, &mut o);
+    }
+    if scan.exhausted {
         o.unverified(format!(
             "content scan stopped after {} files / {} MiB; the rest was not searched for secrets",
-            budget.files,
-            budget.bytes >> 20
+            scan.files,
+            scan.bytes >> 20
         ));
     }
     if o.findings.is_empty() {
         o.proof(Evidence::note(format!(
-            "no credential files, host keys, instance data or machine-id; {} files ({} KiB) scanned for keys and tokens",
-            budget.files,
-            budget.bytes >> 10
+            "no credential files, host keys, instance data or machine-id; searched {}; {} files ({} KiB) scanned for keys and tokens",
+            homes.summary(),
+            scan.files,
+            scan.bytes >> 10
         )));
     }
     o
 }
 
-struct ScanBudget {
+/// The content scan's state.
+struct Scan<'a, 'c> {
+    cx: &'a Context<'c>,
     bytes: u64,
     files: usize,
     exhausted: bool,
+    /// Real paths of every root: a walk does not enter another root.
+    roots: BTreeSet<String>,
+    /// Paths already reported (by path rules or an earlier match).
+    reported: BTreeSet<String>,
 }
 
-fn scan_dir(
-    cx: &Context,
-    dir: &str,
-    depth: usize,
-    budget: &mut ScanBudget,
-    reported: &mut BTreeSet<String>,
-    o: &mut Outcome,
-) {
-    if depth > MAX_DEPTH || budget.exhausted {
-        return;
-    }
-    // Not secrets: the host's trust store, docs, locale and binary caches.
-    if matches!(
-        dir,
-        "/etc/ssl/certs"
-            | "/etc/pki/ca-trust"
-            | "/etc/pki/tls/certs"
-            | "/etc/alternatives"
-            | "/etc/ld.so.cache"
-            | "/etc/selinux"
-    ) {
-        return;
-    }
-    let entries = match cx.guest.read_dir(dir) {
-        Ok(Some(e)) => e,
-        _ => return,
-    };
-    for e in entries {
-        let name = String::from_utf8_lossy(&e.name).into_owned();
-        let path = if dir == "/" {
-            format!("/{name}")
-        } else {
-            format!("{dir}/{name}")
+impl Scan<'_, '_> {
+    fn dir(&mut self, dir: &str, depth: usize, home: Option<&Home>, o: &mut Outcome) {
+        if depth > MAX_DEPTH || self.exhausted {
+            return;
+        }
+        // Not secrets: the host's trust store, docs, locale and binary caches.
+        if matches!(
+            dir,
+            "/etc/ssl/certs"
+                | "/etc/pki/ca-trust"
+                | "/etc/pki/tls/certs"
+                | "/etc/alternatives"
+                | "/etc/ld.so.cache"
+                | "/etc/selinux"
+        ) {
+            return;
+        }
+        let entries = match self.cx.guest.read_dir(dir) {
+            Ok(Some(e)) => e,
+            _ => return,
         };
-        match e.kind {
-            FileKind::Dir => scan_dir(cx, &path, depth + 1, budget, reported, o),
-            FileKind::File => {
-                if budget.files >= MAX_FILES || budget.bytes >= SCAN_BUDGET {
-                    budget.exhausted = true;
-                    return;
+        for e in entries {
+            let name = String::from_utf8_lossy(&e.name).into_owned();
+            let path = if dir == "/" {
+                format!("/{name}")
+            } else {
+                format!("{dir}/{name}")
+            };
+            match e.kind {
+                FileKind::Dir if !self.roots.contains(&path) => self.dir(&path, depth + 1, home, o),
+                FileKind::File => {
+                    if self.files >= MAX_FILES || self.bytes >= SCAN_BUDGET {
+                        self.exhausted = true;
+                        return;
+                    }
+                    if self.reported.contains(&path)
+                        || self
+                            .reported
+                            .iter()
+                            .any(|r| path.starts_with(&format!("{r}/")))
+                    {
+                        continue;
+                    }
+                    if name.ends_with(".pub")
+                        || name.ends_with(".crt")
+                        || name.ends_with(".pem") && path.starts_with("/etc/ssl/certs")
+                    {
+                        continue;
+                    }
+                    // Binary files (NULs early on) are skipped: keys and
+                    // tokens are text. Sniff first so a large binary costs
+                    // a few KiB, not the whole cap.
+                    let Ok(Some(sniff)) = self.cx.guest.read_head(&path, SNIFF) else {
+                        continue;
+                    };
+                    self.files += 1;
+                    if sniff.contains(&0) {
+                        self.bytes += sniff.len() as u64;
+                        continue;
+                    }
+                    let data = if sniff.len() as u64 == SNIFF {
+                        match self.cx.guest.read_head(&path, MAX_SCAN_FILE) {
+                            Ok(Some(d)) => d,
+                            _ => sniff,
+                        }
+                    } else {
+                        sniff
+                    };
+                    self.bytes += data.len() as u64;
+                    if scan_content(&path, &name, &data, home, o) {
+                        self.reported.insert(path);
+                    }
                 }
-                if reported.contains(&path)
-                    || reported.iter().any(|r| path.starts_with(&format!("{r}/")))
-                {
-                    continue;
-                }
-                if path.ends_with(".pub")
-                    || path.ends_with(".crt")
-                    || path.ends_with(".pem") && path.starts_with("/etc/ssl/certs")
-                {
-                    continue;
-                }
-                let Ok(Some(data)) = cx.guest.read_head(&path, MAX_SCAN_FILE) else {
-                    continue;
-                };
-                budget.files += 1;
-                budget.bytes += data.len() as u64;
-                scan_content(&path, &data, reported, o);
+                _ => {}
             }
-            _ => {}
         }
     }
 }
 
-fn scan_content(path: &str, data: &[u8], reported: &mut BTreeSet<String>, o: &mut Outcome) {
-    // Binary files (NULs early on) are skipped: keys and tokens are text.
-    if data.iter().take(4096).any(|&b| b == 0) {
-        return;
+/// Names of `.env` files that hold real settings (not examples).
+fn is_env_file(name: &str) -> bool {
+    name == ".env"
+        || name.strip_prefix(".env.").is_some_and(|rest| {
+            !matches!(
+                rest,
+                "example" | "sample" | "template" | "dist" | "defaults" | "default" | "tmpl"
+            ) && !rest.ends_with(".example")
+        })
+}
+
+/// In a `.env` file, the first `KEY=value` whose key names a credential and
+/// whose value is set (not empty, not a `$VAR` reference, not a `<…>`
+/// placeholder): `(line, key, value)`.
+fn env_credential(data: &[u8]) -> Option<(usize, String, Vec<u8>)> {
+    const KEYS: &[&str] = &[
+        "PASSWORD",
+        "PASSWD",
+        "PASS",
+        "SECRET",
+        "TOKEN",
+        "API_KEY",
+        "APIKEY",
+        "PRIVATE_KEY",
+        "SECRET_KEY",
+        "ACCESS_KEY",
+        "AUTH_KEY",
+        "CREDENTIALS",
+    ];
+    for (i, raw) in data.split(|&c| c == b'\n').enumerate() {
+        let line = String::from_utf8_lossy(raw);
+        let t = line.trim();
+        if t.starts_with('#') {
+            continue;
+        }
+        let t = t.strip_prefix("export ").unwrap_or(t);
+        let Some((k, v)) = t.split_once('=') else {
+            continue;
+        };
+        let key = k.trim().to_ascii_uppercase();
+        let credential = KEYS
+            .iter()
+            .any(|w| key == *w || key.ends_with(&format!("_{w}")));
+        let v = v.trim();
+        // An inline comment after an unquoted value is not part of it.
+        let v = if v.starts_with(['"', '\'']) {
+            v.trim_matches(|c| c == '"' || c == '\'')
+        } else {
+            v.split(" #").next().unwrap_or(v).trim()
+        };
+        let placeholder =
+            v.is_empty() || v.starts_with('$') || v.starts_with('<') && v.ends_with('>');
+        if credential && !placeholder {
+            return Some((i + 1, k.trim().to_owned(), v.as_bytes().to_vec()));
+        }
     }
+    None
+}
+
+/// Look for secrets in one file's content; true if one was reported.
+fn scan_content(path: &str, name: &str, data: &[u8], home: Option<&Home>, o: &mut Outcome) -> bool {
+    let whose = home.map(|h| (h.whose(), h.how()));
+    let place = |p: &str| match &whose {
+        Some((w, _)) => format!("{p} in the home {w}: {path}"),
+        None => format!("{p} in {path}"),
+    };
+    let detail = |d: String| match &whose {
+        Some((_, how)) => format!("{d}; {how}"),
+        None => d,
+    };
     let yaml_like = path.ends_with(".yaml") || path.ends_with(".yml");
     for p in patterns() {
         if p.name == "OpenStack password" && !(yaml_like && path.contains("clouds")) {
@@ -462,24 +658,99 @@ fn scan_content(path: &str, data: &[u8], reported: &mut BTreeSet<String>, o: &mu
             .position(|&b| b == b'\n')
             .map(|e| m.start() + e)
             .unwrap_or(data.len());
-        let secret = if p.name == "PEM private key" {
+        let secret = if p.name.contains("private key") {
             data
         } else {
             &data[m.start()..end]
         };
-        let snakeoil = path.contains("snakeoil");
-        let message = format!("{} in {path}", p.name);
-        let ev = Evidence::at_line(path, line, format!("{}, {}", p.name, fingerprint(secret)));
-        if snakeoil {
+        let ev = Evidence::at_line(
+            path,
+            line,
+            detail(format!("{}, {}", p.name, fingerprint(secret))),
+        );
+        if path.contains("snakeoil") {
             o.warn(
                 "snakeoil-key",
-                format!("{message} (the ssl-cert snakeoil key; regenerate it at first boot)"),
+                format!(
+                    "{} (the ssl-cert snakeoil key; regenerate it at first boot)",
+                    place(p.name)
+                ),
                 ev,
             );
         } else {
-            o.fail("secret-content", message, ev);
+            o.fail("secret-content", place(p.name), ev);
         }
-        reported.insert(path.to_owned());
-        return;
+        return true;
+    }
+    if is_env_file(name)
+        && let Some((line, key, value)) = env_credential(data)
+    {
+        o.fail(
+            "secret-content",
+            place(&format!("credential {key} set in a .env file")),
+            Evidence::at_line(
+                path,
+                line,
+                detail(format!("{key}=…, {}", fingerprint(&value))),
+            ),
+        );
+        return true;
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn public_keys_are_not_private() {
+        assert!(public_only(b"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI x@y\n"));
+        assert!(public_only(
+            b"-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIU\n-----END CERTIFICATE-----\n"
+        ));
+        assert!(!public_only(
+            b"-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n-----END OPENSSH PRIVATE KEY-----\n"
+        ));
+        assert!(!public_only(b"not a key at all, some text\n"));
+        assert!(!public_only(b""));
+    }
+
+    #[test]
+    fn env_files() {
+        assert!(is_env_file(".env") && is_env_file(".env.production"));
+        assert!(!is_env_file(".env.example") && !is_env_file(".envrc"));
+        assert_eq!(
+            env_credential(b"DEBUG=true\nDB_PASSWORD=\nAPI_TOKEN=${API_TOKEN}\n# SECRET_KEY=abc\nKEY_PATH=/x\nSMTP_PASS=<your password>\n"),
+            None
+        );
+        let (line, key, value) =
+            env_credential(b"DEBUG=1\nexport DB_PASSWORD=\"s3cr3t\" \n").expect("found");
+        assert_eq!(
+            (line, key.as_str(), value.as_slice()),
+            (2, "DB_PASSWORD", &b"s3cr3t"[..])
+        );
+    }
+
+    #[test]
+    fn home_markers_cover_the_credential_and_history_files() {
+        let first = |p: &str| p.split('/').next().unwrap_or(p).to_owned();
+        for (p, _, _) in HOME_CREDENTIAL_FILES {
+            assert!(
+                crate::facts::homes::HOME_MARKERS.contains(&first(p).as_str()),
+                "{p}"
+            );
+        }
+        for p in super::super::img_no_history::HISTORY_FILES {
+            assert!(
+                crate::facts::homes::HOME_MARKERS.contains(&first(p).as_str()),
+                "{p}"
+            );
+        }
+    }
+
+    #[test]
+    fn patterns_compile() {
+        assert!(patterns().len() >= 9);
     }
 }

@@ -13,7 +13,9 @@ pub static RULE: RuleDef = RuleDef {
     severity: Severity::Error,
     doc: r#"## What it checks
 The kernel command line that actually boots (the default `grub.cfg` entry,
-or the newest Boot Loader Specification entry on RHEL-family images) has
+the newest Boot Loader Specification entry on RHEL-family images, or the
+extlinux/syslinux `LABEL` named by `ONTIMEOUT`, `MENU DEFAULT` or `DEFAULT`,
+with its `APPEND`, or the global `APPEND` if it has none) has
 `console=ttyS0`, and `ttyS0` is the **last** `console=`. The command line the
 next `update-grub`/`grub2-mkconfig` will write (`GRUB_CMDLINE_LINUX` and
 `GRUB_CMDLINE_LINUX_DEFAULT` in `/etc/default/grub` and `grub.d/*.cfg`) is
@@ -39,6 +41,10 @@ The kernel prints to every `console=`, but `/dev/console` (systemd,
 cloud-init and their SSH host key fingerprints) is the **last** one: with
 `console=ttyS0 console=tty0` the serial log stops after the kernel. That is a
 warning.
+extlinux/syslinux boot the label `DEFAULT` names, not the first one: a
+rescue entry with `console=ttyS0` above the default entry does not help. An
+old-syntax `DEFAULT /vmlinuz args` (no such label) boots that kernel with the
+global `APPEND` plus its own arguments.
 "#,
     remediation: "Put console=ttyS0,115200 last on the kernel command line in /etc/default/grub and regenerate grub.cfg.",
     check,
@@ -80,7 +86,10 @@ fn check(cx: &Context) -> Outcome {
         SourceKind::Bls => "default BLS entry".to_string(),
         SourceKind::GrubDefaults => "GRUB defaults (no generated grub.cfg)".to_string(),
         SourceKind::KernelCmdline => "/etc/kernel/cmdline".to_string(),
-        SourceKind::Extlinux => "extlinux entry".to_string(),
+        SourceKind::Extlinux { label } if label.is_empty() => {
+            "extlinux DEFAULT kernel line".to_string()
+        }
+        SourceKind::Extlinux { label } => format!("extlinux entry \"{label}\""),
     };
     match judge(effective) {
         Ok(d) => o.proof(Evidence::at_line(

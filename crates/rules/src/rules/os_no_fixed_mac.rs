@@ -1,5 +1,7 @@
 //! OS-NO-FIXED-MAC: no network configuration pinned to a MAC address.
 
+use serde_json::Value;
+
 use super::util::names;
 use crate::context::Context;
 use crate::model::{Evidence, Outcome, Severity};
@@ -19,7 +21,11 @@ Every network stack's way of tying configuration to a MAC address:
 - netplan YAML (`macaddress:` under `match:` or as a set address);
 - systemd-networkd `.network` (`MACAddress=`/`PermanentMACAddress=` in
   `[Match]`) and `.link` files (`MACAddress=`);
-- ifupdown (`hwaddress` in `/etc/network/interfaces` and `interfaces.d`).
+- ifupdown (`hwaddress` in `/etc/network/interfaces` and `interfaces.d`);
+- cloud-init's own configuration: `network:` in `/etc/cloud/cloud.cfg` and
+  `/etc/cloud/cloud.cfg.d/*.cfg` (merged as cloud-init merges them), v1
+  `config:` entries of `type: physical` with `mac_address:`, v2 `ethernets:`
+  with `match: macaddress:` (or a set `macaddress:`).
 
 ## Why
 Every VM the platform creates from the image gets a new MAC address. A
@@ -27,7 +33,8 @@ configuration bound to the build machine's MAC matches nothing: the NIC stays
 down or gets renamed, and the VM is unreachable.
 
 ## Evidence
-Offline: file and line of each pinned MAC. Live (boot-test): a boot with a
+Offline: file and line of each pinned MAC (for cloud-init's configuration,
+the line in the last file that names it). Live (boot-test): a boot with a
 fresh MAC gets an address.
 
 ## Remediation
@@ -39,6 +46,15 @@ cloud-init renders its own network config per instance
 (`/etc/netplan/50-cloud-init.yaml`, `/etc/network/interfaces.d/50-cloud-init`,
 `ifcfg-*` it wrote) with the MAC of the VM it ran on; it is rewritten on the
 next instance, so it is a warning (clean it anyway), not a failure.
+cloud-init's **own** configuration is different: a `network:` in `cloud.cfg`
+or `cloud.cfg.d` takes precedence over the datasource's network config
+(cloud-init's order: kernel command line, initramfs, system config,
+datasource), so every instance applies it and matches the build VM's MAC: a
+failure, with file and line. `network: {config: disabled}` in the merged
+configuration turns it off and passes.
+Harmless look-alikes pass: commented lines (`#HWADDR=…`), an empty
+`HWADDR=`, udev rules matching any address (`ATTR{address}=="?*"`), and
+`MACAddressPolicy=` in `.link` files (a policy, not an address).
 "#,
     remediation: "Remove MAC-pinned network config (70-persistent-net.rules, HWADDR=, macaddress:, MACAddress=) and match by name.",
     check,
@@ -98,6 +114,26 @@ fn scan(cx: &Context, o: &mut Outcome, path: &str, matcher: impl Fn(&str) -> Opt
     }
 }
 
+/// A udev rule line that matches one MAC address (`ATTR{address}=="52:54:…"`);
+/// a wildcard such as `"?*"` matches every NIC and pins nothing.
+fn udev_mac(t: &str) -> Option<String> {
+    for key in ["ATTR{address}==", "ATTRS{address}=="] {
+        let mut rest = t;
+        while let Some(i) = rest.find(key) {
+            let after = &rest[i + key.len()..];
+            let value = after
+                .strip_prefix('"')
+                .and_then(|v| v.split('"').next())
+                .unwrap_or("");
+            if is_mac(value) {
+                return Some(t.chars().take(160).collect());
+            }
+            rest = after;
+        }
+    }
+    None
+}
+
 fn key_value_mac(t: &str, keys: &[&str]) -> Option<String> {
     let (k, v) = t.split_once('=')?;
     let k = k.trim();
@@ -108,9 +144,91 @@ fn key_value_mac(t: &str, keys: &[&str]) -> Option<String> {
     }
 }
 
+fn mac_of(v: Option<&Value>) -> Option<&str> {
+    v.and_then(Value::as_str).filter(|m| is_mac(m))
+}
+
+/// MACs in a cloud-init network config value: v1 `mac_address` of a
+/// `physical` entry, v2 `match: macaddress` or a set `macaddress` of an
+/// ethernet. Returns `(interface, mac)`.
+fn cloudinit_network_macs(net: &Value) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    if let Some(Value::Array(items)) = net.get("config") {
+        for it in items {
+            if it.get("type").and_then(Value::as_str) == Some("physical")
+                && let Some(m) = mac_of(it.get("mac_address"))
+            {
+                let name = it.get("name").and_then(Value::as_str).unwrap_or("?");
+                out.push((name.to_owned(), m.to_owned()));
+            }
+        }
+    }
+    if let Some(Value::Object(eths)) = net.get("ethernets") {
+        for (name, e) in eths {
+            for m in [
+                mac_of(e.get("match").and_then(|m| m.get("macaddress"))),
+                mac_of(e.get("macaddress")),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                out.push((name.clone(), m.to_owned()));
+            }
+        }
+    }
+    out
+}
+
+/// cloud-init's own configuration (`/etc/cloud/cloud.cfg`, `cloud.cfg.d`)
+/// with a `network:` that names MACs. cloud-init prefers it over the
+/// datasource's network config, so every instance applies it.
+fn cloudinit_system_config(cx: &Context, o: &mut Outcome) {
+    let cc = cx.cloud();
+    let Some(net) = &cc.network else {
+        return;
+    };
+    if net.get("config").and_then(Value::as_str) == Some("disabled") {
+        return;
+    }
+    for (iface, mac) in cloudinit_network_macs(net) {
+        // The line that names the MAC, last file first (later files win).
+        let hit = cc.network_files.iter().rev().find_map(|p| {
+            let text = cx.read_text(p)?;
+            text.lines()
+                .enumerate()
+                .find(|(_, l)| {
+                    let t = l.trim();
+                    !t.starts_with('#')
+                        && t.to_ascii_lowercase().contains(&mac.to_ascii_lowercase())
+                })
+                .map(|(i, l)| (p.clone(), i + 1, l.trim().to_owned()))
+        });
+        let (path, line, text) = hit.unwrap_or_else(|| {
+            (
+                cc.network_files.last().cloned().unwrap_or_default(),
+                0,
+                format!("macaddress {mac}"),
+            )
+        });
+        let detail = format!(
+            "{text} (interface {iface}; cloud-init's system network config overrides the cloud's on every instance)"
+        );
+        o.fail(
+            "mac-in-cloudinit-system-config",
+            format!("cloud-init's own configuration pins a network interface to a MAC: {path}"),
+            if line > 0 {
+                Evidence::at_line(path, line, detail)
+            } else {
+                Evidence::at(path, detail)
+            },
+        );
+    }
+}
+
 fn check(cx: &Context) -> Outcome {
     let mut o = Outcome::default();
-    let mut scanned = 0usize;
+    let mut scanned = cx.cloud().network_files.len();
+    cloudinit_system_config(cx, &mut o);
     for p in [
         "/etc/udev/rules.d/70-persistent-net.rules",
         "/etc/udev/rules.d/75-persistent-net-generator.rules",
@@ -118,10 +236,7 @@ fn check(cx: &Context) -> Outcome {
         if cx.guest.exists(p) {
             scanned += 1;
         }
-        scan(cx, &mut o, p, |t| {
-            (t.contains("ATTR{address}==") || t.contains("ATTRS{address}=="))
-                .then(|| t.chars().take(160).collect())
-        });
+        scan(cx, &mut o, p, udev_mac);
     }
     for n in names(cx, "/etc/udev/rules.d") {
         if n.ends_with(".rules")
@@ -131,9 +246,11 @@ fn check(cx: &Context) -> Outcome {
             let p = format!("/etc/udev/rules.d/{n}");
             scanned += 1;
             scan(cx, &mut o, &p, |t| {
-                (t.contains("SUBSYSTEM==\"net\"")
-                    && (t.contains("ATTR{address}==") || t.contains("ATTRS{address}==")))
-                .then(|| t.chars().take(160).collect())
+                if t.contains("SUBSYSTEM==\"net\"") {
+                    udev_mac(t)
+                } else {
+                    None
+                }
             });
         }
     }
@@ -206,7 +323,7 @@ fn check(cx: &Context) -> Outcome {
         });
     }
     if o.findings.is_empty() {
-        o.proof(Evidence::note(format!("no MAC address in {scanned} network configuration files (udev, ifcfg, NetworkManager, netplan, networkd, ifupdown)")));
+        o.proof(Evidence::note(format!("no MAC address in {scanned} network configuration files (udev, ifcfg, NetworkManager, netplan, networkd, ifupdown, cloud-init)")));
     }
     o
 }
@@ -221,5 +338,21 @@ mod tests {
         assert!(is_mac("\"FA:16:3E:00:00:01\""));
         assert!(!is_mac("52:54:00:12:34"));
         assert!(!is_mac("persistent"));
+    }
+
+    #[test]
+    fn udev_rules() {
+        use super::udev_mac;
+        assert!(
+            udev_mac(r#"SUBSYSTEM=="net", ATTR{address}=="52:54:00:12:34:56", NAME="eth0""#)
+                .is_some()
+        );
+        assert!(udev_mac(r#"SUBSYSTEM=="net", ATTR{address}=="?*", NAME="eth0""#).is_none());
+        assert!(
+            udev_mac(
+                r#"SUBSYSTEM=="net", ATTR{address}=="?*", ATTRS{address}=="fa:16:3e:00:00:01""#
+            )
+            .is_some()
+        );
     }
 }
