@@ -3,6 +3,8 @@
 //! functions, so the checks can be tested on recorded output. Guest output
 //! is untrusted: nothing here panics or trusts a length.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// A listening socket.
@@ -123,55 +125,73 @@ fn process_names(s: &str) -> Vec<String> {
 pub struct ShadowIssue {
     /// Account.
     pub user: String,
-    /// `empty` (no password needed) or `well-known`.
+    /// `empty` (no password needed), `well-known`, or `preset` (a usable
+    /// hash that came with the image and first boot did not replace).
     pub kind: String,
+    /// What the hash is (`usable SHA-512 crypt ($6$) hash`), never the hash.
+    pub detail: String,
     /// Redacted password for `well-known` (`t**r`), never the hash.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redacted: Option<String>,
 }
 
-/// What `/etc/shadow` says: accounts with a usable password, and problems.
+/// What `/etc/shadow` says after first boot: accounts with a usable
+/// password, which of them first boot replaced, and problems.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShadowSummary {
     /// Accounts whose hash is usable (not locked), problems or not.
     pub with_password: Vec<String>,
-    /// Empty or well-known passwords.
+    /// Accounts with a usable hash that differs from the image's (set at
+    /// first boot, e.g. cloud-init `chpasswd` with RANDOM).
+    pub replaced: Vec<String>,
+    /// Empty, well-known or preset passwords.
     pub issues: Vec<ShadowIssue>,
 }
 
-/// Judge each account of a shadow file (the hashes never leave this function).
-pub fn judge_shadow(text: &str) -> ShadowSummary {
+/// Judge each account of the live shadow file with `ibkit check`'s own
+/// judgement ([`ibkit_rules::facts::password::judge`]), against the image's
+/// shadow file (`image_shadow`, name → hash): a usable hash is a default
+/// password when it is the one the image shipped. The hashes never leave
+/// this function.
+pub fn judge_shadow(text: &str, image_shadow: &BTreeMap<String, String>) -> ShadowSummary {
+    use ibkit_rules::facts::password::{PasswordState, judge, shadow_lines};
     let mut s = ShadowSummary::default();
-    for line in text.lines() {
-        let mut f = line.split(':');
-        let (Some(user), Some(hash)) = (f.next(), f.next()) else {
-            continue;
+    for l in shadow_lines(text) {
+        let j = judge(l.hash, l.user);
+        let issue = |kind: &str| ShadowIssue {
+            user: l.user.into(),
+            kind: kind.into(),
+            detail: j.describe(),
+            redacted: j.well_known.clone(),
         };
-        if user.is_empty() || user.starts_with('#') {
-            continue;
-        }
-        if hash.is_empty() {
-            s.with_password.push(user.into());
-            s.issues.push(ShadowIssue {
-                user: user.into(),
-                kind: "empty".into(),
-                redacted: None,
-            });
-            continue;
-        }
-        if hash.starts_with('!') || hash.starts_with('*') || !hash.starts_with('$') {
-            continue;
-        }
-        s.with_password.push(user.into());
-        if let Some(redacted) = ibkit_rules::rules::app_nopass::well_known(hash, user) {
-            s.issues.push(ShadowIssue {
-                user: user.into(),
-                kind: "well-known".into(),
-                redacted: Some(redacted),
-            });
+        match j.state {
+            PasswordState::Locked => {}
+            PasswordState::Empty => {
+                s.with_password.push(l.user.into());
+                s.issues.push(issue("empty"));
+            }
+            PasswordState::Usable(_) => {
+                s.with_password.push(l.user.into());
+                let shipped = image_shadow.get(l.user).is_some_and(|h| h == l.hash);
+                if j.well_known.is_some() {
+                    s.issues.push(issue("well-known"));
+                } else if shipped {
+                    s.issues.push(issue("preset"));
+                }
+                if !shipped {
+                    s.replaced.push(l.user.into());
+                }
+            }
         }
     }
     s
+}
+
+/// The image's `/etc/shadow` as name → hash, for [`judge_shadow`].
+pub fn shadow_hashes(text: &str) -> BTreeMap<String, String> {
+    ibkit_rules::facts::password::shadow_lines(text)
+        .map(|l| (l.user.to_string(), l.hash.to_string()))
+        .collect()
 }
 
 /// The device of the last `console=` on a kernel command line (`ttyS0`
@@ -332,23 +352,40 @@ garbage line
     fn shadow_judgement_never_leaks_hashes() {
         // sha512crypt of "toor" (openssl passwd -6 -salt abcdefgh toor).
         let toor = "$6$abcdefgh$hEHJCSqyNGISD5ir9k725MA80Nt8ygDruqp/Agk3yTj6ApoajAxcPht9xoaDMO2.mjiDimXcD6z3anRFYBXz40";
+        // A vendor's preset password, DES (13 characters, no `$`) and not
+        // in the well-known list: python3 -c 'import crypt; print(crypt.crypt("Vend0r-2024","xy"))'.
+        let des = "xyttPwF8l4IQg";
+        // Set at first boot (differs from the image's hash).
+        let fresh = "$6$q1w2e3r4$Kx9vQe2y0v0Xb1Yz3nZqL8y6mQm1nOeJ3aTqL2wUuQ0Yz1Lm2Nn3Oo4Pp5Qq6Rr7Ss8Tt9Uu0Vv1Ww2Xx3Yy4";
+        let image = shadow_hashes(&format!(
+            "root:{toor}:1::::::\nvendor:{des}:1::::::\napp:$6$old$old:1::::::\n"
+        ));
         let text = format!(
-            "root:{toor}:19000:0:99999:7:::\ndaemon:*:19000::::::\nguest::19000::::::\nibkit:!:1::::::\n"
+            "root:{toor}:19000:0:99999:7:::\ndaemon:*:19000::::::\nguest::19000::::::\nibkit:!:1::::::\nvendor:{des}:1::::::\napp:{fresh}:1::::::\n"
         );
-        let s = judge_shadow(&text);
+        let s = judge_shadow(&text, &image);
+        assert_eq!(s.with_password, vec!["root", "guest", "vendor", "app"]);
+        let kinds: Vec<(&str, &str)> = s
+            .issues
+            .iter()
+            .map(|i| (i.user.as_str(), i.kind.as_str()))
+            .collect();
         assert_eq!(
-            s.with_password,
-            vec!["root".to_string(), "guest".to_string()]
+            kinds,
+            vec![
+                ("root", "well-known"),
+                ("guest", "empty"),
+                ("vendor", "preset")
+            ]
         );
-        assert_eq!(s.issues.len(), 2);
-        assert_eq!(s.issues[0].kind, "well-known");
+        assert_eq!(s.replaced, vec!["app"]);
         let red = s.issues[0].redacted.clone().unwrap_or_default();
         assert!(red.starts_with('t') && red != "toor", "{red}");
-        assert_eq!(s.issues[1].kind, "empty");
+        assert!(s.issues[2].detail.contains("DES"), "{:?}", s.issues[2]);
+        let json = serde_json::to_string(&s).unwrap_or_default();
         assert!(
-            !serde_json::to_string(&s)
-                .unwrap_or_default()
-                .contains("$6$")
+            !json.contains(toor) && !json.contains(des) && !json.contains(fresh),
+            "{json}"
         );
     }
 

@@ -48,6 +48,9 @@ struct ImageFacts {
     notes: Vec<String>,
     offline_fixed_mac: Vec<String>,
     kernel: Option<(PathBuf, Option<PathBuf>)>,
+    /// The image's `/etc/shadow` (name → hash): APP-NOPASS live tells a
+    /// preset password from one first boot set.
+    image_shadow: std::collections::BTreeMap<String, String>,
 }
 
 /// Run the whole boot test.
@@ -87,7 +90,15 @@ pub async fn boot_test(opts: Options, progress: Progress) -> Result<BootTestRepo
         },
         accel.reason
     ));
-    let course = run::run_course(&opts, &accel, &work, facts.virtual_size, &clock).await?;
+    let course = run::run_course(
+        &opts,
+        &accel,
+        &work,
+        facts.virtual_size,
+        facts.image_shadow.clone(),
+        &clock,
+    )
+    .await?;
     let mut obs = course.observations;
     obs.offline_fixed_mac = facts.offline_fixed_mac;
 
@@ -238,7 +249,15 @@ fn image_facts(
     } else {
         None
     };
+    let image_shadow = insp
+        .guest
+        .read("/etc/shadow")
+        .ok()
+        .flatten()
+        .map(|b| guest::shadow_hashes(&String::from_utf8_lossy(&b)))
+        .unwrap_or_default();
     Ok(ImageFacts {
+        image_shadow,
         info: offline.image,
         virtual_size,
         notes: offline.notes,

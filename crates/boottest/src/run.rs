@@ -121,6 +121,8 @@ struct Plan {
     clock: Clock,
     opts: Options,
     image_size: u64,
+    /// The image's `/etc/shadow`, name → hash.
+    image_shadow: std::collections::BTreeMap<String, String>,
 }
 
 /// Choose the accelerator: a real probe boot of the image's own kernel.
@@ -196,6 +198,7 @@ pub(crate) async fn run_course(
     accel: &AccelChoice,
     work: &Path,
     image_size: u64,
+    image_shadow: std::collections::BTreeMap<String, String>,
     clock: &Clock,
 ) -> Result<CourseResult, BootTestError> {
     let key =
@@ -255,6 +258,7 @@ pub(crate) async fn run_course(
         clock: clock.clone(),
         opts: opts.clone(),
         image_size,
+        image_shadow,
     });
 
     let mut obs = Observations {
@@ -862,7 +866,7 @@ async fn gather(
                     "result" => parse_result_json(&body, &mut ci),
                     "sshd" => g.sshd_units = parse_units(&body),
                     "units" => g.app_units = parse_units(&body),
-                    "shadow" => g.shadow = Some(judge_shadow(&body)),
+                    "shadow" => g.shadow = Some(judge_shadow(&body, &plan.image_shadow)),
                     _ => {}
                 }
             }

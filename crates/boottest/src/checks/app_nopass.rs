@@ -1,7 +1,9 @@
 //! APP-NOPASS live: after first boot (when first-boot scripts had their
-//! chance to replace passwords), no account in `/etc/shadow` has an empty or
-//! well-known password, and sshd refuses password logins for root with
-//! well-known passwords.
+//! chance to replace passwords), `/etc/shadow` is judged with `ibkit
+//! check`'s own function: no empty password, no well-known one, and no usable
+//! hash that the image shipped and first boot left in place (a preset
+//! password is a default password, whatever it is, and whether or not sshd
+//! lets it log in). sshd must also refuse well-known password logins.
 
 use ibkit_rules::{Evidence, Outcome};
 
@@ -17,20 +19,29 @@ pub fn check(o: &Observations) -> Outcome {
     match (&g.shadow, &g.shadow_error) {
         (Some(s), _) => {
             for i in &s.issues {
+                let ev = Evidence::at("/etc/shadow", format!("{}: {}", i.user, i.detail));
                 match i.kind.as_str() {
                     "empty" => out.fail(
                         "empty-password",
                         format!("account {} has an empty password after first boot: anyone can log in as it", i.user),
-                        Evidence::at("/etc/shadow", format!("{}: empty password field", i.user)),
+                        ev,
                     ),
-                    _ => out.fail(
+                    "well-known" => out.fail(
                         "well-known-password",
                         format!(
                             "account {} has a well-known password ({}) after first boot",
                             i.user,
                             i.redacted.as_deref().unwrap_or("redacted")
                         ),
-                        Evidence::at("/etc/shadow", format!("{}: hash matches a well-known password", i.user)),
+                        ev,
+                    ),
+                    _ => out.fail(
+                        "default-password",
+                        format!(
+                            "account {} still has the password the image was built with after first boot: every instance shares it",
+                            i.user
+                        ),
+                        ev,
                     ),
                 }
             }
@@ -41,8 +52,8 @@ pub fn check(o: &Observations) -> Outcome {
                         "after first boot no account has a usable password (all locked)".to_string()
                     } else {
                         format!(
-                            "after first boot {} has a password, none empty or well-known",
-                            s.with_password.join(", ")
+                            "after first boot {} has a password set at first boot (not the image's)",
+                            s.replaced.join(", ")
                         )
                     },
                 ));

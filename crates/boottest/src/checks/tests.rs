@@ -299,14 +299,46 @@ fn root_password_fails_nopass_only() {
     if let Some(g) = o.first.as_mut().and_then(|b| b.guest.as_mut()) {
         g.shadow = Some(ShadowSummary {
             with_password: vec!["root".into()],
+            replaced: vec![],
             issues: vec![ShadowIssue {
                 user: "root".into(),
                 kind: "well-known".into(),
+                detail: "usable SHA-512 crypt ($6$) hash of a well-known password (t**r)".into(),
                 redacted: Some("t**r".into()),
             }],
         });
     }
     assert_eq!(not_passing(&o), vec![("APP-NOPASS", Status::Fail)]);
+}
+
+/// The image's own (not well-known) root password survives first boot:
+/// a default password although no guess logs in (the case `check` failed
+/// and `boot-test` used to pass).
+#[test]
+fn preset_password_kept_after_first_boot_fails_nopass_even_when_ssh_refuses() {
+    let mut o = clean();
+    if let Some(g) = o.first.as_mut().and_then(|b| b.guest.as_mut()) {
+        g.shadow = Some(crate::guest::judge_shadow(
+            "root:xyttPwF8l4IQg:19000:0:99999:7:::\n",
+            &crate::guest::shadow_hashes("root:xyttPwF8l4IQg:1::::::\n"),
+        ));
+    }
+    assert_eq!(not_passing(&o), vec![("APP-NOPASS", Status::Fail)]);
+    let r = (super::app_nopass::check)(&o);
+    assert!(
+        r.findings.iter().any(|f| f.kind == "default-password"),
+        "{:#?}",
+        r.findings
+    );
+    // Replaced at first boot (a different hash): passes.
+    let mut o = clean();
+    if let Some(g) = o.first.as_mut().and_then(|b| b.guest.as_mut()) {
+        g.shadow = Some(crate::guest::judge_shadow(
+            "root:xyttPwF8l4IQg:19000:0:99999:7:::\n",
+            &crate::guest::shadow_hashes("root:!:1::::::\n"),
+        ));
+    }
+    assert!(not_passing(&o).is_empty(), "{:?}", not_passing(&o));
 }
 
 #[test]
