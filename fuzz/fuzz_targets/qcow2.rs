@@ -1,5 +1,5 @@
 //! qcow2 container: header, extensions, L1/L2 tables, refcounts and
-//! compressed clusters (imago), behind our own gate (version, compression
+//! compressed clusters (our qcow2 reader), behind our own gate (version, compression
 //! type, external data files, backing-file names).
 //!
 //! The input goes to a scratch file (one path per process, rewritten each

@@ -1,23 +1,18 @@
-//! Disk image containers: raw files and qcow2 (v2/v3, zlib-compressed
-//! clusters, backing chains) read through imago.
+//! Disk image containers: raw files and qcow2 (v2/v3, zlib- or
+//! zstd-compressed clusters, backing chains) read by [`crate::qcow2`].
 //!
-//! Everything an image header names is untrusted. imago is asked to open
-//! nothing implicitly; we open backing files ourselves, only when they stay
-//! inside the top image's directory (or a directory the caller allows), with
-//! a depth limit and a loop check. External data files are refused.
+//! Everything an image header names is untrusted. Backing files are opened
+//! only when they stay inside the top image's directory (or a directory the
+//! caller allows), with a depth limit and a loop check. External data files
+//! are refused.
 
-use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use imago::FormatAccess;
-use imago::file::File as ImagoFile;
-use imago::qcow2::Qcow2;
-use imago::raw::Raw;
-
 use crate::ImageError;
 use crate::limits::MAX_BACKING_DEPTH;
-use crate::source::{ChunkCache, RawFile, ReadAt, Source, check_bounds};
+use crate::qcow2::{HeaderError, Qcow2};
+use crate::source::{RawFile, Source};
 
 /// The container format of one layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,88 +106,6 @@ fn sniff(path: &Path) -> Result<Format, ImageError> {
     Ok(Format::Raw)
 }
 
-/// Read the qcow2 header fields imago would otherwise act on silently.
-struct Qcow2HeaderFacts {
-    version: u32,
-    compression_type: u8,
-    backing_name: Option<String>,
-    backing_format: Option<String>,
-}
-
-fn qcow2_header_facts(path: &Path) -> Result<Qcow2HeaderFacts, ImageError> {
-    let f = RawFile::open(path).map_err(|e| ImageError::io(path, e))?;
-    // The header and its extensions live in the first cluster; 64 KiB is
-    // enough for any extension list qemu writes.
-    let len = (f.size() as usize).min(65536);
-    let mut h = vec![0u8; len];
-    f.read_exact_at(&mut h, 0)
-        .map_err(|e| ImageError::io(path, e))?;
-    if len < 72 {
-        return Err(ImageError::corrupt(path, "qcow2 header is truncated"));
-    }
-    let be32 = |o: usize| u32::from_be_bytes([h[o], h[o + 1], h[o + 2], h[o + 3]]);
-    let be64 = |o: usize| (u64::from(be32(o)) << 32) | u64::from(be32(o + 4));
-    let version = be32(4);
-    let mut compression_type = 0;
-    let mut header_length = 72usize;
-    if version >= 3 && len >= 104 {
-        header_length = be32(100) as usize;
-        if header_length > 104 && len > 104 {
-            compression_type = h[104];
-        }
-    }
-    let backing_offset = be64(8) as usize;
-    let backing_size = be32(16) as usize;
-    let backing_name = if backing_offset == 0 || backing_size == 0 {
-        None
-    } else {
-        let end = backing_offset
-            .checked_add(backing_size)
-            .filter(|&e| e <= len && backing_size <= 1023)
-            .ok_or_else(|| {
-                ImageError::corrupt(
-                    path,
-                    "qcow2 backing file name lies outside the header cluster",
-                )
-            })?;
-        Some(String::from_utf8_lossy(&h[backing_offset..end]).into_owned())
-    };
-    // Header extensions: (type, length, data padded to 8) until type 0.
-    let mut backing_format = None;
-    let mut at = header_length;
-    while at + 8 <= len {
-        let (kind, elen) = (be32(at), be32(at + 4) as usize);
-        if kind == 0 {
-            break;
-        }
-        let data = at + 8;
-        let Some(end) = data.checked_add(elen).filter(|&e| e <= len) else {
-            return Err(ImageError::corrupt(
-                path,
-                "qcow2 header extension runs past the header cluster",
-            ));
-        };
-        // imago panics on a feature name table that is not whole 48-byte
-        // entries (found by fuzzing): refuse it here, named.
-        if kind == 0x6803_f857 && elen % 48 != 0 {
-            return Err(ImageError::corrupt(
-                path,
-                &format!("qcow2 feature name table of {elen} bytes is not a multiple of 48"),
-            ));
-        }
-        if kind == 0xe279_2aca {
-            backing_format = Some(String::from_utf8_lossy(&h[data..end]).into_owned());
-        }
-        at = data + elen.div_ceil(8) * 8;
-    }
-    Ok(Qcow2HeaderFacts {
-        version,
-        compression_type,
-        backing_name,
-        backing_format,
-    })
-}
-
 /// Open a disk image (raw or qcow2) read-only, following a qcow2 backing
 /// chain under `policy`.
 pub fn open_disk(path: &Path, policy: &BackingPolicy) -> Result<Disk, ImageError> {
@@ -207,47 +120,17 @@ pub fn open_disk(path: &Path, policy: &BackingPolicy) -> Result<Disk, ImageError
     for d in &policy.allowed_dirs {
         allowed.push(d.canonicalize().map_err(|e| ImageError::io(d, e))?);
     }
-    let source: Source = match open_layer(path, None, &allowed, &mut layers)? {
-        Opened::TopRaw => Arc::new(RawFile::open(path).map_err(|e| ImageError::io(path, e))?),
-        Opened::Imago(access) => Arc::new(ChunkCache::new(Arc::new(Qcow2Source { access }))),
-        Opened::Own(source) => Arc::new(ChunkCache::new(source)),
-    };
+    let source = open_layer(path, None, &allowed, &mut layers)?;
     Ok(Disk { source, layers })
 }
 
-type Access = FormatAccess<ImagoFile>;
-
-/// An opened layer.
-enum Opened {
-    /// The top layer is raw: read the file directly.
-    TopRaw,
-    /// A layer imago reads (and can use as another imago layer's backing).
-    Imago(Access),
-    /// A layer our own reader reads (zstd-compressed qcow2).
-    Own(Source),
-}
-
-impl Opened {
-    /// As a byte source, for our own reader's backing.
-    fn into_source(self, path: &Path) -> Result<Source, ImageError> {
-        match self {
-            Opened::TopRaw => Ok(Arc::new(
-                RawFile::open(path).map_err(|e| ImageError::io(path, e))?,
-            )),
-            Opened::Imago(access) => Ok(Arc::new(Qcow2Source { access })),
-            Opened::Own(s) => Ok(s),
-        }
-    }
-}
-
-/// Open one layer, recursively opening its backing chain. Returns the format
-/// and, for qcow2 layers or when called for a backing file, an imago access.
+/// Open one layer, recursively opening its backing chain.
 fn open_layer(
     path: &Path,
     declared: Option<Format>,
     allowed: &[PathBuf],
     layers: &mut Vec<Layer>,
-) -> Result<Opened, ImageError> {
+) -> Result<Source, ImageError> {
     let canonical = path.canonicalize().map_err(|e| ImageError::io(path, e))?;
     if layers.iter().any(|l| l.path == canonical) {
         return Err(ImageError::Unsafe {
@@ -273,97 +156,33 @@ fn open_layer(
         path: canonical.clone(),
         format,
     });
-    let is_backing = layers.len() > 1;
-    match format {
-        Format::Raw => {
-            if !is_backing {
-                return Ok(Opened::TopRaw);
-            }
-            let raw = Raw::<ImagoFile>::open_path(&canonical, false)
-                .map_err(|e| ImageError::io(&canonical, e))?;
-            Ok(Opened::Imago(FormatAccess::new(raw)))
-        }
-        Format::Qcow2 => {
-            let facts = qcow2_header_facts(&canonical)?;
-            if facts.version < 2 || facts.version > 3 {
-                return Err(ImageError::Unsupported {
-                    path: canonical,
-                    what: format!("qcow2 version {}", facts.version),
-                });
-            }
-            if facts.compression_type > 1 {
-                return Err(ImageError::Unsupported {
-                    path: canonical,
-                    what: format!("qcow2 compression type {}", facts.compression_type),
-                });
-            }
-            if facts.compression_type == 1 {
-                // zstd: imago refuses it, our own reader handles it.
-                let backing = match &facts.backing_name {
-                    None => None,
-                    Some(name) => {
-                        let backing_path = gate_backing(&canonical, name, allowed)?;
-                        let declared =
-                            declared_format(&canonical, facts.backing_format.as_deref())?;
-                        let opened = open_layer(&backing_path, declared, allowed, layers)?;
-                        Some(opened.into_source(&backing_path)?)
-                    }
-                };
-                let own = crate::qcow2_zstd::Qcow2Zstd::open(&canonical, backing)
-                    .map_err(|e| ImageError::corrupt(&canonical, &e.to_string()))?;
-                return Ok(Opened::Own(Arc::new(own)));
-            }
-            // Defence in depth: a panic inside imago on a hostile header we
-            // did not pre-validate becomes an error, not an abort.
-            let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                Qcow2::<ImagoFile>::open_path(&canonical, false)
-            }))
-            .map_err(|_| {
-                ImageError::corrupt(&canonical, "qcow2 metadata is malformed (reader panicked)")
-            })?;
-            let mut qcow2 =
-                opened.map_err(|e| ImageError::corrupt(&canonical, &format!("qcow2: {e}")))?;
-            if qcow2.requires_external_data_file() {
-                return Err(ImageError::Unsafe {
-                    path: canonical,
-                    what: format!(
-                        "qcow2 uses an external data file ({}); refusing to read a host file the image names",
-                        qcow2
-                            .implicit_external_data_file()
-                            .map(String::as_str)
-                            .unwrap_or("unnamed")
-                    ),
-                });
-            }
-            qcow2.set_data_file(None);
-            let backing = match qcow2.implicit_backing_file() {
-                None => None,
-                Some(name) => {
-                    let backing_path = gate_backing(&canonical, name, allowed)?;
-                    let declared = declared_format(
-                        &canonical,
-                        qcow2.implicit_backing_format().map(String::as_str),
-                    )?;
-                    match open_layer(&backing_path, declared, allowed, layers)? {
-                        Opened::Imago(access) => Some(access),
-                        Opened::TopRaw => None,
-                        Opened::Own(_) => {
-                            return Err(ImageError::Unsupported {
-                                path: canonical,
-                                what: format!(
-                                    "backing file {} has zstd-compressed clusters under a qcow2 that has not; \
-                                     convert the chain with `qemu-img convert -O qcow2 IN OUT`",
-                                    backing_path.display()
-                                ),
-                            });
-                        }
-                    }
-                }
-            };
-            qcow2.set_backing(backing);
-            Ok(Opened::Imago(FormatAccess::new(qcow2)))
-        }
+    let file = RawFile::open(&canonical).map_err(|e| ImageError::io(&canonical, e))?;
+    if format == Format::Raw {
+        return Ok(Arc::new(file));
     }
+    let header = crate::qcow2::Header::read(&file).map_err(|e| match e {
+        HeaderError::Corrupt(what) => ImageError::corrupt(&canonical, &format!("qcow2: {what}")),
+        HeaderError::Unsupported(what) => ImageError::Unsupported {
+            path: canonical.clone(),
+            what,
+        },
+        HeaderError::Unsafe(what) => ImageError::Unsafe {
+            path: canonical.clone(),
+            what,
+        },
+        HeaderError::Io(e) => ImageError::io(&canonical, e),
+    })?;
+    let backing = match &header.backing_name {
+        None => None,
+        Some(name) => {
+            let backing_path = gate_backing(&canonical, name, allowed)?;
+            let declared = declared_format(&canonical, header.backing_format.as_deref())?;
+            Some(open_layer(&backing_path, declared, allowed, layers)?)
+        }
+    };
+    let qcow2 = Qcow2::open(file, header, backing)
+        .map_err(|e| ImageError::corrupt(&canonical, &e.to_string()))?;
+    Ok(Arc::new(qcow2))
 }
 
 /// The backing format a header declares, if any.
@@ -415,27 +234,4 @@ fn gate_backing(image: &Path, name: &str, allowed: &[PathBuf]) -> Result<PathBuf
         });
     }
     Ok(resolved)
-}
-
-/// A qcow2 chain as a [`ReadAt`].
-struct Qcow2Source {
-    access: Access,
-}
-
-impl ReadAt for Qcow2Source {
-    fn size(&self) -> u64 {
-        self.access.size()
-    }
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        check_bounds(offset, buf.len(), self.access.size())?;
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.access.read(&mut *buf, offset)
-        }))
-        .unwrap_or_else(|_| {
-            Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "qcow2 read failed: malformed metadata",
-            ))
-        })
-    }
 }

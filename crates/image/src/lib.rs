@@ -1,8 +1,9 @@
 //! Read-only, unprivileged access to VM disk images.
 //!
 //! Layers, bottom up:
-//! - [`source`] and [`container`]: bytes — raw files, qcow2 with gated
-//!   backing chains, windows onto them.
+//! - [`source`], [`container`] and [`qcow2`]: bytes — raw files, qcow2
+//!   (our own reader, with a bounded cache of decompressed clusters) with
+//!   gated backing chains, windows onto them.
 //! - [`partition`], [`lvm`], [`probe`]: volumes on a disk — MBR, GPT, LVM2
 //!   logical volumes, and what each holds.
 //! - [`fs`]: filesystem readers — ext2/3/4 (our own), XFS, a host directory.
@@ -13,6 +14,7 @@
 //!
 //! Limits that protect against hostile images are in [`limits`].
 
+mod cache;
 pub mod container;
 mod error;
 pub mod fs;
@@ -22,7 +24,7 @@ pub mod limits;
 pub mod lvm;
 pub mod partition;
 pub mod probe;
-pub mod qcow2_zstd;
+pub mod qcow2;
 pub mod source;
 
 pub use error::ImageError;

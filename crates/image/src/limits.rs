@@ -16,3 +16,13 @@ pub const MAX_LOGICAL_PARTITIONS: usize = 64;
 pub const MAX_DIR_ENTRIES: usize = 1_000_000;
 /// Most fstab lines considered.
 pub const MAX_FSTAB_ENTRIES: usize = 256;
+/// Most entries in a qcow2 L1 table (2 PiB of virtual disk at 64 KiB clusters).
+pub const QCOW2_MAX_L1_ENTRIES: u64 = 32 << 20;
+/// Bytes of qcow2 L2 tables kept in memory (a 64 KiB table maps 512 MiB).
+pub const QCOW2_L2_CACHE_BYTES: u64 = 2 << 20;
+/// Bytes of decompressed qcow2 clusters kept in memory, shared by every
+/// thread reading the image. A `check` of a typical cloud image touches
+/// less than this, so each compressed cluster is inflated once per run.
+pub const QCOW2_CLUSTER_CACHE_BYTES: u64 = 32 << 20;
+/// Most compressed bytes fetched with one host read for one request.
+pub const QCOW2_MAX_READ_BATCH: u64 = 4 << 20;

@@ -124,7 +124,7 @@ fn gpt_separate_boot_in_every_container() {
 
 #[test]
 fn zstd_qcow2_is_read_by_our_own_reader() {
-    // imago refuses compression_type=zstd; crate::qcow2_zstd reads it.
+    // compression_type=zstd (imago, used before, refused it).
     let img = gpt_with_boot(Container::Qcow2Zstd);
     let insp = standard_checks(&img);
     assert!(read(&insp, "/boot/grub/grub.cfg").is_some());
