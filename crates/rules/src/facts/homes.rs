@@ -28,22 +28,10 @@ use ibkit_image::fs::FileKind;
 
 use crate::context::Context;
 
-/// Dot-files and dot-directories that make a directory under `/var/lib`,
-/// `/srv` or `/opt` a home: shell start-up files, history, and the
-/// credential stores the secret rules look for (a test in
-/// `rules::img_no_secrets` keeps this list a superset of theirs).
-pub const HOME_MARKERS: &[&str] = &[
-    ".ssh",
-    ".profile",
-    ".bashrc",
-    ".bash_profile",
-    ".bash_logout",
-    ".zshrc",
-    ".cshrc",
-    ".config",
-    ".local",
-    ".cache",
-    ".gnupg",
+/// History files of shells, REPLs and tools that record what was typed
+/// (IMG-NO-HISTORY looks for them; each one's first component also marks a
+/// directory as a home).
+pub const HISTORY_FILES: &[&str] = &[
     ".bash_history",
     ".zsh_history",
     ".sh_history",
@@ -60,6 +48,36 @@ pub const HOME_MARKERS: &[&str] = &[
     ".irb_history",
     ".lesshst",
     ".viminfo",
+    ".local/share/fish/fish_history",
+    ".config/fish/fish_history",
+    ".local/share/nvim/shada/main.shada",
+];
+
+/// True if an entry named `name` makes its directory a home: one of
+/// [`HOME_MARKERS`] or a history file.
+pub fn is_home_marker(name: &str) -> bool {
+    HOME_MARKERS.contains(&name)
+        || HISTORY_FILES
+            .iter()
+            .any(|h| h.split('/').next() == Some(name))
+}
+
+/// Dot-files and dot-directories (besides [`HISTORY_FILES`]) that make a
+/// directory under `/var/lib`, `/srv` or `/opt` a home: shell start-up
+/// files and the credential stores the secret rules look for (a test in
+/// `rules::img_no_secrets` keeps this list a superset of theirs).
+pub const HOME_MARKERS: &[&str] = &[
+    ".ssh",
+    ".profile",
+    ".bashrc",
+    ".bash_profile",
+    ".bash_logout",
+    ".zshrc",
+    ".cshrc",
+    ".config",
+    ".local",
+    ".cache",
+    ".gnupg",
     ".aws",
     ".azure",
     ".docker",
@@ -465,7 +483,7 @@ fn subdirs(
             cx.list_dir(&real)
                 .into_iter()
                 .map(|e| String::from_utf8_lossy(&e.name).into_owned())
-                .find(|n| HOME_MARKERS.contains(&n.as_str()))
+                .find(|n| is_home_marker(n))
         } else {
             None
         };

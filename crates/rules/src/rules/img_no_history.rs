@@ -7,28 +7,7 @@ use crate::context::Context;
 use crate::model::{Evidence, Outcome, Severity};
 use crate::rule::RuleDef;
 
-/// History files of shells, REPLs and tools that record what was typed.
-pub const HISTORY_FILES: &[&str] = &[
-    ".bash_history",
-    ".zsh_history",
-    ".sh_history",
-    ".ash_history",
-    ".ksh_history",
-    ".histfile",
-    ".python_history",
-    ".mysql_history",
-    ".mariadb_history",
-    ".psql_history",
-    ".sqlite_history",
-    ".rediscli_history",
-    ".node_repl_history",
-    ".irb_history",
-    ".lesshst",
-    ".viminfo",
-    ".local/share/fish/fish_history",
-    ".config/fish/fish_history",
-    ".local/share/nvim/shada/main.shada",
-];
+pub use crate::facts::homes::HISTORY_FILES;
 
 /// The rule.
 pub static RULE: RuleDef = RuleDef {
