@@ -45,8 +45,11 @@ SRC
 fi
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
+# QEMU from backports first: packages of the plain lists (guestfish) depend
+# on qemu-system-x86, and with bookworm's 7.2 chosen for them apt refuses to
+# pair it with backports' qemu-utils ("held broken packages").
 # shellcheck disable=SC2086 # the lists are word lists
-$SUDO apt-get install -y -qq --no-install-recommends $plain
-# shellcheck disable=SC2086
 $SUDO apt-get install -y -qq --no-install-recommends -t bookworm-backports $backports
+# shellcheck disable=SC2086
+$SUDO apt-get install -y -qq --no-install-recommends $plain
 echo "setup: done" >&2

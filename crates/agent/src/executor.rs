@@ -244,7 +244,7 @@ impl Executor {
         create_dir(&dir, 0o700)?;
         write_atomic(&dir.join("result"), outcome.result.as_bytes(), 0o600)?;
         if let Some(s) = &outcome.structured_result {
-            write_json(&dir.join("structured.json"), s)?;
+            write_atomic(&dir.join("structured.json"), s.as_str().as_bytes(), 0o600)?;
         }
         write_atomic(&dir.join("hash"), work.hash.as_bytes(), 0o600)
     }
@@ -605,7 +605,9 @@ fn build_outcome(
         log_truncated_bytes: log_truncated,
         result: String::from_utf8_lossy(&result).into_owned(),
         result_truncated_bytes: last_exit.stdout_truncated_bytes,
-        structured_result: structured,
+        structured_result: structured
+            .as_ref()
+            .map(ibkit_api::StructuredJson::from_value),
         error,
     })
 }

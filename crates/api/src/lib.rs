@@ -12,6 +12,7 @@ pub mod pin;
 pub mod reference;
 pub mod spec;
 pub mod step;
+pub mod structured;
 pub mod wire;
 
 pub use duration::Duration;
@@ -19,9 +20,16 @@ pub use health::{HealthCheck, HealthKind};
 pub use reference::{Reference, ReferenceTarget};
 pub use spec::{GroupSpec, HostSpec, InstanceSpec, SpecError};
 pub use step::{ScriptType, StepOptions, StepSpec, step_hash};
+pub use structured::StructuredJson;
 
 /// Version of the wire protocol; sent by agents and checked by the service.
-pub const PROTOCOL_VERSION: u32 = 1;
+///
+/// 2: `structured_result` travels as JSON text ([`StructuredJson`]) and
+/// work carries resolved references ([`wire::ResolvedReference`]).
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// Oldest agent protocol the service pairs with.
+pub const MIN_PROTOCOL_VERSION: u32 = 2;
 
 /// A name of a host, group or health check: `[A-Za-z0-9_-]{1,63}`.
 ///

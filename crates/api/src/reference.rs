@@ -33,6 +33,40 @@ pub enum ReferenceTarget {
     Structured(Vec<String>),
 }
 
+impl Reference {
+    /// The environment variable (and file) name the agent gives this
+    /// reference's value: `IBKIT_RESULT_` + host, group, index, `RAW` or
+    /// `STRUCTURED` and the field path, upper-cased, every byte outside
+    /// `[A-Z0-9]` replaced by `_`. `{{ibkit.results.db.init.0.structured.pass}}`
+    /// is `IBKIT_RESULT_DB_INIT_0_STRUCTURED_PASS`.
+    pub fn env_name(&self) -> String {
+        let mut parts = vec![
+            self.host.clone(),
+            self.group.clone(),
+            self.index.to_string(),
+        ];
+        match &self.target {
+            ReferenceTarget::Raw => parts.push("raw".into()),
+            ReferenceTarget::Structured(path) => {
+                parts.push("structured".into());
+                parts.extend(path.iter().cloned());
+            }
+        }
+        let mut name = String::from("IBKIT_RESULT");
+        for p in parts {
+            name.push('_');
+            name.extend(p.chars().map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_uppercase()
+                } else {
+                    '_'
+                }
+            }));
+        }
+        name
+    }
+}
+
 impl fmt::Display for Reference {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -195,6 +229,16 @@ mod tests {
         })
         .expect("resolves");
         assert_eq!(out, "join T raw=R keep {{ other }}");
+    }
+
+    #[test]
+    fn env_names_are_shell_safe_and_predictable() {
+        let refs = find_references(
+            "{{ibkit.results.db-1.init.0.raw}} {{ibkit.results.self.g.2.structured.a.b-c}}",
+        )
+        .expect("parses");
+        assert_eq!(refs[0].env_name(), "IBKIT_RESULT_DB_1_INIT_0_RAW");
+        assert_eq!(refs[1].env_name(), "IBKIT_RESULT_SELF_G_2_STRUCTURED_A_B_C");
     }
 
     #[test]

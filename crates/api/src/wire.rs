@@ -2,7 +2,16 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Duration, HealthCheck, ScriptType, StepOptions};
+use crate::{Duration, HealthCheck, ScriptType, StepOptions, StructuredJson};
+
+/// Largest body the service accepts for one report (`POST
+/// /v1/agent/reports`). Agents cap the *serialized* report below it
+/// ([`REPORT_BUDGET_BYTES`]) so a final report is never refused for size.
+pub const MAX_REPORT_BYTES: usize = 16 << 20;
+
+/// What an agent lets one serialized report reach: the limit less room
+/// for headers and rounding.
+pub const REPORT_BUDGET_BYTES: usize = MAX_REPORT_BYTES - (256 << 10);
 
 /// Error body of every non-2xx answer.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -102,6 +111,24 @@ pub struct Work {
     pub kind: ScriptType,
     pub content: String,
     pub options: StepOptions,
+    /// Every result reference used by the step's content or environment,
+    /// resolved. The agent also hands each one to the script as an
+    /// environment variable and a file, so vendors need not paste a value
+    /// into script text (where it could inject commands).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub references: Vec<ResolvedReference>,
+}
+
+/// One resolved result reference of a [`Work`].
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResolvedReference {
+    /// The reference as written, e.g. `{{ibkit.results.db.init.0.raw}}`.
+    pub reference: String,
+    /// Its environment variable and file name, from
+    /// [`crate::Reference::env_name`], e.g. `IBKIT_RESULT_DB_INIT_0_RAW`.
+    pub name: String,
+    pub value: String,
 }
 
 /// Agent → service: a step event. Delivered at least once, applied once
@@ -160,7 +187,9 @@ pub struct StepOutcome {
     /// stdout of the successful (or last) attempt: the raw result.
     pub result: String,
     pub result_truncated_bytes: u64,
-    pub structured_result: Option<serde_json::Value>,
+    /// Compact JSON text of the structured result (a JSON string on the
+    /// wire; see [`StructuredJson`]).
+    pub structured_result: Option<StructuredJson>,
     /// Why the step failed, in words (exit code, timeout, bad structured
     /// result, interrupted by an agent restart…).
     pub error: Option<String>,

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use ibkit_api::reference::{self, ReferenceTarget};
-use ibkit_api::wire::{StepStatus, Work};
+use ibkit_api::wire::{ResolvedReference, StepStatus, Work};
 use ibkit_api::{HealthCheck, InstanceSpec};
 use rusqlite::{Connection, OptionalExtension as _, params};
 
@@ -181,11 +181,26 @@ pub fn next_work(
                     }
                 }
             };
-            let mut resolved = reference::resolve(&s.content, &mut lookup);
+            // Every reference used, also handed to the script as a variable
+            // and a file (pasting a value into script text can inject).
+            let mut used: Vec<ResolvedReference> = Vec::new();
+            let mut record = |r: &reference::Reference| -> Result<String, String> {
+                let value = lookup(r)?;
+                let text = r.to_string();
+                if !used.iter().any(|u| u.reference == text) {
+                    used.push(ResolvedReference {
+                        reference: text,
+                        name: r.env_name(),
+                        value: value.clone(),
+                    });
+                }
+                Ok(value)
+            };
+            let mut resolved = reference::resolve(&s.content, &mut record);
             let mut env = Vec::with_capacity(s.options.environment_variables.len());
             if resolved.is_ok() {
                 for e in &s.options.environment_variables {
-                    match reference::resolve(e, &mut lookup) {
+                    match reference::resolve(e, &mut record) {
                         Ok(v) => env.push(v),
                         Err(m) => {
                             resolved = Err(m);
@@ -223,6 +238,7 @@ pub fn next_work(
                 kind: s.kind,
                 content,
                 options,
+                references: used,
             };
             tx.execute(
                 "UPDATE steps SET exec_id = ?5, dispatched_at = ?6, work_json = ?7

@@ -216,11 +216,7 @@ pub async fn report(
                     }
                     ReportEvent::Finished(o) => {
                         let ok = o.status == FinalStatus::Ok;
-                        let structured = o
-                            .structured_result
-                            .as_ref()
-                            .map(serde_json::to_string)
-                            .transpose()?;
+                        let structured = o.structured_result.as_ref().map(|s| s.as_str());
                         tx.execute(
                             "UPDATE steps SET status = ?5, attempts = ?6, exit_code = ?7, signal = ?8,
                              timed_out = ?9, halted = ?10, started_at_ms = ?11, finished_at_ms = ?12,

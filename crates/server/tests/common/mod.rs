@@ -250,7 +250,9 @@ pub fn finished(
         log_truncated_bytes: 0,
         result: result.to_string(),
         result_truncated_bytes: 0,
-        structured_result: structured,
+        structured_result: structured
+            .as_ref()
+            .map(ibkit_api::StructuredJson::from_value),
         error: (!ok).then(|| "exit code 7".to_string()),
     };
     serde_json::to_value(ibkit_api::wire::Report {
