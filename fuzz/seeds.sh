@@ -30,7 +30,7 @@ have() {
   done
 }
 
-for t in qcow2 partition ext4 xfs initramfs inspect check text_formats; do
+for t in qcow2 partition ext4 xfs initramfs inspect check text_formats report; do
   mkdir -p "$corpus/$t"
   rm -f "$corpus/$t"/seed-*
 done
@@ -110,6 +110,19 @@ EOF
   # Whole-disk ext4 with os-release: a root for inspect, a volume for partition.
   put inspect bare-ext4.raw "$work/e1k.img"
   put partition bare-ext4 "$work/e1k.img"
+  # Directories hard-linked to themselves, to an ancestor and to the root
+  # (debugfs ln links directories, link(2) refuses): every walk must list
+  # each directory once and end (issue 12: `check` walked /etc 16^12 times).
+  # For inspect and check too (check copies the inspect seeds).
+  cp "$work/e1k.img" "$work/loops.img"
+  {
+    for i in $(seq 1 16); do echo "ln /etc /etc/self$i"; done
+    echo "ln /etc /home/alice/up"
+    echo "ln / /etc/systemd/root"
+    echo "ln /home /home/alice/home"
+  } | debugfs -w -f - "$work/loops.img" >/dev/null 2>&1 || warn "debugfs could not link directories"
+  put ext4 loops "$work/loops.img"
+  put inspect bare-ext4-loops.raw "$work/loops.img"
 fi
 
 
@@ -492,10 +505,18 @@ EOF
   fi
 fi
 
+# --------------------------------------------------------------------- report
+# Header (budget, log and result repeat counts), then log | result |
+# structured result in thirds: output that grows 6x once JSON-escaped, and
+# a nested structured result.
+rp=$corpus/report
+{ printf '\000\377\377'; head -c 600 /dev/zero; head -c 600 /dev/zero | tr '\0' '\001'; printf '{"a":[1,2,{"b":"%0300d"}]}' 0; } >"$rp/seed-nul-ctl"
+{ printf '\010\100\001'; printf 'line one\n\tline two \342\202\254 \377\n%.0s' $(seq 20); printf 'ok\n%.0s' $(seq 60); printf '{"k":"%s"}' "$(printf '\\"%.0s' $(seq 100))"; } >"$rp/seed-text-escapes"
+
 # -------------------------------------------------------------------- summary
 # check runs the rules on what inspect assembles: the same disks.
 cp "$corpus"/inspect/seed-* "$corpus/check/" 2>/dev/null || true
-for t in qcow2 partition ext4 xfs initramfs inspect check text_formats; do
+for t in qcow2 partition ext4 xfs initramfs inspect check text_formats report; do
   n=$(find "$corpus/$t" -name 'seed-*' | wc -l)
   [ "$n" -gt 0 ] || warn "no seeds for $t"
   echo "seeds: $t: $n seeds" >&2

@@ -39,7 +39,7 @@ fuzz=$root/fuzz
 secs=${1:-20}
 case $secs in '' | *[!0-9]*) echo "usage: scripts/fuzz.sh [SECONDS_PER_TARGET]" >&2; exit 2 ;; esac
 
-all_targets="qcow2 partition ext4 xfs initramfs inspect check text_formats"
+all_targets="qcow2 partition ext4 xfs initramfs inspect check text_formats report"
 targets=${IBKIT_FUZZ_TARGETS:-$all_targets}
 if [ -n "${IBKIT_FUZZ_TARGET_DIR:-}" ]; then
   target_dir=$IBKIT_FUZZ_TARGET_DIR

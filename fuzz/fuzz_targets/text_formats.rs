@@ -31,7 +31,8 @@ fuzz_target!(|data: &[u8]| {
         let _ = boot::consoles(line);
         let _ = boot::arg_value(line, "console");
         let _ = boot::arg_value(line, "root");
-        let _ = ibkit_rules::facts::password::password_state(line.split(':').nth(1).unwrap_or(line));
+        let _ =
+            ibkit_rules::facts::password::password_state(line.split(':').nth(1).unwrap_or(line));
         let _ = initramfs::module_name(line);
         let _ = initramfs::normalise_module(line);
     }

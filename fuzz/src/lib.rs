@@ -11,6 +11,7 @@ use std::sync::OnceLock;
 
 use ibkit_image::Guest;
 use ibkit_image::fs::{FileKind, FileSystem};
+use ibkit_image::guest::{Visit, WalkLimits, Walker};
 
 /// Entries visited by one walk.
 pub const WALK_BUDGET: usize = 2_000;
@@ -112,6 +113,12 @@ pub fn walk_fs(fs: &dyn FileSystem) {
     let _ = (fs.type_name(), fs.uuid(), fs.label());
     let mut budget = WALK_BUDGET;
     let mut stack: Vec<(Vec<u8>, usize)> = vec![(b"/".to_vec(), 0)];
+    // Each directory inode once: a hard-linked directory or a loop would
+    // only burn the budget.
+    let mut listed = std::collections::HashSet::new();
+    if let Ok(Some(root)) = fs.lstat(b"/") {
+        listed.insert(root.ino);
+    }
     while let Some((dir, depth)) = stack.pop() {
         let Ok(entries) = fs.read_dir(&dir) else {
             continue;
@@ -126,7 +133,11 @@ pub fn walk_fs(fs: &dyn FileSystem) {
                 continue;
             };
             match meta.kind {
-                FileKind::Dir if depth < WALK_DEPTH => stack.push((path, depth + 1)),
+                FileKind::Dir
+                    if depth < WALK_DEPTH && (meta.ino == 0 || listed.insert(meta.ino)) =>
+                {
+                    stack.push((path, depth + 1))
+                }
                 FileKind::File => {
                     if let Ok(r) = fs.open(&path) {
                         drain(r);
@@ -155,43 +166,43 @@ const GUEST_FILES: &[&str] = &[
     "/var/lib/dpkg/status",
 ];
 
-/// Walk an assembled guest: well-known files, then a bounded tree walk that
-/// follows symlinks the way the guest layer does (inside the guest root).
+/// Walk an assembled guest: well-known files, then the tree walk every rule
+/// uses ([`Walker`]: each directory listed once, even through directory hard
+/// links and loops, within budgets), reading files and following symlinks
+/// the way the guest layer does (inside the guest root).
 pub fn walk_guest(guest: &Guest) {
     for f in GUEST_FILES {
         let _ = guest.read_capped(f, READ_CAP);
         let _ = guest.read_link(f);
     }
-    let mut budget = WALK_BUDGET;
-    let mut stack: Vec<(Vec<u8>, usize)> = vec![(b"/".to_vec(), 0)];
-    while let Some((dir, depth)) = stack.pop() {
-        let Ok(Some(entries)) = guest.read_dir(&dir) else {
-            continue;
-        };
-        for e in entries {
-            if budget == 0 {
-                return;
+    let limits = WalkLimits {
+        max_dirs: WALK_BUDGET,
+        max_entries: WALK_BUDGET,
+        max_depth: WALK_DEPTH,
+    };
+    let mut walker = Walker::new(guest, limits);
+    walker.walk("/", |e| {
+        match e.kind {
+            FileKind::File => {
+                let _ = guest.read_head(e.path, READ_CAP);
             }
-            budget -= 1;
-            let path = child(&dir, &e.name);
-            let Ok(Some(meta)) = guest.lstat(&path) else {
-                continue;
-            };
-            match meta.kind {
-                FileKind::Dir if depth < WALK_DEPTH => stack.push((path, depth + 1)),
-                FileKind::File => {
-                    let _ = guest.read_head(&path, READ_CAP);
-                }
-                FileKind::Symlink => {
-                    let _ = guest.read_link(&path);
-                    // Resolving follows the link inside the guest (and
-                    // across mounts): hop limits and loops live there.
-                    let _ = guest.stat(&path);
-                }
-                _ => {}
+            FileKind::Symlink => {
+                let _ = guest.read_link(e.path);
+                // Resolving follows the link inside the guest (and across
+                // mounts): hop limits and loops live there.
+                let _ = guest.stat(e.path);
             }
+            _ => {}
         }
-    }
+        Visit::Descend
+    });
+    // The budgets hold whatever the tree looks like.
+    assert!(walker.dirs() <= limits.max_dirs && walker.entries() <= limits.max_entries);
+    let _ = (
+        walker.exhausted_note(),
+        walker.revisit_note(),
+        walker.too_deep_note(),
+    );
 }
 
 /// Block size of a [`SparseDisk`] record.

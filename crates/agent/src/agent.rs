@@ -1,7 +1,7 @@
 //! The agent's main loops: pairing, heartbeats, the outbox sender, the
 //! work loop and health checks.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -43,6 +43,9 @@ impl Backoff {
         match err {
             DeliverError::Api(a) => self.wait(a).await,
             DeliverError::Io(_) => tokio::time::sleep(MAX_BACKOFF).await,
+            DeliverError::Refused { .. } => {
+                tokio::time::sleep(crate::outbox::REFUSED_RETRY).await;
+            }
         }
     }
 
@@ -58,19 +61,29 @@ impl Backoff {
 }
 
 /// Pairs when there is no credential yet; returns the credential.
-pub async fn ensure_paired(cfg: &Config, state: &StateDir) -> anyhow::Result<String> {
+///
+/// The pairing key is used once: after pairing, `pairing_key_file` is
+/// deleted and an inline `pairing_key` is removed from `config_path` (the
+/// file `cfg` was read from), so no copy of it stays on the VM.
+pub async fn ensure_paired(
+    cfg: &Config,
+    state: &StateDir,
+    config_path: Option<&Path>,
+) -> anyhow::Result<String> {
     let path = state.credential_path();
     if let Ok(c) = std::fs::read_to_string(&path)
         && !c.trim().is_empty()
     {
+        forget_pairing_key(cfg, config_path);
         return Ok(c.trim().to_string());
     }
+    let key = cfg.read_pairing_key()?;
     let api = Api::new(&cfg.server_url, cfg.pin())?;
     let resp = api
         .pair(&PairRequest {
             instance: cfg.instance.clone(),
             host: cfg.host.clone(),
-            pairing_key: cfg.pairing_key.clone(),
+            pairing_key: key,
             agent_version: VERSION.into(),
             protocol: ibkit_api::PROTOCOL_VERSION,
         })
@@ -84,11 +97,53 @@ pub async fn ensure_paired(cfg: &Config, state: &StateDir) -> anyhow::Result<Str
     write_atomic(&path, resp.credential.as_bytes(), 0o600)
         .with_context(|| format!("saving the credential to {}", path.display()))?;
     tracing::info!(host = %resp.host, instance = %resp.instance, "paired");
+    forget_pairing_key(cfg, config_path);
     Ok(resp.credential)
 }
 
-/// `ibkit-agent run`: never returns unless setup fails.
-pub async fn run(cfg: Config) -> anyhow::Result<()> {
+/// Deletes the pairing key once a credential is saved (see
+/// [`ensure_paired`]); a failure is logged, never fatal.
+fn forget_pairing_key(cfg: &Config, config_path: Option<&Path>) {
+    if let Some(file) = &cfg.pairing_key_file {
+        match std::fs::remove_file(file) {
+            Ok(()) => tracing::info!("deleted the used pairing key {}", file.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!("cannot delete the used pairing key {}: {e}", file.display()),
+        }
+    }
+    let Some(config_path) = config_path else {
+        return;
+    };
+    if cfg.pairing_key.is_empty() {
+        return;
+    }
+    let scrub = || -> std::io::Result<bool> {
+        let text = std::fs::read_to_string(config_path)?;
+        let Some(new) = crate::config::without_inline_pairing_key(&text) else {
+            return Ok(false);
+        };
+        let mode = std::fs::metadata(config_path)
+            .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777)
+            .unwrap_or(0o600);
+        write_atomic(config_path, new.as_bytes(), mode & 0o700)?;
+        Ok(true)
+    };
+    match scrub() {
+        Ok(true) => tracing::info!(
+            "removed the used pairing key from {}",
+            config_path.display()
+        ),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(
+            "cannot remove the used pairing key from {}: {e}",
+            config_path.display()
+        ),
+    }
+}
+
+/// `ibkit-agent run`: never returns unless setup fails. `config_path` is
+/// the file `cfg` was read from (see [`ensure_paired`]).
+pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let started = Instant::now();
     let state = StateDir::open(&cfg.state_dir)
         .with_context(|| format!("opening the state directory {}", cfg.state_dir.display()))?;
@@ -105,7 +160,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         });
     }
     let credential = loop {
-        match ensure_paired(&cfg, &state).await {
+        match ensure_paired(&cfg, &state, config_path.as_deref()).await {
             Ok(c) => break c,
             Err(e) => {
                 tracing::error!("{e:#}; retrying in 5s");
@@ -116,13 +171,16 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let api = Api::new(&cfg.server_url, cfg.pin())?.with_credential(credential);
     let outbox = Outbox::open(state.outbox_dir())?;
     let runner_exe = std::env::current_exe().context("locating the agent binary")?;
-    let executor = Arc::new(Executor::new(
-        state.clone(),
-        outbox.clone(),
-        runner_exe.clone(),
-        cfg.host.clone(),
-        cfg.max_output_bytes,
-    ));
+    let executor = Arc::new(
+        Executor::new(
+            state.clone(),
+            outbox.clone(),
+            runner_exe.clone(),
+            cfg.host.clone(),
+            cfg.max_output_bytes,
+        )
+        .with_max_structured_bytes(cfg.max_structured_result_bytes),
+    );
 
     // Outbox sender: delivers whenever something is queued.
     {

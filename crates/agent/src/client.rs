@@ -30,6 +30,47 @@ impl ApiError {
         matches!(self, ApiError::Status { status, .. }
             if (400..500).contains(status) && !matches!(status, 401 | 408 | 429))
     }
+
+    /// The service refused the request for its size: 413, or a 4xx whose
+    /// message says so.
+    pub fn is_size_refusal(&self) -> bool {
+        match self {
+            ApiError::Status { status: 413, .. } => true,
+            ApiError::Status { status, message } if (400..500).contains(status) => {
+                let m = message.to_ascii_lowercase();
+                ["too large", "length limit", "too big", "exceeds"]
+                    .iter()
+                    .any(|w| m.contains(w))
+            }
+            _ => false,
+        }
+    }
+
+    /// The connection broke while the request body was being sent: what a
+    /// service that refuses a large body early (413) often looks like, as
+    /// it closes the connection before the client reads the answer.
+    pub fn is_cut_while_sending(&self) -> bool {
+        match self {
+            ApiError::Unreachable(m) => {
+                let m = m.to_ascii_lowercase();
+                [
+                    "writing a body",
+                    "broken pipe",
+                    "connection reset",
+                    "reset by peer",
+                ]
+                .iter()
+                .any(|w| m.contains(w))
+            }
+            _ => false,
+        }
+    }
+
+    /// 409: the service does not (or no longer) know what the request is
+    /// about.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, ApiError::Status { status: 409, .. })
+    }
 }
 
 /// The verifier lives in `ibkit-api` so `ibkit deploy` pins the same way.
@@ -145,6 +186,12 @@ impl Api {
     /// Posts a report; returns whether the service applied it (false: it
     /// had it already).
     pub async fn report(&self, report: &Report) -> Result<bool, ApiError> {
+        let body = serde_json::to_vec(report).map_err(|e| ApiError::Decode(e.to_string()))?;
+        self.report_bytes(body).await
+    }
+
+    /// [`Api::report`] of a report already serialized.
+    pub async fn report_bytes(&self, body: Vec<u8>) -> Result<bool, ApiError> {
         #[derive(serde::Deserialize)]
         struct Ack {
             #[serde(default)]
@@ -153,7 +200,8 @@ impl Api {
         let rb = self
             .request(reqwest::Method::POST, "/v1/agent/reports")
             .timeout(Duration::from_secs(120))
-            .json(report);
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
         let resp = Self::send(rb).await?;
         Ok(Self::json::<Ack>(resp)
             .await

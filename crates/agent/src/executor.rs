@@ -12,12 +12,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ibkit_api::wire::{FinalStatus, ReportEvent, StepOutcome, Work};
-use ibkit_api::{ScriptType, StepOptions};
+use ibkit_api::{ScriptType, StepOptions, StructuredJson};
 use serde::{Deserialize, Serialize};
 
 use crate::journal::{StateDir, create_dir, now_ms, read_json, write_atomic, write_json};
 use crate::outbox::Outbox;
-use crate::runner::{ExitRecord, RunnerId, RunnerSpec};
+use crate::runner::{ExitRecord, RunnerId, RunnerSpec, StructuredFile};
+use ibkit_api::report_fit::{Piece, fit_outcome};
 
 /// How often a runner that is not our child is checked after a restart.
 const ORPHAN_POLL: Duration = Duration::from_millis(200);
@@ -47,13 +48,14 @@ pub struct Executor {
     runner_exe: PathBuf,
     host: String,
     max_output_bytes: u64,
+    max_structured_bytes: u64,
     running: Arc<Mutex<Option<String>>>,
 }
 
 /// The verdict on one attempt.
 #[derive(Debug, Clone, PartialEq)]
 enum Verdict {
-    Ok(Option<serde_json::Value>),
+    Ok(Option<StructuredJson>),
     /// A halt code: no further attempts.
     Halt(String),
     Fail(String),
@@ -73,8 +75,15 @@ impl Executor {
             runner_exe,
             host,
             max_output_bytes,
+            max_structured_bytes: crate::config::DEFAULT_MAX_STRUCTURED_RESULT_BYTES,
             running: Arc::default(),
         }
+    }
+
+    /// Sets the cap of a structured result file (`max_structured_result_bytes`).
+    pub fn with_max_structured_bytes(mut self, max: u64) -> Executor {
+        self.max_structured_bytes = max;
+        self
     }
 
     /// The execution running now.
@@ -103,7 +112,7 @@ impl Executor {
         let rec = match read_json::<ExecRecord>(&dir.join("exec.json"))? {
             Some(rec) => rec,
             None => {
-                create_dir(&dir, 0o711)?;
+                create_dir(&dir, 0o700)?;
                 let rec = ExecRecord {
                     work: work.clone(),
                     received_at_ms: now_ms(),
@@ -150,6 +159,8 @@ impl Executor {
             *r = None;
         }
         let outcome = result?;
+        // The references' values may be secrets: gone with the step.
+        let _ = fs::remove_dir_all(self.state.refs_dir(&work.exec_id));
         // Queue the report first: a crash before done.json re-judges the
         // last attempt and queues it again (the service drops the copy).
         self.outbox.push(
@@ -180,7 +191,7 @@ impl Executor {
             ));
         }
         let attempts_dir = dir.join("attempts");
-        create_dir(&attempts_dir, 0o711)?;
+        create_dir(&attempts_dir, 0o700)?;
         let mut n = existing_attempts(&attempts_dir)?;
         let mut resume = n > 0;
         if n == 0 {
@@ -206,11 +217,20 @@ impl Executor {
                 ];
                 prepare_attempt(
                     &adir,
-                    work.kind,
-                    &work.content,
-                    o,
-                    env,
-                    self.max_output_bytes,
+                    AttemptInput {
+                        kind: work.kind,
+                        content: &work.content,
+                        options: o,
+                        env,
+                        max_output_bytes: self.max_output_bytes,
+                        max_structured_bytes: self.max_structured_bytes,
+                        references: work
+                            .references
+                            .iter()
+                            .map(|r| (r.name.clone(), r.value.clone()))
+                            .collect(),
+                        results_dir: Some(self.state.refs_dir(&work.exec_id)),
+                    },
                 )?;
                 self.outbox.push(
                     &work.exec_id,
@@ -223,7 +243,16 @@ impl Executor {
             };
             resume = false;
             let exit = wait_attempt(&adir, child).await?;
-            match judge(&exit, o) {
+            let verdict = {
+                let (o, adir, max) = (o.clone(), adir.clone(), self.max_structured_bytes);
+                let exit = exit.clone();
+                // Parsing a structured result of up to a few MiB: off the
+                // async thread, so heartbeats keep going.
+                tokio::task::spawn_blocking(move || judge(&exit, &o, &adir, max))
+                    .await
+                    .map_err(io::Error::other)?
+            };
+            match verdict {
                 Verdict::Fail(why) if n < o.attempts => {
                     tracing::info!(exec = %work.exec_id, attempt = n, "attempt failed: {why}");
                     tokio::time::sleep(o.attempt_pause.to_std()).await;
@@ -233,7 +262,15 @@ impl Executor {
             }
         };
         tokio::time::sleep(o.pause_after.to_std()).await;
-        build_outcome(rec, &attempts_dir, n, verdict, self.max_output_bytes)
+        let limits = Limits {
+            max_output_bytes: self.max_output_bytes,
+            max_structured_bytes: self.max_structured_bytes,
+            report_budget: self.outbox.report_budget(),
+        };
+        let rec = rec.clone();
+        tokio::task::spawn_blocking(move || build_outcome(&rec, &attempts_dir, n, verdict, limits))
+            .await
+            .map_err(io::Error::other)?
     }
 
     fn store_result(&self, work: &Work, outcome: &StepOutcome) -> io::Result<()> {
@@ -287,38 +324,36 @@ fn existing_attempts(dir: &Path) -> io::Result<u32> {
     Ok(max)
 }
 
-/// Writes the script (owned by the step's user, so it can read it) and
-/// `spec.json` of one attempt.
-pub fn prepare_attempt(
-    adir: &Path,
-    kind: ScriptType,
-    content: &str,
-    o: &StepOptions,
-    mut env: Vec<(String, String)>,
-    max_output_bytes: u64,
-) -> io::Result<()> {
+/// What one attempt runs (see [`prepare_attempt`]).
+#[derive(Debug, Clone)]
+pub struct AttemptInput<'a> {
+    pub kind: ScriptType,
+    pub content: &'a str,
+    pub options: &'a StepOptions,
+    /// `IBKIT_*` variables, added after the step's own.
+    pub env: Vec<(String, String)>,
+    pub max_output_bytes: u64,
+    pub max_structured_bytes: u64,
+    /// Resolved references (`NAME`, value), see [`RunnerSpec::references`].
+    pub references: Vec<(String, String)>,
+    pub results_dir: Option<PathBuf>,
+}
+
+/// Writes the script and `spec.json` of one attempt (a 0700 directory;
+/// the runner hands the script to the step's user as an open file).
+pub fn prepare_attempt(adir: &Path, input: AttemptInput) -> io::Result<()> {
     let _ = fs::remove_dir_all(adir);
-    create_dir(adir, 0o711)?;
+    create_dir(adir, 0o700)?;
+    let o = input.options;
     let script = adir.join("script");
-    write_atomic(&script, content.as_bytes(), 0o400)?;
-    if nix::unistd::geteuid().is_root() {
-        let uid = nix::unistd::User::from_name(&o.user)
-            .ok()
-            .flatten()
-            .map(|u| u.uid);
-        let gid = nix::unistd::Group::from_name(&o.group)
-            .ok()
-            .flatten()
-            .map(|g| g.gid);
-        nix::unistd::chown(&script, uid, gid).map_err(io::Error::from)?;
-    }
+    write_atomic(&script, input.content.as_bytes(), 0o400)?;
     let mut all: Vec<(String, String)> = o
         .env_pairs()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    all.append(&mut env);
+    all.extend(input.env);
     let spec = RunnerSpec {
-        interpreter: match kind {
+        interpreter: match input.kind {
             ScriptType::Bash => "bash".into(),
             ScriptType::Python => "python3".into(),
         },
@@ -330,7 +365,11 @@ pub fn prepare_attempt(
         timeout_ms: o.timeout.as_millis(),
         stop_signal: o.stop_signal,
         stop_timeout_ms: o.stop_timeout.as_millis(),
-        max_output_bytes,
+        max_output_bytes: input.max_output_bytes,
+        structured_result_file: o.structured_result_file.clone(),
+        max_structured_bytes: input.max_structured_bytes,
+        references: input.references,
+        results_dir: input.results_dir,
     };
     write_json(&adir.join("spec.json"), &spec)
 }
@@ -430,8 +469,8 @@ fn recently_written(path: &Path) -> bool {
         .is_some_and(|age| age < Duration::from_secs(3))
 }
 
-/// Whether one attempt succeeded, per the step's options.
-fn judge(exit: &ExitRecord, o: &StepOptions) -> Verdict {
+/// Whether one attempt (in `adir`) succeeded, per the step's options.
+fn judge(exit: &ExitRecord, o: &StepOptions, adir: &Path, max_structured: u64) -> Verdict {
     if exit.interrupted || exit.error.is_some() {
         return Verdict::Fail(exit.error.clone().unwrap_or_else(|| "interrupted".into()));
     }
@@ -441,7 +480,7 @@ fn judge(exit: &ExitRecord, o: &StepOptions) -> Verdict {
     match exit.exit_code {
         Some(code) if o.exit_codes.contains(&code) => match &o.structured_result_file {
             None => Verdict::Ok(None),
-            Some(file) => match read_structured(&o.cwd, file) {
+            Some(file) => match structured_of(exit, adir, &o.cwd, file, max_structured) {
                 Ok(v) => Verdict::Ok(Some(v)),
                 Err(why) => Verdict::Fail(why),
             },
@@ -480,40 +519,57 @@ pub fn describe_exit(exit: &ExitRecord, o: &StepOptions) -> String {
     how
 }
 
-/// Reads the structured result: a JSON object, or a clear error.
-fn read_structured(cwd: &str, file: &str) -> Result<serde_json::Value, String> {
+/// The structured result the runner read (as the step's user, capped): a
+/// JSON object within the cap, or a clear error naming the file.
+fn structured_of(
+    exit: &ExitRecord,
+    adir: &Path,
+    cwd: &str,
+    file: &str,
+    max: u64,
+) -> Result<StructuredJson, String> {
     let path = Path::new(cwd).join(file);
     let shown = path.display();
-    let data = match fs::read(&path) {
-        Ok(d) => d,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+    let data = match &exit.structured {
+        None => {
             return Err(format!(
-                "structured_result_file {shown}: missing (the script did not write it)"
+                "structured_result_file {shown}: not collected (the attempt ran under an older step runner)"
             ));
         }
-        Err(e) => return Err(format!("structured_result_file {shown}: cannot read: {e}")),
+        Some(StructuredFile::Error(why)) => {
+            return Err(format!("structured_result_file {shown}: {why}"));
+        }
+        Some(StructuredFile::Read { .. }) => fs::read(adir.join("structured"))
+            .map_err(|e| format!("structured_result_file {shown}: the copy read is gone: {e}"))?,
     };
-    let value: serde_json::Value = serde_json::from_slice(&data).map_err(|e| {
-        format!(
-            "structured_result_file {shown}: invalid JSON at line {} column {}: {e}",
-            e.line(),
-            e.column()
-        )
-    })?;
-    if value.is_object() {
-        return Ok(value);
+    let limit = usize::try_from(max).unwrap_or(usize::MAX);
+    if data.len() > limit {
+        return Err(format!(
+            "structured_result_file {shown}: structured result of {} bytes exceeds the {limit}-byte limit (max_structured_result_bytes)",
+            data.len()
+        ));
     }
-    let found = match value {
-        serde_json::Value::Array(_) => "an array",
-        serde_json::Value::String(_) => "a string",
-        serde_json::Value::Number(_) => "a number",
-        serde_json::Value::Bool(_) => "a boolean",
-        serde_json::Value::Null => "null",
-        serde_json::Value::Object(_) => "an object",
-    };
-    Err(format!(
-        "structured_result_file {shown}: not a JSON object (found {found})"
-    ))
+    let text = String::from_utf8(data)
+        .map_err(|e| format!("structured_result_file {shown}: not UTF-8 text: {e}"))?;
+    StructuredJson::from_text(&text, limit).map_err(|e| {
+        use ibkit_api::structured::StructuredError as E;
+        let why = match e {
+            E::TooLarge { size, limit } => format!(
+                "structured result of {size} bytes exceeds the {limit}-byte limit (max_structured_result_bytes)"
+            ),
+            E::NotAnObject(found) => format!("not a JSON object (found {found})"),
+            E::Invalid(msg) => match serde_json::from_str::<serde::de::IgnoredAny>(&text) {
+                Err(e) => format!(
+                    "invalid JSON at line {} column {}: {e}",
+                    e.line(),
+                    e.column()
+                ),
+                Ok(_) => format!("invalid JSON: {msg}"),
+            },
+            other => other.to_string(),
+        };
+        format!("structured_result_file {shown}: {why}")
+    })
 }
 
 fn failed_without_attempts(rec: &ExecRecord, error: String) -> StepOutcome {
@@ -535,49 +591,53 @@ fn failed_without_attempts(rec: &ExecRecord, error: String) -> StepOutcome {
     }
 }
 
+/// Caps that shape an outcome.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    max_output_bytes: u64,
+    max_structured_bytes: u64,
+    /// The serialized Finished report stays within this.
+    report_budget: usize,
+}
+
+/// The outcome of the step from its attempts' files, fitted so its
+/// Finished report stays within the budget (see [`ibkit_api::report_fit`]).
 fn build_outcome(
     rec: &ExecRecord,
     attempts_dir: &Path,
     last: u32,
     verdict: Verdict,
-    max_output_bytes: u64,
+    limits: Limits,
 ) -> io::Result<StepOutcome> {
     let o = &rec.work.options;
-    let mut log: Vec<u8> = Vec::new();
-    let mut log_truncated = 0;
+    let mut log: Vec<Piece> = Vec::new();
+    let mut log_truncated = 0u64;
     let mut last_exit = ExitRecord::default();
     for i in 1..=last {
         let adir = attempts_dir.join(i.to_string());
         let exit = read_json::<ExitRecord>(&adir.join("exit.json"))?.unwrap_or_default();
-        log.extend_from_slice(format!("--- ibkit: attempt {i}/{} ---\n", o.attempts).as_bytes());
-        let text = fs::read(adir.join("log")).unwrap_or_default();
-        log.extend_from_slice(&text);
-        if !text.is_empty() && !text.ends_with(b"\n") {
-            log.push(b'\n');
-        }
-        let ended = match judge(&exit, o) {
+        log.push(Piece::Text(
+            format!("--- ibkit: attempt {i}/{} ---\n", o.attempts).into(),
+        ));
+        log.push(Piece::FileLine(adir.join("log")));
+        let v = if i == last {
+            verdict.clone()
+        } else {
+            judge(&exit, o, &adir, limits.max_structured_bytes)
+        };
+        let ended = match v {
             Verdict::Ok(_) => format!("succeeded ({})", describe_exit(&exit, o)),
             Verdict::Halt(why) | Verdict::Fail(why) => format!("failed: {why}"),
         };
-        log.extend_from_slice(format!("--- ibkit: attempt {i} {ended} ---\n").as_bytes());
+        log.push(Piece::Text(
+            format!("--- ibkit: attempt {i} {ended} ---\n").into(),
+        ));
         log_truncated += exit.log_truncated_bytes;
         last_exit = exit;
     }
-    // Several attempts can together exceed the cap: cut the middle.
-    let cap = usize::try_from(max_output_bytes).unwrap_or(usize::MAX);
-    if log.len() > cap + 4096 {
-        let cut = log.len() - cap;
-        let head = cap / 2;
-        let marker = format!(
-            "\n--- ibkit: {cut} bytes of earlier attempts left out here (log over {cap} bytes) ---\n"
-        );
-        let mut out = log[..head].to_vec();
-        out.extend_from_slice(marker.as_bytes());
-        out.extend_from_slice(&log[head + cut..]);
-        log = out;
-        log_truncated += cut as u64;
-    }
-    let result = fs::read(attempts_dir.join(last.to_string()).join("stdout")).unwrap_or_default();
+    let result = [Piece::File(
+        attempts_dir.join(last.to_string()).join("stdout"),
+    )];
     let (status, halted, structured, error) = match verdict {
         Verdict::Ok(s) => (FinalStatus::Ok, false, s, None),
         Verdict::Halt(why) => (FinalStatus::Failed, true, None, Some(why)),
@@ -592,7 +652,7 @@ fn build_outcome(
             }),
         ),
     };
-    Ok(StepOutcome {
+    let base = StepOutcome {
         status,
         attempts: last,
         exit_code: last_exit.exit_code,
@@ -601,13 +661,24 @@ fn build_outcome(
         halted,
         started_at_ms: rec.received_at_ms,
         finished_at_ms: now_ms(),
-        log: String::from_utf8_lossy(&log).into_owned(),
+        log: String::new(),
         log_truncated_bytes: log_truncated,
-        result: String::from_utf8_lossy(&result).into_owned(),
+        result: String::new(),
         result_truncated_bytes: last_exit.stdout_truncated_bytes,
-        structured_result: structured
-            .as_ref()
-            .map(ibkit_api::StructuredJson::from_value),
+        structured_result: structured,
         error,
-    })
+    };
+    // Several attempts can together exceed the per-attempt cap: the log as
+    // a whole keeps to it too (head and tail, like one attempt's).
+    let log_cap = usize::try_from(limits.max_output_bytes)
+        .unwrap_or(usize::MAX)
+        .saturating_add(4096);
+    fit_outcome(
+        &rec.work.exec_id,
+        base,
+        &log,
+        &result,
+        limits.report_budget,
+        log_cap,
+    )
 }

@@ -7,7 +7,7 @@ use ibkit_api::wire::HealthReport;
 use ibkit_api::{HealthCheck, HealthKind};
 
 use crate::client::Api;
-use crate::executor::{describe_exit, prepare_attempt, spawn_runner, wait_attempt};
+use crate::executor::{AttemptInput, describe_exit, prepare_attempt, spawn_runner, wait_attempt};
 use crate::journal::{StateDir, now_ms};
 
 /// Longest wait of a port or HTTP probe.
@@ -68,7 +68,19 @@ pub async fn run_check(
             let adir: PathBuf = state.health_dir(&check.name);
             let env = vec![("IBKIT_HEALTH_CHECK".to_string(), check.name.clone())];
             let run = async {
-                prepare_attempt(&adir, *script_type, script, options, env, 64 * 1024)?;
+                prepare_attempt(
+                    &adir,
+                    AttemptInput {
+                        kind: *script_type,
+                        content: script,
+                        options,
+                        env,
+                        max_output_bytes: 64 * 1024,
+                        max_structured_bytes: crate::config::DEFAULT_MAX_STRUCTURED_RESULT_BYTES,
+                        references: Vec::new(),
+                        results_dir: None,
+                    },
+                )?;
                 let child = spawn_runner(runner_exe, &adir)?;
                 wait_attempt(&adir, Some(child)).await
             };

@@ -5,16 +5,23 @@
 //! ```text
 //! STATE/credential                      bearer credential (0600)
 //! STATE/executions/<exec>/exec.json     the Work and when it was received
-//! STATE/executions/<exec>/attempts/<n>/ spec.json script runner.json stdout log exit.json runner.err
+//! STATE/executions/<exec>/attempts/<n>/ spec.json script runner.json stdout log exit.json runner.err structured
 //! STATE/executions/<exec>/done.json     the final StepOutcome
 //! STATE/outbox/<seq>.json               reports waiting for delivery
+//! STATE/outbox/refused/<seq>.json       final reports the service refused for good
 //! STATE/results/<instance>/<group>/<index>/{result,structured.json,hash}
 //! STATE/health/<check>/                 the last script_health run
+//! STATE/refs/<exec>/<NAME>              resolved result references, owned by the step's user
 //! ```
+//!
+//! Every directory is 0700 and every file 0600 (or 0400), except `STATE`
+//! and `STATE/refs`, which are 0711: a step running as another user must
+//! reach its own `STATE/refs/<exec>` (0700, its own) but can list nothing.
+//! Scripts reach their interpreter as an open file descriptor, not a path.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -66,9 +73,13 @@ pub fn read_json<T: DeserializeOwned>(path: &Path) -> io::Result<Option<T>> {
     }
 }
 
-/// Creates a directory (and parents) with the given mode.
+/// Creates a directory (and parents) with the given mode. Parents it
+/// creates get `mode` too (less the umask), never the umask's default.
 pub fn create_dir(path: &Path, mode: u32) -> io::Result<()> {
-    fs::create_dir_all(path)?;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(path)?;
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
 }
 
@@ -79,19 +90,28 @@ pub struct StateDir {
 }
 
 impl StateDir {
-    /// Opens (creating) the state directory. Directories on the way to a
-    /// step's script are 0711 so a step running as another user can open
-    /// its own script (chowned to it) without listing anything.
+    /// Opens (creating) the state directory; see the module's doc for the
+    /// modes. Directories an older agent left traversable (0711) are
+    /// tightened.
     pub fn open(root: &Path) -> io::Result<Self> {
-        for dir in [root.to_path_buf(), root.join("executions")] {
+        for dir in [root.to_path_buf(), root.join("refs")] {
             create_dir(&dir, 0o711)?;
         }
         for dir in [
+            root.join("executions"),
             root.join("outbox"),
             root.join("results"),
             root.join("health"),
         ] {
             create_dir(&dir, 0o700)?;
+        }
+        for sub in ["executions", "health"] {
+            for entry in fs::read_dir(root.join(sub))? {
+                let path = entry?.path();
+                if fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
+                    fs::set_permissions(&path, fs::Permissions::from_mode(0o700))?;
+                }
+            }
         }
         Ok(StateDir {
             root: root.to_path_buf(),
@@ -112,6 +132,11 @@ impl StateDir {
 
     pub fn executions_dir(&self) -> PathBuf {
         self.root.join("executions")
+    }
+
+    /// Where a step finds its resolved references (`IBKIT_RESULTS_DIR`).
+    pub fn refs_dir(&self, exec_id: &str) -> PathBuf {
+        self.root.join("refs").join(safe_name(exec_id))
     }
 
     pub fn health_dir(&self, check: &str) -> PathBuf {

@@ -33,6 +33,10 @@ enum Command {
     /// Internal: run one attempt of a step (started by the agent).
     #[command(name = "__step-runner", hide = true)]
     StepRunner { dir: PathBuf },
+    /// Internal: read a step's structured result file, as the step's user
+    /// (started by the step runner).
+    #[command(name = "__read-structured", hide = true)]
+    ReadStructured { path: PathBuf, max_bytes: u64 },
     /// Internal: run one Work (JSON file) against a state directory
     /// without a service, print the outcome as JSON (tests).
     #[command(name = "__exec-local", hide = true)]
@@ -40,9 +44,23 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Everything the agent creates (state, reports, credentials, step
+    // output) is for root only; the step runner gives scripts umask 022.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let cli = Cli::parse();
-    if let Command::StepRunner { dir } = &cli.command {
-        return ExitCode::from(u8::try_from(ibkit_agent::runner::runner_main(dir)).unwrap_or(1));
+    match &cli.command {
+        Command::StepRunner { dir } => {
+            return ExitCode::from(
+                u8::try_from(ibkit_agent::runner::runner_main(dir)).unwrap_or(1),
+            );
+        }
+        Command::ReadStructured { path, max_bytes } => {
+            return ExitCode::from(
+                u8::try_from(ibkit_agent::runner::read_structured_main(path, *max_bytes))
+                    .unwrap_or(1),
+            );
+        }
+        _ => {}
     }
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -66,12 +84,12 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run { config } => {
                 let cfg = Config::load(&config)?;
-                ibkit_agent::agent::run(cfg).await
+                ibkit_agent::agent::run(cfg, Some(config)).await
             }
             Command::Pair { config } => {
                 let cfg = Config::load(&config)?;
                 let state = StateDir::open(&cfg.state_dir)?;
-                ibkit_agent::agent::ensure_paired(&cfg, &state).await?;
+                ibkit_agent::agent::ensure_paired(&cfg, &state, Some(&config)).await?;
                 eprintln!(
                     "ibkit-agent: paired; credential saved in {}",
                     state.credential_path().display()
@@ -85,7 +103,7 @@ fn main() -> ExitCode {
                 println!("{}", serde_json::to_string(&outcome)?);
                 Ok(())
             }
-            Command::StepRunner { .. } => Ok(()),
+            Command::StepRunner { .. } | Command::ReadStructured { .. } => Ok(()),
         }
     });
     match result {

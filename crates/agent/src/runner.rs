@@ -11,11 +11,20 @@
 //!   interleaved in arrival order), each capped with an explicit marker;
 //!   a cut `log` ends with the last 4 KiB of stderr, so the error is never
 //!   the part left out,
+//! - `structured` (the `structured_result_file` as read by the step's
+//!   user, see [`read_structured_main`]),
 //! - `exit.json` ([`ExitRecord`], written atomically last).
+//!
+//! The script runs as the step's user with its primary and supplementary
+//! groups, umask 022, and reads its script through file descriptor 3
+//! (`bash /dev/fd/3`): the state directory stays 0700.
 
 use std::collections::VecDeque;
-use std::fs::{self, File};
+use std::ffi::CString;
+use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -48,7 +57,33 @@ pub struct RunnerSpec {
     pub stop_signal: i32,
     pub stop_timeout_ms: u64,
     pub max_output_bytes: u64,
+    /// Read after the script exited, as the step's user.
+    #[serde(default)]
+    pub structured_result_file: Option<String>,
+    #[serde(default = "default_max_structured")]
+    pub max_structured_bytes: u64,
+    /// Resolved result references (`NAME`, value): exported to the script
+    /// and written to `results_dir/NAME`.
+    #[serde(default)]
+    pub references: Vec<(String, String)>,
+    /// `IBKIT_RESULTS_DIR`, created by the runner, owned by the step's user.
+    #[serde(default)]
+    pub results_dir: Option<PathBuf>,
 }
+
+fn default_max_structured() -> u64 {
+    crate::config::DEFAULT_MAX_STRUCTURED_RESULT_BYTES
+}
+
+/// A reference value larger than this is only in its file: the kernel
+/// refuses an environment string over 128 KiB (and the whole environment
+/// shares the argument space), so exporting it could stop the script from
+/// starting at all.
+pub const MAX_REFERENCE_ENV_BYTES: usize = 64 * 1024;
+/// All references together in the environment.
+const MAX_REFERENCES_ENV_TOTAL: usize = 512 * 1024;
+/// How long reading the structured result file may take.
+const STRUCTURED_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Identity of a runner process, to tell after an agent restart whether
 /// it still runs (a pid alone may be reused, especially after a reboot).
@@ -128,6 +163,20 @@ pub struct ExitRecord {
     pub log_truncated_bytes: u64,
     /// The script could not be started at all, or the runner failed.
     pub error: Option<String>,
+    /// `structured_result_file`, when the step has one and the script exited.
+    #[serde(default)]
+    pub structured: Option<StructuredFile>,
+}
+
+/// What reading `structured_result_file` as the step's user gave.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StructuredFile {
+    /// Its bytes are in `ATTEMPT_DIR/structured`.
+    Read { bytes: u64 },
+    /// Why it could not be read (missing, a symlink, not a regular file,
+    /// too large, not readable by the step's user…).
+    Error(String),
 }
 
 /// How much of the end of stderr is repeated after a cut log.
@@ -149,7 +198,13 @@ impl CappedFile {
     fn create(path: &Path, cap: u64) -> io::Result<Self> {
         let head = cap / 2;
         Ok(CappedFile {
-            file: File::create(path)?,
+            // 0600: the output may hold secrets the script printed.
+            file: OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(path)?,
             head_left: head,
             tail: VecDeque::new(),
             tail_cap: usize::try_from(cap - head).unwrap_or(usize::MAX),
@@ -255,44 +310,91 @@ fn run(dir: &Path, started_at_ms: i64) -> io::Result<ExitRecord> {
         }
     };
 
+    let id = resolve_identity(&spec.user, &spec.group, &mut |t| note(t));
+    // The script is handed over open (fd 3), so the step's user needs no
+    // path through the state directory; it still must be able to read the
+    // file itself, as bash reopens /dev/fd/3.
+    let script = File::open(&spec.script)?;
+    if id.switch {
+        nix::unistd::fchown(
+            &script,
+            Some(nix::unistd::Uid::from_raw(id.uid)),
+            Some(nix::unistd::Gid::from_raw(id.gid)),
+        )
+        .map_err(io::Error::from)?;
+    }
     let mut cmd = Command::new(&spec.interpreter);
-    cmd.arg(&spec.script)
-        .current_dir(&spec.cwd)
+    cmd.arg("/dev/fd/3")
         .env_clear()
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
-    let (uid, gid, home, name) = resolve_identity(&spec, &note);
-    if let Some(uid) = uid {
-        cmd.uid(uid);
-    }
-    if let Some(gid) = gid {
-        cmd.gid(gid);
-    }
     cmd.env(
         "PATH",
         "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     )
-    .env("HOME", &home)
+    .env("HOME", &id.home)
     .env("LANG", "C.UTF-8")
-    .env("USER", &name)
-    .env("LOGNAME", &name);
+    .env("USER", &id.name)
+    .env("LOGNAME", &id.name);
     for (k, v) in &spec.env {
         cmd.env(k, v);
+    }
+    if let Some(rdir) = &spec.results_dir {
+        match write_references(rdir, &spec.references, &id) {
+            Ok(()) => {
+                cmd.env("IBKIT_RESULTS_DIR", rdir);
+            }
+            Err(e) => {
+                let msg = format!("cannot write the references to {}: {e}", rdir.display());
+                note(msg.clone());
+                return finish_without_start(log, stdout_file, started_at_ms, msg);
+            }
+        }
+        let mut total = 0;
+        for (name, value) in &spec.references {
+            if !is_reference_name(name) {
+                note(format!(
+                    "reference name {name:?} is not a valid variable name: not passed to the script"
+                ));
+                continue;
+            }
+            if value.contains('\0') {
+                note(format!(
+                    "{name} holds a NUL byte, which the environment cannot carry: read $IBKIT_RESULTS_DIR/{name}"
+                ));
+            } else if value.len() > MAX_REFERENCE_ENV_BYTES
+                || total + value.len() > MAX_REFERENCES_ENV_TOTAL
+            {
+                note(format!(
+                    "{name} is {} bytes, too large for the environment: read $IBKIT_RESULTS_DIR/{name}",
+                    value.len()
+                ));
+            } else {
+                total += value.len();
+                cmd.env(name, value);
+            }
+        }
     }
     if !Path::new(&spec.cwd).is_dir() {
         let msg = format!("cwd {} does not exist or is not a directory", spec.cwd);
         note(msg.clone());
         return finish_without_start(log, stdout_file, started_at_ms, msg);
     }
-    let mut child = match cmd.spawn() {
+    let cwd = CString::new(spec.cwd.as_bytes()).map_err(io::Error::other)?;
+    child_setup(&mut cmd, &id, Some(cwd), Some(script.as_raw_fd()));
+    let spawned = cmd.spawn();
+    drop(script);
+    let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {
             let msg = format!(
-                "cannot start {} {}: {e}",
+                "cannot start {} {} as user {} in {}: {e}",
                 spec.interpreter,
-                spec.script.display()
+                spec.script.display(),
+                id.name,
+                spec.cwd
             );
             note(msg.clone());
             return finish_without_start(log, stdout_file, started_at_ms, msg);
@@ -441,6 +543,12 @@ fn run(dir: &Path, started_at_ms: i64) -> io::Result<ExitRecord> {
     if let Some(sig) = signal {
         note(format!("the script was ended by signal {sig}"));
     }
+    let structured = match &spec.structured_result_file {
+        Some(file) if exit_code.is_some() && !timed_out => {
+            Some(collect_structured(dir, &spec, file, &id))
+        }
+        _ => None,
+    };
     let log = take_log(log)?;
     let stderr_tail: Vec<u8> = stderr_tail
         .lock()
@@ -457,6 +565,7 @@ fn run(dir: &Path, started_at_ms: i64) -> io::Result<ExitRecord> {
         stdout_truncated_bytes: stdout_file.finish()?,
         log_truncated_bytes: log.finish_with_stderr(&stderr_tail)?,
         error: None,
+        structured,
     })
 }
 
@@ -497,68 +606,337 @@ fn finish_without_start(
     })
 }
 
-/// uid, gid and HOME for the step. Missing users and groups fall back to
-/// root (the platform's rule); a runner that is not root cannot switch.
-fn resolve_identity(
-    spec: &RunnerSpec,
-    note: &dyn Fn(String),
-) -> (Option<u32>, Option<u32>, String, String) {
-    let user = match User::from_name(&spec.user) {
+/// Who a step (or a `script_health` check) runs as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub uid: u32,
+    pub gid: u32,
+    /// Supplementary groups: the user's groups (`getgrouplist`) and `gid`.
+    pub groups: Vec<u32>,
+    pub home: String,
+    pub name: String,
+    /// Switch to it; false when the runner is not root (it runs scripts as
+    /// itself).
+    pub switch: bool,
+}
+
+/// The identity of `user`/`group` on this system. An unknown user falls back
+/// to root (the platform's rule) and `note` says so; a user whose group is
+/// left at its default (`root`) gets the user's own primary group, never
+/// gid 0; an unknown group falls back to the user's primary group.
+pub fn resolve_identity(user: &str, group: &str, note: &mut dyn FnMut(String)) -> Identity {
+    let found = match User::from_name(user) {
         Ok(Some(u)) => Some(u),
         Ok(None) => {
             note(format!(
-                "user {:?} does not exist: running as root",
-                spec.user
+                "user {user:?} does not exist: running as root (the platform's fallback)"
             ));
             None
         }
         Err(e) => {
             note(format!(
-                "cannot look up user {:?} ({e}): running as root",
-                spec.user
+                "cannot look up user {user:?} ({e}): running as root (the platform's fallback)"
             ));
             None
         }
     };
-    let group = match Group::from_name(&spec.group) {
-        Ok(Some(g)) => Some(g.gid.as_raw()),
-        Ok(None) => {
-            note(format!(
-                "group {:?} does not exist: running as root's group",
-                spec.group
-            ));
-            None
-        }
-        Err(e) => {
-            note(format!(
-                "cannot look up group {:?} ({e}): running as root's group",
-                spec.group
-            ));
-            None
+    let (uid, primary, home, name) = match &found {
+        Some(u) => (
+            u.uid.as_raw(),
+            u.gid.as_raw(),
+            u.dir.display().to_string(),
+            u.name.clone(),
+        ),
+        None => (0, 0, "/root".to_string(), "root".to_string()),
+    };
+    let gid = if uid != 0 && group == "root" {
+        primary
+    } else {
+        match Group::from_name(group) {
+            Ok(Some(g)) => g.gid.as_raw(),
+            Ok(None) => {
+                note(format!(
+                    "group {group:?} does not exist: running with {name}'s primary group ({primary})"
+                ));
+                primary
+            }
+            Err(e) => {
+                note(format!(
+                    "cannot look up group {group:?} ({e}): running with {name}'s primary group ({primary})"
+                ));
+                primary
+            }
         }
     };
-    let home = user
-        .as_ref()
-        .map(|u| u.dir.display().to_string())
-        .unwrap_or_else(|| "/root".into());
-    let name = user
-        .as_ref()
-        .map(|u| u.name.clone())
-        .unwrap_or_else(|| "root".into());
-    let uid = user.map(|u| u.uid.as_raw()).unwrap_or(0);
-    let gid = group.unwrap_or(0);
-    if !nix::unistd::geteuid().is_root() {
-        if uid != nix::unistd::geteuid().as_raw() || gid != nix::unistd::getegid().as_raw() {
+    let groups = CString::new(name.as_bytes())
+        .ok()
+        .and_then(|n| nix::unistd::getgrouplist(&n, nix::unistd::Gid::from_raw(gid)).ok())
+        .map(|g| g.into_iter().map(|g| g.as_raw()).collect())
+        .unwrap_or_else(|| vec![gid]);
+    let me = (
+        nix::unistd::geteuid().as_raw(),
+        nix::unistd::getegid().as_raw(),
+    );
+    if me.0 != 0 {
+        if (uid, gid) != me {
             note(format!(
-                "the agent does not run as root: running as uid {} instead of {}:{} ",
-                nix::unistd::geteuid(),
-                spec.user,
-                spec.group
+                "the agent does not run as root: running as uid {} instead of {user}:{group}",
+                me.0
             ));
         }
-        return (None, None, home, name);
+        return Identity {
+            uid: me.0,
+            gid: me.1,
+            groups: Vec::new(),
+            home,
+            name,
+            switch: false,
+        };
     }
-    (Some(uid), Some(gid), home, name)
+    Identity {
+        uid,
+        gid,
+        groups,
+        home,
+        name,
+        switch: true,
+    }
+}
+
+/// What the child does between fork and exec: take `script_fd` as fd 3,
+/// switch to `id` (supplementary groups, group, user: std's own `uid`/`gid`
+/// would drop the supplementary groups instead of setting them), enter
+/// `cwd` as that user, and reset the umask the agent keeps at 077 to the
+/// usual 022 (files a vendor script creates for a service must stay
+/// readable by it).
+#[allow(unsafe_code)]
+fn child_setup(cmd: &mut Command, id: &Identity, cwd: Option<CString>, script_fd: Option<RawFd>) {
+    let groups: Vec<libc::gid_t> = id.groups.clone();
+    let (uid, gid, switch) = (id.uid, id.gid, id.switch);
+    let hook = move || -> io::Result<()> {
+        // Only async-signal-safe calls here: this runs in the forked child
+        // of a multi-threaded process. io::Error::last_os_error does not
+        // allocate.
+        // SAFETY: plain syscalls on values prepared before the fork.
+        unsafe {
+            if let Some(fd) = script_fd {
+                let r = if fd == 3 {
+                    libc::fcntl(3, libc::F_SETFD, 0)
+                } else {
+                    libc::dup2(fd, 3)
+                };
+                if r < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            if switch
+                && (libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                    || libc::setgid(gid) != 0
+                    || libc::setuid(uid) != 0)
+            {
+                return Err(io::Error::last_os_error());
+            }
+            if let Some(dir) = &cwd
+                && libc::chdir(dir.as_ptr()) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            libc::umask(0o022);
+        }
+        Ok(())
+    };
+    // SAFETY: the hook only makes async-signal-safe system calls.
+    unsafe {
+        cmd.pre_exec(hook);
+    }
+}
+
+/// A reference's name is an environment variable name and a file name,
+/// `IBKIT_RESULT_…` (so it can never replace `PATH`, `HOME` or the step's
+/// own variables).
+pub fn is_reference_name(name: &str) -> bool {
+    name.len() <= 200
+        && name.strip_prefix("IBKIT_RESULT_").is_some_and(|rest| {
+            !rest.is_empty()
+                && rest
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+        })
+}
+
+/// `rdir` (0700) with one file per reference (0400), all owned by the step's
+/// user, so only that user (and root) can read the values.
+fn write_references(rdir: &Path, refs: &[(String, String)], id: &Identity) -> io::Result<()> {
+    match fs::remove_dir_all(rdir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    fs::DirBuilder::new().mode(0o700).create(rdir)?;
+    let owner = |f: &File| -> io::Result<()> {
+        if id.switch {
+            nix::unistd::fchown(
+                f,
+                Some(nix::unistd::Uid::from_raw(id.uid)),
+                Some(nix::unistd::Gid::from_raw(id.gid)),
+            )
+            .map_err(io::Error::from)?;
+        }
+        Ok(())
+    };
+    owner(&File::open(rdir)?)?;
+    for (name, value) in refs {
+        if !is_reference_name(name) {
+            continue;
+        }
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o400)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(rdir.join(name))?;
+        f.write_all(value.as_bytes())?;
+        owner(&f)?;
+    }
+    Ok(())
+}
+
+/// Reads the structured result file as the step's user, in a child process
+/// (`ibkit-agent __read-structured`) so the kernel checks that user's
+/// permissions on every directory and the file: a symlink or hard link to
+/// a file only root can read is refused like any other unreadable file.
+/// The child never follows a final symlink, refuses anything but a regular
+/// file (a FIFO cannot block it: the open is non-blocking) and anything over
+/// the cap; it is killed after 30 s.
+fn collect_structured(dir: &Path, spec: &RunnerSpec, file: &str, id: &Identity) -> StructuredFile {
+    let path = Path::new(&spec.cwd).join(file);
+    let max = spec.max_structured_bytes;
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.arg("__read-structured")
+        .arg(&path)
+        .arg(max.to_string())
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    child_setup(&mut cmd, id, None, None);
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => return StructuredFile::Error(format!("cannot start its reader: {e}")),
+    };
+    let out = child.stdout.take();
+    let err = child.stderr.take();
+    let reader = std::thread::spawn(move || {
+        let mut data = Vec::new();
+        if let Some(out) = out {
+            let _ = out.take(max.saturating_add(1)).read_to_end(&mut data);
+        }
+        data
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut text = Vec::new();
+        if let Some(err) = err {
+            let _ = err.take(2048).read_to_end(&mut text);
+        }
+        String::from_utf8_lossy(&text).trim().to_string()
+    });
+    let deadline = Instant::now() + STRUCTURED_READ_TIMEOUT;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break Some(s),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+        }
+    };
+    let data = reader.join().unwrap_or_default();
+    let why = err_reader.join().unwrap_or_default();
+    match status {
+        None => StructuredFile::Error(format!(
+            "reading it took longer than {STRUCTURED_READ_TIMEOUT:?}"
+        )),
+        Some(s) if s.success() && data.len() as u64 <= max => {
+            match crate::journal::write_atomic(&dir.join("structured"), &data, 0o600) {
+                Ok(()) => StructuredFile::Read {
+                    bytes: data.len() as u64,
+                },
+                Err(e) => StructuredFile::Error(format!("cannot keep it: {e}")),
+            }
+        }
+        Some(_) if why.is_empty() => StructuredFile::Error("its reader failed".into()),
+        Some(_) if id.switch && id.uid != 0 => {
+            StructuredFile::Error(format!("{why} (read as user {})", id.name))
+        }
+        Some(_) => StructuredFile::Error(why),
+    }
+}
+
+/// Entry point of `ibkit-agent __read-structured PATH MAX`, run as the
+/// step's user: writes the file to stdout, or one line on stderr and exit 1.
+pub fn read_structured_main(path: &Path, max: u64) -> i32 {
+    match read_structured_file(path, max) {
+        Ok(data) => {
+            let mut out = io::stdout().lock();
+            if out.write_all(&data).and_then(|()| out.flush()).is_err() {
+                return 1;
+            }
+            0
+        }
+        Err(why) => {
+            eprintln!("{why}");
+            1
+        }
+    }
+}
+
+fn read_structured_file(path: &Path, max: u64) -> Result<Vec<u8>, String> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ENOENT) => "missing (the script did not write it)".to_string(),
+            Some(libc::ELOOP) => "is a symbolic link, which is not followed".to_string(),
+            _ => format!("cannot read it: {e}"),
+        })?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot stat it: {e}"))?;
+    let ft = meta.file_type();
+    if !ft.is_file() {
+        use std::os::unix::fs::FileTypeExt;
+        let what = if ft.is_fifo() {
+            "a FIFO"
+        } else if ft.is_dir() {
+            "a directory"
+        } else if ft.is_socket() {
+            "a socket"
+        } else if ft.is_char_device() || ft.is_block_device() {
+            "a device"
+        } else {
+            "not a plain file"
+        };
+        return Err(format!("is {what}, not a regular file"));
+    }
+    let too_large = |n: u64| {
+        format!(
+            "structured result of {n} bytes exceeds the {max}-byte limit (max_structured_result_bytes)"
+        )
+    };
+    if meta.len() > max {
+        return Err(too_large(meta.len()));
+    }
+    let mut data = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    file.take(max.saturating_add(1))
+        .read_to_end(&mut data)
+        .map_err(|e| format!("cannot read it: {e}"))?;
+    if data.len() as u64 > max {
+        return Err(too_large(data.len() as u64));
+    }
+    Ok(data)
 }
 
 #[cfg(test)]

@@ -19,6 +19,34 @@ pub fn install_script(server_url: &str, cert_sha256: &str, curl_pin: &str) -> St
         .replace("@AGENT_UNIT@", AGENT_UNIT.trim_end())
 }
 
+/// The command an operator runs on a VM (as root) to install and pair the
+/// agent of `host`: the key travels in the environment (`IBKIT_PAIRING_KEY`),
+/// never on a command line, and a failed or cut-short download makes the
+/// command fail instead of running an empty or partial script (see
+/// `install.sh`). `curl_pin` is curl's `sha256//BASE64` pin, empty when the
+/// service's certificate is trusted by the VM.
+///
+/// ```text
+/// IBKIT_PAIRING_KEY=KEY sh -c "$(curl -fsS -g -k --pinnedpubkey 'sha256//…' URL/v1/agent/install.sh || printf '\nexit 1')" ibkit-install --instance ID --host HOST
+/// ```
+pub fn install_command(
+    server_url: &str,
+    curl_pin: &str,
+    instance: &str,
+    host: &str,
+    pairing_key: &str,
+) -> String {
+    let pin = if curl_pin.is_empty() {
+        String::new()
+    } else {
+        format!("-k --pinnedpubkey '{curl_pin}' ")
+    };
+    format!(
+        "IBKIT_PAIRING_KEY={pairing_key} sh -c \"$(curl -fsS -g {pin}{}/v1/agent/install.sh || printf '\\nexit 1')\" ibkit-install --instance {instance} --host {host}",
+        server_url.trim_end_matches('/')
+    )
+}
+
 /// The unit with a memory cap filled in.
 pub fn agent_unit(memory_max: &str) -> String {
     AGENT_UNIT.replace("@MEMORY_MAX@", memory_max)
@@ -42,5 +70,17 @@ mod tests {
         // The unit's own placeholder is filled in by the script at install time.
         assert!(s.contains("@MEMORY_MAX@"));
         assert!(agent_unit("512M").contains("MemoryMax=512M"));
+        // The whole script is one function, called on the last line.
+        assert!(s.trim_end().ends_with("ibkit_install \"$@\""), "{s}");
+    }
+
+    #[test]
+    fn install_command_keeps_the_key_off_the_command_line() {
+        let c = install_command("https://h:8443/", "sha256//abc=", "i1", "db", "k3y");
+        assert_eq!(
+            c,
+            "IBKIT_PAIRING_KEY=k3y sh -c \"$(curl -fsS -g -k --pinnedpubkey 'sha256//abc=' https://h:8443/v1/agent/install.sh || printf '\\nexit 1')\" ibkit-install --instance i1 --host db"
+        );
+        assert!(!install_command("http://h", "", "i", "h", "k").contains("pinnedpubkey"));
     }
 }

@@ -10,6 +10,7 @@ pub mod health;
 #[cfg(feature = "pinning")]
 pub mod pin;
 pub mod reference;
+pub mod report_fit;
 pub mod spec;
 pub mod step;
 pub mod structured;

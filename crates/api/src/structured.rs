@@ -83,16 +83,26 @@ impl StructuredJson {
         Self::parse_text(&self.0, limit)
     }
 
+    /// Checks the text as [`Self::parse_bounded`] does (size, depth, valid
+    /// JSON, an object) without building a tree: what the service runs on
+    /// every report.
+    pub fn validate(&self, limit: usize) -> Result<(), StructuredError> {
+        let text = self.0.as_str();
+        precheck(text, limit)?;
+        serde_json::from_str::<serde::de::IgnoredAny>(text)
+            .map_err(|e| StructuredError::Invalid(e.to_string()))?;
+        match text.trim_start().bytes().next() {
+            Some(b'{') => Ok(()),
+            Some(b'[') => Err(StructuredError::NotAnObject("an array")),
+            Some(b'"') => Err(StructuredError::NotAnObject("a string")),
+            Some(b'n') => Err(StructuredError::NotAnObject("null")),
+            Some(b't' | b'f') => Err(StructuredError::NotAnObject("a boolean")),
+            _ => Err(StructuredError::NotAnObject("a number")),
+        }
+    }
+
     fn parse_text(text: &str, limit: usize) -> Result<serde_json::Value, StructuredError> {
-        if text.len() > limit {
-            return Err(StructuredError::TooLarge {
-                size: text.len(),
-                limit,
-            });
-        }
-        if nesting_depth(text) > MAX_STRUCTURED_DEPTH {
-            return Err(StructuredError::TooDeep);
-        }
+        precheck(text, limit)?;
         let value: serde_json::Value =
             serde_json::from_str(text).map_err(|e| StructuredError::Invalid(e.to_string()))?;
         match value {
@@ -104,6 +114,20 @@ impl StructuredJson {
             serde_json::Value::Array(_) => Err(StructuredError::NotAnObject("an array")),
         }
     }
+}
+
+/// Size and depth, before any parser runs.
+fn precheck(text: &str, limit: usize) -> Result<(), StructuredError> {
+    if text.len() > limit {
+        return Err(StructuredError::TooLarge {
+            size: text.len(),
+            limit,
+        });
+    }
+    if nesting_depth(text) > MAX_STRUCTURED_DEPTH {
+        return Err(StructuredError::TooDeep);
+    }
+    Ok(())
 }
 
 /// Deepest bracket nesting of JSON text, outside strings (a cheap scan that
@@ -171,5 +195,18 @@ mod tests {
             StructuredJson::from_text("[1]", 100),
             Err(StructuredError::NotAnObject("an array"))
         );
+        // validate() agrees with parsing, on text as received.
+        for (text, want) in [
+            ("{\"a\":1}", Ok(())),
+            ("[0,0]", Err(StructuredError::NotAnObject("an array"))),
+            (" 7", Err(StructuredError::NotAnObject("a number"))),
+            ("{\"a\":", Err(StructuredError::Invalid(String::new()))),
+        ] {
+            let got = StructuredJson::from_stored(text.to_string()).validate(100);
+            match (got, want) {
+                (Err(StructuredError::Invalid(_)), Err(StructuredError::Invalid(_))) => {}
+                (got, want) => assert_eq!(got, want, "{text}"),
+            }
+        }
     }
 }

@@ -67,7 +67,9 @@ pub struct ServiceInfo {
     /// The URL installers and agents use.
     pub public_url: String,
     /// Hex SHA-256 of the service certificate's DER (what agents pin);
-    /// null with plain HTTP.
+    /// null with plain HTTP and with an operator's own certificate
+    /// (`--tls-cert`), which agents verify against the system's roots so
+    /// they survive its renewal: only the generated one is pinned.
     pub cert_sha256: Option<String>,
     /// curl's `--pinnedpubkey` value (`sha256//BASE64` of the public key);
     /// null unless the certificate is the generated self-signed one.

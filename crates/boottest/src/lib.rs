@@ -80,6 +80,11 @@ pub async fn boot_test(opts: Options, progress: Progress) -> Result<BootTestRepo
             .await
             .map_err(|e| BootTestError::Image(format!("reader task: {e}")))??
     };
+    // The VMs' gate, run once up front: a disk QEMU may not open fails
+    // here, before the accelerator probe boots anything.
+    ibkit_vm::approve_image("ibkit-boottest", &opts.image)
+        .await
+        .map_err(|e| BootTestError::Image(e.to_string()))?;
     let accel = run::choose_accel(&opts, facts.kernel.clone(), &clock).await;
     clock.record("read image, choose accelerator", 0.0, 0.0);
     clock.say(&format!(

@@ -14,7 +14,8 @@
 //! the module docs say what was built)
 //!
 //! - **Disks:** a copy-on-write qcow2 overlay per VM
-//!   (`qemu-img create -f qcow2 -F qcow2 -b IMAGE overlay.qcow2 DISK_GiB G`)
+//!   (`qemu-img create -u -f qcow2 -F FMT -b IMAGE overlay.qcow2 DISK_GiB G`,
+//!   after `ibkit_vm::approve_image` approved IMAGE's whole chain)
 //!   under `STATE/deploy/<instance>/<host>-a<attempt>/`, so the vendor's
 //!   image is never written and a recreated VM starts from the image again.
 //!   The overlay is grown to `flavor.disk_gib` (never shrunk below the

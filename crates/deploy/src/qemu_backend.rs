@@ -6,7 +6,8 @@
 //!
 //! ```text
 //! STATE/vms/<instance>/<host>-a<attempt>/   one VM; its id is "<instance>.<host>-a<attempt>"
-//!     overlay.qcow2    copy-on-write over the image (absolute backing path, format detected)
+//!     overlay.qcow2    copy-on-write over the image (absolute backing path, format decided
+//!                      by ibkit: the image passes [`ibkit_vm::approve_image`] first)
 //!     seed.img         NoCloud `cidata`: user-data (the request's bytes), meta-data
 //!                      (instance-id = the VM id, local-hostname = the host)
 //!     serial.log       the serial console
@@ -30,6 +31,10 @@
 //! restarted) so dnsmasq does not refuse the address as "leased to"
 //! the old MAC.
 //!
+//! The state holds secrets (the seed's pairing key, the guest's disk): every
+//! directory ibkit writes here is 0700 and every file 0600, set explicitly
+//! whatever the umask.
+//!
 //! Needs root (bridge, taps, dnsmasq). Calls within one process are
 //! serialised by a lock; two processes on one state directory are not
 //! supported.
@@ -41,7 +46,7 @@ use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ibkit_vm::qmp::Qmp;
-use ibkit_vm::{Accel, LaunchOptions, MacAddr, Vm, VmConfig, seed};
+use ibkit_vm::{Accel, LaunchOptions, MacAddr, PreparedDisk, Vm, VmConfig, VmError, seed};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -158,6 +163,62 @@ fn io_err(what: &str, path: &Path, e: std::io::Error) -> BackendError {
         e.kind(),
         format!("{what} {}: {e}", path.display()),
     ))
+}
+
+/// Mode 0600 on `path`, whatever the umask made of it.
+fn set_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+}
+
+/// Create or truncate `path` with mode 0600 (set explicitly).
+fn private_file(path: &Path) -> Result<std::fs::File, BackendError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| io_err("cannot create", path, e))?;
+    set_private(path).map_err(|e| io_err("cannot make private", path, e))?;
+    Ok(f)
+}
+
+/// Write `bytes` to `path`, mode 0600.
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), BackendError> {
+    use std::io::Write;
+    private_file(path)?
+        .write_all(bytes)
+        .map_err(|e| io_err("cannot write", path, e))
+}
+
+/// Create `dir` if missing and make it 0700 (set explicitly).
+fn private_dir(dir: &Path) -> Result<(), BackendError> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io_err("cannot create", dir, e)),
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| io_err("cannot make private", dir, e))
+}
+
+/// The VM runner's name of a request's VM.
+fn vm_name(r: &VmRequest) -> String {
+    format!("deploy-{}-{}-a{}", r.instance.name, r.host, r.attempt)
+}
+
+/// A refused image, or another failure of the VM runner.
+fn vm_err(r: &VmRequest, id: &str, e: VmError) -> BackendError {
+    match e {
+        VmError::Image { reason, .. } => BackendError::Image {
+            image: r.image.clone(),
+            why: reason,
+        },
+        e => BackendError::Other(format!("VM {id}: {e}")),
+    }
 }
 
 fn now_unix() -> u64 {
@@ -283,6 +344,7 @@ impl QemuBackend {
             .map_err(|e| io_err("cannot create state directory", &state_dir, e))?;
         let state_dir = std::fs::canonicalize(&state_dir)
             .map_err(|e| io_err("cannot resolve state directory", &state_dir, e))?;
+        private_dir(&state_dir)?;
         Ok(QemuBackend {
             state_dir,
             network,
@@ -441,8 +503,12 @@ impl QemuBackend {
         ];
         let program = dnsmasq_binary();
         let command = format!("{program} {}", args.join(" "));
-        let log = std::fs::File::create(&start_log)
-            .map_err(|e| io_err("cannot create", &start_log, e))?;
+        let log = private_file(&start_log)?;
+        // dnsmasq appends to its log and keeps an existing file's mode.
+        let dns_log = self.state_dir.join("dnsmasq.log");
+        if !dns_log.exists() {
+            private_file(&dns_log)?;
+        }
         let log2 = log
             .try_clone()
             .map_err(|e| io_err("cannot reopen", &start_log, e))?;
@@ -511,7 +577,7 @@ impl QemuBackend {
         }
         let path = self.hosts_file();
         let tmp = path.with_extension("hosts.tmp");
-        std::fs::write(&tmp, text).map_err(|e| io_err("cannot write", &tmp, e))?;
+        write_private(&tmp, text.as_bytes())?;
         std::fs::rename(&tmp, &path).map_err(|e| io_err("cannot replace", &path, e))?;
         Ok(hosts)
     }
@@ -540,7 +606,7 @@ impl QemuBackend {
                 .map(|l| format!("{l}\n"))
                 .collect();
             let path = self.leases_file();
-            std::fs::write(&path, kept).map_err(|e| io_err("cannot write", &path, e))?;
+            write_private(&path, kept.as_bytes())?;
             self.start_dnsmasq().await?;
         } else {
             signal_pid(pid, nix::sys::signal::Signal::SIGHUP);
@@ -577,7 +643,7 @@ impl QemuBackend {
         let text =
             serde_json::to_vec_pretty(&map).map_err(|e| BackendError::Other(e.to_string()))?;
         let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, text).map_err(|e| io_err("cannot write", &tmp, e))?;
+        write_private(&tmp, &text)?;
         std::fs::rename(&tmp, &path).map_err(|e| io_err("cannot replace", &path, e))?;
         Ok(a)
     }
@@ -595,7 +661,7 @@ impl QemuBackend {
         map.retain(|k, _| !k.starts_with(&prefix));
         let text =
             serde_json::to_vec_pretty(&map).map_err(|e| BackendError::Other(e.to_string()))?;
-        std::fs::write(&path, text).map_err(|e| io_err("cannot write", &path, e))
+        write_private(&path, &text)
     }
 
     /// Removes dnsmasq, the bridge and the DHCP files once no VM directory
@@ -645,7 +711,8 @@ impl QemuBackend {
         }
     }
 
-    async fn create(&self, r: VmRequest) -> Result<VmHandle, BackendError> {
+    /// The VM id, its directory and the canonical image path of a request.
+    fn request_paths(&self, r: &VmRequest) -> Result<(String, PathBuf, PathBuf), BackendError> {
         let bad = |why: String| Err(BackendError::Other(why));
         if !ibkit_api::is_valid_name(&r.instance.name) {
             return bad(format!("instance name {:?} is not valid", r.instance.name));
@@ -668,12 +735,22 @@ impl QemuBackend {
                 why: "not a file".into(),
             });
         }
+        Ok((id, dir, image))
+    }
+
+    async fn create(&self, r: VmRequest) -> Result<VmHandle, BackendError> {
+        let (id, dir, image) = self.request_paths(&r)?;
+        // The image gate first: a refused image touches neither the network
+        // nor the state directory.
+        ibkit_vm::approve_image(&vm_name(&r), &image)
+            .await
+            .map_err(|e| vm_err(&r, &id, e))?;
         let _guard = self.lock.lock().await;
         if dir.exists() {
-            return bad(format!(
+            return Err(BackendError::Other(format!(
                 "VM {id} exists already ({}): delete it first",
                 dir.display()
-            ));
+            )));
         }
         self.ensure_network().await?;
         let ip = self.address_for(&r.instance.id, &r.host)?;
@@ -694,7 +771,7 @@ impl QemuBackend {
             }
             salt += 1;
         };
-        std::fs::create_dir_all(&dir).map_err(|e| io_err("cannot create", &dir, e))?;
+        self.make_vm_dir(&dir)?;
         let result = self.create_in(&r, &id, &dir, &image, ip, mac, &tap).await;
         if result.is_err() {
             if link_exists(&tap) {
@@ -704,6 +781,76 @@ impl QemuBackend {
             let _ = self.sync_dhcp().await;
         }
         result
+    }
+
+    /// A VM's disks as [`ComputeBackend::create_vm`] writes them, with no
+    /// network and nothing started: the VM directory (0700), `seed.img`
+    /// (0600: the user data holds the pairing key) and `overlay.qcow2`
+    /// (0600) over the image, which passes [`ibkit_vm::approve_image`]
+    /// first. Returns the VM directory (without `vm.json`: delete it with
+    /// [`ComputeBackend::delete_vm`] or by hand). For checks of the state
+    /// directory without root or a boot.
+    pub async fn write_disks(&self, r: &VmRequest) -> Result<PathBuf, BackendError> {
+        let (id, dir, image) = self.request_paths(r)?;
+        let _guard = self.lock.lock().await;
+        if dir.exists() {
+            return Err(BackendError::Other(format!(
+                "VM {id} exists already ({}): delete it first",
+                dir.display()
+            )));
+        }
+        self.make_vm_dir(&dir)?;
+        match self.disks(r, &id, &dir, &image).await {
+            Ok(_) => Ok(dir),
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                Err(e)
+            }
+        }
+    }
+
+    /// `STATE/vms/<instance>/<host>-a<N>`, each level 0700.
+    fn make_vm_dir(&self, dir: &Path) -> Result<(), BackendError> {
+        let vms = self.state_dir.join("vms");
+        private_dir(&vms)?;
+        if let Some(instance) = dir.parent() {
+            private_dir(instance)?;
+        }
+        private_dir(dir)
+    }
+
+    /// The seed (user data as given, a fresh instance-id) and the overlay
+    /// over the approved image; the VM's configuration but its MAC.
+    async fn disks(
+        &self,
+        r: &VmRequest,
+        id: &str,
+        dir: &Path,
+        image: &Path,
+    ) -> Result<(VmConfig, PreparedDisk), BackendError> {
+        let seed_img = dir.join("seed.img");
+        let mut files = seed::nocloud_files(id, &r.host, "", None);
+        for f in &mut files {
+            if f.path == "user-data" {
+                f.contents = r.user_data.clone();
+            }
+        }
+        // 0600 before the key is written (the writer keeps the mode).
+        private_file(&seed_img)?;
+        seed::write_vfat("cidata", &files, &seed_img)
+            .map_err(|e| BackendError::Other(format!("VM {id}: {e}")))?;
+        set_private(&seed_img).map_err(|e| io_err("cannot make private", &seed_img, e))?;
+        let mut config = VmConfig::new(vm_name(r), image, dir);
+        config.accel = self.accel;
+        config.vcpus = r.flavor.vcpus;
+        config.memory_mib = u64::from(r.flavor.memory_mib);
+        config.disk_size = Some(u64::from(r.flavor.disk_gib) << 30);
+        config.drives = vec![seed_img];
+        config.forwards = Vec::new();
+        let disk = Vm::prepare_disk(&config)
+            .await
+            .map_err(|e| vm_err(r, id, e))?;
+        Ok((config, disk))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -717,16 +864,7 @@ impl QemuBackend {
         mac: MacAddr,
         tap: &str,
     ) -> Result<VmHandle, BackendError> {
-        // The seed: user data as given (bytes), a fresh instance-id.
-        let seed_img = dir.join("seed.img");
-        let mut files = seed::nocloud_files(id, &r.host, "", None);
-        for f in &mut files {
-            if f.path == "user-data" {
-                f.contents = r.user_data.clone();
-            }
-        }
-        seed::write_vfat("cidata", &files, &seed_img)
-            .map_err(|e| BackendError::Other(format!("VM {id}: {e}")))?;
+        let (mut config, disk) = self.disks(r, id, dir, image).await?;
         let created_unix = now_unix();
         let mut record = VmRecord {
             id: id.to_string(),
@@ -753,21 +891,10 @@ impl QemuBackend {
         ip_cmd(&["link", "set", "dev", tap, "master", &self.network.bridge]).await?;
         ip_cmd(&["link", "set", "dev", tap, "up"]).await?;
 
-        let mut config = VmConfig::new(
-            format!("deploy-{}-{}-a{}", r.instance.name, r.host, r.attempt),
-            image,
-            dir,
-        );
-        config.accel = self.accel;
-        config.vcpus = r.flavor.vcpus;
-        config.memory_mib = u64::from(r.flavor.memory_mib);
-        config.disk_size = Some(u64::from(r.flavor.disk_gib) << 30);
         config.mac = mac;
-        config.drives = vec![seed_img];
-        config.forwards = Vec::new();
-        let vm = Vm::start_with(config, LaunchOptions::detached_on_tap(tap))
+        let vm = Vm::start_prepared(config, LaunchOptions::detached_on_tap(tap), disk)
             .await
-            .map_err(|e| BackendError::Other(format!("VM {id}: {e}")))?;
+            .map_err(|e| vm_err(r, id, e))?;
         record.qemu_argv = vm.command_line();
         tracing::info!(vm = id, pid = vm.qemu_pid(), %ip, %mac, tap, "VM started");
         // Dropping a detached VM closes QMP and leaves QEMU running.
@@ -798,7 +925,8 @@ impl QemuBackend {
         if keep_evidence {
             let (instance, rest) = id.split_once('.').unwrap_or((id, id));
             let parent = self.state_dir.join("evidence").join(instance);
-            std::fs::create_dir_all(&parent).map_err(|e| io_err("cannot create", &parent, e))?;
+            private_dir(&self.state_dir.join("evidence"))?;
+            private_dir(&parent)?;
             let stamp = compact_utc(now_unix());
             let mut target = parent.join(format!("{rest}-{stamp}"));
             let mut n = 1;
@@ -932,7 +1060,7 @@ fn write_record(dir: &Path, r: &VmRecord) -> Result<(), BackendError> {
     let path = dir.join("vm.json");
     let tmp = dir.join("vm.json.tmp");
     let text = serde_json::to_vec_pretty(r).map_err(|e| BackendError::Other(e.to_string()))?;
-    std::fs::write(&tmp, text).map_err(|e| io_err("cannot write", &tmp, e))?;
+    write_private(&tmp, &text)?;
     std::fs::rename(&tmp, &path).map_err(|e| io_err("cannot replace", &path, e))
 }
 

@@ -218,6 +218,11 @@ impl Store {
         let dir = dir.into();
         let records = dir.join("deployments");
         std::fs::create_dir_all(&records).map_err(io(&records))?;
+        // Records name images, hosts and service URLs: owner only.
+        for d in [&dir, &records] {
+            std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+                .map_err(io(d))?;
+        }
         Ok(Store { dir })
     }
 

@@ -15,11 +15,15 @@
 //! part 2  text/x-shellscript  ibkit-agent-bootstrap.sh
 //!         install_agent = true: fetches install.sh from the service with
 //!         curl (retries, certificate pin) and runs it with the instance id,
-//!         host, pairing key and memory cap; five rounds, 10 s apart.
-//!         install_agent = false: writes /etc/ibkit/agent.toml for the agent
-//!         baked into the image, writes its unit if the image has none,
-//!         and a drop-in with the memory cap, runs `ibkit-agent pair`,
-//!         enables and (re)starts the unit.
+//!         host, memory cap and the pairing key in a 0600 file
+//!         (`--pairing-key-file`); five rounds, 10 s apart.
+//!         install_agent = false: writes the key to /etc/ibkit/pairing-key
+//!         (0600) and /etc/ibkit/agent.toml (`pairing_key_file`) for the
+//!         agent baked into the image, writes its unit if the image has
+//!         none, and a drop-in with the memory cap, runs `ibkit-agent
+//!         pair`, enables and (re)starts the unit.
+//!         Neither puts the key on a command line; the agent deletes the
+//!         key file once it paired.
 //!         Runs once per instance (scripts-user, after the per-* scripts).
 //! part 3  text/cloud-config   vendor-cloud-config.yaml   (only if set)
 //!         the vendor's cloud_config as written, with
@@ -341,15 +345,20 @@ if [ -n "$curl_pin" ]; then
   curl_opts+=(-k --pinnedpubkey "$curl_pin")
 fi
 
+umask 077
 installer=$(mktemp) || exit 1
-trap 'rm -f "$installer"' EXIT
+# The key goes to the installer in a file (0600), never as an argument:
+# every local user can read a process's arguments.
+key_file=$(mktemp) || exit 1
+trap 'rm -f "$installer" "$key_file"' EXIT
+printf '%s\n' "$pairing_key" > "$key_file" || exit 1
 rounds=5
 for round in $(seq 1 "$rounds"); do
   if curl "${curl_opts[@]}" -o "$installer" "$service_url/v1/agent/install.sh"; then
     # --server-url: the VM may reach the service at another address than
     # the service's public URL (a private bridge).
     if IBKIT_ROOT="$root" sh "$installer" --server-url "$service_url" --instance "$instance" \
-        --host "$host" --pairing-key "$pairing_key" --memory-max "$memory_max"; then
+        --host "$host" --pairing-key-file "$key_file" --memory-max "$memory_max"; then
       log "the agent is installed, paired and running"
       exit 0
     fi
@@ -389,17 +398,22 @@ if [ -z "$agent" ]; then
   exit 1
 fi
 config="$root/etc/ibkit/agent.toml"
+key_file="$root/etc/ibkit/pairing-key"
 state="$root/var/lib/ibkit-agent"
 umask 077
 mkdir -p "$root/etc/ibkit" "$state" || exit 1
+# Which key this configuration pairs with (its SHA-256; the key itself is
+# single-use and only in key_file, which the agent deletes once paired): a
+# new key makes a new configuration, so the state below is reset.
+key_sum=$(printf '%s' "$pairing_key" | sha256sum | cut -d' ' -f1)
 new_config=$(mktemp "$root/etc/ibkit/.agent.toml.XXXXXX") || exit 1
 cat > "$new_config" <<CONFIG
-# Written by the ibkit deploy user data.
+# Written by the ibkit deploy user data (pairing key sha256 $key_sum).
 server_url = "$service_url"
 server_cert_sha256 = "$cert_sha256"
 instance = "$instance"
 host = "$host"
-pairing_key = "$pairing_key"
+pairing_key_file = "$key_file"
 state_dir = "$state"
 CONFIG
 if [ -s "$state/credential" ] && ! cmp -s "$new_config" "$config"; then
@@ -412,6 +426,7 @@ if [ -s "$state/credential" ] && ! cmp -s "$new_config" "$config"; then
   find "$state" -mindepth 1 -delete
 fi
 mv -f "$new_config" "$config" || exit 1
+printf '%s\n' "$pairing_key" > "$key_file" || exit 1
 
 if [ -z "${IBKIT_NO_SYSTEMD:-}" ] && ! systemctl cat ibkit-agent.service >/dev/null 2>&1; then
   log "the image has no ibkit-agent.service: installing it"

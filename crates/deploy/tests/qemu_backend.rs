@@ -391,3 +391,134 @@ async fn two_vms_on_a_bridge_readopted_and_one_recreated() {
     t.done("deleted everything, network torn down");
     drop(guard);
 }
+
+// ---- the image gate and the state's modes (no root, no VM booted) --------
+
+use ibkit_test_utils::qemu_img;
+
+fn plain_request(image: &std::path::Path, host: &str) -> VmRequest {
+    VmRequest {
+        instance: InstanceRef {
+            id: uuid::Uuid::new_v4(),
+            name: "gate".into(),
+        },
+        host: host.into(),
+        image: image.display().to_string(),
+        flavor: Flavor::default(),
+        user_data: b"#cloud-config\n# pairing key: ibkp_secret\n".to_vec(),
+        config_hash: "h".into(),
+        attempt: 1,
+    }
+}
+
+/// Reproduces "deploy never applies ibkit's backing-file policy": a qcow2
+/// whose header names a host file (a secret elsewhere, `/dev/null`) or an
+/// external data file was given to QEMU as the VM's disk. `create_vm` must
+/// refuse it, naming the file, before the network or the state directory
+/// is touched.
+#[tokio::test]
+async fn create_vm_refuses_an_image_naming_a_host_file() {
+    const GATE_BRIDGE: &str = "ibkbrgate";
+    let images = tempfile::tempdir().expect("tmp");
+    let elsewhere = tempfile::tempdir().expect("tmp");
+    let secret = elsewhere.path().join("key.pem");
+    std::fs::write(&secret, "-----BEGIN PRIVATE KEY-----\n").expect("secret");
+    let state = tempfile::tempdir().expect("tmp");
+    // Should the gate let one through, nothing is left behind (not `Guard`:
+    // it removes the other test's bridge).
+    struct GateGuard(PathBuf);
+    impl Drop for GateGuard {
+        fn drop(&mut self) {
+            force_cleanup(&self.0, GATE_BRIDGE);
+        }
+    }
+    let _guard = GateGuard(state.path().join("s"));
+    let net = NetworkConfig {
+        bridge: GATE_BRIDGE.into(),
+        ..NetworkConfig::default()
+    };
+    let backend = QemuBackend::new(state.path().join("s"), net).expect("backend");
+    let data = images.path().join("data.raw");
+    let cases: Vec<(String, Vec<String>, String)> = vec![
+        (
+            "abs.qcow2".into(),
+            ["-F", "raw", "-b", secret.to_str().expect("utf-8")]
+                .map(String::from)
+                .to_vec(),
+            secret.display().to_string(),
+        ),
+        (
+            "null.qcow2".into(),
+            ["-F", "raw", "-b", "/dev/null"].map(String::from).to_vec(),
+            "/dev/null".into(),
+        ),
+        (
+            "data.qcow2".into(),
+            vec!["-o".into(), format!("data_file={}", data.display())],
+            data.display().to_string(),
+        ),
+    ];
+    for (name, opts, named) in cases {
+        let top = images.path().join(&name);
+        let mut args = vec!["create", "-q", "-u", "-f", "qcow2"];
+        args.extend(opts.iter().map(String::as_str));
+        args.extend([top.to_str().expect("utf-8"), "16M"]);
+        qemu_img(&args);
+        let err = backend
+            .create_vm(plain_request(&top, "web"))
+            .await
+            .expect_err("refused");
+        let text = err.to_string();
+        assert!(
+            matches!(err, ibkit_deploy::backend::BackendError::Image { .. }),
+            "{name}: {text}"
+        );
+        assert!(text.contains(&named), "{name}: {text}");
+        assert!(!link_exists(GATE_BRIDGE), "{name}: network set up");
+        assert_eq!(backend.dnsmasq_pid(), None);
+        assert!(!state.path().join("s/vms").exists(), "{name}: VM directory");
+    }
+}
+
+/// Reproduces "seed.img and overlay.qcow2 are 0644": with a umask of 0 the
+/// state directory and everything deploy writes for a VM (the seed holds
+/// the pairing key, the overlay the guest's disk) must still have no group
+/// or other bits.
+#[tokio::test]
+async fn vm_files_are_private_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let images = tempfile::tempdir().expect("tmp");
+    let image = images.path().join("disk.raw");
+    std::fs::write(&image, vec![0u8; 8 << 20]).expect("image");
+    let state = tempfile::tempdir().expect("tmp");
+    let root = state.path().join("s");
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+    let result = async {
+        let backend = QemuBackend::new(&root, NetworkConfig::default())?;
+        backend.write_disks(&plain_request(&image, "web")).await
+    }
+    .await;
+    nix::sys::stat::umask(old);
+    let dir = result.expect("disks written");
+    for f in ["seed.img", "overlay.qcow2"] {
+        assert!(dir.join(f).is_file(), "{f} written");
+    }
+    let mut seen = 0;
+    let mut stack = vec![root.clone()];
+    while let Some(p) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&p).expect("stat");
+        let mode = meta.permissions().mode() & 0o7777;
+        assert_eq!(mode & 0o077, 0, "{} is {mode:o}", p.display());
+        if meta.is_dir() {
+            assert_eq!(mode, 0o700, "{}", p.display());
+            stack.extend(
+                std::fs::read_dir(&p)
+                    .expect("read_dir")
+                    .map(|e| e.expect("entry").path()),
+            );
+        }
+        seen += 1;
+    }
+    // s, vms, gate, web-a1, seed.img, overlay.qcow2 at least.
+    assert!(seen >= 6, "walked {seen} entries");
+}

@@ -385,6 +385,12 @@ out=''
 while [ $# -gt 0 ]; do case "$1" in -o) out="$2"; shift 2 ;; *) shift ;; esac; done
 cat > "$out" <<'EOF'
 printf '%s\n' "$@" > "$RECORD/installer-args"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --pairing-key-file) cp "$2" "$RECORD/key-at-install"; stat -c %a "$2" > "$RECORD/key-mode"; echo "$2" > "$RECORD/key-path"; shift 2 ;;
+    *) shift ;;
+  esac
+done
 EOF
 "#,
     );
@@ -429,6 +435,7 @@ EOF
         assert!(curl_args.contains(&needed), "{needed} not in {curl_args:?}");
     }
     let installer_args = read(&dir.path().join("installer-args"));
+    let key_path = read(&dir.path().join("key-path")).trim().to_string();
     assert_eq!(
         installer_args.lines().collect::<Vec<_>>(),
         [
@@ -438,13 +445,19 @@ EOF
             INSTANCE_ID,
             "--host",
             "primary",
-            "--pairing-key",
-            KEY,
+            "--pairing-key-file",
+            &key_path,
             "--memory-max",
             "768M"
         ]
     );
-    // The key is passed on, never logged.
+    // The key is passed on in a private file, never as an argument (every
+    // local user can read a process's arguments) and never logged; the
+    // file is gone once the bootstrap ends.
+    assert!(!installer_args.contains(KEY) && !curl_args.contains(&KEY));
+    assert_eq!(read(&dir.path().join("key-at-install")), format!("{KEY}\n"));
+    assert_eq!(read(&dir.path().join("key-mode")).trim(), "600");
+    assert!(!Path::new(&key_path).exists(), "the key file is removed");
     assert!(!stderr.contains(KEY));
 
     // An unreachable service: five rounds, then a clear failure.
@@ -512,7 +525,21 @@ cp "$3" "$RECORD/config-at-pair"
     );
     assert_eq!(get("instance"), INSTANCE_ID);
     assert_eq!(get("host"), "baked");
-    assert_eq!(get("pairing_key"), KEY);
+    // The key is in its own 0600 file, which the agent deletes once paired;
+    // the configuration only names it.
+    assert!(!config.contains(KEY), "{config}");
+    assert!(parsed.get("pairing_key").is_none());
+    let key_file = root.join("etc/ibkit/pairing-key");
+    assert_eq!(get("pairing_key_file"), key_file.display().to_string());
+    assert_eq!(read(&key_file), format!("{KEY}\n"));
+    assert_eq!(
+        std::fs::metadata(&key_file)
+            .expect("key file")
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
     assert_eq!(get("state_dir"), state.display().to_string());
     assert_eq!(
         read(&dir.path().join("agent-args"))

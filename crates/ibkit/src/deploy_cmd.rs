@@ -490,6 +490,9 @@ async fn run_async(a: DeployArgs) -> Result<ExitCode> {
 }
 
 pub fn deploy(a: DeployArgs) -> Result<ExitCode> {
+    // Records, overlays, seeds (pairing keys) and logs: this user's only,
+    // also where a file's mode is not set explicitly.
+    ibkit_server::set_private_umask();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

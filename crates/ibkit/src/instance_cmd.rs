@@ -139,30 +139,39 @@ fn write_agent_configs(
         .mode(0o700)
         .create(dir)
         .with_context(|| format!("cannot create {}", dir.display()))?;
+    let write_private = |path: &Path, text: &str| -> Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        std::io::Write::write_all(&mut f, text.as_bytes())
+            .with_context(|| format!("cannot write {}", path.display()))
+    };
     for h in &created.hosts {
+        // The key goes to a file of its own, which the agent deletes once
+        // paired: the config keeps no secret that outlives its use.
+        let key_path = dir.join(format!("{}.pairing-key", h.name));
+        write_private(&key_path, &format!("{}\n", h.pairing_key))?;
         let cfg = ibkit_agent::config::Config {
             server_url: endpoint.url.clone(),
             server_cert_sha256: endpoint.cert_sha256.clone(),
             instance: created.id.to_string(),
             host: h.name.clone(),
-            pairing_key: h.pairing_key.clone(),
+            pairing_key: String::new(),
+            pairing_key_file: Some(key_path),
             state_dir: dir.join(format!("{}-state", h.name)),
             max_output_bytes: ibkit_agent::config::DEFAULT_MAX_OUTPUT_BYTES,
+            max_structured_result_bytes: ibkit_agent::config::DEFAULT_MAX_STRUCTURED_RESULT_BYTES,
             heartbeat_interval: None,
         };
         let path = dir.join(format!("{}.toml", h.name));
         let text = cfg
             .to_toml()
             .with_context(|| format!("cannot write the agent configuration of {}", h.name))?;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&path)
-            .with_context(|| format!("cannot create {}", path.display()))?;
-        std::io::Write::write_all(&mut f, text.as_bytes())
-            .with_context(|| format!("cannot write {}", path.display()))?;
+        write_private(&path, &text)?;
     }
     Ok(())
 }

@@ -335,6 +335,17 @@ struct ServeArgs {
     health_timeout: ibkit_api::Duration,
     #[arg(long, default_value = "5s")]
     monitor_interval: ibkit_api::Duration,
+    /// How long a new pairing key stays valid (keys are also single-use);
+    /// `POST /v1/instances?pairing_key_ttl=` sets an instance's own.
+    #[arg(long, default_value = "1h")]
+    pairing_key_ttl: ibkit_api::Duration,
+    /// Largest structured result stored, in bytes; a step reporting a
+    /// larger one fails, saying so.
+    #[arg(long, default_value_t = ibkit_api::structured::DEFAULT_MAX_STRUCTURED_BYTES)]
+    max_structured_bytes: usize,
+    /// Agent binary downloads served at once; more are told to retry (503).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
+    max_agent_downloads: u16,
     /// Also recover dead VMs of the deployments in this `ibkit deploy`
     /// state directory (local QEMU backend), as `ibkit deploy watch` would.
     #[arg(long, value_name = "DEPLOY_STATE")]
@@ -345,6 +356,14 @@ struct ServeArgs {
 
 fn serve(a: ServeArgs) -> Result<ExitCode> {
     use ibkit_server::{ServeConfig, TlsMode};
+    // Everything the service (and the deployment recovery in it) creates
+    // holds secrets: its user's only.
+    ibkit_server::set_private_umask();
+    if a.pairing_key_ttl.to_std().is_zero()
+        || a.pairing_key_ttl.to_std() > ibkit_server::config::MAX_PAIRING_KEY_TTL
+    {
+        bail!("--pairing-key-ttl must be more than 0s and at most 30 days");
+    }
     let tls = if a.insecure_http {
         TlsMode::InsecureHttp
     } else if let (Some(cert), Some(key)) = (a.tls_cert, a.tls_key) {
@@ -364,6 +383,9 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
     cfg.agent_timeout = a.agent_timeout.to_std();
     cfg.health_timeout = a.health_timeout.to_std();
     cfg.monitor_interval = a.monitor_interval.to_std();
+    cfg.pairing_key_ttl = a.pairing_key_ttl.to_std();
+    cfg.max_structured_bytes = a.max_structured_bytes;
+    cfg.max_agent_downloads = usize::from(a.max_agent_downloads);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

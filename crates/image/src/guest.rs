@@ -2,13 +2,20 @@
 //! path resolved component by component with symlinks interpreted inside the
 //! guest root (an absolute target restarts at the guest's `/`, `..` never
 //! climbs above it), so nothing on the host is ever reached through the image.
+//! Tree walks go through [`Walker`]: each directory listed once (however many
+//! hard links or loops lead to it), within budgets it names when they run out.
 
-use std::collections::{HashMap, VecDeque};
+mod walk;
+
+use std::collections::VecDeque;
+use std::hash::{Hash, Hasher};
 use std::io::Read;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
+use crate::cache::Lru;
 use crate::fs::{DirEntry, FileKind, FileSystem, FsError, Metadata};
-use crate::limits::{DEFAULT_READ_CAP, MAX_PATH_LEN, MAX_SYMLINK_HOPS};
+use crate::limits::{DEFAULT_READ_CAP, GUEST_LOOKUP_CACHE_BYTES, MAX_PATH_LEN, MAX_SYMLINK_HOPS};
+pub use walk::{Visit, WalkBudget, WalkEntry, WalkLimits, Walker};
 
 /// A failure to read a guest path.
 #[derive(Debug, thiserror::Error)]
@@ -69,8 +76,25 @@ pub struct Mount {
 pub struct Guest {
     /// Mounts, root first.
     mounts: Vec<Mount>,
-    /// lstat results by resolved path, so repeated walks stay cheap.
-    cache: Mutex<HashMap<Vec<u8>, Option<Metadata>>>,
+    /// lstat results by resolved path, so repeated walks stay cheap. Keyed
+    /// by a hash of the path, which the value repeats (a collision is a
+    /// miss); bounded, since a hostile tree has endless distinct paths.
+    cache: Lru<Arc<Lookup>>,
+}
+
+/// One cached lstat: the resolved path and what it names.
+struct Lookup {
+    path: Box<[u8]>,
+    meta: Option<Metadata>,
+}
+
+/// Memory a cached lookup holds besides its path (entry, maps, Arc).
+const LOOKUP_OVERHEAD: u64 = 128;
+
+fn path_key(path: &[u8]) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    path.hash(&mut h);
+    h.finish()
 }
 
 /// A streaming reader over one guest file.
@@ -111,7 +135,7 @@ impl Guest {
                 fs: root,
                 source,
             }],
-            cache: Mutex::new(HashMap::new()),
+            cache: Lru::new(GUEST_LOOKUP_CACHE_BYTES),
         }
     }
 
@@ -120,9 +144,7 @@ impl Guest {
     pub fn mount(&mut self, point: &[u8], fs: Arc<dyn FileSystem>, source: String) {
         let point = join(&components(point).map(<[u8]>::to_vec).collect::<Vec<_>>());
         self.mounts.push(Mount { point, fs, source });
-        if let Ok(mut c) = self.cache.lock() {
-            c.clear();
-        }
+        self.cache.clear();
     }
 
     /// The mounts, root first.
@@ -132,17 +154,23 @@ impl Guest {
 
     /// The mount holding `path` and the path inside it.
     fn locate<'a>(&'a self, path: &[u8]) -> (&'a Mount, Vec<u8>) {
-        let mut best: Option<&Mount> = None;
-        for m in self.mounts.iter().rev() {
+        let (i, rel) = self.locate_index(path);
+        (&self.mounts[i], rel)
+    }
+
+    /// Like [`Guest::locate`], with the mount's index in `mounts`.
+    fn locate_index(&self, path: &[u8]) -> (usize, Vec<u8>) {
+        let mut best: Option<(usize, &Mount)> = None;
+        for (i, m) in self.mounts.iter().enumerate().rev() {
             let inside = m.point == b"/"
                 || path == m.point.as_slice()
                 || (path.starts_with(&m.point) && path.get(m.point.len()) == Some(&b'/'));
-            if inside && best.is_none_or(|b| m.point.len() > b.point.len()) {
-                best = Some(m);
+            if inside && best.is_none_or(|(_, b)| m.point.len() > b.point.len()) {
+                best = Some((i, m));
             }
         }
         // The root mount always matches.
-        let m = best.unwrap_or(&self.mounts[0]);
+        let (i, m) = best.unwrap_or((0, &self.mounts[0]));
         let rel = if m.point == b"/" {
             path.to_vec()
         } else {
@@ -153,14 +181,15 @@ impl Guest {
                 rest.to_vec()
             }
         };
-        (m, rel)
+        (i, rel)
     }
 
     fn lstat_resolved(&self, path: &[u8]) -> Result<Option<Metadata>, GuestError> {
-        if let Ok(c) = self.cache.lock()
-            && let Some(hit) = c.get(path)
+        let key = path_key(path);
+        if let Some(hit) = self.cache.get(key)
+            && *hit.path == *path
         {
-            return Ok(*hit);
+            return Ok(hit.meta);
         }
         let (m, rel) = self.locate(path);
         let meta = match m.fs.lstat(&rel) {
@@ -168,10 +197,38 @@ impl Guest {
             Err(FsError::NotFound) | Err(FsError::NotADirectory) => None,
             Err(e) => return Err(GuestError::fs(path, e)),
         };
-        if let Ok(mut c) = self.cache.lock() {
-            c.insert(path.to_vec(), meta);
-        }
+        let weight = path.len() as u64 + LOOKUP_OVERHEAD;
+        self.cache.insert(
+            key,
+            Arc::new(Lookup {
+                path: path.into(),
+                meta,
+            }),
+            weight,
+        );
         Ok(meta)
+    }
+
+    /// Where a resolved directory lives, for telling two paths to one
+    /// directory apart: (mount index, [`Metadata::ino`]); `None` when the
+    /// filesystem cannot tell.
+    fn identity(&self, path: &[u8], meta: &Metadata) -> Option<(usize, u64)> {
+        (meta.ino != 0).then(|| (self.locate_index(path).0, meta.ino))
+    }
+
+    /// Entries of the directory at the resolved `path`, sorted by name.
+    fn list_resolved(&self, path: &[u8]) -> Result<Vec<DirEntry>, GuestError> {
+        let (mnt, rel) = self.locate(path);
+        let mut entries = mnt.fs.read_dir(&rel).map_err(|e| GuestError::fs(path, e))?;
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(entries)
+    }
+
+    /// Counters of the lookup cache: bytes held now and at most, and
+    /// entries evicted (tests check that a walk stays within its bound).
+    pub fn lookup_cache_counts(&self) -> (u64, u64, u64) {
+        let c = self.cache.counts();
+        (c.weight, c.peak, c.evicted)
     }
 
     /// Resolve `path`: follow every symlink in the parents, and the last
@@ -287,15 +344,7 @@ impl Guest {
     pub fn read_dir(&self, path: impl AsRef<[u8]>) -> Result<Option<Vec<DirEntry>>, GuestError> {
         let r = self.resolve(path, true)?;
         match r.meta {
-            Some(m) if m.kind == FileKind::Dir => {
-                let (mnt, rel) = self.locate(&r.path);
-                let mut entries = mnt
-                    .fs
-                    .read_dir(&rel)
-                    .map_err(|e| GuestError::fs(&r.path, e))?;
-                entries.sort_by(|a, b| a.name.cmp(&b.name));
-                Ok(Some(entries))
-            }
+            Some(m) if m.kind == FileKind::Dir => self.list_resolved(&r.path).map(Some),
             _ => Ok(None),
         }
     }

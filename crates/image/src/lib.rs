@@ -3,7 +3,8 @@
 //! Layers, bottom up:
 //! - [`source`], [`container`] and [`qcow2`]: bytes — raw files, qcow2
 //!   (our own reader, with a bounded cache of decompressed clusters) with
-//!   gated backing chains, windows onto them.
+//!   gated backing chains, windows onto them; [`chain`]: the files (and
+//!   formats) QEMU may open for a disk, checked against `qemu-img info`.
 //! - [`partition`], [`lvm`], [`probe`]: volumes on a disk — MBR, GPT, LVM2
 //!   logical volumes, and what each holds.
 //! - [`fs`]: filesystem readers — ext2/3/4 (our own), XFS, a host directory.
@@ -15,6 +16,7 @@
 //! Limits that protect against hostile images are in [`limits`].
 
 mod cache;
+pub mod chain;
 pub mod container;
 mod error;
 pub mod fs;

@@ -26,3 +26,15 @@ pub const QCOW2_L2_CACHE_BYTES: u64 = 2 << 20;
 pub const QCOW2_CLUSTER_CACHE_BYTES: u64 = 32 << 20;
 /// Most compressed bytes fetched with one host read for one request.
 pub const QCOW2_MAX_READ_BATCH: u64 = 4 << 20;
+/// Bytes of path → metadata lookups the guest view keeps (an LRU: a walk
+/// of a huge or looping tree evicts old paths instead of growing).
+pub const GUEST_LOOKUP_CACHE_BYTES: u64 = 4 << 20;
+/// Default directory budget of a tree walk ([`crate::guest::Walker`]):
+/// directories listed at most, whichever roots the walk starts from.
+pub const WALK_MAX_DIRS: usize = 100_000;
+/// Default entry budget of a tree walk: directory entries of every kind
+/// handed to the caller at most.
+pub const WALK_MAX_ENTRIES: usize = 2_000_000;
+/// Default depth of a tree walk: directories deeper than this below the
+/// walk's root are not listed.
+pub const WALK_MAX_DEPTH: usize = 64;

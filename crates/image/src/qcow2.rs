@@ -224,7 +224,10 @@ impl Header {
             }
             at = data + elen.div_ceil(8) * 8;
         }
-        if incompatible & INCOMPAT_DATA_FILE != 0 {
+        // A data file name without the feature bit is ignored by QEMU
+        // today; refused anyway: nothing an image names outside itself is
+        // opened.
+        if incompatible & INCOMPAT_DATA_FILE != 0 || data_file.is_some() {
             return Err(HeaderError::Unsafe(format!(
                 "qcow2 uses an external data file ({}); refusing to read a host file the image names",
                 data_file.as_deref().unwrap_or("unnamed")

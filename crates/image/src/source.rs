@@ -82,11 +82,76 @@ pub struct RawFile {
 }
 
 impl RawFile {
-    /// Open `path` read-only.
+    /// Open `path` read-only; only a regular file is accepted (see
+    /// [`open_regular`]).
     pub fn open(path: &std::path::Path) -> io::Result<Self> {
-        let file = std::fs::File::open(path)?;
+        let file = open_regular(path)?;
         let size = file.metadata()?.len();
         Ok(RawFile { file, size })
+    }
+}
+
+/// Open `path` read-only if it is a regular file, without blocking and
+/// without following a symlink in its last component. A FIFO named as an
+/// image or backing file would otherwise block the open (no writer) and
+/// hang `check`; a device or a symlink swapped in after the caller resolved
+/// the path would be read as the disk. The type is checked on the opened
+/// descriptor (fstat), so nothing can be swapped in between.
+pub fn open_regular(path: &std::path::Path) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| {
+            match e.raw_os_error() {
+                Some(libc::ELOOP) => io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "is a symbolic link; only regular files are read",
+                ),
+                // A socket cannot be opened (ENXIO); say what it is.
+                Some(libc::ENXIO) => match std::fs::symlink_metadata(path) {
+                    Ok(m) => io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!(
+                            "is a {}, not a regular file; only regular files are read",
+                            file_kind(&m.file_type())
+                        ),
+                    ),
+                    Err(_) => e,
+                },
+                _ => e,
+            }
+        })?;
+    let kind = file.metadata()?.file_type();
+    if !kind.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "is a {}, not a regular file; only regular files are read",
+                file_kind(&kind)
+            ),
+        ));
+    }
+    Ok(file)
+}
+
+fn file_kind(t: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_dir() {
+        "directory"
+    } else if t.is_fifo() {
+        "FIFO"
+    } else if t.is_socket() {
+        "socket"
+    } else if t.is_block_device() {
+        "block device"
+    } else if t.is_char_device() {
+        "character device"
+    } else if t.is_symlink() {
+        "symbolic link"
+    } else {
+        "special file"
     }
 }
 

@@ -169,7 +169,7 @@ async fn main() {
             let pair = {
                 let _p = sem.acquire().await;
                 call("pair", &stats, client.post(format!("{url}/v1/agent/pair")).json(&json!({
-                    "instance": id, "host": name, "pairing_key": h["pairing_key"], "agent_version": "loadgen", "protocol": 1})))
+                    "instance": id, "host": name, "pairing_key": h["pairing_key"], "agent_version": "loadgen", "protocol": ibkit_api::PROTOCOL_VERSION})))
                 .await
             };
             let Some(pair) = pair else { return };

@@ -19,6 +19,13 @@ pub enum TlsMode {
     InsecureHttp,
 }
 
+/// Default lifetime of a pairing key: long enough for a VM to boot and
+/// install its agent, short enough that a leaked key is soon worthless.
+pub const DEFAULT_PAIRING_KEY_TTL: Duration = Duration::from_secs(3600);
+
+/// Longest pairing key lifetime an instance or a re-issued key may ask for.
+pub const MAX_PAIRING_KEY_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
     pub listen: SocketAddr,
@@ -34,6 +41,14 @@ pub struct ServeConfig {
     pub agent_timeout: Duration,
     pub health_timeout: Duration,
     pub monitor_interval: Duration,
+    /// How long a new pairing key stays valid (`--pairing-key-ttl`); an
+    /// instance may ask for another lifetime when it is created.
+    pub pairing_key_ttl: Duration,
+    /// Largest structured result stored (compact JSON bytes); a step that
+    /// reports a larger one is stored as failed, saying so.
+    pub max_structured_bytes: usize,
+    /// Agent binary downloads served at once; more get 503 + Retry-After.
+    pub max_agent_downloads: usize,
 }
 
 impl ServeConfig {
@@ -57,6 +72,9 @@ impl ServeConfig {
             agent_timeout: Duration::from_secs(300),
             health_timeout: Duration::from_secs(300),
             monitor_interval: Duration::from_secs(5),
+            pairing_key_ttl: DEFAULT_PAIRING_KEY_TTL,
+            max_structured_bytes: ibkit_api::structured::DEFAULT_MAX_STRUCTURED_BYTES,
+            max_agent_downloads: 4,
         }
     }
 }

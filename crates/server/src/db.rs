@@ -2,16 +2,20 @@
 //! writers never conflict) and a few readers; WAL with `synchronous=NORMAL`
 //! survives a killed process.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use rusqlite::{Connection, OptionalExtension as _, params};
 
 use crate::error::ApiError;
 
-pub const SCHEMA_VERSION: i64 = 1;
+/// 2: single-use pairing keys with an expiry and the last refused pairing
+/// (hosts), a per-instance pairing key lifetime (instances), report ids
+/// de-duplicated per (instance, host) (processed_reports).
+pub const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS instances (
@@ -21,6 +25,7 @@ CREATE TABLE IF NOT EXISTS instances (
     status TEXT NOT NULL,
     status_reason TEXT,
     generation INTEGER NOT NULL DEFAULT 1,
+    pairing_key_ttl_ms INTEGER,
     created_at INTEGER NOT NULL,
     updated_at INTEGER NOT NULL
 );
@@ -28,6 +33,10 @@ CREATE TABLE IF NOT EXISTS hosts (
     instance TEXT NOT NULL REFERENCES instances(id) ON DELETE CASCADE,
     name TEXT NOT NULL,
     pairing_key_hash TEXT,
+    pairing_key_expires_at INTEGER,
+    pairing_key_used_at INTEGER,
+    last_pairing_refusal TEXT,
+    last_pairing_refusal_at INTEGER,
     credential_hash TEXT UNIQUE,
     paired_at INTEGER,
     last_heartbeat_at INTEGER,
@@ -80,8 +89,11 @@ CREATE TABLE IF NOT EXISTS health_results (
     FOREIGN KEY (instance, host) REFERENCES hosts(instance, name) ON DELETE CASCADE
 );
 CREATE TABLE IF NOT EXISTS processed_reports (
-    report_id TEXT PRIMARY KEY,
-    at INTEGER NOT NULL
+    instance TEXT NOT NULL,
+    host TEXT NOT NULL,
+    report_id TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    PRIMARY KEY (instance, host, report_id)
 );
 CREATE TABLE IF NOT EXISTS recovery_requests (
     id TEXT PRIMARY KEY,
@@ -115,9 +127,77 @@ pub struct Db {
     next: AtomicUsize,
 }
 
+/// Creates the database file readable by its owner only, and narrows an
+/// existing one (and its `-wal`/`-shm`, which SQLite creates with the
+/// database file's mode) that an older ibkit left world-readable: it holds
+/// every script, environment variable and result.
+fn make_private(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    for suffix in ["", "-wal", "-shm"] {
+        let p = PathBuf::from(format!("{}{suffix}", path.display()));
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.permissions().mode() & 0o077 != 0 => {
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))
+                    .with_context(|| format!("cannot make {} private", p.display()))?;
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", p.display())),
+        }
+    }
+    Ok(())
+}
+
+/// Schema 1 → 2 in one transaction, keeping every row. Report ids seen
+/// before keep their global meaning (instance and host `''`, still looked
+/// up) so an agent resending one after the upgrade is still told it is a
+/// duplicate; a key already used is marked used; an unused one expires
+/// `pairing_key_ttl` from now.
+fn migrate_v1(c: &mut Connection, pairing_key_ttl: Duration) -> anyhow::Result<()> {
+    let tx = c.transaction()?;
+    tx.execute_batch(
+        "ALTER TABLE instances ADD COLUMN pairing_key_ttl_ms INTEGER;
+         ALTER TABLE hosts ADD COLUMN pairing_key_expires_at INTEGER;
+         ALTER TABLE hosts ADD COLUMN pairing_key_used_at INTEGER;
+         ALTER TABLE hosts ADD COLUMN last_pairing_refusal TEXT;
+         ALTER TABLE hosts ADD COLUMN last_pairing_refusal_at INTEGER;
+         UPDATE hosts SET pairing_key_used_at = paired_at WHERE paired_at IS NOT NULL;
+         ALTER TABLE processed_reports RENAME TO processed_reports_v1;
+         CREATE TABLE processed_reports (
+             instance TEXT NOT NULL,
+             host TEXT NOT NULL,
+             report_id TEXT NOT NULL,
+             at INTEGER NOT NULL,
+             PRIMARY KEY (instance, host, report_id)
+         );
+         INSERT INTO processed_reports (instance, host, report_id, at)
+             SELECT '', '', report_id, at FROM processed_reports_v1;
+         DROP TABLE processed_reports_v1;",
+    )
+    .context("migrating the database from schema 1 to 2")?;
+    let ttl = i64::try_from(pairing_key_ttl.as_millis()).unwrap_or(i64::MAX);
+    tx.execute(
+        "UPDATE hosts SET pairing_key_expires_at = ?1
+         WHERE pairing_key_hash IS NOT NULL AND pairing_key_used_at IS NULL",
+        params![now_ms().saturating_add(ttl)],
+    )?;
+    tx.pragma_update(None, "user_version", 2)?;
+    tx.commit()?;
+    Ok(())
+}
+
 impl Db {
-    pub fn open(path: &Path, readers: usize) -> anyhow::Result<Db> {
-        let w = open(path)?;
+    /// Opens (creating or migrating) the database; `pairing_key_ttl` is the
+    /// lifetime given to unused keys found by a migration.
+    pub fn open(path: &Path, readers: usize, pairing_key_ttl: Duration) -> anyhow::Result<Db> {
+        make_private(path)?;
+        let mut w = open(path)?;
         let version: i64 = w.pragma_query_value(None, "user_version", |r| r.get(0))?;
         if version > SCHEMA_VERSION {
             anyhow::bail!(
@@ -125,8 +205,15 @@ impl Db {
                 path.display()
             );
         }
+        if version == 1 {
+            migrate_v1(&mut w, pairing_key_ttl)
+                .with_context(|| format!("cannot migrate {}", path.display()))?;
+            tracing::info!("migrated {} to schema {SCHEMA_VERSION}", path.display());
+        }
         w.execute_batch(SCHEMA)?;
         w.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        // The WAL and shared-memory files exist now: make sure of their mode.
+        make_private(path)?;
         let readers = (0..readers.max(1))
             .map(|_| open(path).map(|c| Arc::new(Mutex::new(c))))
             .collect::<anyhow::Result<_>>()?;

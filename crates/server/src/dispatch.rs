@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use ibkit_api::reference::{self, ReferenceTarget};
 use ibkit_api::wire::{ResolvedReference, StepStatus, Work};
-use ibkit_api::{HealthCheck, InstanceSpec};
+use ibkit_api::{HealthCheck, InstanceSpec, StructuredJson};
 use rusqlite::{Connection, OptionalExtension as _, params};
 
 use crate::AppState;
@@ -134,6 +134,7 @@ pub fn next_work(
             // Resolve references in the content and the environment.
             let mut not_yet = false;
             let mut db_err: Option<ApiError> = None;
+            let mut parsed: HashMap<(String, String, u32), serde_json::Value> = HashMap::new();
             let mut lookup = |r: &reference::Reference| -> Result<String, String> {
                 let th = if r.host == "self" {
                     host
@@ -168,16 +169,30 @@ pub fn next_work(
                     ReferenceTarget::Raw => raw
                         .ok_or_else(|| format!("step {th}/{}/{} has no result", r.group, r.index)),
                     ReferenceTarget::Structured(path) => {
-                        let v: serde_json::Value = structured
-                            .as_deref()
-                            .and_then(|s| serde_json::from_str(s).ok())
-                            .ok_or_else(|| {
-                                format!(
-                                    "step {th}/{}/{} has no structured result",
-                                    r.group, r.index
-                                )
-                            })?;
-                        reference::render_structured(&v, path)
+                        let Some(text) = structured else {
+                            return Err(format!(
+                                "step {th}/{}/{} has no structured result",
+                                r.group, r.index
+                            ));
+                        };
+                        // Parsed once per dispatch, with the size and depth
+                        // caps (rows stored by an older service may be big).
+                        let key = (th.to_string(), r.group.clone(), r.index);
+                        if !parsed.contains_key(&key) {
+                            let v = StructuredJson::from_stored(text)
+                                .parse_bounded(state.cfg.max_structured_bytes)
+                                .map_err(|e| {
+                                    format!(
+                                        "step {th}/{}/{}'s structured result cannot be used: {e}",
+                                        r.group, r.index
+                                    )
+                                })?;
+                            parsed.insert(key.clone(), v);
+                        }
+                        match parsed.get(&key) {
+                            Some(v) => reference::render_structured(v, path),
+                            None => Err("structured result lost".into()),
+                        }
                     }
                 }
             };

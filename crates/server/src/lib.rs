@@ -43,13 +43,25 @@ pub struct AppState {
     pub db: Db,
     pub cfg: ServeConfig,
     pub public_url: String,
+    /// SHA-256 of the certificate served (local clients pin it).
     pub cert_sha256: Option<String>,
+    /// The certificate hash agents and installers pin: only the generated
+    /// self-signed certificate's. An operator-provided certificate is
+    /// verified with the CA roots, so it can be renewed without breaking
+    /// every agent.
+    pub agent_cert_sha256: Option<String>,
     /// curl's pin, when the certificate is self-signed.
     pub curl_pin: Option<String>,
     pub operator_token_hash: String,
     pub started_at_ms: i64,
     pub agent_binary: PathBuf,
     pub heartbeats: Mutex<HashMap<(String, String), Seen>>,
+    /// Agent binary downloads in progress (`--max-agent-downloads`).
+    pub downloads: Arc<tokio::sync::Semaphore>,
+    /// KiB of report bodies being received or applied at once, all hosts.
+    pub report_kib: Arc<tokio::sync::Semaphore>,
+    /// One report at a time per host, so one host cannot hold the budget.
+    report_slots: Mutex<HashMap<(String, String), Arc<tokio::sync::Semaphore>>>,
     watchers: Mutex<HashMap<String, HashMap<String, watch::Sender<u64>>>>,
     specs: Mutex<HashMap<String, Arc<InstanceSpec>>>,
 }
@@ -58,7 +70,48 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// KiB of report bodies received and applied at once, all hosts: one of the
+/// largest plus room for the small ones beside it. A report costs about
+/// three times its body while it is parsed (the body, and serde's buffers
+/// for the wire type's flattened, tagged event), so this bounds that cost
+/// near 60 MiB whatever the agents send.
+pub const REPORT_BUDGET_KIB: usize = (ibkit_api::wire::MAX_REPORT_BYTES + (4 << 20)) / 1024;
+
+/// The permits a report holds while it is received and applied.
+pub struct ReportPermit {
+    _host: tokio::sync::OwnedSemaphorePermit,
+    _bytes: tokio::sync::OwnedSemaphorePermit,
+}
+
 impl AppState {
+    /// Waits for the host's report slot, then for `declared` bytes (the
+    /// Content-Length; the largest report when unknown) of the budget.
+    pub async fn report_permit(
+        &self,
+        inst: &str,
+        host: &str,
+        declared: Option<usize>,
+    ) -> Result<ReportPermit, ApiError> {
+        let slot = lock(&self.report_slots)
+            .entry((inst.to_string(), host.to_string()))
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(1)))
+            .clone();
+        let closed = |_| ApiError::internal("the service is stopping");
+        let host = slot.acquire_owned().await.map_err(closed)?;
+        let max = ibkit_api::wire::MAX_REPORT_BYTES;
+        let kib = declared.unwrap_or(max).min(max).div_ceil(1024).max(1);
+        let bytes = self
+            .report_kib
+            .clone()
+            .acquire_many_owned(u32::try_from(kib).unwrap_or(u32::MAX))
+            .await
+            .map_err(closed)?;
+        Ok(ReportPermit {
+            _host: host,
+            _bytes: bytes,
+        })
+    }
+
     pub fn cached_spec(&self, inst: &str) -> Option<Arc<InstanceSpec>> {
         lock(&self.specs).get(inst).cloned()
     }
@@ -143,27 +196,90 @@ impl AppState {
     }
 }
 
-/// JSON body extractor whose rejections are JSON errors (never a plain-text 422).
+/// How long a client may take to send a request body (a 16 MiB report
+/// needs about 56 KB/s): a slow sender cannot hold its permits forever.
+pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// JSON body extractor whose rejections are JSON errors (never a plain-text
+/// 422). The body (at most the route's `DefaultBodyLimit`) is read into one
+/// buffer sized from its Content-Length and deserialized straight into `T`:
+/// no second copy of the body and no `serde_json::Value` of it.
 pub struct ApiJson<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(ApiJson(v)),
-            Err(rej) => {
-                let status = match rej.status().as_u16() {
-                    413 => axum::http::StatusCode::PAYLOAD_TOO_LARGE,
-                    415 => axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    _ => axum::http::StatusCode::BAD_REQUEST,
-                };
-                Err(ApiError::new(status, rej.body_text()))
-            }
+    async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
+        let is_json = req
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| {
+                v.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase()
+            })
+            .is_some_and(|m| m == "application/json" || m.ends_with("+json"));
+        if !is_json {
+            return Err(ApiError::new(
+                axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "expected a JSON body (Content-Type: application/json)",
+            ));
         }
+        let body = tokio::time::timeout(BODY_TIMEOUT, read_body(req))
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    axum::http::StatusCode::REQUEST_TIMEOUT,
+                    format!(
+                        "the request body did not arrive within {}s",
+                        BODY_TIMEOUT.as_secs()
+                    ),
+                )
+            })??;
+        serde_json::from_slice(&body)
+            .map(ApiJson)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
     }
 }
 
-/// Query extractor with JSON errors.
+/// The body, within the route's limit, in one buffer.
+async fn read_body(req: Request) -> Result<Vec<u8>, ApiError> {
+    use axum::RequestExt as _;
+    use http_body_util::BodyExt as _;
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let mut body = req.into_limited_body();
+    // Never trust a declared length beyond the largest body any route takes.
+    let mut buf = Vec::with_capacity(declared.unwrap_or(0).min(ibkit_api::wire::MAX_REPORT_BYTES));
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            let mut src: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+            while let Some(s) = src {
+                if s.is::<http_body_util::LengthLimitError>() {
+                    return ApiError::new(
+                        axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+                        "the request body is larger than this route accepts",
+                    );
+                }
+                src = s.source();
+            }
+            ApiError::bad_request(format!("cannot read the request body: {e}"))
+        })?;
+        if let Ok(data) = frame.into_data() {
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf)
+}
+
+/// Query extractor with JSON errors. Operator routes use structs with
+/// `#[serde(deny_unknown_fields)]` ([`NoQuery`] when the route takes
+/// none): a misspelt filter (`?stauts=open`) is refused, never ignored.
 pub struct ApiQuery<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
@@ -172,9 +288,27 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
         axum::extract::Query::<T>::from_request_parts(parts, state)
             .await
             .map(|q| ApiQuery(q.0))
-            .map_err(|rej| ApiError::bad_request(rej.body_text()))
+            .map_err(|rej| {
+                let text = rej.body_text();
+                let text = text
+                    .strip_prefix("Failed to deserialize query string: ")
+                    .unwrap_or(&text);
+                // serde's words, after the path axum puts in front.
+                match text.find("unknown field ").map(|i| &text[i + 14..]) {
+                    Some(rest) => ApiError::bad_request(format!(
+                        "unknown query parameter {}",
+                        rest.replace("there are no fields", "this route takes none")
+                    )),
+                    None => ApiError::bad_request(format!("invalid query: {text}")),
+                }
+            })
     }
 }
+
+/// The query of a route that takes no parameters.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoQuery {}
 
 /// Path extractor with JSON errors.
 pub struct ApiPath<T>(pub T);
@@ -194,9 +328,58 @@ pub fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
     write_atomic(path, data, 0o600)
 }
 
-/// Writes a file anyone may read (nothing secret in it).
-pub fn write_public(path: &Path, data: &[u8]) -> anyhow::Result<()> {
-    write_atomic(path, data, 0o644)
+/// What `ibkit serve` sets before it creates anything: files and
+/// directories it (or the deployment recovery inside it) creates are its
+/// user's only, whatever the caller's umask.
+pub fn set_private_umask() {
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+}
+
+/// Creates `dir` (mode 0700), or narrows an existing one to its owner: it
+/// holds the database (every script, variable and result), the TLS key and
+/// the operator token. A directory others may write to (e.g. `/tmp`) is
+/// refused rather than narrowed.
+pub fn prepare_private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    let meta = std::fs::metadata(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+    let mode = meta.permissions().mode() & 0o7777;
+    if !meta.is_dir() {
+        anyhow::bail!("{} is not a directory", dir.display());
+    }
+    if mode & 0o1002 != 0 {
+        anyhow::bail!(
+            "{} is writable by other users (mode {mode:04o}): use a private directory for the state",
+            dir.display()
+        );
+    }
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot make {} private (mode 0700)", dir.display()))?;
+        tracing::warn!(
+            "{} was mode {mode:04o}; narrowed to 0700 (it holds secrets)",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Narrows an existing file to mode 0600 when group or others may read it.
+pub(crate) fn narrow_to_owner(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::symlink_metadata(path)
+        .with_context(|| format!("cannot read {}", path.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("cannot make {} private (mode 0600)", path.display()))?;
+    }
+    Ok(())
 }
 
 /// Temporary file, fsync, rename: readers see the old or the new content,
@@ -229,7 +412,9 @@ fn write_endpoint(state_dir: &Path, url: &str, cert_sha256: Option<&str>) -> any
     };
     let mut json = serde_json::to_vec_pretty(&endpoint)?;
     json.push(b'\n');
-    write_public(
+    // Private like the rest of the state (only the service's user, who runs
+    // a local `ibkit deploy`, reads it).
+    write_private(
         &state_dir.join(ibkit_api::wire::ServiceEndpoint::FILE_NAME),
         &json,
     )
@@ -241,7 +426,19 @@ fn operator_token_hash(cfg: &ServeConfig) -> anyhow::Result<String> {
         .clone()
         .unwrap_or_else(|| cfg.state_dir.join("operator-token"));
     let token = match std::fs::read_to_string(&path) {
-        Ok(s) => s.trim().to_string(),
+        Ok(s) => {
+            if cfg.operator_token_file.is_none() {
+                narrow_to_owner(&path)?;
+            } else if let Ok(m) = std::fs::metadata(&path)
+                && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o077 != 0
+            {
+                tracing::warn!(
+                    "the operator token file {} is readable by group or others",
+                    path.display()
+                );
+            }
+            s.trim().to_string()
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let t = auth::new_secret("op_");
             write_private(&path, format!("{t}\n").as_bytes())?;
@@ -254,6 +451,30 @@ fn operator_token_hash(cfg: &ServeConfig) -> anyhow::Result<String> {
         anyhow::bail!("the operator token file {} is empty", path.display());
     }
     Ok(auth::hash_secret(&token))
+}
+
+/// `--public-url`, checked: it is pasted into the installer and the install
+/// command, so only characters that need no shell quoting (the installer's
+/// own rule for `--server-url`).
+fn check_public_url(url: &str) -> anyhow::Result<String> {
+    let url = url.trim_end_matches('/');
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .filter(|r| !r.is_empty());
+    let Some(rest) = rest else {
+        anyhow::bail!("--public-url {url:?} must start with https:// or http://");
+    };
+    if let Some(c) = rest
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || ".:/_[]-".contains(*c)))
+    {
+        anyhow::bail!(
+            "--public-url {url:?} has the character {c:?}; allowed after the scheme: \
+             A-Z a-z 0-9 . : / _ [ ] -"
+        );
+    }
+    Ok(url.to_string())
 }
 
 /// A started service.
@@ -272,17 +493,16 @@ impl Server {
     /// Opens the state, binds the listener and starts serving.
     pub async fn start(cfg: ServeConfig) -> anyhow::Result<Server> {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-        std::fs::create_dir_all(&cfg.state_dir)
-            .with_context(|| format!("cannot create {}", cfg.state_dir.display()))?;
+        prepare_private_dir(&cfg.state_dir)?;
         let tls = tls::load(&cfg.tls, &cfg.state_dir)?;
         let token_hash = operator_token_hash(&cfg)?;
-        let db = Db::open(&cfg.state_dir.join("ibkit.db"), 4)?;
+        let db = Db::open(&cfg.state_dir.join("ibkit.db"), 4, cfg.pairing_key_ttl)?;
         let listener = std::net::TcpListener::bind(cfg.listen)
             .with_context(|| format!("cannot listen on {}", cfg.listen))?;
         let local_addr = listener.local_addr()?;
         let scheme = if tls.is_some() { "https" } else { "http" };
         let url = match &cfg.public_url {
-            Some(u) => u.trim_end_matches('/').to_string(),
+            Some(u) => check_public_url(u)?,
             None => {
                 let host = if local_addr.ip().is_unspecified() {
                     config::hostname().unwrap_or_else(|| "127.0.0.1".into())
@@ -306,6 +526,10 @@ impl Server {
             db,
             public_url: url.clone(),
             cert_sha256: tls.as_ref().map(|t| t.cert_sha256.clone()),
+            agent_cert_sha256: tls
+                .as_ref()
+                .filter(|t| t.self_signed)
+                .map(|t| t.cert_sha256.clone()),
             curl_pin: tls
                 .as_ref()
                 .filter(|t| t.self_signed)
@@ -314,6 +538,9 @@ impl Server {
             started_at_ms: db::now_ms(),
             agent_binary,
             heartbeats: Mutex::new(HashMap::new()),
+            downloads: Arc::new(tokio::sync::Semaphore::new(cfg.max_agent_downloads.max(1))),
+            report_kib: Arc::new(tokio::sync::Semaphore::new(REPORT_BUDGET_KIB)),
+            report_slots: Mutex::new(HashMap::new()),
             watchers: Mutex::new(HashMap::new()),
             specs: Mutex::new(HashMap::new()),
             cfg,

@@ -19,7 +19,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::routes::ROUTES;
 use crate::routes::agent::WorkQuery;
-use crate::routes::operator::RecoveryQuery;
+use crate::routes::operator::{PairingKeyQuery, RecoveryQuery};
 use crate::views;
 
 /// A reference to the component schema of `T`.
@@ -108,15 +108,28 @@ fn shape(method: &str, path: &str) -> Option<Shape> {
             "The agent executable",
         )
         .content_type("application/octet-stream")
-        .errors(&[("404", "The service has no agent binary to serve")]),
+        .errors(&[
+            ("404", "The service has no agent binary to serve"),
+            (
+                "503",
+                "Too many downloads at once (--max-agent-downloads): retry after Retry-After seconds",
+            ),
+        ]),
         ("post", "/v1/agent/pair") => ok(
             schema_ref::<PairResponse>(),
             "The host's credential (shown once)",
         )
         .body(schema_ref::<PairRequest>(), "The pairing key of a host")
         .errors(&[
-            BAD_REQUEST,
+            (
+                "400",
+                "The request is malformed, or the agent's protocol is too old or too new",
+            ),
             ("401", "Unknown instance or host, or wrong pairing key"),
+            (
+                "403",
+                "The pairing key was already used (keys are single-use) or expired: issue a new one",
+            ),
         ]),
         ("get", "/v1/agent/work") => ok(
             schema_ref::<WorkResponse>(),
@@ -131,6 +144,8 @@ fn shape(method: &str, path: &str) -> Option<Shape> {
         .body(schema_ref::<Report>(), "A step event")
         .errors(&[
             BAD_REQUEST,
+            ("408", "The body did not arrive in time"),
+            ("413", "The body is over 16 MiB (ibkit_api::wire::MAX_REPORT_BYTES)"),
             ("403", "The execution belongs to another host"),
             (
                 "409",
@@ -159,6 +174,7 @@ fn shape(method: &str, path: &str) -> Option<Shape> {
             "The instance, with a pairing key and install command per host",
         )
         .status("201")
+        .query(PairingKeyQuery::into_params(|| Some(ParameterIn::Query)))
         .body(schema_ref::<InstanceSpec>(), "The desired state")
         .errors(&[(
             "400",
@@ -192,6 +208,7 @@ fn shape(method: &str, path: &str) -> Option<Shape> {
             schema_ref::<HostPairing>(),
             "A fresh pairing key; the old credential is revoked",
         )
+        .query(PairingKeyQuery::into_params(|| Some(ParameterIn::Query)))
         .errors(&[BAD_REQUEST, NOT_FOUND, CONFLICT]),
         ("get", "/v1/instances/{id}/hosts/{host}/steps") => {
             ok(array_of::<StepView>(), "The host's steps in run order")
@@ -206,7 +223,14 @@ fn shape(method: &str, path: &str) -> Option<Shape> {
             schema_ref::<StepResult>(),
             "The step's raw and structured result",
         )
-        .errors(&[BAD_REQUEST, NOT_FOUND]),
+        .errors(&[
+            BAD_REQUEST,
+            NOT_FOUND,
+            (
+                "422",
+                "The stored structured result is over the size or depth limit",
+            ),
+        ]),
         ("get", "/v1/recovery-requests") => ok(
             array_of::<RecoveryRequest>(),
             "Matching recovery requests, oldest first",
@@ -351,6 +375,10 @@ pub fn document() -> utoipa::openapi::OpenApi {
             );
             for (status, desc) in shape.errors {
                 op = op.response(*status, error(desc));
+            }
+            // Operator routes refuse unknown query parameters.
+            if *auth == "operator" && !shape.errors.iter().any(|(st, _)| *st == "400") {
+                op = op.response("400", error("Unknown query parameter"));
             }
         }
         if *auth != "none" {

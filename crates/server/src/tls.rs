@@ -27,19 +27,32 @@ pub struct TlsMaterial {
 pub fn load(mode: &TlsMode, state_dir: &Path) -> Result<Option<TlsMaterial>> {
     let (cert_pem, key_pem, self_signed) = match mode {
         TlsMode::InsecureHttp => return Ok(None),
-        TlsMode::Provided { cert, key } => (
-            std::fs::read(cert).with_context(|| format!("cannot read {}", cert.display()))?,
-            std::fs::read(key).with_context(|| format!("cannot read {}", key.display()))?,
-            false,
-        ),
+        TlsMode::Provided { cert, key } => {
+            // The operator's files: say so, but do not change them.
+            if let Ok(m) = std::fs::metadata(key)
+                && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o077 != 0
+            {
+                tracing::warn!(
+                    "the TLS key {} is readable by group or others",
+                    key.display()
+                );
+            }
+            (
+                std::fs::read(cert).with_context(|| format!("cannot read {}", cert.display()))?,
+                std::fs::read(key).with_context(|| format!("cannot read {}", key.display()))?,
+                false,
+            )
+        }
         TlsMode::Generated { extra_sans } => {
             let dir = state_dir.join("tls");
             let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+            crate::prepare_private_dir(&dir)?;
             if cert.exists() && key.exists() {
+                // An older ibkit wrote them world-readable.
+                crate::narrow_to_owner(&key)?;
+                crate::narrow_to_owner(&cert)?;
                 (std::fs::read(&cert)?, std::fs::read(&key)?, true)
             } else {
-                std::fs::create_dir_all(&dir)
-                    .with_context(|| format!("cannot create {}", dir.display()))?;
                 let mut sans = vec!["localhost".to_string(), "127.0.0.1".to_string()];
                 if let Some(h) = crate::config::hostname() {
                     sans.push(h);
@@ -54,8 +67,7 @@ pub fn load(mode: &TlsMode, state_dir: &Path) -> Result<Option<TlsMaterial>> {
                 let cert_pem = ck.cert.pem().into_bytes();
                 let key_pem = ck.signing_key.serialize_pem().into_bytes();
                 crate::write_private(&key, &key_pem)?;
-                std::fs::write(&cert, &cert_pem)
-                    .with_context(|| format!("cannot write {}", cert.display()))?;
+                crate::write_private(&cert, &cert_pem)?;
                 (cert_pem, key_pem, true)
             }
         }

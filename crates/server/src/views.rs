@@ -77,6 +77,15 @@ pub struct HostView {
     pub unhealthy_since: Option<i64>,
     /// Since when the host's health checks count (its steps are done).
     pub checks_active_since: Option<i64>,
+    /// When the host's current pairing key stops being accepted.
+    pub pairing_key_expires_at: Option<i64>,
+    /// When the current pairing key was used (keys are single-use).
+    pub pairing_key_used_at: Option<i64>,
+    /// Why the last pairing attempt for this host was refused (a reused or
+    /// expired key, a wrong key, an agent too old): a reused key means
+    /// someone else holds it.
+    pub last_pairing_refusal: Option<String>,
+    pub last_pairing_refusal_at: Option<i64>,
     /// Step counts of this host by status (only statuses present).
     pub steps: BTreeMap<String, i64>,
 }
@@ -86,8 +95,12 @@ pub struct HostView {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct HostPairing {
     pub name: String,
-    /// Shown once: the service keeps only its hash.
+    /// Shown once: the service keeps only its hash. Single-use.
     pub pairing_key: String,
+    /// Unix time in milliseconds after which the key is refused.
+    pub pairing_key_expires_at: i64,
+    /// `curl … | IBKIT_PAIRING_KEY='…' sh -s -- --instance … --host …`:
+    /// the key is in the installer's environment, not on a command line.
     pub install_command: String,
 }
 
@@ -138,7 +151,12 @@ pub struct StepView {
     pub log_truncated_bytes: i64,
     pub result: Option<String>,
     pub result_truncated_bytes: i64,
+    /// The structured result; null when there is none, or when the listing
+    /// already parsed its share (then `structured_result_bytes` is set and
+    /// the result route has it).
     pub structured_result: Option<serde_json::Value>,
+    /// Size of the stored structured result (compact JSON), if any.
+    pub structured_result_bytes: Option<i64>,
     pub error: Option<String>,
     /// The step succeeded on this host at least once.
     pub ever_ok: bool,

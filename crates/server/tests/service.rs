@@ -448,8 +448,17 @@ async fn reports_apply_once_and_hostile_requests_are_refused() {
     let (st2, b2) = svc.req("POST", "/v1/agent/pair", None, Some(&json!({"instance": id, "host": "zz", "pairing_key": "wrong", "agent_version": "x"}))).await;
     assert_eq!((st, st2), (401, 401));
     assert_eq!(b1, b2, "no oracle");
-    // Re-pairing rotates the credential.
-    let a2 = svc.pair(&id, &keys, "a").await;
+    // A new key (a recreated VM) re-pairs and revokes the old credential.
+    let (st, fresh) = svc
+        .op(
+            "POST",
+            &format!("/v1/instances/{id}/hosts/a/pairing-key"),
+            None,
+        )
+        .await;
+    assert_eq!(st, 200, "{fresh}");
+    let fresh_key = fresh["pairing_key"].as_str().expect("key").to_string();
+    let a2 = svc.pair(&id, &[("a".into(), fresh_key)], "a").await;
     let (st, _) = a.work(&svc, 0, None).await;
     assert_eq!(st, 401);
     assert_eq!(a2.work(&svc, 0, None).await.0, 200);
@@ -784,9 +793,13 @@ async fn openapi_documents_every_route_and_installer_is_served() {
     let cmd = created["hosts"][0]["install_command"]
         .as_str()
         .expect("cmd");
+    // The key travels in the installer's environment, never on its command line.
+    let id = created["id"].as_str().expect("id");
     assert!(
-        cmd.starts_with("curl -fsS -k --pinnedpubkey 'sha256//")
-            && cmd.contains("--host vm --pairing-key pk_"),
+        cmd.starts_with("IBKIT_PAIRING_KEY=pk_")
+            && cmd.contains(" sh -c \"$(curl -fsS -g -k --pinnedpubkey 'sha256//")
+            && cmd.ends_with(&format!(" ibkit-install --instance {id} --host vm"))
+            && !cmd.contains("--pairing-key"),
         "{cmd}"
     );
     // An instance without steps or checks is running at once.
@@ -941,7 +954,7 @@ async fn answers_match_the_openapi_schemas() {
         .collect();
     let key = &keys.iter().find(|(h, _)| h == "h").expect("h").1;
     let (st, paired) = svc
-        .req("POST", "/v1/agent/pair", None, Some(&json!({"instance": id, "host": "h", "pairing_key": key, "agent_version": "t", "protocol": 1})))
+        .req("POST", "/v1/agent/pair", None, Some(&json!({"instance": id, "host": "h", "pairing_key": key, "agent_version": "t", "protocol": ibkit_api::PROTOCOL_VERSION})))
         .await;
     check("post", "/v1/agent/pair", st, &paired);
     let cred = paired["credential"].as_str().expect("cred").to_string();
@@ -1073,7 +1086,7 @@ async fn answers_match_the_openapi_schemas() {
 /// Pairs `host` with a raw request and returns the whole answer.
 async fn pair_raw(svc: &Svc, id: &str, key: &str, host: &str) -> Value {
     let (st, body) = svc
-        .req("POST", "/v1/agent/pair", None, Some(&json!({"instance": id, "host": host, "pairing_key": key, "agent_version": "t", "protocol": 1})))
+        .req("POST", "/v1/agent/pair", None, Some(&json!({"instance": id, "host": host, "pairing_key": key, "agent_version": "t", "protocol": ibkit_api::PROTOCOL_VERSION})))
         .await;
     assert_eq!(st, 200, "pair: {body}");
     body
@@ -1280,14 +1293,14 @@ async fn service_info_and_endpoint_file_give_the_pins() {
         .expect("text");
     assert!(script.contains(&format!("CURL_PIN='{pin}'\n")), "{script}");
 
-    // endpoint.json: the URL and pin, world-readable, written atomically.
+    // endpoint.json: the URL and pin, private like the rest, written atomically.
     let path = dir.path().join("endpoint.json");
     let read = |path: &std::path::Path| -> Value {
         serde_json::from_slice(&std::fs::read(path).expect("endpoint.json")).expect("JSON")
     };
     assert_eq!(read(&path), json!({"url": svc.url, "cert_sha256": cert}));
     let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
-    assert_eq!(mode & 0o777, 0o644);
+    assert_eq!(mode & 0o777, 0o600);
     assert!(!dir.path().join("endpoint.tmp").exists(), "temp file left");
     // What a local `ibkit deploy` does: trust only the file's pin.
     let endpoint: ibkit_api::wire::ServiceEndpoint =
@@ -1395,15 +1408,9 @@ async fn installer_server_url_overrides_the_public_url() {
     let install = |root: &std::path::Path, url: &str| {
         std::process::Command::new("sh")
             .arg(&script_path)
-            .args([
-                "--instance",
-                &id,
-                "--host",
-                "vm",
-                "--pairing-key",
-                &keys[0].1,
-            ])
+            .args(["--instance", &id, "--host", "vm"])
             .args(["--server-url", url])
+            .env("IBKIT_PAIRING_KEY", &keys[0].1)
             .env("IBKIT_ROOT", root)
             .env("IBKIT_NO_SYSTEMD", "1")
             .output()

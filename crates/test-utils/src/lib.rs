@@ -115,6 +115,7 @@ mod hash;
 mod host;
 mod lvm;
 mod mkfs;
+mod qemu_img;
 mod spec;
 mod tree;
 
@@ -126,6 +127,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context, Result, bail, ensure};
 
 pub use host::{Phase, is_root, link_exists};
+pub use qemu_img::{qcow2_over_raw, qemu_img};
 pub use spec::{Container, FsType, GptPart, Layout, PartTable, Volume};
 pub use tree::Tree;
 

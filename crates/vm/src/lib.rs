@@ -7,6 +7,9 @@
 //! capture ([`pcap`]), a QMP control socket ([`qmp`]), optionally a virtiofs
 //! share, and an SSH client ([`ssh`]) to look inside.
 //!
+//! * [`approve_image`] is the one gate every disk image passes before
+//!   QEMU or qemu-img opens it: ibkit decides its format and backing chain,
+//!   `qemu-img info` must agree, and QEMU gets each layer explicitly;
 //! * [`qemu::Vm`] starts and stops QEMU (and virtiofsd); with
 //!   [`LaunchOptions::detached`] QEMU is daemonised and outlives the program
 //!   (`ibkit deploy`), found again by [`Vm::attach`] / [`detached_qemu_pid`];
@@ -26,6 +29,6 @@ pub mod ssh;
 
 pub use accel::{Accel, AccelChoice};
 pub use qemu::{
-    Forward, LaunchOptions, MacAddr, NetBackend, Proto, ShareState, Vm, VmConfig, VmError,
-    detached_qemu_pid, find_virtiofsd, pidfile_path, stop_detached,
+    Forward, LaunchOptions, MacAddr, NetBackend, PreparedDisk, Proto, ShareState, Vm, VmConfig,
+    VmError, approve_image, detached_qemu_pid, find_virtiofsd, pidfile_path, stop_detached,
 };

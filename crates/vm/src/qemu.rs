@@ -1,7 +1,11 @@
 //! Starting, watching and stopping one QEMU VM (and its virtiofsd).
 //!
 //! The image is never modified: QEMU runs on a qcow2 overlay in the work
-//! directory whose backing file is the image's absolute path. The work
+//! directory over the image. The image is untrusted: before anything opens
+//! it, [`approve_image`] decides its format and whole backing chain with
+//! ibkit's policy and checks `qemu-img info` agrees; QEMU then gets every
+//! layer as an explicit `-blockdev` node ([`disk_args`]), so it never
+//! probes a format or follows a file name written in an image. The work
 //! directory keeps everything for the report afterwards: `overlay.qcow2`,
 //! `serial.log`, `qemu.log` (QEMU's stderr), `net.pcap` (all guest traffic),
 //! `qmp.sock`, `virtiofsd.sock` and `virtiofsd.log`.
@@ -14,9 +18,11 @@ use std::str::FromStr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use ibkit_image::chain::{ApprovedChain, approve};
+use ibkit_image::container::{BackingPolicy, Format};
 use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::accel::Accel;
 use crate::procs::{self, ChildProc};
@@ -151,7 +157,8 @@ impl Forward {
 pub struct VmConfig {
     /// For logs and process titles.
     pub name: String,
-    /// qcow2 or raw (anything qemu-img knows); never modified.
+    /// qcow2 or raw; never modified. Its backing files must lie beside it
+    /// and be declared with their format ([`approve_image`]).
     pub image: PathBuf,
     /// Created if missing; holds overlay, logs, sockets and the capture.
     pub work_dir: PathBuf,
@@ -271,6 +278,13 @@ pub enum ShareState {
 pub enum VmError {
     #[error("vm {name}: bad configuration: {message}")]
     Config { name: String, message: String },
+    /// The disk image failed the gate ([`approve_image`]).
+    #[error("vm {name}: disk image {} refused: {reason}", image.display())]
+    Image {
+        name: String,
+        image: PathBuf,
+        reason: String,
+    },
     #[error("vm {name}: {what} {}", path.display())]
     Io {
         name: String,
@@ -406,11 +420,6 @@ pub fn find_virtiofsd() -> Result<PathBuf, String> {
     ))
 }
 
-struct ImageInfo {
-    format: String,
-    virtual_size: u64,
-}
-
 async fn run_tool(
     name: &str,
     program: &Path,
@@ -439,34 +448,243 @@ async fn run_tool(
     Ok(out)
 }
 
-async fn image_info(name: &str, image: &Path) -> Result<ImageInfo, VmError> {
-    let args = vec![
-        "info".to_string(),
-        "--output".into(),
-        "json".into(),
-        image.display().to_string(),
-    ];
+// ---------------------------------------------------------------- the image gate
+
+/// An error with its causes, one line: `cannot read X: is a FIFO, …`.
+fn error_text(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    text
+}
+
+/// The gate every VM disk passes before QEMU or qemu-img opens it
+/// (`ibkit boot-test`, `ibkit deploy`): ibkit decides the format (raw or
+/// qcow2) and the whole backing chain ([`ibkit_image::chain::approve`]:
+/// regular files only, backing files beside the image with their format
+/// declared, no data file, no VMDK or other format QEMU would probe), then
+/// runs `qemu-img info` with ibkit's format ([`qemu_img_info_args`]) and
+/// refuses when QEMU sees anything else. QEMU is then given exactly the
+/// approved files ([`disk_args`], [`overlay_create_args`]).
+pub async fn approve_image(name: &str, image: &Path) -> Result<ApprovedChain, VmError> {
+    let refused = |reason: String| VmError::Image {
+        name: name.to_string(),
+        image: image.to_path_buf(),
+        reason,
+    };
+    let path = image.to_path_buf();
+    // Blocking reads of headers (never of a FIFO: those are refused unopened).
+    let chain = tokio::task::spawn_blocking(move || approve(&path, &BackingPolicy::default()))
+        .await
+        .map_err(|e| refused(format!("image reader task: {e}")))?
+        .map_err(|e| refused(error_text(&e)))?;
+    let args = qemu_img_info_args(&chain);
     let out = run_tool(name, &qemu_img_binary(), &args).await?;
-    let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| VmError::Command {
+    let info: Value = serde_json::from_slice(&out.stdout).map_err(|e| VmError::Command {
         name: name.to_string(),
         command: format!("qemu-img {}", args.join(" ")),
         status: "unparsable output".into(),
         stderr: e.to_string(),
     })?;
-    let format = v["format"].as_str().unwrap_or("").to_string();
-    let virtual_size = v["virtual-size"].as_u64().unwrap_or(0);
-    if format.is_empty() || virtual_size == 0 {
-        return Err(VmError::Command {
-            name: name.to_string(),
-            command: format!("qemu-img {}", args.join(" ")),
-            status: "no format or virtual-size".into(),
-            stderr: v.to_string(),
+    chain
+        .check_qemu_info(&info)
+        .map_err(|e| refused(error_text(&e)))?;
+    tracing::debug!(vm = %name, image = %image.display(), layers = chain.layers().len(), "image approved");
+    Ok(chain)
+}
+
+/// `qemu-img info` of an approved chain: ibkit's format for the top layer
+/// (`-f`), the backing chain (whose formats [`approve`] required the
+/// headers to declare, so nothing is probed), JSON, without taking locks
+/// (`-U`: a running VM may use the image).
+pub fn qemu_img_info_args(chain: &ApprovedChain) -> Vec<String> {
+    let top = chain.top();
+    vec![
+        "info".into(),
+        "-U".into(),
+        "--output=json".into(),
+        "--backing-chain".into(),
+        "-f".into(),
+        top.format.name().into(),
+        top.path.display().to_string(),
+    ]
+}
+
+/// `qemu-img create` of a qcow2 overlay over an approved chain: the top
+/// layer's format given (`-F`), and `-u` so that qemu-img does not open
+/// the chain (it would follow the names in the headers) — the size is
+/// given instead: the image's, or `disk_size` when larger, in whole sectors.
+pub fn overlay_create_args(
+    chain: &ApprovedChain,
+    overlay: &Path,
+    disk_size: Option<u64>,
+) -> Vec<String> {
+    let top = chain.top();
+    let size = disk_size
+        .unwrap_or(0)
+        .max(chain.virtual_size())
+        .div_ceil(512)
+        * 512;
+    vec![
+        "create".into(),
+        "-q".into(),
+        "-u".into(),
+        "-f".into(),
+        "qcow2".into(),
+        "-F".into(),
+        top.format.name().into(),
+        "-b".into(),
+        top.path.display().to_string(),
+        overlay.display().to_string(),
+        size.to_string(),
+    ]
+}
+
+/// Create the overlay `overlay` (mode 0600: the guest's writes) over an
+/// approved chain.
+pub async fn create_overlay(
+    name: &str,
+    chain: &ApprovedChain,
+    overlay: &Path,
+    disk_size: Option<u64>,
+) -> Result<(), VmError> {
+    let args = overlay_create_args(chain, overlay, disk_size);
+    run_tool(name, &qemu_img_binary(), &args).await?;
+    set_private(overlay).map_err(|source| VmError::Io {
+        name: name.to_string(),
+        what: "cannot make private".into(),
+        path: overlay.to_path_buf(),
+        source,
+    })?;
+    tracing::debug!(vm = %name, image = %chain.top().path.display(), format = chain.top().format.name(), "overlay created");
+    Ok(())
+}
+
+/// `chmod 0600`, whatever the umask made of it.
+fn set_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+}
+
+/// Create (or truncate) `path` with mode 0600 before QEMU or virtiofsd
+/// writes it: they keep the mode of an existing file.
+fn private_file(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    set_private(path)?;
+    Ok(f)
+}
+
+/// `-blockdev` cache options and whether the guest sees a volatile write
+/// cache, for a `-drive cache=` mode.
+fn cache_mode(mode: &str) -> Option<(Value, bool)> {
+    let (direct, no_flush, write_cache) = match mode {
+        "writeback" => (false, false, true),
+        "writethrough" => (false, false, false),
+        "none" => (true, false, true),
+        "directsync" => (true, false, false),
+        "unsafe" => (false, true, true),
+        _ => return None,
+    };
+    Some((json!({"direct": direct, "no-flush": no_flush}), write_cache))
+}
+
+fn utf8_path(p: &Path) -> Result<&str, String> {
+    p.to_str()
+        .ok_or_else(|| format!("{} is not UTF-8; QEMU cannot be given it", p.display()))
+}
+
+/// QEMU's disks: the approved `chain` under the writable `overlay` (the
+/// root disk), then read-only raw `drives` (seeds). Every node is a
+/// `-blockdev` with its driver and file named, the bottom layer first, and
+/// each qcow2 node is given its backing node (the last one `null`), so
+/// QEMU reads neither a format nor a file name from an image. The
+/// `virtio-blk-pci` devices come last (after the NIC and the RNG, where
+/// `-drive if=virtio` put them: the guest's PCI slots stay the same).
+pub fn disk_args(
+    chain: &ApprovedChain,
+    overlay: &Path,
+    cache: &str,
+    drives: &[PathBuf],
+) -> Result<Vec<String>, String> {
+    let (cache_opts, write_cache) =
+        cache_mode(cache).ok_or_else(|| format!("unknown disk cache mode {cache:?}"))?;
+    let mut nodes: Vec<Value> = Vec::new();
+    let layers = chain.layers();
+    for (i, l) in layers.iter().enumerate().rev() {
+        let file = format!("disk{i}-file");
+        nodes.push(json!({
+            "driver": "file",
+            "filename": utf8_path(&l.path)?,
+            "node-name": file,
+            "read-only": true,
+            "cache": cache_opts,
+        }));
+        let mut node = json!({
+            "driver": l.format.name(),
+            "file": file,
+            "node-name": format!("disk{i}"),
+            "read-only": true,
+            "cache": cache_opts,
         });
+        if l.format == Format::Qcow2 {
+            node["backing"] = match layers.get(i + 1) {
+                Some(_) => Value::String(format!("disk{}", i + 1)),
+                None => Value::Null,
+            };
+        }
+        nodes.push(node);
     }
-    Ok(ImageInfo {
-        format,
-        virtual_size,
-    })
+    nodes.push(json!({
+        "driver": "file",
+        "filename": utf8_path(overlay)?,
+        "node-name": "root-file",
+        "cache": cache_opts,
+    }));
+    nodes.push(json!({
+        "driver": "qcow2",
+        "file": "root-file",
+        "node-name": "root",
+        "backing": "disk0",
+        "cache": cache_opts,
+    }));
+    let mut devices = vec![format!(
+        "virtio-blk-pci,drive=root{}",
+        if write_cache { "" } else { ",write-cache=off" }
+    )];
+    for (i, d) in drives.iter().enumerate() {
+        nodes.push(json!({
+            "driver": "file",
+            "filename": utf8_path(d)?,
+            "node-name": format!("seed{i}-file"),
+            "read-only": true,
+        }));
+        nodes.push(json!({
+            "driver": "raw",
+            "file": format!("seed{i}-file"),
+            "node-name": format!("seed{i}"),
+            "read-only": true,
+        }));
+        devices.push(format!("virtio-blk-pci,drive=seed{i}"));
+    }
+    let mut args = Vec::new();
+    for n in nodes {
+        args.push("-blockdev".to_string());
+        args.push(n.to_string());
+    }
+    for d in devices {
+        args.push("-device".to_string());
+        args.push(d);
+    }
+    Ok(args)
 }
 
 /// A free port on 127.0.0.1 (bound by the OS, then released just before
@@ -682,8 +900,9 @@ impl fmt::Debug for Vm {
 }
 
 impl Vm {
-    /// Create the overlay, start virtiofsd (if a share is asked for) and
-    /// QEMU, and return once QMP answers. If virtiofsd is missing or fails,
+    /// Pass the image through the gate ([`approve_image`]), create the
+    /// overlay, start virtiofsd (if a share is asked for) and QEMU, and
+    /// return once QMP answers. If virtiofsd is missing or fails,
     /// the VM starts without the share ([`ShareState::Unavailable`]).
     pub async fn start(config: VmConfig) -> Result<Vm, VmError> {
         Vm::start_with(config, LaunchOptions::default()).await
@@ -692,20 +911,39 @@ impl Vm {
     /// [`Vm::start`] with [`LaunchOptions`]: e.g. a detached QEMU on a tap
     /// device that outlives this process.
     pub async fn start_with(config: VmConfig, opts: LaunchOptions) -> Result<Vm, VmError> {
+        validate(&config, &opts)?;
+        let disk = Vm::prepare_disk(&config).await?;
+        Vm::launch(config, opts, disk).await
+    }
+
+    /// [`Vm::start_with`] on a disk made by [`Vm::prepare_disk`] for the
+    /// same `config` (the caller wrote other files of the VM in between).
+    pub async fn start_prepared(
+        config: VmConfig,
+        opts: LaunchOptions,
+        disk: PreparedDisk,
+    ) -> Result<Vm, VmError> {
+        validate(&config, &opts)?;
+        let work_dir = std::fs::canonicalize(&config.work_dir).ok();
+        if work_dir.as_deref() != Some(disk.work_dir.as_path()) {
+            return Err(VmError::Config {
+                name: config.name.clone(),
+                message: format!(
+                    "the prepared disk is in {}, not in the work directory {}",
+                    disk.work_dir.display(),
+                    config.work_dir.display()
+                ),
+            });
+        }
+        Vm::launch(config, opts, disk).await
+    }
+
+    /// The VM's disk, nothing started: the work directory, the image
+    /// through the gate ([`approve_image`]) and `overlay.qcow2` (0600) over
+    /// it. Stale files of an earlier run are removed; a detached QEMU still
+    /// running in the work directory is refused.
+    pub async fn prepare_disk(config: &VmConfig) -> Result<PreparedDisk, VmError> {
         let name = config.name.clone();
-        let cfg_err = |message: String| VmError::Config {
-            name: name.clone(),
-            message,
-        };
-        if config.vcpus == 0 {
-            return Err(cfg_err("vcpus must be at least 1".into()));
-        }
-        if config.memory_mib < 64 {
-            return Err(cfg_err(format!(
-                "memory_mib {} is below 64",
-                config.memory_mib
-            )));
-        }
         let io = |what: &str, path: &Path| {
             let (name, what, path) = (name.clone(), what.to_string(), path.to_path_buf());
             move |source| VmError::Io {
@@ -721,42 +959,62 @@ impl Vm {
             .map_err(io("cannot resolve work directory", &config.work_dir))?;
         let image =
             std::fs::canonicalize(&config.image).map_err(io("image not found:", &config.image))?;
-        for d in &config.drives {
-            if !d.is_file() {
-                return Err(cfg_err(format!("extra drive {} not found", d.display())));
+        let overlay = work_dir.join("overlay.qcow2");
+        if let Some(pid) = detached_qemu_pid(&work_dir) {
+            return Err(VmError::Config {
+                name,
+                message: format!(
+                    "a detached QEMU (pid {pid}) still runs in {}",
+                    work_dir.display()
+                ),
+            });
+        }
+        for stale in [
+            "overlay.qcow2",
+            "qmp.sock",
+            "net.pcap",
+            "virtiofsd.sock",
+            "serial.log",
+            "qemu.pid",
+        ] {
+            let stale = work_dir.join(stale);
+            match std::fs::remove_file(&stale) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io("cannot remove stale", &stale)(e)),
             }
         }
-        if opts.detached && config.share_dir.is_some() {
-            return Err(cfg_err(
-                "a detached VM cannot have a virtiofs share (virtiofsd would not outlive this process)".into(),
-            ));
-        }
-        if let NetBackend::Tap { ifname } = &opts.net
-            && (ifname.is_empty() || ifname.len() > 15 || ifname.contains([',', '/', ' ']))
-        {
-            return Err(cfg_err(format!("bad tap device name {ifname:?}")));
-        }
-        if !opts
-            .disk_cache
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b == b'.')
-            || opts.disk_cache.is_empty()
-        {
-            return Err(cfg_err(format!(
-                "bad disk cache mode {:?}",
-                opts.disk_cache
-            )));
-        }
-        if let Some(s) = &config.share_dir
-            && !s.is_dir()
-        {
-            return Err(cfg_err(format!(
-                "share_dir {} is not a directory",
-                s.display()
-            )));
-        }
+        // Overlay over the untouched image, which QEMU opens only as approved.
+        let chain = approve_image(&name, &image).await?;
+        create_overlay(&name, &chain, &overlay, config.disk_size).await?;
+        Ok(PreparedDisk {
+            work_dir,
+            overlay,
+            chain,
+        })
+    }
 
-        let overlay = work_dir.join("overlay.qcow2");
+    /// Start virtiofsd and QEMU on a prepared disk.
+    async fn launch(
+        config: VmConfig,
+        opts: LaunchOptions,
+        disk: PreparedDisk,
+    ) -> Result<Vm, VmError> {
+        let name = config.name.clone();
+        let cfg_err = |message: String| VmError::Config {
+            name: name.clone(),
+            message,
+        };
+        let io = |what: &str, path: &Path| {
+            let (name, what, path) = (name.clone(), what.to_string(), path.to_path_buf());
+            move |source| VmError::Io {
+                name,
+                what,
+                path,
+                source,
+            }
+        };
+        let work_dir = disk.work_dir.clone();
         let serial = work_dir.join("serial.log");
         let qemu_log = work_dir.join("qemu.log");
         let qmp_sock = work_dir.join("qmp.sock");
@@ -766,40 +1024,18 @@ impl Vm {
         let pidfile = pidfile_path(&work_dir);
         check_socket_path(&name, &qmp_sock)?;
         check_socket_path(&name, &vfs_sock)?;
-        if let Some(pid) = detached_qemu_pid(&work_dir) {
-            return Err(cfg_err(format!(
-                "a detached QEMU (pid {pid}) still runs in {}",
-                work_dir.display()
-            )));
+        let drives: Vec<PathBuf> = config
+            .drives
+            .iter()
+            .map(|d| std::fs::canonicalize(d).map_err(io("extra drive not found:", d)))
+            .collect::<Result<_, _>>()?;
+        let disks =
+            disk_args(&disk.chain, &disk.overlay, &opts.disk_cache, &drives).map_err(&cfg_err)?;
+        // What the guest prints and sends stays private to the owner:
+        // QEMU keeps the mode of files that exist.
+        for f in [&serial, &pcap] {
+            private_file(f).map_err(io("cannot create", f))?;
         }
-        for stale in [&overlay, &qmp_sock, &pcap, &vfs_sock, &serial, &pidfile] {
-            match std::fs::remove_file(stale) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io("cannot remove stale", stale)(e)),
-            }
-        }
-
-        // Overlay over the untouched image.
-        let info = image_info(&name, &image).await?;
-        let mut args = vec![
-            "create".to_string(),
-            "-q".into(),
-            "-f".into(),
-            "qcow2".into(),
-            "-F".into(),
-            info.format.clone(),
-            "-b".into(),
-            image.display().to_string(),
-            overlay.display().to_string(),
-        ];
-        if let Some(size) = config.disk_size
-            && size > info.virtual_size
-        {
-            args.push(size.to_string());
-        }
-        run_tool(&name, &qemu_img_binary(), &args).await?;
-        tracing::debug!(vm = %name, image = %image.display(), format = %info.format, "overlay created");
 
         // virtiofsd first: QEMU connects to its socket at start-up.
         let mut virtiofsd = None;
@@ -844,7 +1080,7 @@ impl Vm {
             &config,
             &opts,
             &ports,
-            &overlay,
+            &disks,
             &serial,
             &qmp_sock,
             &pcap,
@@ -852,7 +1088,7 @@ impl Vm {
             &pidfile,
             share == ShareState::Ready,
         );
-        let log_file = std::fs::File::create(&qemu_log).map_err(io("cannot create", &qemu_log))?;
+        let log_file = private_file(&qemu_log).map_err(io("cannot create", &qemu_log))?;
         let log_err = log_file
             .try_clone()
             .map_err(io("cannot reopen", &qemu_log))?;
@@ -1244,6 +1480,79 @@ impl Drop for Vm {
     }
 }
 
+/// Checks of a configuration and launch options made before anything is
+/// created.
+fn validate(config: &VmConfig, opts: &LaunchOptions) -> Result<(), VmError> {
+    let cfg_err = |message: String| VmError::Config {
+        name: config.name.clone(),
+        message,
+    };
+    if config.vcpus == 0 {
+        return Err(cfg_err("vcpus must be at least 1".into()));
+    }
+    if config.memory_mib < 64 {
+        return Err(cfg_err(format!(
+            "memory_mib {} is below 64",
+            config.memory_mib
+        )));
+    }
+    for d in &config.drives {
+        if !d.is_file() {
+            return Err(cfg_err(format!("extra drive {} not found", d.display())));
+        }
+    }
+    if opts.detached && config.share_dir.is_some() {
+        return Err(cfg_err(
+            "a detached VM cannot have a virtiofs share (virtiofsd would not outlive this process)"
+                .into(),
+        ));
+    }
+    if let NetBackend::Tap { ifname } = &opts.net
+        && (ifname.is_empty() || ifname.len() > 15 || ifname.contains([',', '/', ' ']))
+    {
+        return Err(cfg_err(format!("bad tap device name {ifname:?}")));
+    }
+    if cache_mode(&opts.disk_cache).is_none() {
+        return Err(cfg_err(format!(
+            "bad disk cache mode {:?} (writeback, writethrough, none, directsync or unsafe)",
+            opts.disk_cache
+        )));
+    }
+    if let Some(s) = &config.share_dir
+        && !s.is_dir()
+    {
+        return Err(cfg_err(format!(
+            "share_dir {} is not a directory",
+            s.display()
+        )));
+    }
+    Ok(())
+}
+
+/// A VM's disk made by [`Vm::prepare_disk`]: the image's approved chain
+/// and the overlay over it.
+#[derive(Clone, Debug)]
+pub struct PreparedDisk {
+    work_dir: PathBuf,
+    overlay: PathBuf,
+    chain: ApprovedChain,
+}
+
+impl PreparedDisk {
+    /// The canonical work directory.
+    pub fn work_dir(&self) -> &Path {
+        &self.work_dir
+    }
+    /// `WORK/overlay.qcow2`.
+    pub fn overlay(&self) -> &Path {
+        &self.overlay
+    }
+    /// The image's files and formats, as QEMU is given them.
+    pub fn chain(&self) -> &ApprovedChain {
+        &self.chain
+    }
+}
+
 /// SIGKILL virtiofsd and its sandboxed child (which would otherwise get only
 /// a SIGTERM through its parent-death signal), reap, and wait up to 1 s for
 /// the child to be gone.
@@ -1288,8 +1597,7 @@ async fn start_virtiofsd(
     let mut reasons = Vec::new();
     for mode in modes {
         let _ = std::fs::remove_file(sock);
-        let f = std::fs::File::create(log)
-            .map_err(|e| format!("cannot create {}: {e}", log.display()))?;
+        let f = private_file(log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
         let f2 = f
             .try_clone()
             .map_err(|e| format!("cannot reopen {}: {e}", log.display()))?;
@@ -1335,7 +1643,7 @@ fn build_argv(
     c: &VmConfig,
     opts: &LaunchOptions,
     ports: &[(Forward, u16)],
-    overlay: &Path,
+    disks: &[String],
     serial: &Path,
     qmp: &Path,
     pcap: &Path,
@@ -1381,21 +1689,6 @@ fn build_argv(
         "chardev:ser0",
     ]);
     push(&["-qmp", &format!("unix:{},server=on,wait=off", qp(qmp))]);
-    push(&[
-        "-drive",
-        &format!(
-            "file={},if=virtio,format=qcow2,cache={}",
-            qp(overlay),
-            q(&opts.disk_cache)
-        ),
-    ]);
-    for d in &c.drives {
-        let abs = std::fs::canonicalize(d).unwrap_or_else(|_| d.clone());
-        push(&[
-            "-drive",
-            &format!("file={},if=virtio,format=raw,readonly=on", qp(&abs)),
-        ]);
-    }
     let mut netdev = match &opts.net {
         NetBackend::User => "user,id=n0".to_string(),
         NetBackend::Tap { ifname } => {
@@ -1436,6 +1729,8 @@ fn build_argv(
         ]);
     }
     push(&["-device", "virtio-rng-pci"]);
+    // Disks last: their PCI slots follow the NIC's and the RNG's.
+    push(&disks.iter().map(String::as_str).collect::<Vec<_>>());
     if opts.detached {
         push(&["-daemonize", "-pidfile", &pidfile.display().to_string()]);
     }
@@ -1485,7 +1780,7 @@ mod tests {
             &c,
             &LaunchOptions::default(),
             &ports,
-            Path::new("/w/overlay.qcow2"),
+            &[],
             Path::new("/w/serial.log"),
             Path::new("/w/qmp.sock"),
             Path::new("/w/net.pcap"),
@@ -1544,7 +1839,7 @@ mod tests {
             &c,
             &LaunchOptions::detached_on_tap("ibkt0"),
             &[],
-            Path::new("/w/overlay.qcow2"),
+            &[],
             Path::new("/w/serial.log"),
             Path::new("/w/qmp.sock"),
             Path::new("/w/net.pcap"),
@@ -1558,7 +1853,16 @@ mod tests {
             "{s}"
         );
         assert!(s.ends_with("-daemonize -pidfile /w/qemu.pid"), "{s}");
-        assert!(s.contains("cache=writeback"), "{s}");
+        // The disks' cache is in their -blockdev nodes (disk_args): a
+        // long-lived VM's root disk flushes.
+        assert_eq!(
+            cache_mode(&LaunchOptions::detached_on_tap("ibkt0").disk_cache),
+            Some((json!({"direct": false, "no-flush": false}), true))
+        );
+        assert_eq!(
+            cache_mode(&LaunchOptions::default().disk_cache),
+            Some((json!({"direct": false, "no-flush": true}), true))
+        );
         assert!(!s.contains("filter-dump"), "{s}");
         assert!(!s.contains("hostfwd"), "{s}");
     }

@@ -4,6 +4,7 @@
 
 use std::fs::OpenOptions;
 use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
 use serde_json::json;
@@ -118,7 +119,12 @@ pub fn write_vfat(label: &str, files: &[SeedFile], out: &Path) -> Result<(), See
         .write(true)
         .create(true)
         .truncate(true)
+        .mode(0o600)
         .open(out)
+        .map_err(create)?;
+    // A seed holds pairing keys and SSH keys: owner only, also when the
+    // file already existed with a wider mode.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
         .map_err(create)?;
     file.set_len(image_size(files)).map_err(create)?;
     fatfs::format_volume(

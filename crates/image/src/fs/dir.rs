@@ -14,6 +14,9 @@ use super::{DirEntry, FileKind, FileSystem, FsError, Metadata};
 /// A directory on the host treated as a guest's root.
 pub struct DirFs {
     root: PathBuf,
+    /// Device of `root`, to tell inodes of other host filesystems mounted
+    /// below it apart (see [`DirFs::identity`]).
+    root_dev: Option<u64>,
 }
 
 impl DirFs {
@@ -21,7 +24,22 @@ impl DirFs {
     pub fn new(root: &Path) -> Self {
         DirFs {
             root: root.to_owned(),
+            root_dev: std::fs::metadata(root).ok().map(|m| m.dev()),
         }
+    }
+
+    /// [`Metadata::ino`] for a host inode: the inode number on the root's
+    /// device; below another mount, a hash of (device, inode) with the top
+    /// bit set, so that equal inode numbers of two filesystems never look
+    /// like one directory reached twice.
+    fn identity(&self, m: &std::fs::Metadata) -> u64 {
+        if Some(m.dev()) == self.root_dev {
+            return m.ino();
+        }
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (m.dev(), m.ino()).hash(&mut h);
+        h.finish() | 1 << 63
     }
 
     fn host_path(&self, path: &[u8]) -> PathBuf {
@@ -74,6 +92,7 @@ impl FileSystem for DirFs {
                 mode: m.mode() & 0o7777,
                 uid: m.uid(),
                 gid: m.gid(),
+                ino: self.identity(&m),
             })),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(map_io(e)),

@@ -42,6 +42,12 @@ pub struct Metadata {
     pub uid: u32,
     /// Owner gid (0 when the filesystem reader cannot tell).
     pub gid: u32,
+    /// What identifies the inode within its filesystem: the inode number
+    /// (ext4, XFS, a host directory), the first cluster (vfat). Two paths
+    /// with the same `ino` on one filesystem name the same directory, which
+    /// is how tree walks notice a hard-linked directory or a loop
+    /// ([`crate::guest::Walker`]). 0 when the reader cannot tell.
+    pub ino: u64,
 }
 
 /// One directory entry (`.` and `..` are never returned).

@@ -311,6 +311,15 @@ impl Vfat {
         Ok(cur)
     }
 
+    /// [`Metadata::ino`] of the root: its first cluster on FAT32; the fixed
+    /// root area of FAT12/16 has none, so a value no cluster number takes.
+    fn root_identity(&self) -> u64 {
+        match self.root_region {
+            Some(_) => 1 << 32,
+            None => u64::from(self.root_cluster),
+        }
+    }
+
     fn dir_cached(&self, key: Vec<u8>, cluster: Option<u32>) -> Result<Vec<Entry>, FsError> {
         if let Ok(c) = self.cache.lock()
             && let Some((k, v)) = c.as_ref()
@@ -350,6 +359,7 @@ impl FileSystem for Vfat {
                 mode: 0o755,
                 uid: 0,
                 gid: 0,
+                ino: self.root_identity(),
             })),
             Ok(Some(e)) => Ok(Some(Metadata {
                 kind: if e.dir { FileKind::Dir } else { FileKind::File },
@@ -357,6 +367,10 @@ impl FileSystem for Vfat {
                 mode: if e.dir { 0o755 } else { 0o644 },
                 uid: 0,
                 gid: 0,
+                // A directory is its cluster chain: a subdirectory entry
+                // pointing at an ancestor's first cluster is that ancestor
+                // again (a loop). 0 (an empty file) means unknown.
+                ino: u64::from(e.cluster),
             })),
             Err(FsError::NotFound) => Ok(None),
             Err(e) => Err(e),

@@ -188,6 +188,7 @@ impl FileSystem for XfsFs {
             mode: m.mode() & 0o7777,
             uid,
             gid,
+            ino: ino.ino,
         }))
     }
     fn read_dir(&self, path: &[u8]) -> Result<Vec<DirEntry>, FsError> {

@@ -27,6 +27,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use ibkit_image::Guest;
 use ibkit_image::fs::FileKind;
+use ibkit_image::guest::{Visit, WalkLimits, Walker};
 
 use crate::facts::initramfs::{
     self, MODULE_SUFFIXES, module_name, normalise_module, parse_builtin,
@@ -214,7 +215,7 @@ const TEXT_CAP: u64 = 8 << 20;
 const DEP_CAP: u64 = 32 << 20;
 /// Deepest directory the walk enters below the modules directory.
 const WALK_MAX_DEPTH: usize = 16;
-/// Most directory entries the walk looks at.
+/// Most directory entries (and directories) one walk looks at.
 const WALK_MAX_ENTRIES: usize = 200_000;
 /// Most directory entries walked for all kernels together.
 const WALK_BUDGET: usize = 500_000;
@@ -583,8 +584,10 @@ pub fn modules_from_dep(dir: &str, text: &str) -> BTreeMap<String, String> {
     modules.into_iter().map(|(k, (_, p))| (k, p)).collect()
 }
 
-/// Every module file below `dir`, bounded in depth and entries; only real
-/// directories are entered (not `build` and `source`, which link to headers).
+/// Every module file below `dir`, bounded in depth, directories and
+/// entries; only real directories are entered (not `build` and `source`,
+/// which link to headers), each once (a directory hard-linked to an
+/// ancestor is a loop the walker notices).
 fn walk_modules(
     guest: &Guest,
     dir: &str,
@@ -592,56 +595,67 @@ fn walk_modules(
     problems: &mut Vec<String>,
 ) -> BTreeMap<String, String> {
     let mut modules = BTreeMap::new();
-    let mut stack: Vec<(String, usize)> = vec![(String::new(), 0)];
-    let limit = WALK_MAX_ENTRIES.min(*budget);
-    let mut seen = 0usize;
-    while let Some((rel, depth)) = stack.pop() {
-        let path = if rel.is_empty() {
-            dir.to_owned()
-        } else {
-            format!("{dir}/{rel}")
-        };
-        let entries = match guest.read_dir(&path) {
-            Ok(Some(e)) => e,
-            Ok(None) => continue,
-            Err(e) => {
-                problems.push(format!("cannot list {path}: {e}"));
-                continue;
-            }
-        };
-        for e in entries {
-            seen += 1;
-            if seen > limit {
-                *budget = budget.saturating_sub(seen);
-                problems.push(format!(
-                    "{dir}: more than {limit} entries, module list incomplete"
-                ));
-                return modules.into_iter().map(|(k, (_, p))| (k, p)).collect();
-            }
-            let Ok(name) = std::str::from_utf8(&e.name) else {
-                continue;
-            };
-            let child = if rel.is_empty() {
-                name.to_owned()
-            } else {
-                format!("{rel}/{name}")
-            };
-            match e.kind {
-                FileKind::Dir if depth < WALK_MAX_DEPTH => stack.push((child, depth + 1)),
-                FileKind::Dir => problems.push(format!(
-                    "{dir}/{child}: deeper than {WALK_MAX_DEPTH}, not walked"
-                )),
-                FileKind::File | FileKind::Symlink
-                    if MODULE_SUFFIXES.iter().any(|s| name.ends_with(s)) =>
-                {
-                    let full = format!("{dir}/{child}");
-                    add_module(&mut modules, &child, full);
-                }
-                _ => {}
-            }
+    // Paths are reported under `dir` as named (`/lib/modules/…` on a merged
+    // /usr), while the walk goes through the resolved directory.
+    let root = match guest.resolve(dir, true) {
+        Ok(r) if r.meta.is_some_and(|m| m.kind == FileKind::Dir) => r.path,
+        Ok(_) => return BTreeMap::new(),
+        Err(e) => {
+            problems.push(format!("cannot list {dir}: {e}"));
+            return BTreeMap::new();
         }
+    };
+    let limit = WALK_MAX_ENTRIES.min(*budget);
+    let mut walker = Walker::new(
+        guest,
+        WalkLimits {
+            max_dirs: limit,
+            max_entries: limit,
+            max_depth: WALK_MAX_DEPTH,
+        },
+    );
+    walker.walk(&root, |e| {
+        let Ok(name) = std::str::from_utf8(e.name) else {
+            return Visit::Prune;
+        };
+        let rel = e
+            .path
+            .get(root.len()..)
+            .map(|r| {
+                String::from_utf8_lossy(r)
+                    .trim_start_matches('/')
+                    .to_owned()
+            })
+            .unwrap_or_default();
+        if matches!(e.kind, FileKind::File | FileKind::Symlink)
+            && MODULE_SUFFIXES.iter().any(|s| name.ends_with(s))
+        {
+            let full = format!("{dir}/{rel}");
+            add_module(&mut modules, &rel, full);
+        }
+        Visit::Descend
+    });
+    *budget = budget.saturating_sub(walker.entries());
+    if let Some(b) = walker.exhausted() {
+        problems.push(format!(
+            "{dir}: module walk stopped early at its {b}; module list incomplete"
+        ));
     }
-    *budget = budget.saturating_sub(seen);
+    let (errors, more) = walker.errors();
+    for e in errors {
+        problems.push(format!("cannot list: {e}"));
+    }
+    if more > 0 {
+        problems.push(format!(
+            "{dir}: {more} more directories could not be listed"
+        ));
+    }
+    for note in [walker.too_deep_note(), walker.revisit_note()]
+        .into_iter()
+        .flatten()
+    {
+        problems.push(format!("{dir}: {note}"));
+    }
     modules.into_iter().map(|(k, (_, p))| (k, p)).collect()
 }
 

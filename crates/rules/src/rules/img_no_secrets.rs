@@ -4,12 +4,13 @@ use std::collections::BTreeSet;
 use std::sync::OnceLock;
 
 use ibkit_image::fs::FileKind;
+use ibkit_image::guest::{Visit, WalkEntry, WalkLimits, Walker};
 use regex::bytes::Regex;
 
 use super::util::{fingerprint, names};
 use crate::context::Context;
 use crate::facts::homes::Home;
-use crate::model::{Evidence, Outcome, Severity};
+use crate::model::{Evidence, Level, Outcome, Severity};
 use crate::rule::RuleDef;
 
 /// Credential files relative to a home directory: path, what it is, and
@@ -89,6 +90,11 @@ const SNIFF: u64 = 4096;
 const SCAN_BUDGET: u64 = 96 << 20;
 /// Files visited at most.
 const MAX_FILES: usize = 50_000;
+/// Directories listed at most by the content scan (a directory reached by
+/// several paths, a hard link or a loop counts once and is listed once).
+pub const MAX_DIRS: usize = 20_000;
+/// Directory entries of every kind looked at, at most.
+const MAX_ENTRIES: usize = 1_000_000;
 /// Directory depth at most.
 const MAX_DEPTH: usize = 12;
 
@@ -179,6 +185,10 @@ comment-only `authorized_keys`, a `.pgpass`/`.my.cnf`/`.netrc` with the
 credential only in a comment, a kubeconfig that gets its token from a
 command, `.env` settings without a credential value (empty, `${VAR}`),
 `.env.example`, an empty machine-id, lease file or host key file.
+A hostile or broken filesystem with directories hard-linked to themselves
+or to an ancestor: each directory is scanned once (and the result says a
+directory was reached again); the scan is bounded in files, bytes,
+directories and entries, and says which budget stopped it.
 "#,
     remediation: "Delete the listed files, empty /etc/machine-id, run `cloud-init clean`, and rotate any credential that was in the image.",
     check,
@@ -440,6 +450,14 @@ fn check(cx: &Context) -> Outcome {
         roots: BTreeSet::new(),
         reported,
     };
+    let mut walker = Walker::new(
+        cx.guest,
+        WalkLimits {
+            max_dirs: MAX_DIRS,
+            max_entries: MAX_ENTRIES,
+            max_depth: MAX_DEPTH,
+        },
+    );
     let mut roots: Vec<(String, Option<&Home>)> = homes
         .list
         .iter()
@@ -463,23 +481,58 @@ fn check(cx: &Context) -> Outcome {
     }
     for (real, home) in &order {
         // A root inside another is scanned on its own (homes first), so
-        // the outer walk skips it: see `Scan::dir`.
-        scan.dir(real, 0, *home, &mut o);
+        // the outer walk skips it: see `Scan::visit`. The walker lists a
+        // directory once however many paths lead to it.
+        walker.walk(real, |e| scan.visit(e, *home, &mut o));
     }
+    // How the scan fell short, if it did: said in the result (and, for a
+    // budget, in the report's notes: the check is incomplete).
+    let mut stopped = None;
     if scan.exhausted {
-        o.unverified(format!(
-            "content scan stopped after {} files / {} MiB; the rest was not searched for secrets",
+        stopped = Some(format!(
+            "content scan stopped early at its file/byte budget ({MAX_FILES} files, {} MiB) after {} files / {} MiB; the rest was not searched for secrets",
+            SCAN_BUDGET >> 20,
             scan.files,
             scan.bytes >> 20
         ));
+    } else if let Some(budget) = walker.exhausted() {
+        stopped = Some(format!(
+            "content scan stopped early at its {budget} after {} directories and {} files; the rest was not searched for secrets",
+            walker.dirs(),
+            scan.files
+        ));
     }
-    if o.findings.is_empty() {
-        o.proof(Evidence::note(format!(
-            "no credential files, host keys, instance data or machine-id; searched {}; {} files ({} KiB) scanned for keys and tokens",
+    if let Some(why) = &stopped {
+        o.unverified(why.clone());
+        cx.note(format!("IMG-NO-SECRETS: {why}"));
+    }
+    if let Some(why) = walker.too_deep_note() {
+        o.unverified(format!("content scan: {why}"));
+    }
+    if let Some(why) = walker.revisit_note() {
+        let (_, first) = walker.revisits();
+        o.info(
+            "directory-loop",
+            format!("content scan: {why}"),
+            Evidence::at(
+                first.unwrap_or_default(),
+                "a directory hard-linked to itself or to an ancestor (filesystem damage or a crafted image)",
+            ),
+        );
+    }
+    if !o.findings.iter().any(|f| f.level > Level::Info) {
+        let mut proof = format!(
+            "no credential files, host keys, instance data or machine-id; searched {}; {} files ({} KiB) in {} directories scanned for keys and tokens",
             homes.summary(),
             scan.files,
-            scan.bytes >> 10
-        )));
+            scan.bytes >> 10,
+            walker.dirs()
+        );
+        for why in stopped.iter().chain(walker.revisit_note().as_ref()) {
+            proof.push_str("; ");
+            proof.push_str(why);
+        }
+        o.proof(Evidence::note(proof));
     }
     o
 }
@@ -497,80 +550,76 @@ struct Scan<'a, 'c> {
 }
 
 impl Scan<'_, '_> {
-    fn dir(&mut self, dir: &str, depth: usize, home: Option<&Home>, o: &mut Outcome) {
-        if depth > MAX_DEPTH || self.exhausted {
-            return;
-        }
-        // Not secrets: the host's trust store, docs, locale and binary caches.
-        if matches!(
-            dir,
-            "/etc/ssl/certs"
-                | "/etc/pki/ca-trust"
-                | "/etc/pki/tls/certs"
-                | "/etc/alternatives"
-                | "/etc/ld.so.cache"
-                | "/etc/selinux"
-        ) {
-            return;
-        }
-        let entries = match self.cx.guest.read_dir(dir) {
-            Ok(Some(e)) => e,
-            _ => return,
-        };
-        for e in entries {
-            let name = String::from_utf8_lossy(&e.name).into_owned();
-            let path = if dir == "/" {
-                format!("/{name}")
-            } else {
-                format!("{dir}/{name}")
-            };
-            match e.kind {
-                FileKind::Dir if !self.roots.contains(&path) => self.dir(&path, depth + 1, home, o),
-                FileKind::File => {
-                    if self.files >= MAX_FILES || self.bytes >= SCAN_BUDGET {
-                        self.exhausted = true;
-                        return;
-                    }
-                    if self.reported.contains(&path)
-                        || self
-                            .reported
-                            .iter()
-                            .any(|r| path.starts_with(&format!("{r}/")))
-                    {
-                        continue;
-                    }
-                    if name.ends_with(".pub")
-                        || name.ends_with(".crt")
-                        || name.ends_with(".pem") && path.starts_with("/etc/ssl/certs")
-                    {
-                        continue;
-                    }
-                    // Binary files (NULs early on) are skipped: keys and
-                    // tokens are text. Sniff first so a large binary costs
-                    // a few KiB, not the whole cap.
-                    let Ok(Some(sniff)) = self.cx.guest.read_head(&path, SNIFF) else {
-                        continue;
-                    };
-                    self.files += 1;
-                    if sniff.contains(&0) {
-                        self.bytes += sniff.len() as u64;
-                        continue;
-                    }
-                    let data = if sniff.len() as u64 == SNIFF {
-                        match self.cx.guest.read_head(&path, MAX_SCAN_FILE) {
-                            Ok(Some(d)) => d,
-                            _ => sniff,
-                        }
-                    } else {
-                        sniff
-                    };
-                    self.bytes += data.len() as u64;
-                    if scan_content(&path, &name, &data, home, o) {
-                        self.reported.insert(path);
-                    }
-                }
-                _ => {}
+    /// One entry of the walk: prune what is not ours to scan, scan the
+    /// content of regular files.
+    fn visit(&mut self, e: &WalkEntry<'_>, home: Option<&Home>, o: &mut Outcome) -> Visit {
+        let path = e.path_lossy();
+        match e.kind {
+            FileKind::Dir => {
+                // Another root (scanned on its own), or not secrets: the
+                // host's trust store, docs, locale and binary caches.
+                let skip = self.roots.contains(&path)
+                    || matches!(
+                        path.as_str(),
+                        "/etc/ssl/certs"
+                            | "/etc/pki/ca-trust"
+                            | "/etc/pki/tls/certs"
+                            | "/etc/alternatives"
+                            | "/etc/ld.so.cache"
+                            | "/etc/selinux"
+                    );
+                if skip { Visit::Prune } else { Visit::Descend }
             }
+            FileKind::File => {
+                if self.files >= MAX_FILES || self.bytes >= SCAN_BUDGET {
+                    self.exhausted = true;
+                    return Visit::Stop;
+                }
+                let name = String::from_utf8_lossy(e.name).into_owned();
+                self.file(path, &name, home, o);
+                Visit::Descend
+            }
+            _ => Visit::Descend,
+        }
+    }
+
+    fn file(&mut self, path: String, name: &str, home: Option<&Home>, o: &mut Outcome) {
+        if self.reported.contains(&path)
+            || self
+                .reported
+                .iter()
+                .any(|r| path.starts_with(&format!("{r}/")))
+        {
+            return;
+        }
+        if name.ends_with(".pub")
+            || name.ends_with(".crt")
+            || name.ends_with(".pem") && path.starts_with("/etc/ssl/certs")
+        {
+            return;
+        }
+        // Binary files (NULs early on) are skipped: keys and tokens are
+        // text. Sniff first so a large binary costs a few KiB, not the
+        // whole cap.
+        let Ok(Some(sniff)) = self.cx.guest.read_head(&path, SNIFF) else {
+            return;
+        };
+        self.files += 1;
+        if sniff.contains(&0) {
+            self.bytes += sniff.len() as u64;
+            return;
+        }
+        let data = if sniff.len() as u64 == SNIFF {
+            match self.cx.guest.read_head(&path, MAX_SCAN_FILE) {
+                Ok(Some(d)) => d,
+                _ => sniff,
+            }
+        } else {
+            sniff
+        };
+        self.bytes += data.len() as u64;
+        if scan_content(&path, name, &data, home, o) {
+            self.reported.insert(path);
         }
     }
 }

@@ -4,7 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{FromRequest as _, Request, State};
+use axum::http::StatusCode;
+use ibkit_api::StructuredJson;
 use ibkit_api::wire::{
     FinalStatus, HealthReport, Heartbeat, PairRequest, PairResponse, Report, ReportEvent,
     WorkResponse,
@@ -12,16 +14,29 @@ use ibkit_api::wire::{
 use rusqlite::{OptionalExtension as _, params};
 use serde::Deserialize;
 
-use crate::auth::{AgentAuth, hash_secret, new_secret};
+use crate::auth::{AgentAuth, digest_eq, hash_secret, new_secret};
 use crate::db::now_ms;
 use crate::dispatch;
 use crate::error::{ApiError, ApiResult};
+use crate::monitor::when;
 use crate::{ApiJson, ApiQuery, AppState};
 
 /// A duration on the wire (`15s`), saturating.
 pub(crate) fn duration(d: Duration) -> ibkit_api::Duration {
     ibkit_api::Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
+
+/// Why a pairing was refused, for the agent and (except an unknown host)
+/// for the operator in the host's `last_pairing_refusal`.
+struct Refusal {
+    status: StatusCode,
+    message: String,
+    /// What the operator sees (the agent may get a vaguer message).
+    note: Option<String>,
+}
+
+/// Same answer for an unknown instance, host or key: no oracle.
+const PAIRING_REFUSED: &str = "pairing refused: unknown instance or host, or wrong pairing key";
 
 pub async fn pair(
     State(s): State<Arc<AppState>>,
@@ -36,34 +51,107 @@ pub async fn pair(
     }
     let credential = new_secret("ibk_");
     let (cred_hash, key_hash) = (hash_secret(&credential), hash_secret(&req.pairing_key));
-    let (inst, host, version) = (
+    let (inst, host, version, protocol) = (
         req.instance.clone(),
         req.host.clone(),
         req.agent_version.clone(),
+        req.protocol,
     );
     let st = s.clone();
-    let spec =
+    let outcome =
         s.db.write(move |c| {
             let tx = c.transaction()?;
-            let n = tx.execute(
-                "UPDATE hosts SET credential_hash = ?4, paired_at = ?5, agent_version = ?6
-                 WHERE instance = ?1 AND name = ?2 AND pairing_key_hash = ?3
-                 AND EXISTS (SELECT 1 FROM instances WHERE id = ?1 AND status != 'deleted')",
-                params![inst, host, key_hash, cred_hash, now_ms(), version],
-            )?;
-            let spec = if n == 1 {
-                Some(dispatch::spec_of(&st, &tx, &inst)?)
+            let row: Option<(Option<String>, Option<i64>, Option<i64>)> = tx
+                .query_row(
+                    "SELECT h.pairing_key_hash, h.pairing_key_expires_at, h.pairing_key_used_at
+                     FROM hosts h JOIN instances i ON i.id = h.instance
+                     WHERE h.instance = ?1 AND h.name = ?2 AND i.status != 'deleted'",
+                    params![inst, host],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()?;
+            let Some((stored, expires_at, used_at)) = row else {
+                return Ok(Err(Refusal {
+                    status: StatusCode::UNAUTHORIZED,
+                    message: PAIRING_REFUSED.into(),
+                    note: None,
+                }));
+            };
+            let now = now_ms();
+            let new_key =
+                format!("issue a new one (POST /v1/instances/{inst}/hosts/{host}/pairing-key)");
+            let refusal = if !stored.is_some_and(|h| digest_eq(&h, &key_hash)) {
+                Some(Refusal {
+                    status: StatusCode::UNAUTHORIZED,
+                    message: PAIRING_REFUSED.into(),
+                    note: Some("pairing refused: wrong pairing key".into()),
+                })
+            } else if let Some(used) = used_at {
+                // A second pairing would revoke the real agent's credential.
+                Some(Refusal {
+                    status: StatusCode::FORBIDDEN,
+                    message: format!(
+                        "pairing refused for host {host}: pairing key already used at {} \
+                         (keys are single-use), {new_key}",
+                        when(used)
+                    ),
+                    note: None,
+                })
+            } else if let Some(exp) = expires_at.filter(|e| now > *e) {
+                Some(Refusal {
+                    status: StatusCode::FORBIDDEN,
+                    message: format!(
+                        "pairing refused for host {host}: pairing key expired at {}, {new_key}",
+                        when(exp)
+                    ),
+                    note: None,
+                })
+            } else if protocol < ibkit_api::MIN_PROTOCOL_VERSION {
+                // The key stays valid for the reinstalled agent.
+                Some(Refusal {
+                    status: StatusCode::BAD_REQUEST,
+                    message: format!(
+                        "agent protocol {protocol} is older than this service's minimum {}: \
+                         reinstall the agent",
+                        ibkit_api::MIN_PROTOCOL_VERSION
+                    ),
+                    note: None,
+                })
             } else {
                 None
             };
+            if let Some(r) = refusal {
+                let note = r.note.clone().unwrap_or_else(|| r.message.clone());
+                tx.execute(
+                    "UPDATE hosts SET last_pairing_refusal = ?3, last_pairing_refusal_at = ?4
+                     WHERE instance = ?1 AND name = ?2",
+                    params![inst, host, note, now],
+                )?;
+                tx.commit()?;
+                return Ok(Err(r));
+            }
+            tx.execute(
+                "UPDATE hosts SET credential_hash = ?3, paired_at = ?4, agent_version = ?5,
+                 pairing_key_used_at = ?4
+                 WHERE instance = ?1 AND name = ?2 AND pairing_key_used_at IS NULL",
+                params![inst, host, cred_hash, now, version],
+            )?;
+            let spec = dispatch::spec_of(&st, &tx, &inst)?;
             tx.commit()?;
-            Ok(spec)
+            Ok(Ok(spec))
         })
         .await?;
-    let Some(spec) = spec else {
-        return Err(ApiError::unauthorized(
-            "pairing refused: unknown instance or host, or wrong pairing key",
-        ));
+    let spec = match outcome {
+        Ok(spec) => spec,
+        Err(r) => {
+            tracing::warn!(
+                "refused pairing of host {} of instance {}: {}",
+                req.host,
+                req.instance,
+                r.note.as_deref().unwrap_or(&r.message)
+            );
+            return Err(ApiError::new(r.status, r.message));
+        }
     };
     tracing::info!("paired host {} of instance {}", req.host, req.instance);
     s.record_heartbeat(&req.instance, &req.host, &req.agent_version);
@@ -155,30 +243,53 @@ pub async fn work(
     }
 }
 
+/// Checks a reported structured result against the service's rules (at
+/// most `limit` bytes, depth, valid JSON, an object) without building a
+/// tree of it.
+pub(crate) fn check_structured(s: &StructuredJson, limit: usize) -> Result<(), String> {
+    s.validate(limit).map_err(|e| match e {
+        ibkit_api::structured::StructuredError::TooLarge { .. } => {
+            format!("{e} (ibkit serve --max-structured-bytes)")
+        }
+        e => e.to_string(),
+    })
+}
+
 pub async fn report(
     State(s): State<Arc<AppState>>,
     auth: AgentAuth,
-    ApiJson(report): ApiJson<Report>,
+    req: Request,
 ) -> ApiResult<Json<serde_json::Value>> {
+    // Report bodies in memory at once are bounded (per host and overall)
+    // before a byte of this one is read.
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let _permit = s
+        .report_permit(&auth.instance, &auth.host, declared)
+        .await?;
+    let ApiJson(report) = ApiJson::<Report>::from_request(req, &()).await?;
     if report.report_id.is_empty() || report.report_id.len() > 200 {
         return Err(ApiError::bad_request("report_id must be 1-200 characters"));
     }
+    // A structured result the service will not keep fails the step, with
+    // the reason: refusing the report (4xx) would make the agent drop it
+    // or send it again forever, and the step would never end.
+    let structured_refused = match &report.event {
+        ReportEvent::Finished(o) => o
+            .structured_result
+            .as_ref()
+            .and_then(|j| check_structured(j, s.cfg.max_structured_bytes).err()),
+        ReportEvent::Running { .. } => None,
+    };
     let st = s.clone();
     let a = auth.clone();
     let applied = s
         .db
         .write(move |c| {
             let tx = c.transaction()?;
-            let seen: Option<i64> = tx
-                .query_row(
-                    "SELECT 1 FROM processed_reports WHERE report_id = ?1",
-                    params![report.report_id],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            if seen.is_some() {
-                return Ok(None);
-            }
             let step: Option<(String, String, String, u32, String)> = tx
                 .query_row(
                     "SELECT instance, host, grp, idx, status FROM steps WHERE exec_id = ?1",
@@ -196,6 +307,20 @@ pub async fn report(
                 return Err(ApiError::forbidden(
                     "this execution belongs to another host",
                 ));
+            }
+            // De-duplicated per host, after the ownership check: a host
+            // cannot make another host's report look like a duplicate.
+            // ('', '') holds the ids an older service recorded globally.
+            let seen: Option<i64> = tx
+                .query_row(
+                    "SELECT 1 FROM processed_reports WHERE report_id = ?3
+                     AND ((instance = ?1 AND host = ?2) OR (instance = '' AND host = ''))",
+                    params![a.instance, a.host, report.report_id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if seen.is_some() {
+                return Ok(None);
             }
             let key = params![inst, host, grp, idx];
             let finished = matches!(report.event, ReportEvent::Finished(_));
@@ -215,8 +340,18 @@ pub async fn report(
                         )?;
                     }
                     ReportEvent::Finished(o) => {
-                        let ok = o.status == FinalStatus::Ok;
-                        let structured = o.structured_result.as_ref().map(|s| s.as_str());
+                        let ok = o.status == FinalStatus::Ok && structured_refused.is_none();
+                        let (structured, error) = match &structured_refused {
+                            Some(why) => {
+                                let why = format!("the service refused the structured result: {why}");
+                                let error = match &o.error {
+                                    Some(e) if !e.is_empty() => format!("{e}; {why}"),
+                                    _ => why,
+                                };
+                                (None, Some(error))
+                            }
+                            None => (o.structured_result.as_ref().map(|j| j.as_str()), o.error.clone()),
+                        };
                         tx.execute(
                             "UPDATE steps SET status = ?5, attempts = ?6, exit_code = ?7, signal = ?8,
                              timed_out = ?9, halted = ?10, started_at_ms = ?11, finished_at_ms = ?12,
@@ -242,7 +377,7 @@ pub async fn report(
                                 o.result,
                                 i64::try_from(o.result_truncated_bytes).unwrap_or(i64::MAX),
                                 structured,
-                                o.error,
+                                error,
                                 ok,
                             ],
                         )?;
@@ -251,8 +386,8 @@ pub async fn report(
                 true
             };
             tx.execute(
-                "INSERT INTO processed_reports (report_id, at) VALUES (?1, ?2)",
-                params![report.report_id, now_ms()],
+                "INSERT INTO processed_reports (instance, host, report_id, at) VALUES (?1, ?2, ?3, ?4)",
+                params![a.instance, a.host, report.report_id, now_ms()],
             )?;
             if applied && finished {
                 dispatch::recompute_status(&st, &tx, &inst)?;

@@ -135,7 +135,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/agent/work", get(agent::work))
         .route(
             "/v1/agent/reports",
-            post(agent::report).layer(DefaultBodyLimit::max(64 << 20)),
+            post(agent::report).layer(DefaultBodyLimit::max(ibkit_api::wire::MAX_REPORT_BYTES)),
         )
         .route("/v1/agent/heartbeat", post(agent::heartbeat))
         .route("/v1/agent/health", post(agent::health))

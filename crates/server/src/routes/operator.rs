@@ -6,8 +6,8 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use ibkit_api::InstanceSpec;
 use ibkit_api::wire::ServiceInfo;
+use ibkit_api::{InstanceSpec, StructuredJson};
 use rusqlite::{Connection, OptionalExtension as _, params};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -16,7 +16,7 @@ use crate::auth::{Operator, hash_secret, new_secret};
 use crate::db::now_ms;
 use crate::dispatch;
 use crate::error::{ApiError, ApiResult};
-use crate::{ApiJson, ApiPath, ApiQuery, AppState};
+use crate::{ApiJson, ApiPath, ApiQuery, AppState, NoQuery};
 
 fn check_uuid(id: &str) -> ApiResult<()> {
     uuid::Uuid::parse_str(id)
@@ -24,15 +24,52 @@ fn check_uuid(id: &str) -> ApiResult<()> {
         .map_err(|_| ApiError::bad_request(format!("{id:?} is not an instance id (a UUID)")))
 }
 
+/// The command that installs and pairs a host's agent (see
+/// `ibkit_api::dist::install_command`): the key travels in the installer's
+/// environment, not on a command line (`ps` shows command lines to every
+/// local user), and a failed download fails the command.
 fn install_command(s: &AppState, id: &str, host: &str, key: &str) -> String {
-    let pin = match &s.curl_pin {
-        Some(p) => format!("-k --pinnedpubkey '{p}' "),
-        None => String::new(),
-    };
-    format!(
-        "curl -fsS {pin}{}/v1/agent/install.sh | sh -s -- --instance {id} --host {host} --pairing-key {key}",
-        s.public_url
+    ibkit_api::dist::install_command(
+        &s.public_url,
+        s.curl_pin.as_deref().unwrap_or(""),
+        id,
+        host,
+        key,
     )
+}
+
+/// `?pairing_key_ttl=` of instance creation and key re-issue.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct PairingKeyQuery {
+    /// How long the pairing keys issued stay valid (`30m`, `2h`; at most
+    /// 30 days). On creation it is also the instance's lifetime for keys
+    /// re-issued later; default `--pairing-key-ttl` (1h).
+    pairing_key_ttl: Option<String>,
+}
+
+impl PairingKeyQuery {
+    fn ttl(&self) -> ApiResult<Option<i64>> {
+        let Some(text) = &self.pairing_key_ttl else {
+            return Ok(None);
+        };
+        let d: ibkit_api::Duration = text
+            .parse()
+            .map_err(|e| ApiError::bad_request(format!("pairing_key_ttl {text:?}: {e}")))?;
+        let d = d.to_std();
+        if d.is_zero() || d > crate::config::MAX_PAIRING_KEY_TTL {
+            return Err(ApiError::bad_request(format!(
+                "pairing_key_ttl {text:?} must be more than 0s and at most {}",
+                super::agent::duration(crate::config::MAX_PAIRING_KEY_TTL)
+            )));
+        }
+        Ok(Some(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
+    }
+}
+
+fn ms(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 fn exists(c: &Connection, id: &str) -> ApiResult<String> {
@@ -57,10 +94,13 @@ fn insert_steps(tx: &Connection, id: &str, spec: &InstanceSpec) -> ApiResult<()>
 pub async fn create(
     _: Operator,
     State(s): State<Arc<AppState>>,
+    ApiQuery(q): ApiQuery<PairingKeyQuery>,
     ApiJson(spec): ApiJson<InstanceSpec>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     spec.validate()
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let ttl = q.ttl()?;
+    let expires_at = now_ms().saturating_add(ttl.unwrap_or(ms(s.cfg.pairing_key_ttl)));
     let id = uuid::Uuid::new_v4().to_string();
     let keys: Vec<(String, String)> = spec
         .host_names()
@@ -73,14 +113,16 @@ pub async fn create(
             let tx = c.transaction()?;
             let now = now_ms();
             tx.execute(
-                "INSERT INTO instances (id, name, spec_json, status, generation, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, 'applying', 1, ?4, ?4)",
-                params![id2, spec2.name, serde_json::to_string(&spec2)?, now],
+                "INSERT INTO instances (id, name, spec_json, status, generation, created_at, updated_at,
+                 pairing_key_ttl_ms)
+                 VALUES (?1, ?2, ?3, 'applying', 1, ?4, ?4, ?5)",
+                params![id2, spec2.name, serde_json::to_string(&spec2)?, now, ttl],
             )?;
             for (h, k) in &keys2 {
                 tx.execute(
-                    "INSERT INTO hosts (instance, name, pairing_key_hash) VALUES (?1, ?2, ?3)",
-                    params![id2, h, hash_secret(k)],
+                    "INSERT INTO hosts (instance, name, pairing_key_hash, pairing_key_expires_at)
+                     VALUES (?1, ?2, ?3, ?4)",
+                    params![id2, h, hash_secret(k), expires_at],
                 )?;
             }
             insert_steps(&tx, &id2, &spec2)?;
@@ -93,7 +135,10 @@ pub async fn create(
     tracing::info!("created instance {id} ({})", spec.name);
     let hosts: Vec<Value> = keys
         .iter()
-        .map(|(h, k)| json!({"name": h, "pairing_key": k, "install_command": install_command(&s, &id, h, k)}))
+        .map(|(h, k)| {
+            json!({"name": h, "pairing_key": k, "pairing_key_expires_at": expires_at,
+            "install_command": install_command(&s, &id, h, k)})
+        })
         .collect();
     let status =
         s.db.read({
@@ -110,10 +155,15 @@ pub async fn create(
 /// How the service is set up. Behind the operator token because clients
 /// (`ibkit deploy`) trust the pins from here only over an authenticated,
 /// pinned connection.
-pub async fn service_info(_: Operator, State(s): State<Arc<AppState>>) -> Json<ServiceInfo> {
+pub async fn service_info(
+    _: Operator,
+    State(s): State<Arc<AppState>>,
+    ApiQuery(NoQuery {}): ApiQuery<NoQuery>,
+) -> Json<ServiceInfo> {
     Json(ServiceInfo {
         public_url: s.public_url.clone(),
-        cert_sha256: s.cert_sha256.clone(),
+        // What agents pin: none for an operator-provided certificate.
+        cert_sha256: s.agent_cert_sha256.clone(),
         curl_pin: s.curl_pin.clone(),
         heartbeat_interval: super::agent::duration(s.cfg.heartbeat_interval),
         agent_timeout: super::agent::duration(s.cfg.agent_timeout),
@@ -122,7 +172,11 @@ pub async fn service_info(_: Operator, State(s): State<Arc<AppState>>) -> Json<S
     })
 }
 
-pub async fn list(_: Operator, State(s): State<Arc<AppState>>) -> ApiResult<Json<Value>> {
+pub async fn list(
+    _: Operator,
+    State(s): State<Arc<AppState>>,
+    ApiQuery(NoQuery {}): ApiQuery<NoQuery>,
+) -> ApiResult<Json<Value>> {
     s.db
         .read(|c| {
             let mut stmt = c.prepare(
@@ -144,6 +198,7 @@ pub async fn show(
     _: Operator,
     State(s): State<Arc<AppState>>,
     ApiPath(id): ApiPath<String>,
+    ApiQuery(NoQuery {}): ApiQuery<NoQuery>,
 ) -> ApiResult<Json<Value>> {
     check_uuid(&id)?;
     let st = s.clone();
@@ -183,7 +238,9 @@ pub async fn show(
             }
             let mut stmt = c.prepare(
                 "SELECT name, paired_at, last_heartbeat_at, agent_version, health, unhealthy_reason,
-                        unhealthy_since, checks_active_since, credential_hash IS NOT NULL
+                        unhealthy_since, checks_active_since, credential_hash IS NOT NULL,
+                        pairing_key_expires_at, pairing_key_used_at, last_pairing_refusal,
+                        last_pairing_refusal_at
                  FROM hosts WHERE instance = ?1 ORDER BY rowid",
             )?;
             let hosts = stmt
@@ -206,6 +263,10 @@ pub async fn show(
                         "unhealthy_reason": r.get::<_, Option<String>>(5)?,
                         "unhealthy_since": r.get::<_, Option<i64>>(6)?,
                         "checks_active_since": r.get::<_, Option<i64>>(7)?,
+                        "pairing_key_expires_at": r.get::<_, Option<i64>>(9)?,
+                        "pairing_key_used_at": r.get::<_, Option<i64>>(10)?,
+                        "last_pairing_refusal": r.get::<_, Option<String>>(11)?,
+                        "last_pairing_refusal_at": r.get::<_, Option<i64>>(12)?,
                         "steps": counts.get(&name).cloned().unwrap_or_default(),
                     }))
                 })?
@@ -222,6 +283,7 @@ pub async fn update(
     _: Operator,
     State(s): State<Arc<AppState>>,
     ApiPath(id): ApiPath<String>,
+    ApiQuery(NoQuery {}): ApiQuery<NoQuery>,
     ApiJson(spec): ApiJson<InstanceSpec>,
 ) -> ApiResult<Json<Value>> {
     check_uuid(&id)?;
@@ -376,6 +438,7 @@ pub async fn redeploy(
     _: Operator,
     State(s): State<Arc<AppState>>,
     ApiPath(id): ApiPath<String>,
+    ApiQuery(NoQuery {}): ApiQuery<NoQuery>,
 ) -> ApiResult<Json<Value>> {
     check_uuid(&id)?;
     let st = s.clone();
@@ -416,6 +479,7 @@ pub async fn delete(
     _: Operator,
     State(s): State<Arc<AppState>>,
     ApiPath(id): ApiPath<String>,
+    ApiQuery(NoQuery {}): ApiQuery<NoQuery>,
 ) -> ApiResult<Json<Value>> {
     check_uuid(&id)?;
     let id2 = id.clone();
@@ -447,22 +511,35 @@ pub async fn rekey(
     _: Operator,
     State(s): State<Arc<AppState>>,
     ApiPath((id, host)): ApiPath<(String, String)>,
+    ApiQuery(q): ApiQuery<PairingKeyQuery>,
 ) -> ApiResult<Json<Value>> {
     check_uuid(&id)?;
+    let ttl = q.ttl()?;
     let key = new_secret("pk_");
     let st = s.clone();
     let (id2, host2, kh) = (id.clone(), host.clone(), hash_secret(&key));
-    s.db
+    let default_ttl = ms(s.cfg.pairing_key_ttl);
+    let expires_at = s
+        .db
         .write(move |c| {
             let tx = c.transaction()?;
             if exists(&tx, &id2)? == "deleted" {
                 return Err(ApiError::conflict("the instance is deleted"));
             }
+            // This request's lifetime, else the instance's, else the service's.
+            let instance_ttl: Option<i64> = tx.query_row(
+                "SELECT pairing_key_ttl_ms FROM instances WHERE id = ?1",
+                params![id2],
+                |r| r.get(0),
+            )?;
+            let expires_at = now_ms().saturating_add(ttl.or(instance_ttl).unwrap_or(default_ttl));
+            // A fresh key: unused, with its own expiry.
             let n = tx.execute(
-                "UPDATE hosts SET pairing_key_hash = ?3, credential_hash = NULL, paired_at = NULL,
+                "UPDATE hosts SET pairing_key_hash = ?3, pairing_key_expires_at = ?4,
+                 pairing_key_used_at = NULL, credential_hash = NULL, paired_at = NULL,
                  checks_active_since = NULL, health = 'unknown', unhealthy_reason = NULL, unhealthy_since = NULL
                  WHERE instance = ?1 AND name = ?2",
-                params![id2, host2, kh],
+                params![id2, host2, kh, expires_at],
             )?;
             if n == 0 {
                 return Err(ApiError::not_found(format!("no host {host2} in instance {id2}")));
@@ -475,18 +552,32 @@ pub async fn rekey(
             )?;
             dispatch::recompute_status(&st, &tx, &id2)?;
             tx.commit()?;
-            Ok(())
+            Ok(expires_at)
         })
         .await?;
     s.notify_instance(&id);
     let cmd = install_command(&s, &id, &host, &key);
     Ok(Json(
-        json!({"name": host, "pairing_key": key, "install_command": cmd}),
+        json!({"name": host, "pairing_key": key, "pairing_key_expires_at": expires_at, "install_command": cmd}),
     ))
 }
 
-fn step_json(r: &rusqlite::Row<'_>) -> rusqlite::Result<Value> {
-    let structured: Option<String> = r.get(19)?;
+/// Structured result text a step listing parses, all steps together: a
+/// parsed tree costs many times its text, so big ones are left to the
+/// result route (`structured_result` null, `structured_result_bytes` set).
+const LISTING_STRUCTURED_BUDGET: usize = 256 << 10;
+
+fn step_json(r: &rusqlite::Row<'_>, budget: &mut usize) -> rusqlite::Result<Value> {
+    let text: Option<String> = r.get(19)?;
+    let bytes = text.as_ref().map(String::len);
+    let structured = text.and_then(|t| {
+        let len = t.len();
+        if len > *budget {
+            return None;
+        }
+        *budget -= len;
+        StructuredJson::from_stored(t).parse_bounded(len).ok()
+    });
     Ok(json!({
         "host": r.get::<_, String>(0)?,
         "group": r.get::<_, String>(1)?,
@@ -507,7 +598,8 @@ fn step_json(r: &rusqlite::Row<'_>) -> rusqlite::Result<Value> {
         "log_truncated_bytes": r.get::<_, i64>(16)?,
         "result": r.get::<_, Option<String>>(17)?,
         "result_truncated_bytes": r.get::<_, i64>(18)?,
-        "structured_result": structured.and_then(|s| serde_json::from_str::<Value>(&s).ok()),
+        "structured_result": structured,
+        "structured_result_bytes": bytes,
         "error": r.get::<_, Option<String>>(20)?,
         "ever_ok": r.get::<_, bool>(21)?,
     }))
@@ -535,6 +627,7 @@ pub async fn steps(
     _: Operator,
     State(s): State<Arc<AppState>>,
     ApiPath((id, host)): ApiPath<(String, String)>,
+    ApiQuery(NoQuery {}): ApiQuery<NoQuery>,
 ) -> ApiResult<Json<Value>> {
     check_uuid(&id)?;
     s.db.read(move |c| {
@@ -549,8 +642,9 @@ pub async fn steps(
         let mut stmt = c.prepare(&format!(
             "SELECT {STEP_COLUMNS} FROM steps WHERE instance = ?1 AND host = ?2 ORDER BY grp, idx"
         ))?;
+        let mut budget = LISTING_STRUCTURED_BUDGET;
         let mut rows: Vec<Value> = stmt
-            .query_map(params![id, host], step_json)?
+            .query_map(params![id, host], |r| step_json(r, &mut budget))?
             .collect::<Result<_, _>>()?;
         rows.sort_by_key(|v| {
             let g = v["group"].as_str().unwrap_or("");
@@ -568,8 +662,10 @@ pub async fn result(
     _: Operator,
     State(s): State<Arc<AppState>>,
     ApiPath((id, host, group, index)): ApiPath<(String, String, String, u32)>,
+    ApiQuery(NoQuery {}): ApiQuery<NoQuery>,
 ) -> ApiResult<Json<Value>> {
     check_uuid(&id)?;
+    let limit = s.cfg.max_structured_bytes;
     s.db.read(move |c| {
         let row: Option<(String, Option<String>, Option<String>)> = c
             .query_row(
@@ -582,10 +678,22 @@ pub async fn result(
         let (status, raw, structured) = row.ok_or_else(|| {
             ApiError::not_found(format!("no step {host}/{group}/{index} in instance {id}"))
         })?;
+        // Parsed with the size and depth caps: rows an older service
+        // stored may be far bigger than today's limit.
+        let structured = structured
+            .map(|t| {
+                StructuredJson::from_stored(t).parse_bounded(limit).map_err(|e| {
+                    ApiError::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        format!("the stored structured result of {host}/{group}/{index} cannot be shown: {e}"),
+                    )
+                })
+            })
+            .transpose()?;
         Ok(Json(json!({
             "status": status,
             "raw": raw,
-            "structured": structured.and_then(|s| serde_json::from_str::<Value>(&s).ok()),
+            "structured": structured,
         })))
     })
     .await
@@ -595,6 +703,7 @@ pub async fn host_health(
     _: Operator,
     State(s): State<Arc<AppState>>,
     ApiPath((id, host)): ApiPath<(String, String)>,
+    ApiQuery(NoQuery {}): ApiQuery<NoQuery>,
 ) -> ApiResult<Json<Value>> {
     check_uuid(&id)?;
     s.db
@@ -618,6 +727,7 @@ pub async fn host_health(
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct RecoveryQuery {
     /// `open` or `resolved`.
     status: Option<String>,
@@ -659,6 +769,7 @@ pub async fn recovery_resolve(
     _: Operator,
     State(s): State<Arc<AppState>>,
     ApiPath(id): ApiPath<String>,
+    ApiQuery(NoQuery {}): ApiQuery<NoQuery>,
 ) -> ApiResult<Json<Value>> {
     let id2 = id.clone();
     s.db

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod attack;
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -147,7 +149,7 @@ impl Svc {
                 "POST",
                 "/v1/agent/pair",
                 None,
-                Some(&json!({"instance": id, "host": host, "pairing_key": key, "agent_version": "test", "protocol": 1})),
+                Some(&json!({"instance": id, "host": host, "pairing_key": key, "agent_version": "test", "protocol": ibkit_api::PROTOCOL_VERSION})),
             )
             .await;
         assert_eq!(status, 200, "pair: {body}");
@@ -167,6 +169,16 @@ pub struct Agent {
 }
 
 impl Agent {
+    /// An agent whose credential is already known (e.g. written into a
+    /// database by hand).
+    pub fn with_credential(credential: &str, host: &str) -> Agent {
+        Agent {
+            credential: credential.to_string(),
+            host: host.to_string(),
+            n: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
     pub async fn work(&self, svc: &Svc, wait_ms: u64, rev: Option<&str>) -> (u16, Value) {
         let q = match rev {
             Some(r) => format!("/v1/agent/work?wait_ms={wait_ms}&config_rev={r}"),

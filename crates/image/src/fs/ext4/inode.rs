@@ -105,6 +105,7 @@ impl Inode {
             mode: u32::from(self.mode & 0o7777),
             uid: self.uid,
             gid: self.gid,
+            ino: u64::from(self.ino),
         }
     }
 

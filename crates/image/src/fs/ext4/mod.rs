@@ -544,15 +544,49 @@ impl FileSystem for Ext4 {
 
 /// Fuzzing entry point: open `data` as an ext2/3/4 image and walk the whole
 /// tree (bounded: at most 10 000 inodes, depth 64, 64 KiB per file),
-/// ignoring every error. Must never panic, hang or allocate unboundedly.
+/// ignoring every error; then walk it again through the guest view with the
+/// [`Walker`](crate::guest::Walker) every rule uses, where a directory entry
+/// pointing back at its own directory or an ancestor (a fuzzer gets one by
+/// changing an inode number) must be listed once and the budgets must hold.
+/// Must never panic, hang or allocate unboundedly.
 pub fn fuzz_one(data: &[u8]) {
+    use crate::guest::{Guest, Visit, WalkLimits, Walker};
+
     let src: Source = Arc::new(data.to_vec());
     if !Ext4::probe(&*src) {
         return;
     }
     let Ok(fs) = Ext4::open(src) else { return };
     let _ = (fs.type_name(), fs.uuid(), fs.label());
+    let fs = Arc::new(fs);
+    walk_raw(&fs);
+
+    let guest = Guest::new(fs, "fuzz input".into());
+    let limits = WalkLimits {
+        max_dirs: 2_000,
+        max_entries: 10_000,
+        max_depth: 64,
+    };
+    let mut walker = Walker::new(&guest, limits);
+    walker.walk("/", |e| {
+        if e.kind == FileKind::File {
+            let _ = guest.read_head(e.path, 4096);
+        }
+        Visit::Descend
+    });
+    assert!(walker.dirs() <= limits.max_dirs && walker.entries() <= limits.max_entries);
+    let _ = (
+        walker.exhausted_note(),
+        walker.revisit_note(),
+        walker.too_deep_note(),
+    );
+}
+
+/// The first half of [`fuzz_one`]: the reader alone, path by path, each
+/// directory inode once (a loop would only burn the budget).
+fn walk_raw(fs: &Ext4) {
     let mut stack: Vec<(Vec<u8>, usize)> = vec![(b"/".to_vec(), 0)];
+    let mut listed = std::collections::HashSet::from([u64::from(ROOT_INO)]);
     let mut budget = 10_000usize;
     let mut sink = vec![0u8; 8192];
     while let Some((dir, depth)) = stack.pop() {
@@ -573,7 +607,9 @@ pub fn fuzz_one(data: &[u8]) {
                 continue;
             };
             match meta.kind {
-                FileKind::Dir if depth < 64 => stack.push((path, depth + 1)),
+                FileKind::Dir if depth < 64 && listed.insert(meta.ino) => {
+                    stack.push((path, depth + 1))
+                }
                 FileKind::File => {
                     if let Ok(r) = fs.open(&path) {
                         let mut r = r.take(64 * 1024);
