@@ -241,7 +241,7 @@ async fn two_vms_on_a_bridge_readopted_and_one_recreated() {
     )
     .await;
     assert!(status.contains("done"), "{status}");
-    let installed = exec(&sa, "cat /run/ibkit-test-installed").await;
+    let installed = exec(&sa, "sudo cat /run/ibkit-test-installed").await;
     assert!(
         installed.contains("--host a") && installed.contains(&instance.id.to_string()),
         "the deploy bootstrap ran install.sh from the service: {installed}"
