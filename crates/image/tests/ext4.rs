@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use ibkit_image::fs::ext4::{Ext4, fuzz_one};
 use ibkit_image::fs::{FileKind, FileSystem, FsError};
 use ibkit_image::source::{RawFile, Source};
+use ibkit_test_utils::with_deadline;
 
 // ---------------------------------------------------------------------------
 // helpers
@@ -395,25 +396,6 @@ fn roundtrip(args: &[&str], size: &str) -> (Scratch, Ext4) {
     assert!(n > 40, "compared only {n} entries");
     assert!(!fs.needs_recovery());
     (s, fs)
-}
-
-/// Run `f` on another thread; fail if it panics or takes longer than `limit`.
-fn with_deadline<T: Send + 'static>(
-    limit: Duration,
-    what: String,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> T {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    match rx.recv_timeout(limit) {
-        Ok(v) => v,
-        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-            panic!("{what}: did not finish within {limit:?}")
-        }
-        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => panic!("{what}: panicked"),
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1686,7 +1668,7 @@ fn hostile_indirect_self_reference() {
         let p = (dind * bs) as usize + i * 4;
         bytes[p..p + 4].copy_from_slice(&(dind as u32).to_le_bytes());
     }
-    with_deadline(Duration::from_secs(10), "dind self".into(), move || {
+    with_deadline(Duration::from_secs(10), "dind self", move || {
         let fs = open_bytes(bytes).unwrap();
         let mut r = fs.open(b"/big2m").unwrap();
         let mut out = Vec::new();
@@ -1729,7 +1711,7 @@ fn fuzz_one_on_directory_hard_link_loops() {
     let bytes = fs::read(&img).unwrap();
     with_deadline(
         Duration::from_secs(60),
-        "fuzz_one on directory loops".into(),
+        "fuzz_one on directory loops",
         move || fuzz_one(&bytes),
     );
 }

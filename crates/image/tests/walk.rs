@@ -22,7 +22,7 @@ use ibkit_image::fs::xfs::XfsFs;
 use ibkit_image::guest::{Visit, WalkBudget, WalkLimits, Walker};
 use ibkit_image::limits::GUEST_LOOKUP_CACHE_BYTES;
 use ibkit_image::source::{RawFile, Source};
-use ibkit_test_utils::{Container, FsType, Layout, Tree, Volume, build_image};
+use ibkit_test_utils::{Container, FsType, Layout, Tree, Volume, build_image, with_deadline};
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
@@ -33,26 +33,6 @@ fn run(cmd: &mut Command) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Run `f` on another thread; fail if it panics or outlives `limit` (a walk
-/// that loops must fail the test, not hang it).
-fn with_deadline<T: Send + 'static>(
-    limit: Duration,
-    what: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> T {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    match rx.recv_timeout(limit) {
-        Ok(v) => v,
-        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-            panic!("{what}: did not finish within {limit:?}")
-        }
-        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => panic!("{what}: panicked"),
-    }
 }
 
 fn source(img: &Path) -> Source {

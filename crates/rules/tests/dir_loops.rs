@@ -18,29 +18,11 @@ use std::time::{Duration, Instant};
 use ibkit_image::fs::dir::DirFs;
 use ibkit_image::{Guest, InspectOptions, inspect};
 use ibkit_rules::{CheckOptions, Context, Report, Status, check};
+use ibkit_test_utils::with_deadline;
 use support::{KVER, clean_tree};
 
 /// Longest a check of the crafted image may take (a hang fails the test).
 const DEADLINE: Duration = Duration::from_secs(120);
-
-/// Run `f` on another thread; fail if it panics or outlives `limit`.
-fn with_deadline<T: Send + 'static>(
-    limit: Duration,
-    what: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> T {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    match rx.recv_timeout(limit) {
-        Ok(v) => v,
-        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-            panic!("{what}: did not finish within {limit:?} (a directory loop walked forever?)")
-        }
-        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => panic!("{what}: panicked"),
-    }
-}
 
 /// Peak resident set of this process in KiB (`VmHWM`).
 fn peak_rss_kib() -> u64 {

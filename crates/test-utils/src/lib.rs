@@ -110,6 +110,7 @@
 //! (`pvck`, `vgs`/`lvs` on a loop device).
 
 mod cmd;
+mod deadline;
 mod disk;
 mod hash;
 mod host;
@@ -126,6 +127,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, bail, ensure};
 
+pub use deadline::with_deadline;
 pub use host::{Phase, is_root, link_exists};
 pub use qemu_img::{qcow2_over_raw, qemu_img};
 pub use spec::{Container, FsType, GptPart, Layout, PartTable, Volume};
