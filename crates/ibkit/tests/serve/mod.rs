@@ -365,11 +365,24 @@ impl Agent {
         self.child.as_ref().map(|c| c.id())
     }
 
+    /// The agent's credential, once it paired (waits up to 30 s: the agent
+    /// pairs in the background, and a test may get here first).
     pub fn credential(&self) -> String {
-        std::fs::read_to_string(self.dir.join("state/credential"))
-            .expect("credential file")
-            .trim()
-            .to_string()
+        let path = self.dir.join("state/credential");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            match std::fs::read_to_string(&path) {
+                Ok(c) if !c.trim().is_empty() => return c.trim().to_string(),
+                Ok(_) | Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                other => panic!(
+                    "no credential in {} after 30 s: {other:?}\nagent log:\n{}",
+                    path.display(),
+                    self.log()
+                ),
+            }
+        }
     }
 
     pub fn log(&self) -> String {
