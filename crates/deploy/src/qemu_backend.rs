@@ -165,24 +165,9 @@ fn io_err(what: &str, path: &Path, e: std::io::Error) -> BackendError {
     ))
 }
 
-/// Mode 0600 on `path`, whatever the umask made of it.
-fn set_private(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-}
-
 /// Create or truncate `path` with mode 0600 (set explicitly).
 fn private_file(path: &Path) -> Result<std::fs::File, BackendError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| io_err("cannot create", path, e))?;
-    set_private(path).map_err(|e| io_err("cannot make private", path, e))?;
-    Ok(f)
+    ibkit_vm::qemu::private_file(path).map_err(|e| io_err("cannot create", path, e))
 }
 
 /// Write `bytes` to `path`, mode 0600.
@@ -839,7 +824,8 @@ impl QemuBackend {
         private_file(&seed_img)?;
         seed::write_vfat("cidata", &files, &seed_img)
             .map_err(|e| BackendError::Other(format!("VM {id}: {e}")))?;
-        set_private(&seed_img).map_err(|e| io_err("cannot make private", &seed_img, e))?;
+        ibkit_vm::qemu::set_private(&seed_img)
+            .map_err(|e| io_err("cannot make private", &seed_img, e))?;
         let mut config = VmConfig::new(vm_name(r), image, dir);
         config.accel = self.accel;
         config.vcpus = r.flavor.vcpus;

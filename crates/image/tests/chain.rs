@@ -14,7 +14,8 @@ use ibkit_image::container::{BackingPolicy, Format, open_disk};
 use ibkit_image::inspect::{InspectOptions, inspect};
 use ibkit_image::source::RawFile;
 use ibkit_test_utils::{
-    Container, FsType, Layout, Tree, Volume, build_image, qcow2_over_raw, qemu_img,
+    Container, FsType, Layout, Tree, Volume, build_image, qcow2_naming_backing, qcow2_over_raw,
+    qemu_img,
 };
 use serde_json::Value;
 
@@ -120,19 +121,7 @@ fn backing_file_on_a_host_path_is_refused() {
         let top = d.path().join("top.qcow2");
         let _ = std::fs::remove_file(&top);
         // What `deploy` was given: QEMU would open the backing file as the disk.
-        qemu_img(&[
-            "create",
-            "-q",
-            "-u",
-            "-f",
-            "qcow2",
-            "-F",
-            "raw",
-            "-b",
-            backing,
-            s(&top),
-            "16M",
-        ]);
+        qcow2_naming_backing(&top, backing);
         let seen = info(&["-f", "qcow2", s(&top)]);
         assert_eq!(seen["backing-filename"], backing);
         match approve(&top, &BackingPolicy::default()) {
@@ -206,19 +195,7 @@ fn fifo_as_backing_file_or_image_is_refused_without_hanging() {
     let fifo = d.path().join("base.raw");
     mkfifo(&fifo);
     let top = d.path().join("top.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-u",
-        "-f",
-        "qcow2",
-        "-F",
-        "raw",
-        "-b",
-        "base.raw",
-        s(&top),
-        "16M",
-    ]);
+    qcow2_naming_backing(&top, "base.raw");
 
     for (image, label) in [
         (top.clone(), "FIFO backing file"),
@@ -262,19 +239,7 @@ fn other_special_files_are_refused() {
         eprintln!("mknod needs root; skipping the device case");
         return;
     }
-    qemu_img(&[
-        "create",
-        "-q",
-        "-u",
-        "-f",
-        "qcow2",
-        "-F",
-        "raw",
-        "-b",
-        "zero",
-        s(&top),
-        "16M",
-    ]);
+    qcow2_naming_backing(&top, "zero");
     let e = within_10s(move || approve(&top, &BackingPolicy::default()).err()).expect("refused");
     let text = format!(
         "{e}: {}",

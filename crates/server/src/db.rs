@@ -132,7 +132,7 @@ pub struct Db {
 /// database file's mode) that an older ibkit left world-readable: it holds
 /// every script, environment variable and result.
 fn make_private(path: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    use std::os::unix::fs::OpenOptionsExt as _;
     std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -141,14 +141,8 @@ fn make_private(path: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create {}", path.display()))?;
     for suffix in ["", "-wal", "-shm"] {
         let p = PathBuf::from(format!("{}{suffix}", path.display()));
-        match std::fs::symlink_metadata(&p) {
-            Ok(m) if m.permissions().mode() & 0o077 != 0 => {
-                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))
-                    .with_context(|| format!("cannot make {} private", p.display()))?;
-            }
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("cannot read {}", p.display())),
+        if p.symlink_metadata().is_ok() {
+            crate::narrow_to_owner(&p)?;
         }
     }
     Ok(())

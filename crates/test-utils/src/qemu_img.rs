@@ -29,3 +29,13 @@ pub fn qcow2_over_raw(dir: &Path) -> (PathBuf, PathBuf) {
     ]);
     (top, base)
 }
+
+/// A 16 MiB qcow2 at `top` whose header names `backing` (declared raw),
+/// made without qemu-img opening it (`-u`): how a crafted image points at
+/// a file of the host's choosing.
+pub fn qcow2_naming_backing(top: &Path, backing: &str) {
+    let top_str = top.to_str().expect("a UTF-8 temporary path");
+    qemu_img(&[
+        "create", "-q", "-u", "-f", "qcow2", "-F", "raw", "-b", backing, top_str, "16M",
+    ]);
+}

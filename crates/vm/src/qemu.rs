@@ -564,14 +564,14 @@ pub async fn create_overlay(
 }
 
 /// `chmod 0600`, whatever the umask made of it.
-fn set_private(path: &Path) -> std::io::Result<()> {
+pub fn set_private(path: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
 }
 
 /// Create (or truncate) `path` with mode 0600 before QEMU or virtiofsd
 /// writes it: they keep the mode of an existing file.
-fn private_file(path: &Path) -> std::io::Result<std::fs::File> {
+pub fn private_file(path: &Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
     let f = std::fs::OpenOptions::new()
         .write(true)

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ibkit_test_utils::{
-    Container, FsType, Layout, Tree, Volume, build_image, qcow2_over_raw, qemu_img,
+    Container, FsType, Layout, Tree, Volume, build_image, qcow2_naming_backing, qcow2_over_raw,
+    qemu_img,
 };
 use ibkit_vm::qemu::{disk_args, overlay_create_args, qemu_img_info_args};
 use ibkit_vm::{Vm, VmConfig, VmError, approve_image};
@@ -87,19 +88,7 @@ async fn backing_file_on_a_host_path_is_refused_before_qemu_img_create() {
     for backing in [s(&secret), "/dev/null"] {
         let top = d.path().join("top.qcow2");
         let _ = std::fs::remove_file(&top);
-        qemu_img(&[
-            "create",
-            "-q",
-            "-u",
-            "-f",
-            "qcow2",
-            "-F",
-            "raw",
-            "-b",
-            backing,
-            s(&top),
-            "16M",
-        ]);
+        qcow2_naming_backing(&top, backing);
         let err = approve_image("gate", &top).await.expect_err("refused");
         let text = err.to_string();
         assert!(matches!(err, VmError::Image { .. }), "{text}");
