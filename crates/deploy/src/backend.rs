@@ -44,20 +44,12 @@
 //!   moves `serial.log` and the overlay to
 //!   `STATE/deploy/<instance>/evidence/<host>-a<attempt>-<time>/`.
 //!
-//! # OpenStack backend (later)
+//! # OpenStack backend ([`crate::openstack`])
 //!
-//! - **Image:** a Glance image by name or id (`hosts[].image`), uploaded by
-//!   the vendor beforehand; **flavor:** the smallest Nova flavor with at
-//!   least the requested vCPUs, memory and disk (or one named explicitly).
-//! - **Network:** a Neutron network and subnet per instance (or a given
-//!   one), a port per VM; the service must be reachable from that network.
-//! - **VM:** a Nova server `ibkit-<instance>-<host>-a<attempt>` with
-//!   `user_data` base64-encoded (at most 65535 bytes encoded, see
-//!   [`crate::userdata::fits_openstack`]), `config_drive: true`, and
-//!   metadata `ibkit-instance`, `ibkit-host`, `ibkit-attempt`,
-//!   `ibkit-config-hash`, which `list` filters and reads back.
-//! - **Evidence:** the console log (`os-getConsoleOutput`) saved locally
-//!   and, with `keep_evidence`, a snapshot of the server before deletion.
+//! Nova servers named `ibkit-<instance>-<host>-a<attempt>` with metadata
+//! naming instance, host, attempt and config hash (which `list` reads
+//! back), a config drive and base64 user data; a tagged Neutron port each,
+//! on a per-instance network; evidence is the console log.
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -174,6 +166,9 @@ pub enum BackendError {
 /// A place to run VMs. Futures are `Send` so a multi-threaded runtime can
 /// drive several hosts at once; the trait need not be object safe.
 pub trait ComputeBackend: Send + Sync {
+    /// What deployment records remember about this backend.
+    fn spec(&self) -> crate::store::BackendSpec;
+
     /// Creates and starts a VM; returns once it is started (not booted).
     fn create_vm(
         &self,
@@ -238,6 +233,10 @@ mod tests {
     }
 
     impl ComputeBackend for Fake {
+        fn spec(&self) -> crate::store::BackendSpec {
+            crate::store::BackendSpec::Qemu
+        }
+
         async fn create_vm(&self, r: VmRequest) -> Result<VmHandle, BackendError> {
             let id = format!("{}-{}-a{}", r.instance.name, r.host, r.attempt);
             let handle = VmHandle {

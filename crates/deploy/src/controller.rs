@@ -147,6 +147,19 @@ impl<B: ComputeBackend> Controller<B> {
         (self.progress)(line);
     }
 
+    /// A deployment is only driven through the backend it runs on: the
+    /// other one would not find its VMs (and `down` would leak them).
+    fn check_backend(&self, record: &DeploymentRecord) -> Result<(), DeployError> {
+        let here = self.backend.spec();
+        if record.backend == here {
+            return Ok(());
+        }
+        Err(DeployError::Refused(format!(
+            "{} runs on {}, not on {here} (pass the backend options it was deployed with)",
+            record.name, record.backend
+        )))
+    }
+
     fn instance_ref(r: &DeploymentRecord) -> InstanceRef {
         InstanceRef {
             id: r.instance_id,
@@ -182,6 +195,7 @@ impl<B: ComputeBackend> Controller<B> {
                 let now = now_ms();
                 let mut record = DeploymentRecord {
                     name: name.clone(),
+                    backend: self.backend.spec(),
                     instance_id: created.id,
                     status: DeployStatus::Applying,
                     status_reason: None,
@@ -202,6 +216,7 @@ impl<B: ComputeBackend> Controller<B> {
                 (record, keys, all, AttemptKind::Create)
             }
             Some(mut record) => {
+                self.check_backend(&record)?;
                 let old: Vec<&String> = record.hosts.keys().collect();
                 let mut new: Vec<&String> = manifest.hosts.iter().map(|h| &h.name).collect();
                 new.sort();
@@ -415,7 +430,16 @@ impl<B: ComputeBackend> Controller<B> {
         let request = VmRequest {
             instance,
             host: host.to_string(),
-            image: manifest.image_path(def).display().to_string(),
+            // A file as resolved against the manifest, else the name as
+            // written (a Glance image name or id).
+            image: {
+                let path = manifest.image_path(def);
+                if path.is_file() {
+                    path.display().to_string()
+                } else {
+                    def.image.clone()
+                }
+            },
             flavor: def.flavor,
             user_data,
             config_hash: def.config_hash(),
@@ -683,6 +707,7 @@ impl<B: ComputeBackend> Controller<B> {
             return Ok(());
         };
         let mut record = self.store.load(name)?;
+        self.check_backend(&record)?;
         let active = record.status == DeployStatus::Running
             || record.hosts.values().any(|h| h.pending.is_some());
         if !active || record.status == DeployStatus::Deleted {
@@ -917,7 +942,14 @@ impl<B: ComputeBackend> Controller<B> {
         tokio::pin!(stop);
         loop {
             let names = if names.is_empty() {
-                self.store.names().unwrap_or_default()
+                // Every deployment on this backend (the others have theirs).
+                let here = self.backend.spec();
+                self.store
+                    .names()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|n| self.store.load(n).is_ok_and(|r| r.backend == here))
+                    .collect()
             } else {
                 names.to_vec()
             };
@@ -936,6 +968,7 @@ impl<B: ComputeBackend> Controller<B> {
     /// The record with what the service and the backend say now.
     pub async fn status(&self, name: &str) -> Result<StatusView, DeployError> {
         let record = self.store.load(name)?;
+        self.check_backend(&record)?;
         let service = if record.status == DeployStatus::Deleted {
             None
         } else {
@@ -1039,6 +1072,7 @@ impl<B: ComputeBackend> Controller<B> {
             .lock(&format!("down {name}"), Duration::from_secs(600))
             .await?;
         let mut record = self.store.load(name)?;
+        self.check_backend(&record)?;
         let keep = match keep_evidence {
             Some(k) => k,
             None => record
@@ -1302,6 +1336,7 @@ window = "1h"
         };
         let record = DeploymentRecord {
             name: "demo".into(),
+            backend: crate::store::BackendSpec::Qemu,
             instance_id: uuid::Uuid::nil(),
             status: DeployStatus::Running,
             status_reason: None,

@@ -1,5 +1,5 @@
 //! `ibkit deploy`: a service instance from a vendor image, deployed onto a
-//! compute backend (local QEMU first, OpenStack later).
+//! compute backend: local QEMU or an OpenStack cloud.
 //!
 //! - [`manifest`]: the deployment manifest (`deploy.toml`), its validation
 //!   (every error names its path) and the [`ibkit_api::InstanceSpec`] it
@@ -16,22 +16,27 @@
 //!   lock shared by the commands);
 //! - [`recovery`]: when a dead VM is recreated (backoff, cap per window);
 //! - [`backend`]: the compute backend interface the QEMU and OpenStack
-//!   backends implement;
+//!   backends implement; [`any_backend`]: the one chosen at run time;
 //! - [`qemu_backend`]: the local QEMU backend (detached VMs on a private
-//!   bridge with dnsmasq DHCP, state on disk).
+//!   bridge with dnsmasq DHCP, state on disk);
+//! - [`openstack`]: the OpenStack backend (clouds.yaml, a thin Keystone /
+//!   Nova / Glance / Neutron client, Nova servers, `gc` of leftovers).
 //!
 //! See `docs/deploy.md` for the manifest reference and the lifecycle.
 
+pub mod any_backend;
 pub mod backend;
 pub mod client;
 pub mod controller;
 pub mod manifest;
+pub mod openstack;
 pub mod outputs;
 pub mod qemu_backend;
 pub mod recovery;
 pub mod store;
 pub mod userdata;
 
+pub use any_backend::AnyBackend;
 pub use backend::{
     BackendError, ComputeBackend, Evidence, InstanceRef, VmHandle, VmInfo, VmRequest, VmState,
 };
@@ -41,8 +46,9 @@ pub use manifest::{
     DeployManifest, FieldError, Flavor, HostDef, InstanceSettings, ManifestError, OutputDef,
     RecoveryPolicy, UserDataSpec, ValidationErrors,
 };
+pub use openstack::{OpenStackBackend, OpenStackSettings};
 pub use outputs::{OutputValue, StepResultView, format_outputs, render_outputs};
 pub use qemu_backend::{NetworkConfig, QemuBackend};
 pub use recovery::{RecoveryDecision, RecoveryHistory};
-pub use store::{DeployStatus, DeploymentRecord, Store};
+pub use store::{BackendSpec, DeployStatus, DeploymentRecord, Store};
 pub use userdata::{AgentBootstrap, Secret, UserDataError, render_user_data};

@@ -1051,6 +1051,10 @@ fn write_record(dir: &Path, r: &VmRecord) -> Result<(), BackendError> {
 }
 
 impl ComputeBackend for QemuBackend {
+    fn spec(&self) -> crate::store::BackendSpec {
+        crate::store::BackendSpec::Qemu
+    }
+
     async fn create_vm(&self, request: VmRequest) -> Result<VmHandle, BackendError> {
         self.create(request).await
     }

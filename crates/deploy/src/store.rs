@@ -161,6 +161,9 @@ pub struct RecoveryEvent {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeploymentRecord {
     pub name: String,
+    /// Where its VMs run; records older than the field ran on QEMU.
+    #[serde(default)]
+    pub backend: BackendSpec,
     pub instance_id: uuid::Uuid,
     pub status: DeployStatus,
     pub status_reason: Option<String>,
@@ -174,6 +177,31 @@ pub struct DeploymentRecord {
     pub recoveries: Vec<RecoveryEvent>,
     pub created_ms: u64,
     pub updated_ms: u64,
+}
+
+/// Which backend a deployment runs on, and enough to reach it again
+/// (`status`, `down` and `watch` use the deployment's own backend).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum BackendSpec {
+    #[default]
+    Qemu,
+    Openstack {
+        /// The clouds.yaml entry (`envvars` for `OS_*` variables).
+        cloud: String,
+        /// `--os-network`, when the VMs went onto an existing network.
+        #[serde(default)]
+        network: Option<String>,
+    },
+}
+
+impl std::fmt::Display for BackendSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BackendSpec::Qemu => f.write_str("the local QEMU backend"),
+            BackendSpec::Openstack { cloud, .. } => write!(f, "OpenStack cloud {cloud}"),
+        }
+    }
 }
 
 impl DeploymentRecord {
@@ -376,6 +404,7 @@ mod tests {
     fn record(name: &str) -> DeploymentRecord {
         DeploymentRecord {
             name: name.into(),
+            backend: BackendSpec::Qemu,
             instance_id: uuid::Uuid::new_v4(),
             status: DeployStatus::Applying,
             status_reason: None,

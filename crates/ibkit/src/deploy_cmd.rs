@@ -1,5 +1,6 @@
-//! `ibkit deploy up|status|outputs|down|watch|list`: the command line of
-//! `ibkit-deploy`'s controller on the local QEMU backend.
+//! `ibkit deploy up|status|outputs|down|watch|list|gc`: the command line of
+//! `ibkit-deploy`'s controller, on the local QEMU backend or an OpenStack
+//! cloud (`--backend openstack`).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -8,10 +9,14 @@ use std::time::Instant;
 use anyhow::{Context as _, Result, bail};
 use clap::{Subcommand, ValueEnum};
 use ibkit_deploy::controller::Progress;
+use ibkit_deploy::openstack::{
+    CloudApi, ConfigSources, OpenStackBackend, OpenStackSettings, load_cloud,
+};
 use ibkit_deploy::outputs::format_outputs;
 use ibkit_deploy::qemu_backend::{NetworkConfig, QemuBackend};
 use ibkit_deploy::{
-    Controller, DeployManifest, DeployStatus, ServiceClient, ServiceEndpoint, StatusView, Store,
+    AnyBackend, BackendSpec, Controller, DeployManifest, DeployStatus, ServiceClient,
+    ServiceEndpoint, StatusView, Store,
 };
 use ibkit_vm::Accel;
 
@@ -84,6 +89,50 @@ enum DeployCommand {
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
     },
+    /// OpenStack: delete the servers, ports, routers and networks ibkit
+    /// created (by tag and metadata) whose deployment is not in --state
+    /// any more: what an interrupted `up` or a lost state directory left.
+    Gc {
+        /// Only resources at least this old (e.g. 30m, 2h, 1d).
+        #[arg(long, default_value = "1h")]
+        older_than: ibkit_api::Duration,
+        /// List what would be deleted; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum BackendKind {
+    /// VMs on this machine (QEMU, a private bridge).
+    Qemu,
+    /// Nova servers on the cloud from clouds.yaml (--os-cloud).
+    Openstack,
+}
+
+/// The OpenStack backend's cloud and network.
+#[derive(clap::Args, Clone)]
+struct OpenStackArgs {
+    /// The cloud in clouds.yaml (default: $OS_CLOUD, else the only cloud in
+    /// the file, else the OS_* variables).
+    #[arg(long, global = true)]
+    os_cloud: Option<String>,
+    /// Put every server on this existing network (name or id) instead of
+    /// a network, subnet and router per deployment.
+    #[arg(long, global = true)]
+    os_network: Option<String>,
+    /// The external network of the per-deployment router (default: the
+    /// only one; none: no router).
+    #[arg(long, global = true)]
+    os_external_network: Option<String>,
+    /// The per-deployment subnet.
+    #[arg(long, global = true, default_value = "192.168.77.0/24")]
+    os_subnet_cidr: String,
+    /// How long a server may take to become ACTIVE.
+    #[arg(long, global = true, default_value = "15m")]
+    os_active_timeout: ibkit_api::Duration,
 }
 
 /// The local QEMU backend's network and accelerator (`ibkit deploy`, and
@@ -118,8 +167,20 @@ struct Common {
     /// bridge address).
     #[arg(long, global = true)]
     guest_service_url: Option<String>,
+    /// Where new deployments run; commands on an existing deployment use
+    /// the backend it was deployed on.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "IBKIT_DEPLOY_BACKEND",
+        default_value = "qemu"
+    )]
+    backend: BackendKind,
     #[command(flatten)]
     qemu: QemuArgs,
+    #[command(flatten)]
+    openstack: OpenStackArgs,
     /// No progress lines on stderr.
     #[arg(long, short, global = true)]
     quiet: bool,
@@ -166,38 +227,90 @@ fn resolve_name(target: &str) -> Result<String> {
     Ok(target.to_string())
 }
 
-async fn controller(c: &Common) -> Result<Controller<QemuBackend>> {
-    let endpoint = c.service.endpoint()?;
-    controller_for(
-        &c.state,
-        endpoint,
-        &c.qemu,
-        c.guest_service_url.clone(),
-        progress(c.quiet),
-    )
-    .await
+/// The backend new deployments go to, from the flags.
+fn spec_from_flags(c: &Common) -> BackendSpec {
+    match c.backend {
+        BackendKind::Qemu => BackendSpec::Qemu,
+        BackendKind::Openstack => BackendSpec::Openstack {
+            // Resolved (from $OS_CLOUD or the only cloud) in `backend_for`.
+            cloud: c.openstack.os_cloud.clone().unwrap_or_default(),
+            network: c.openstack.os_network.clone(),
+        },
+    }
 }
 
-async fn controller_for(
-    state: &Path,
-    endpoint: ServiceEndpoint,
-    qemu: &QemuArgs,
-    guest_service_url: Option<String>,
-    progress: Progress,
-) -> Result<Controller<QemuBackend>> {
+/// The backend a deployment runs on: its record's, else the flags'.
+fn spec_for(c: &Common, name: Option<&str>) -> Result<BackendSpec> {
+    if let Some(name) = name {
+        let store = Store::open(&c.state)?;
+        if let Ok(record) = store.load(name) {
+            return Ok(record.backend);
+        }
+    }
+    Ok(spec_from_flags(c))
+}
+
+fn qemu_backend(state: &Path, qemu: &QemuArgs) -> Result<(QemuBackend, NetworkConfig)> {
     let network = parse_network(&qemu.network, &qemu.bridge)?;
-    let store = Store::open(state)?;
     let accel = match qemu.accel {
         DeployAccel::Tcg => Accel::Tcg,
         DeployAccel::Kvm => Accel::Kvm,
     };
     let backend = QemuBackend::new(state.join("qemu"), network.clone())?.with_accel(accel);
-    let guest_url = match guest_service_url {
-        Some(u) => u,
-        None => ibkit_deploy::client::with_host(&endpoint.url, &network.host_addr.to_string())?,
+    Ok((backend, network))
+}
+
+fn openstack_backend(c: &Common, cloud: &str, network: Option<String>) -> Result<OpenStackBackend> {
+    let wanted = (!cloud.is_empty()).then_some(cloud);
+    let config = load_cloud(wanted, &ConfigSources::from_env())?;
+    let api = CloudApi::new(config)?;
+    let mut settings = OpenStackSettings::new(c.state.join("openstack").join("evidence"));
+    settings.network = network;
+    settings.external_network = c.openstack.os_external_network.clone();
+    settings.subnet_cidr = c.openstack.os_subnet_cidr.clone();
+    settings.active_timeout = c.openstack.os_active_timeout.to_std();
+    Ok(OpenStackBackend::new(api, settings))
+}
+
+/// A controller for the deployment `name` (on its own backend), or for new
+/// deployments (`None`: the flags' backend).
+async fn controller(c: &Common, name: Option<&str>) -> Result<Controller<AnyBackend>> {
+    let endpoint = c.service.endpoint()?;
+    let spec = spec_for(c, name)?;
+    let (backend, guest_url) = match spec {
+        BackendSpec::Qemu => {
+            let (backend, network) = qemu_backend(&c.state, &c.qemu)?;
+            let guest_url = match &c.guest_service_url {
+                Some(u) => u.clone(),
+                None => {
+                    ibkit_deploy::client::with_host(&endpoint.url, &network.host_addr.to_string())?
+                }
+            };
+            (AnyBackend::Qemu(backend), guest_url)
+        }
+        BackendSpec::Openstack { cloud, network } => {
+            let backend = openstack_backend(c, &cloud, network)?;
+            // Only `up` and recoveries hand the URL to VMs; they check it.
+            let guest_url = c
+                .guest_service_url
+                .clone()
+                .unwrap_or_else(|| endpoint.url.clone());
+            (AnyBackend::OpenStack(Box::new(backend)), guest_url)
+        }
     };
+    let store = Store::open(&c.state)?;
     let client = ServiceClient::new(&endpoint)?;
-    Ok(Controller::new(backend, client, store, guest_url, progress).await?)
+    Ok(Controller::new(backend, client, store, guest_url, progress(c.quiet)).await?)
+}
+
+/// Servers on a cloud cannot reach the service at a loopback address.
+fn require_guest_url(c: &Common, spec: &BackendSpec) -> Result<()> {
+    if spec != &BackendSpec::Qemu && c.guest_service_url.is_none() {
+        bail!(
+            "--backend openstack needs --guest-service-url: the address at which servers on the cloud reach `ibkit serve` (e.g. its floating IP)"
+        );
+    }
+    Ok(())
 }
 
 /// `ibkit serve --recover-deployments DIR`: the recovery rounds of every
@@ -218,11 +331,14 @@ pub async fn recover_in_service(
         operator_token: ibkit_deploy::Secret::new(token.trim()),
     };
     // VMs reach the service on the bridge address, at the bound port.
-    let ctl = controller_for(
-        &deploy_state,
-        endpoint,
-        &qemu,
-        None,
+    let (backend, network) = qemu_backend(&deploy_state, &qemu)?;
+    let guest_url = ibkit_deploy::client::with_host(&endpoint.url, &network.host_addr.to_string())?;
+    let client = ServiceClient::new(&endpoint)?;
+    let ctl = Controller::new(
+        AnyBackend::Qemu(backend),
+        client,
+        Store::open(&deploy_state)?,
+        guest_url,
         Box::new(|line: &str| eprintln!("ibkit serve: recovery: {line}")),
     )
     .await?;
@@ -359,17 +475,22 @@ async fn run_async(a: DeployArgs) -> Result<ExitCode> {
             // Refuse a broken manifest, or a missing image, before touching
             // anything.
             let m = DeployManifest::load_validated(&manifest)?;
-            for h in &m.hosts {
-                let image = m.image_path(h);
-                if !image.is_file() {
-                    bail!(
-                        "host {}: image {} is not a file (hosts[].image is relative to the manifest's directory)",
-                        h.name,
-                        image.display()
-                    );
+            let spec = spec_for(c, Some(&m.instance.name))?;
+            if spec == BackendSpec::Qemu {
+                for h in &m.hosts {
+                    let image = m.image_path(h);
+                    if !image.is_file() {
+                        bail!(
+                            "host {}: image {} is not a file (hosts[].image is relative to the manifest's directory)",
+                            h.name,
+                            image.display()
+                        );
+                    }
                 }
+            } else {
+                require_guest_url(c, &spec)?;
             }
-            let ctl = controller(c).await?;
+            let ctl = controller(c, Some(&m.instance.name)).await?;
             let record = tokio::select! {
                 r = ctl.up(&manifest) => r?,
                 _ = until_interrupted() => {
@@ -406,7 +527,7 @@ async fn run_async(a: DeployArgs) -> Result<ExitCode> {
         }
         DeployCommand::Status { target, format } => {
             let name = resolve_name(&target)?;
-            let ctl = controller(c).await?;
+            let ctl = controller(c, Some(&name)).await?;
             let status = ctl.status(&name).await?;
             if format == Format::Json {
                 print_json(&status)?;
@@ -421,7 +542,7 @@ async fn run_async(a: DeployArgs) -> Result<ExitCode> {
             format,
         } => {
             let name = resolve_name(&target)?;
-            let ctl = controller(c).await?;
+            let ctl = controller(c, Some(&name)).await?;
             let outputs = ctl.outputs(&name).await?;
             if format == Format::Json {
                 let v: serde_json::Map<String, serde_json::Value> = outputs
@@ -443,12 +564,15 @@ async fn run_async(a: DeployArgs) -> Result<ExitCode> {
             no_evidence,
         } => {
             let name = resolve_name(&target)?;
-            let ctl = controller(c).await?;
+            let ctl = controller(c, Some(&name)).await?;
             ctl.down(&name, no_evidence.then_some(false)).await?;
             Ok(ExitCode::SUCCESS)
         }
         DeployCommand::Watch { names } => {
-            let ctl = controller(c).await?;
+            // Named deployments on their backend; all: the flags' backend.
+            let spec = spec_for(c, names.first().map(String::as_str))?;
+            require_guest_url(c, &spec)?;
+            let ctl = controller(c, names.first().map(String::as_str)).await?;
             eprintln!(
                 "ibkit deploy: watching {} (Ctrl-C stops)",
                 if names.is_empty() {
@@ -483,6 +607,52 @@ async fn run_async(a: DeployArgs) -> Result<ExitCode> {
                     ));
                 }
                 crate::write_stdout(&s)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        DeployCommand::Gc {
+            older_than,
+            dry_run,
+            format,
+        } => {
+            let BackendSpec::Openstack { cloud, network } = spec_from_flags(c) else {
+                bail!(
+                    "gc sweeps an OpenStack cloud: pass --backend openstack (QEMU VMs live in --state and go with `down`)"
+                );
+            };
+            let backend = openstack_backend(c, &cloud, network)?;
+            let store = Store::open(&c.state)?;
+            let mut live = std::collections::BTreeSet::new();
+            for name in store.names()? {
+                let r = store.load(&name)?;
+                if r.status != DeployStatus::Deleted {
+                    live.insert(r.instance_id);
+                }
+            }
+            let report = backend.sweep(&live, older_than.to_std(), dry_run).await?;
+            if format == Format::Json {
+                print_json(&serde_json::json!({
+                    "dry_run": dry_run, "deleted": report, "total": report.total(),
+                }))?;
+            } else {
+                let verb = if dry_run { "would delete" } else { "deleted" };
+                let mut out = String::new();
+                for (kind, items) in [
+                    ("server", &report.servers),
+                    ("port", &report.ports),
+                    ("router", &report.routers),
+                    ("network", &report.networks),
+                ] {
+                    for i in items {
+                        out.push_str(&format!("{verb} {kind} {i}\n"));
+                    }
+                }
+                out.push_str(&format!(
+                    "{} {verb}, {} kept (live deployments or younger than {older_than})\n",
+                    report.total(),
+                    report.kept
+                ));
+                crate::write_stdout(&out)?;
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -287,6 +287,44 @@ fn now_unix() -> u64 {
         .unwrap_or(0)
 }
 
+/// The Unix time of "2026-11-27T04:00:00Z" (also with fractional seconds,
+/// "+00:00" or no zone, as OpenStack writes `created`/`created_at`); `None`
+/// for anything else. Inverse of [`format_utc`].
+pub fn parse_utc(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (date, time) = s.split_once(['T', ' '])?;
+    let time = time
+        .strip_suffix('Z')
+        .or_else(|| time.strip_suffix("+00:00"))
+        .unwrap_or(time);
+    let time = time.split_once('.').map_or(time, |(t, _)| t);
+    let num = |p: &str| -> Option<i64> {
+        if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) || p.len() > 4 {
+            return None;
+        }
+        p.parse().ok()
+    };
+    let mut d = date.split('-');
+    let (y, m, day) = (num(d.next()?)?, num(d.next()?)?, num(d.next()?)?);
+    let mut t = time.split(':');
+    let (hh, mm, ss) = (num(t.next()?)?, num(t.next()?)?, num(t.next()?)?);
+    if d.next().is_some() || t.next().is_some() {
+        return None;
+    }
+    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || hh > 23 || mm > 59 || ss > 60 {
+        return None;
+    }
+    // Howard Hinnant's days_from_civil.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(days * 86_400 + hh * 3600 + mm * 60 + ss).ok()
+}
+
 /// "2026-11-27T04:00:00Z" for a Unix time (UTC, no leap seconds).
 pub fn format_utc(unix: u64) -> String {
     let days = (unix / 86_400) as i64;
@@ -377,6 +415,27 @@ mod tests {
         assert_eq!(format_utc(0), "1970-01-01T00:00:00Z");
         assert_eq!(format_utc(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(format_utc(1_795_752_000), "2026-11-27T04:00:00Z");
+    }
+
+    #[test]
+    fn utc_parsing_inverts_formatting() {
+        for t in [0, 951_782_400, 1_795_752_000, 4_102_444_799] {
+            assert_eq!(parse_utc(&format_utc(t)), Some(t));
+        }
+        assert_eq!(
+            parse_utc("2026-11-27T04:00:00.123456+00:00"),
+            Some(1_795_752_000)
+        );
+        assert_eq!(parse_utc("2026-11-27T04:00:00"), Some(1_795_752_000));
+        for bad in [
+            "",
+            "2026-13-01T00:00:00Z",
+            "2026-11-27",
+            "x-1-1T1:1:1",
+            "2026-11-27T04:00",
+        ] {
+            assert_eq!(parse_utc(bad), None, "{bad}");
+        }
     }
 
     #[test]
