@@ -74,6 +74,10 @@ pub struct VmRequest {
     /// a Glance image name or id (OpenStack).
     pub image: String,
     pub flavor: Flavor,
+    /// OpenStack: a Nova flavor by name or id, overriding `flavor`.
+    pub os_flavor: Option<String>,
+    /// TCP ports open to anyone (OpenStack security group; SSH always).
+    pub ports: Vec<u16>,
     /// The MIME multipart from [`crate::userdata::render_user_data`]; holds
     /// the host's pairing key.
     pub user_data: Vec<u8>,
@@ -91,6 +95,8 @@ impl std::fmt::Debug for VmRequest {
             .field("host", &self.host)
             .field("image", &self.image)
             .field("flavor", &self.flavor)
+            .field("os_flavor", &self.os_flavor)
+            .field("ports", &self.ports)
             .field(
                 "user_data",
                 &format_args!("<{} bytes>", self.user_data.len()),
@@ -329,6 +335,8 @@ mod tests {
             host: "primary".into(),
             image: "app.qcow2".into(),
             flavor: Flavor::default(),
+            os_flavor: None,
+            ports: Vec::new(),
             user_data: b"key inside".to_vec(),
             config_hash: "h".into(),
             attempt,

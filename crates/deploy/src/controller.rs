@@ -441,6 +441,8 @@ impl<B: ComputeBackend> Controller<B> {
                 }
             },
             flavor: def.flavor,
+            os_flavor: def.os_flavor.clone(),
+            ports: def.ports.clone(),
             user_data,
             config_hash: def.config_hash(),
             attempt: seq,

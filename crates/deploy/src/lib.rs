@@ -15,6 +15,7 @@
 //! - [`store`]: what is remembered per deployment (atomic JSON records, a
 //!   lock shared by the commands);
 //! - [`recovery`]: when a dead VM is recreated (backoff, cap per window);
+//!   [`fleet`]: recovery rounds for deployments on several backends;
 //! - [`backend`]: the compute backend interface the QEMU and OpenStack
 //!   backends implement; [`any_backend`]: the one chosen at run time;
 //! - [`qemu_backend`]: the local QEMU backend (detached VMs on a private
@@ -28,6 +29,7 @@ pub mod any_backend;
 pub mod backend;
 pub mod client;
 pub mod controller;
+pub mod fleet;
 pub mod manifest;
 pub mod openstack;
 pub mod outputs;

@@ -18,6 +18,8 @@
 //! name = "primary"
 //! image = "images/app.qcow2"  # relative to this file (QEMU) or an image name (OpenStack)
 //! flavor = { vcpus = 2, memory_mib = 2048, disk_gib = 10 }   # default 1 / 1024 / 10
+//! os_flavor = "m1.medium"     # OpenStack: this flavor instead of the smallest that fits
+//! ports = [80, 443]           # OpenStack: open in the host's security group (SSH always)
 //! [hosts.user_data]
 //! install_agent = true        # default; false = the agent is baked into the image
 //! agent_memory_max = "512M"   # default: the platform's cap for the agent and its scripts
@@ -86,6 +88,9 @@ use ibkit_api::step::sha256_hex;
 use ibkit_api::{Duration, GroupSpec, HealthCheck, HostSpec, InstanceSpec};
 use serde::{Deserialize, Serialize};
 
+/// Ports a host may open (each one a security group rule on OpenStack).
+const MAX_PORTS: usize = 64;
+
 /// Limits of a flavor, inclusive.
 pub const VCPUS: std::ops::RangeInclusive<u32> = 1..=64;
 pub const MEMORY_MIB: std::ops::RangeInclusive<u32> = 256..=262_144;
@@ -150,6 +155,14 @@ pub struct HostDef {
     pub image: String,
     #[serde(default)]
     pub flavor: Flavor,
+    /// OpenStack: this Nova flavor (name or id) instead of the smallest one
+    /// that fits `flavor`; QEMU uses `flavor`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub os_flavor: Option<String>,
+    /// TCP ports open to anyone (OpenStack: the host's security group; SSH
+    /// is always open). QEMU's private network has no firewall.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<u16>,
     #[serde(default)]
     pub user_data: UserDataSpec,
 }
@@ -505,6 +518,25 @@ impl DeployManifest {
                     );
                 }
             }
+            if let Some(f) = &h.os_flavor
+                && (f.trim().is_empty() || f.len() > 255 || f.chars().any(char::is_control))
+            {
+                errs.push(
+                    format!("{at}.os_flavor"),
+                    "must be a flavor name or id (1-255 characters, no control characters)",
+                );
+            }
+            let mut ports = BTreeSet::new();
+            if h.ports.len() > MAX_PORTS {
+                errs.push(format!("{at}.ports"), format!("at most {MAX_PORTS} ports"));
+            }
+            for (j, p) in h.ports.iter().enumerate() {
+                if *p == 0 {
+                    errs.push(format!("{at}.ports[{j}]"), "must be 1..=65535");
+                } else if !ports.insert(*p) {
+                    errs.push(format!("{at}.ports[{j}]"), format!("duplicate port {p}"));
+                }
+            }
             validate_user_data(&h.user_data, &format!("{at}.user_data"), errs);
         }
     }
@@ -685,11 +717,15 @@ impl HostDef {
         struct HashInput<'a> {
             image: &'a str,
             flavor: &'a Flavor,
+            // Absent when unset: hashes of manifests without it stay.
+            #[serde(skip_serializing_if = "Option::is_none")]
+            os_flavor: Option<&'a str>,
             user_data: &'a UserDataSpec,
         }
         let json = serde_json::to_string(&HashInput {
             image: &self.image,
             flavor: &self.flavor,
+            os_flavor: self.os_flavor.as_deref(),
             user_data: &self.user_data,
         })
         .unwrap_or_default();
@@ -812,7 +848,35 @@ packages = []
         assert_ne!(Some(h.clone()), changed.host_config_hash("a"));
         let mut renamed = base.clone();
         renamed.instance.name = "y".into();
-        assert_eq!(Some(h), renamed.host_config_hash("a"));
+        assert_eq!(Some(h.clone()), renamed.host_config_hash("a"));
+        // A named flavor makes another VM; opening a port does not (the
+        // security group changes in place).
+        let mut named = base.clone();
+        named.hosts[0].os_flavor = Some("m1.small".into());
+        assert_ne!(Some(h.clone()), named.host_config_hash("a"));
+        let mut ported = base.clone();
+        ported.hosts[0].ports = vec![443];
+        assert_eq!(Some(h), ported.host_config_hash("a"));
         assert_eq!(base.host_config_hash("nope"), None);
+    }
+
+    #[test]
+    fn ports_and_os_flavor_are_checked() {
+        let m = DeployManifest::parse(
+            "[instance]\nname = \"x\"\n[[hosts]]\nname = \"a\"\nimage = \"a.qcow2\"\nports = [80, 0, 80]\nos_flavor = \" \"\n",
+            Path::new("."),
+            "test",
+        )
+        .expect("parses");
+        let errs = m.validate().expect_err("refused").to_string();
+        assert!(
+            errs.contains("hosts[0].ports[1]: must be 1..=65535"),
+            "{errs}"
+        );
+        assert!(
+            errs.contains("hosts[0].ports[2]: duplicate port 80"),
+            "{errs}"
+        );
+        assert!(errs.contains("hosts[0].os_flavor"), "{errs}");
     }
 }

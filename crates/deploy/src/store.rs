@@ -181,7 +181,7 @@ pub struct DeploymentRecord {
 
 /// Which backend a deployment runs on, and enough to reach it again
 /// (`status`, `down` and `watch` use the deployment's own backend).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum BackendSpec {
     #[default]
@@ -192,6 +192,9 @@ pub enum BackendSpec {
         /// `--os-network`, when the VMs went onto an existing network.
         #[serde(default)]
         network: Option<String>,
+        /// `--os-floating-ip`: recreated servers get one too.
+        #[serde(default)]
+        floating_ips: bool,
     },
 }
 

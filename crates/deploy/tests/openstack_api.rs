@@ -129,6 +129,23 @@ async fn handle(
         ("GET", p) if p.starts_with("/network/v2.0/ports?tags=") => {
             json_answer(StatusCode::OK, json!({ "ports": [] }))
         }
+        ("GET", p) if p.starts_with("/network/v2.0/security-groups?tags=") => {
+            json_answer(StatusCode::OK, json!({ "security_groups": [] }))
+        }
+        ("POST", "/network/v2.0/security-groups") => json_answer(
+            StatusCode::CREATED,
+            json!({ "security_group": { "id": "sg-1", "name": body_json["security_group"]["name"],
+                // Neutron's default egress rules only.
+                "security_group_rules": [
+                    { "direction": "egress", "ethertype": "IPv4", "protocol": null } ] } }),
+        ),
+        ("PUT", "/network/v2.0/security-groups/sg-1/tags") => {
+            json_answer(StatusCode::OK, json!({ "tags": body_json["tags"] }))
+        }
+        ("POST", "/network/v2.0/security-group-rules") => json_answer(
+            StatusCode::CREATED,
+            json!({ "security_group_rule": body_json["security_group_rule"] }),
+        ),
         ("POST", "/network/v2.0/ports") => json_answer(
             StatusCode::CREATED,
             json!({ "port": { "id": "port-1", "network_id": "net-1",
@@ -307,6 +324,8 @@ fn request(user_data: Vec<u8>, image: &str) -> VmRequest {
             memory_mib: 1024,
             disk_gib: 5,
         },
+        os_flavor: None,
+        ports: vec![443],
         user_data,
         config_hash: "h1".into(),
         attempt: 1,
@@ -364,6 +383,24 @@ async fn create_vm_sends_the_server_the_platform_expects() {
         .find(|s| s.method == "POST" && s.path == "/network/v2.0/ports")
         .expect("port POST");
     assert_eq!(port.body["port"]["network_id"], "net-1");
+    assert_eq!(port.body["port"]["security_groups"], json!(["sg-1"]));
+    let mut rules: Vec<String> = seen
+        .iter()
+        .filter(|s| s.path == "/network/v2.0/security-group-rules")
+        .map(|s| {
+            let r = &s.body["security_group_rule"];
+            assert_eq!(r["direction"], "ingress");
+            assert_eq!(r["security_group_id"], "sg-1");
+            assert_eq!(r["port_range_min"], r["port_range_max"]);
+            format!(
+                "{}/{}",
+                r["protocol"].as_str().unwrap_or(""),
+                r["port_range_min"]
+            )
+        })
+        .collect();
+    rules.sort();
+    assert_eq!(rules, ["icmp/null", "tcp/22", "tcp/443"]);
     let tags = seen
         .iter()
         .find(|s| s.path == "/network/v2.0/ports/port-1/tags")

@@ -159,6 +159,8 @@ async fn two_vms_on_a_bridge_readopted_and_one_recreated() {
             name: host.into(),
             image: image.display().to_string(),
             flavor: Flavor::default(),
+            os_flavor: None,
+            ports: Vec::new(),
             user_data: UserDataSpec {
                 cloud_config: Some(vendor.clone()),
                 ..UserDataSpec::default()
@@ -177,6 +179,8 @@ async fn two_vms_on_a_bridge_readopted_and_one_recreated() {
             host: host.into(),
             image: image.display().to_string(),
             flavor: def.flavor,
+            os_flavor: None,
+            ports: Vec::new(),
             user_data: render_user_data(&def, &boot).expect("user data"),
             config_hash: def.config_hash(),
             attempt,
@@ -405,6 +409,8 @@ fn plain_request(image: &std::path::Path, host: &str) -> VmRequest {
         host: host.into(),
         image: image.display().to_string(),
         flavor: Flavor::default(),
+        os_flavor: None,
+        ports: Vec::new(),
         user_data: b"#cloud-config\n# pairing key: ibkp_secret\n".to_vec(),
         config_hash: "h".into(),
         attempt: 1,

@@ -9,6 +9,7 @@ use std::time::Instant;
 use anyhow::{Context as _, Result, bail};
 use clap::{Subcommand, ValueEnum};
 use ibkit_deploy::controller::Progress;
+use ibkit_deploy::fleet::watch_fleet;
 use ibkit_deploy::openstack::{
     CloudApi, ConfigSources, OpenStackBackend, OpenStackSettings, load_cloud,
 };
@@ -133,6 +134,20 @@ struct OpenStackArgs {
     /// How long a server may take to become ACTIVE.
     #[arg(long, global = true, default_value = "15m")]
     os_active_timeout: ibkit_api::Duration,
+    /// How long a server may take to be deleted.
+    #[arg(long, global = true, default_value = "5m")]
+    os_delete_timeout: ibkit_api::Duration,
+    /// How long an uploaded image may take to become active in Glance.
+    #[arg(long, global = true, default_value = "30m")]
+    os_upload_timeout: ibkit_api::Duration,
+    /// Give every server a floating IP on the external network (released
+    /// with the server).
+    #[arg(long, global = true)]
+    os_floating_ip: bool,
+    /// Keep the images uploaded for a deployment when it goes `down` (by
+    /// default an uploaded image no other deployment uses is deleted).
+    #[arg(long, global = true)]
+    os_keep_images: bool,
 }
 
 /// The local QEMU backend's network and accelerator (`ibkit deploy`, and
@@ -167,16 +182,10 @@ struct Common {
     /// bridge address).
     #[arg(long, global = true)]
     guest_service_url: Option<String>,
-    /// Where new deployments run; commands on an existing deployment use
-    /// the backend it was deployed on.
-    #[arg(
-        long,
-        global = true,
-        value_enum,
-        env = "IBKIT_DEPLOY_BACKEND",
-        default_value = "qemu"
-    )]
-    backend: BackendKind,
+    /// Where new deployments run (default: qemu); commands on an existing
+    /// deployment use the backend it was deployed on.
+    #[arg(long, global = true, value_enum, env = "IBKIT_DEPLOY_BACKEND")]
+    backend: Option<BackendKind>,
     #[command(flatten)]
     qemu: QemuArgs,
     #[command(flatten)]
@@ -229,21 +238,42 @@ fn resolve_name(target: &str) -> Result<String> {
 
 /// The backend new deployments go to, from the flags.
 fn spec_from_flags(c: &Common) -> BackendSpec {
-    match c.backend {
+    match c.backend.unwrap_or(BackendKind::Qemu) {
         BackendKind::Qemu => BackendSpec::Qemu,
         BackendKind::Openstack => BackendSpec::Openstack {
-            // Resolved (from $OS_CLOUD or the only cloud) in `backend_for`.
+            // Resolved (from $OS_CLOUD or the only cloud) when the backend
+            // is made; records keep the resolved name.
             cloud: c.openstack.os_cloud.clone().unwrap_or_default(),
             network: c.openstack.os_network.clone(),
+            floating_ips: c.openstack.os_floating_ip,
         },
     }
 }
 
-/// The backend a deployment runs on: its record's, else the flags'.
+/// The backend a deployment runs on: its record's (an explicit `--backend`
+/// or `--os-cloud` contradicting it is refused), else the flags'.
 fn spec_for(c: &Common, name: Option<&str>) -> Result<BackendSpec> {
     if let Some(name) = name {
         let store = Store::open(&c.state)?;
-        if let Ok(record) = store.load(name) {
+        if let Ok(record) = store.load(name)
+            && record.status != DeployStatus::Deleted
+        {
+            let contradicts = match (&record.backend, c.backend) {
+                (BackendSpec::Qemu, Some(BackendKind::Openstack)) => true,
+                (BackendSpec::Openstack { .. }, Some(BackendKind::Qemu)) => true,
+                (BackendSpec::Openstack { cloud, .. }, _) => c
+                    .openstack
+                    .os_cloud
+                    .as_ref()
+                    .is_some_and(|wanted| wanted != cloud),
+                _ => false,
+            };
+            if contradicts {
+                bail!(
+                    "{name} runs on {}; the --backend/--os-cloud given contradict it (leave them out: a deployment always uses its own backend)",
+                    record.backend
+                );
+            }
             return Ok(record.backend);
         }
     }
@@ -260,23 +290,39 @@ fn qemu_backend(state: &Path, qemu: &QemuArgs) -> Result<(QemuBackend, NetworkCo
     Ok((backend, network))
 }
 
-fn openstack_backend(c: &Common, cloud: &str, network: Option<String>) -> Result<OpenStackBackend> {
+/// The OpenStack backend for `cloud` ("": `$OS_CLOUD`, the only cloud, or
+/// the `OS_*` variables); `os`: the command line's settings, `None` for the
+/// defaults (recovery inside `ibkit serve`, where the network exists).
+fn openstack_backend(
+    state: &Path,
+    os: Option<&OpenStackArgs>,
+    cloud: &str,
+    network: Option<String>,
+    floating_ips: bool,
+) -> Result<OpenStackBackend> {
     let wanted = (!cloud.is_empty()).then_some(cloud);
     let config = load_cloud(wanted, &ConfigSources::from_env())?;
     let api = CloudApi::new(config)?;
-    let mut settings = OpenStackSettings::new(c.state.join("openstack").join("evidence"));
+    let mut settings = OpenStackSettings::new(state.join("openstack").join("evidence"));
     settings.network = network;
-    settings.external_network = c.openstack.os_external_network.clone();
-    settings.subnet_cidr = c.openstack.os_subnet_cidr.clone();
-    settings.active_timeout = c.openstack.os_active_timeout.to_std();
+    settings.floating_ips = floating_ips;
+    if let Some(os) = os {
+        settings.external_network = os.os_external_network.clone();
+        settings.subnet_cidr = os.os_subnet_cidr.clone();
+        settings.active_timeout = os.os_active_timeout.to_std();
+        settings.delete_timeout = os.os_delete_timeout.to_std();
+        settings.upload_timeout = os.os_upload_timeout.to_std();
+        settings.keep_images = os.os_keep_images;
+    }
     Ok(OpenStackBackend::new(api, settings))
 }
 
-/// A controller for the deployment `name` (on its own backend), or for new
-/// deployments (`None`: the flags' backend).
-async fn controller(c: &Common, name: Option<&str>) -> Result<Controller<AnyBackend>> {
-    let endpoint = c.service.endpoint()?;
-    let spec = spec_for(c, name)?;
+/// A controller for deployments on `spec`.
+async fn controller_for_spec(
+    c: &Common,
+    endpoint: &ServiceEndpoint,
+    spec: BackendSpec,
+) -> Result<Controller<AnyBackend>> {
     let (backend, guest_url) = match spec {
         BackendSpec::Qemu => {
             let (backend, network) = qemu_backend(&c.state, &c.qemu)?;
@@ -288,8 +334,13 @@ async fn controller(c: &Common, name: Option<&str>) -> Result<Controller<AnyBack
             };
             (AnyBackend::Qemu(backend), guest_url)
         }
-        BackendSpec::Openstack { cloud, network } => {
-            let backend = openstack_backend(c, &cloud, network)?;
+        BackendSpec::Openstack {
+            cloud,
+            network,
+            floating_ips,
+        } => {
+            let backend =
+                openstack_backend(&c.state, Some(&c.openstack), &cloud, network, floating_ips)?;
             // Only `up` and recoveries hand the URL to VMs; they check it.
             let guest_url = c
                 .guest_service_url
@@ -299,8 +350,16 @@ async fn controller(c: &Common, name: Option<&str>) -> Result<Controller<AnyBack
         }
     };
     let store = Store::open(&c.state)?;
-    let client = ServiceClient::new(&endpoint)?;
+    let client = ServiceClient::new(endpoint)?;
     Ok(Controller::new(backend, client, store, guest_url, progress(c.quiet)).await?)
+}
+
+/// A controller for the deployment `name` (on its own backend), or for new
+/// deployments (`None`: the flags' backend).
+async fn controller(c: &Common, name: Option<&str>) -> Result<Controller<AnyBackend>> {
+    let endpoint = c.service.endpoint()?;
+    let spec = spec_for(c, name)?;
+    controller_for_spec(c, &endpoint, spec).await
 }
 
 /// Servers on a cloud cannot reach the service at a loopback address.
@@ -315,7 +374,10 @@ fn require_guest_url(c: &Common, spec: &BackendSpec) -> Result<()> {
 
 /// `ibkit serve --recover-deployments DIR`: the recovery rounds of every
 /// deployment in `DIR`, inside the service (as `ibkit deploy watch`),
-/// talking to the service over loopback with its own token and pin.
+/// talking to the service over loopback with its own token and pin. QEMU
+/// VMs reach the service on the bridge address; servers on a cloud at the
+/// service's public URL, with the cloud's credentials from the service's
+/// environment (clouds.yaml, `OS_*`).
 pub async fn recover_in_service(
     server: &ibkit_server::Server,
     deploy_state: PathBuf,
@@ -324,30 +386,61 @@ pub async fn recover_in_service(
     let token_file = server.operator_token_file();
     let token = std::fs::read_to_string(&token_file)
         .with_context(|| format!("cannot read {}", token_file.display()))?;
-    let url = server.local_url();
     let endpoint = ServiceEndpoint {
-        url: url.clone(),
+        url: server.local_url(),
         cert_sha256: server.cert_sha256.clone(),
         operator_token: ibkit_deploy::Secret::new(token.trim()),
     };
-    // VMs reach the service on the bridge address, at the bound port.
-    let (backend, network) = qemu_backend(&deploy_state, &qemu)?;
-    let guest_url = ibkit_deploy::client::with_host(&endpoint.url, &network.host_addr.to_string())?;
-    let client = ServiceClient::new(&endpoint)?;
-    let ctl = Controller::new(
-        AnyBackend::Qemu(backend),
-        client,
-        Store::open(&deploy_state)?,
-        guest_url,
-        Box::new(|line: &str| eprintln!("ibkit serve: recovery: {line}")),
-    )
-    .await?;
+    let public_url = server.url.clone();
+    let store = Store::open(&deploy_state)?;
     eprintln!(
         "ibkit serve: recovering dead VMs of the deployments in {}",
         deploy_state.display()
     );
     Ok(tokio::spawn(async move {
-        ctl.watch(&[], std::future::pending()).await;
+        let make = |spec: BackendSpec| {
+            let endpoint = endpoint.clone();
+            let qemu = qemu.clone();
+            let state = deploy_state.clone();
+            let public_url = public_url.clone();
+            async move {
+                let build = async {
+                    let (backend, guest_url) = match spec {
+                        BackendSpec::Qemu => {
+                            let (backend, network) = qemu_backend(&state, &qemu)?;
+                            let url = ibkit_deploy::client::with_host(
+                                &endpoint.url,
+                                &network.host_addr.to_string(),
+                            )?;
+                            (AnyBackend::Qemu(backend), url)
+                        }
+                        BackendSpec::Openstack {
+                            cloud,
+                            network,
+                            floating_ips,
+                        } => {
+                            let backend =
+                                openstack_backend(&state, None, &cloud, network, floating_ips)?;
+                            (AnyBackend::OpenStack(Box::new(backend)), public_url)
+                        }
+                    };
+                    let client = ServiceClient::new(&endpoint)?;
+                    anyhow::Ok(
+                        Controller::new(
+                            backend,
+                            client,
+                            Store::open(&state)?,
+                            guest_url,
+                            Box::new(|line: &str| eprintln!("ibkit serve: recovery: {line}")),
+                        )
+                        .await?,
+                    )
+                };
+                build.await.map_err(|e| format!("{e:#}"))
+            }
+        };
+        let say = |line: &str| eprintln!("ibkit serve: recovery: {line}");
+        watch_fleet(&store, &[], make, &say, std::future::pending()).await;
     }))
 }
 
@@ -570,9 +663,23 @@ async fn run_async(a: DeployArgs) -> Result<ExitCode> {
         }
         DeployCommand::Watch { names } => {
             // Named deployments on their backend; all: the flags' backend.
-            let spec = spec_for(c, names.first().map(String::as_str))?;
-            require_guest_url(c, &spec)?;
-            let ctl = controller(c, names.first().map(String::as_str)).await?;
+            // Each deployment on its own backend.
+            let store = Store::open(&c.state)?;
+            for n in &names {
+                spec_for(c, Some(n))?;
+            }
+            let on_cloud = store
+                .names()?
+                .iter()
+                .filter(|n| names.is_empty() || names.contains(n))
+                .filter_map(|n| store.load(n).ok())
+                .any(|r| r.backend != BackendSpec::Qemu);
+            if on_cloud && c.guest_service_url.is_none() {
+                bail!(
+                    "deployments on a cloud need --guest-service-url to be recovered: the address at which their servers reach `ibkit serve`"
+                );
+            }
+            let endpoint = c.service.endpoint()?;
             eprintln!(
                 "ibkit deploy: watching {} (Ctrl-C stops)",
                 if names.is_empty() {
@@ -581,7 +688,21 @@ async fn run_async(a: DeployArgs) -> Result<ExitCode> {
                     names.join(", ")
                 }
             );
-            ctl.watch(&names, until_interrupted()).await;
+            let make = |spec: BackendSpec| {
+                let endpoint = &endpoint;
+                async move {
+                    controller_for_spec(c, endpoint, spec)
+                        .await
+                        .map_err(|e| format!("{e:#}"))
+                }
+            };
+            let quiet = c.quiet;
+            let say = move |line: &str| {
+                if !quiet {
+                    eprintln!("ibkit deploy: {line}");
+                }
+            };
+            watch_fleet(&store, &names, make, &say, until_interrupted()).await;
             Ok(ExitCode::SUCCESS)
         }
         DeployCommand::List { format } => {
@@ -615,12 +736,18 @@ async fn run_async(a: DeployArgs) -> Result<ExitCode> {
             dry_run,
             format,
         } => {
-            let BackendSpec::Openstack { cloud, network } = spec_from_flags(c) else {
+            let BackendSpec::Openstack {
+                cloud,
+                network,
+                floating_ips,
+            } = spec_from_flags(c)
+            else {
                 bail!(
                     "gc sweeps an OpenStack cloud: pass --backend openstack (QEMU VMs live in --state and go with `down`)"
                 );
             };
-            let backend = openstack_backend(c, &cloud, network)?;
+            let backend =
+                openstack_backend(&c.state, Some(&c.openstack), &cloud, network, floating_ips)?;
             let store = Store::open(&c.state)?;
             let mut live = std::collections::BTreeSet::new();
             for name in store.names()? {

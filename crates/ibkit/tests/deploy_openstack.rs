@@ -7,12 +7,18 @@
 //! - `up` of a two-host manifest (one host from a Glance image name, one
 //!   from a local file the backend uploads) reaches `running`; the servers
 //!   carry the metadata, config drive, flavor and port the backend chose,
-//!   and the instance has its own tagged network, subnet and router;
-//! - a server deleted behind ibkit's back is recreated by `watch`
-//!   (attempt 2), its agent pairs again and the instance runs again;
+//!   and the instance has its own tagged network, subnet and router, a
+//!   security group per host with SSH and the manifest's ports, and a
+//!   floating IP per server (`--os-floating-ip`);
+//! - a server deleted behind ibkit's back is recreated by the service's
+//!   recovery rounds (`ibkit serve --recover-deployments`, credentials from
+//!   its environment; attempt 2), its agent pairs again and the instance
+//!   runs again;
 //! - `down` leaves no server, port, router or network of the instance;
 //! - `gc` finds what an interrupted `up` left (a tagged port and network of
 //!   a deployment this state directory does not know) and deletes it;
+//! - `kill -9` of `up` mid-way: `down` leaves nothing; with the state
+//!   directory lost too, `gc` leaves nothing;
 //! - a flavor no compute host can satisfy makes the server go to ERROR:
 //!   the deployment fails with Nova's fault ("No valid host") as reason,
 //!   and the failed servers and ports are gone; an image name that does
@@ -52,6 +58,7 @@ flavor = {{ vcpus = 1, memory_mib = 512, disk_gib = 2 }}
 name = "worker"
 image = "worker.raw"
 flavor = {{ vcpus = 2, memory_mib = 1024, disk_gib = 3 }}
+ports = [8080, 9000]
 
 [[groups]]
 name = "init"
@@ -82,6 +89,18 @@ backoff = "1s"
     )
 }
 
+/// Glance images holding these bytes (by the property ibkit sets).
+fn uploaded_images(env: &Env, bytes: &[u8]) -> usize {
+    let v = env.cloud.get(
+        Api::Image,
+        &format!(
+            "/images?ibkit-sha256={}",
+            ibkit_api::step::sha256_hex(bytes)
+        ),
+    );
+    v["images"].as_array().map_or(0, Vec::len)
+}
+
 #[test]
 fn openstack_deploy_recover_down_and_gc() {
     let mut env = Env::new(Virt::Fake);
@@ -92,6 +111,7 @@ fn openstack_deploy_recover_down_and_gc() {
     raw[..16].copy_from_slice(b"ibkit e2e image\n");
     std::fs::write(manifest.with_file_name("worker.raw"), &raw).expect("image file");
 
+    env.extra.push("--os-floating-ip".into());
     let started = Instant::now();
     let out = env.run(
         &["up", manifest.to_str().expect("utf-8"), "--format", "json"],
@@ -151,14 +171,10 @@ fn openstack_deploy_recover_down_and_gc() {
                 <= 65_535
         );
     }
-    let uploaded = env.cloud.get(
-        Api::Image,
-        &format!("/images?ibkit-sha256={}", ibkit_api::step::sha256_hex(&raw)),
-    );
     assert_eq!(
-        uploaded["images"].as_array().map(Vec::len),
-        Some(1),
-        "the worker's file was uploaded once: {uploaded:#}"
+        uploaded_images(&env, &raw),
+        1,
+        "the worker's file was uploaded once"
     );
     let tagged = env.cloud.tagged(&instance);
     let count = |kind: &str| tagged.iter().filter(|(k, _, _)| k == kind).count();
@@ -166,6 +182,39 @@ fn openstack_deploy_recover_down_and_gc() {
     assert_eq!(count("subnets"), 1, "{tagged:?}");
     assert_eq!(count("routers"), 1, "{tagged:?}");
     assert_eq!(count("ports"), 2, "{tagged:?}");
+    assert_eq!(count("floatingips"), 2, "{tagged:?}");
+    assert_eq!(count("security_groups"), 2, "{tagged:?}");
+    assert_eq!(
+        count("images"),
+        1,
+        "the uploaded image names its user: {tagged:?}"
+    );
+    for vm in status["vms"].as_array().expect("vms") {
+        assert_eq!(
+            vm["addresses"].as_array().map(Vec::len),
+            Some(2),
+            "a fixed and a floating address: {vm:#}"
+        );
+    }
+    let groups = env.cloud.get(
+        Api::Network,
+        &format!("/security-groups?tags=ibkit-instance%3A{instance},ibkit-host%3Aworker"),
+    );
+    let mut rules: Vec<String> = groups["security_groups"][0]["security_group_rules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .filter(|r| r["direction"] == "ingress")
+        .map(|r| {
+            format!(
+                "{}/{}",
+                r["protocol"].as_str().unwrap_or(""),
+                r["port_range_min"]
+            )
+        })
+        .collect();
+    rules.sort();
+    assert_eq!(rules, ["icmp/null", "tcp/22", "tcp/8080", "tcp/9000"]);
     let outputs = env.json(&["outputs", &name, "--format", "json"], &name);
     assert!(
         outputs["token"]["value"]
@@ -174,7 +223,8 @@ fn openstack_deploy_recover_down_and_gc() {
         "{outputs:#}"
     );
 
-    // A server deleted behind ibkit's back: `watch` recreates it.
+    // A server deleted behind ibkit's back: the service's recovery rounds
+    // (`ibkit serve --recover-deployments`) recreate it.
     let worker = servers
         .iter()
         .find(|s| s["metadata"]["ibkit-host"] == "worker")
@@ -189,12 +239,6 @@ fn openstack_deploy_recover_down_and_gc() {
         None,
     );
     let killed = Instant::now();
-    let mut watch = env
-        .command(&["watch", &name])
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("watch starts");
     let recovered = wait_every(
         "the worker recreated and the instance running again",
         Duration::from_secs(300),
@@ -209,8 +253,6 @@ fn openstack_deploy_recover_down_and_gc() {
             done.then_some(s)
         },
     );
-    let _ = watch.kill();
-    let _ = watch.wait();
     eprintln!(
         "[openstack test] server deleted -> running again in {:.1} s",
         killed.elapsed().as_secs_f64()
@@ -242,14 +284,17 @@ fn openstack_deploy_recover_down_and_gc() {
             ("worker".to_string(), "2".to_string())
         ])
     );
+    let after = env.cloud.tagged(&instance);
+    let count_after = |kind: &str| after.iter().filter(|(k, _, _)| k == kind).count();
     assert_eq!(
-        env.cloud
-            .tagged(&instance)
-            .iter()
-            .filter(|(k, _, _)| k == "ports")
-            .count(),
+        count_after("ports"),
         2,
-        "the deleted server's port went with it"
+        "the deleted server's port went: {after:?}"
+    );
+    assert_eq!(
+        count_after("floatingips"),
+        2,
+        "and its floating IP: {after:?}"
     );
 
     // down: nothing of the instance is left on the cloud.
@@ -257,6 +302,11 @@ fn openstack_deploy_recover_down_and_gc() {
     assert!(out.status.success());
     assert!(env.cloud.servers(&name).is_empty());
     assert_eq!(env.cloud.tagged(&instance), vec![]);
+    assert_eq!(
+        uploaded_images(&env, &raw),
+        0,
+        "the upload no other deployment uses is gone"
+    );
 
     // gc: what an interrupted `up` of an unknown deployment left.
     let orphan = uuid::Uuid::new_v4();
@@ -301,9 +351,21 @@ fn openstack_deploy_recover_down_and_gc() {
         listed.contains(&port_id) && listed.contains(&net_id),
         "{dry:#}"
     );
-    assert!(env.cloud.tagged(&orphan.to_string()).len() == 2);
+    // An upload that never finished.
+    let queued = env.cloud.call(
+        false,
+        Api::Image,
+        Method::POST,
+        "/images",
+        Some(
+            json!({ "name": "ibkit-orphan", "disk_format": "raw", "container_format": "bare",
+            "tags": ["ibkit", format!("ibkit-instance:{orphan}")] }),
+        ),
+    );
+    assert_eq!(queued["status"], "queued");
+    assert_eq!(env.cloud.tagged(&orphan.to_string()).len(), 3);
     let done = env.json(&["gc", "--older-than", "0s", "--format", "json"], &name);
-    assert!(done["total"].as_u64().unwrap_or(0) >= 2, "{done:#}");
+    assert!(done["total"].as_u64().unwrap_or(0) >= 3, "{done:#}");
     assert_eq!(env.cloud.tagged(&orphan.to_string()), vec![]);
 }
 
@@ -388,6 +450,31 @@ flavor = {{ vcpus = 3, memory_mib = 1024, disk_gib = 10 }}
     assert!(out.status.success());
     assert_eq!(env.cloud.tagged(&instance), vec![]);
 
+    // A flavor named in the manifest that the cloud does not have.
+    let name = unique("os-noflavor");
+    let manifest = env.manifest(
+        "noflavor.toml",
+        &format!(
+            "[instance]\nname = \"{name}\"\nmax_attempts = 1\n[[hosts]]\nname = \"only\"\nimage = \"ibkit-test-image\"\nos_flavor = \"m1.nonexistent\"\n"
+        ),
+    );
+    let out = env.run(
+        &["up", manifest.to_str().expect("utf-8"), "--format", "json"],
+        &name,
+        Duration::from_secs(300),
+    );
+    assert!(!out.status.success());
+    let status: Value = serde_json::from_slice(&out.stdout).expect("JSON status");
+    let failure = status["attempts"][0]["failure"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        failure.contains("m1.nonexistent") && failure.contains("ibkit.small"),
+        "{status:#}"
+    );
+    let out = env.run(&["down", &name], &name, Duration::from_secs(300));
+    assert!(out.status.success());
+
     // An image that is neither a file nor in Glance.
     let name = unique("os-noimage");
     let manifest = env.manifest(
@@ -414,4 +501,64 @@ flavor = {{ vcpus = 3, memory_mib = 1024, disk_gib = 10 }}
     assert!(env.cloud.servers(&name).is_empty());
     let out = env.run(&["down", &name], &name, Duration::from_secs(300));
     assert!(out.status.success());
+}
+
+/// `kill -9` of `up` once its first server exists (image uploaded, network,
+/// router, ports and servers made, the record not finished): `down`
+/// leaves nothing of it; with the state directory lost as well, `gc` does.
+#[test]
+fn a_killed_up_leaves_nothing_after_down_or_gc() {
+    let mut env = Env::new(Virt::Fake);
+    for lost_state in [false, true] {
+        let name = unique("os-killed");
+        let manifest = env.manifest(&format!("{name}.toml"), &two_host_manifest(&name));
+        // Bytes of this run only: uploaded by it.
+        let mut raw = vec![0u8; 1 << 20];
+        raw[..36].copy_from_slice(uuid::Uuid::new_v4().to_string().as_bytes());
+        std::fs::write(manifest.with_file_name("worker.raw"), &raw).expect("image file");
+        let mut up = env
+            .command(&["up", manifest.to_str().expect("utf-8")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("up starts");
+        wait_every(
+            "the deployment's first server",
+            Duration::from_secs(120),
+            Duration::from_millis(200),
+            || (!env.cloud.servers(&name).is_empty()).then_some(()),
+        );
+        up.kill().expect("SIGKILL");
+        let _ = up.wait();
+        let instance = env
+            .try_status(&name)
+            .and_then(|s| s["instance_id"].as_str().map(str::to_string))
+            .expect("the record names the instance");
+        let left = env.cloud.tagged(&instance);
+        assert!(
+            left.iter().any(|(k, _, _)| k == "ports") && left.iter().any(|(k, _, _)| k == "images"),
+            "{left:?}"
+        );
+        if lost_state {
+            std::fs::remove_dir_all(env.state()).expect("rm state");
+            let swept = env.json(&["gc", "--older-than", "0s", "--format", "json"], &name);
+            assert!(
+                swept["total"].as_u64().unwrap_or(0) >= left.len() as u64,
+                "{swept:#}"
+            );
+        } else {
+            let out = env.run(&["down", &name], &name, Duration::from_secs(300));
+            assert!(out.status.success());
+        }
+        assert!(
+            env.cloud.servers(&name).is_empty(),
+            "lost state: {lost_state}"
+        );
+        assert_eq!(
+            env.cloud.tagged(&instance),
+            vec![],
+            "lost state: {lost_state}"
+        );
+        assert_eq!(uploaded_images(&env, &raw), 0, "lost state: {lost_state}");
+    }
 }

@@ -504,6 +504,15 @@ impl CloudApi {
             let items: Vec<T> = decode(service, "GET", &p, Some(v.clone()), key)?;
             let empty = items.is_empty();
             out.extend(items);
+            // Glance: {"next": "/v2/images?marker=…"}.
+            if let Some(next_href) = v.get("next").and_then(Value::as_str)
+                && !empty
+                && pages < 1000
+            {
+                let rest = next_href.strip_prefix("/v2").unwrap_or(next_href);
+                next = Some(rest.to_string());
+                continue;
+            }
             let links = v.get(format!("{key}_links")).and_then(Value::as_array);
             let marker = links
                 .into_iter()
@@ -744,6 +753,10 @@ pub struct Image {
     pub name: Option<String>,
     #[serde(default)]
     pub status: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub created_at: Option<String>,
     /// Custom properties are top-level keys in Glance v2.
     #[serde(flatten)]
     pub extra: BTreeMap<String, Value>,
@@ -804,6 +817,46 @@ pub struct Router {
     pub id: String,
     #[serde(default)]
     pub name: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub created_at: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct SecurityGroup {
+    pub id: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub created_at: Option<String>,
+    #[serde(default)]
+    pub security_group_rules: Vec<SecurityGroupRule>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct SecurityGroupRule {
+    #[serde(default)]
+    pub direction: String,
+    #[serde(default)]
+    pub ethertype: String,
+    #[serde(default)]
+    pub protocol: Option<String>,
+    #[serde(default)]
+    pub port_range_min: Option<u32>,
+    #[serde(default)]
+    pub remote_ip_prefix: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct FloatingIp {
+    pub id: String,
+    #[serde(default)]
+    pub floating_ip_address: String,
+    #[serde(default)]
+    pub port_id: Option<String>,
     #[serde(default)]
     pub tags: Vec<String>,
     #[serde(default)]

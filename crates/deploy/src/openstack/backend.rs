@@ -28,7 +28,10 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use sha2::Digest as _;
 
-use super::api::{ApiError, CloudApi, Flavor, Image, Network, Port, Router, Server, Service};
+use super::api::{
+    ApiError, CloudApi, Flavor, FloatingIp, Image, Network, Port, Router, SecurityGroup, Server,
+    Service,
+};
 use crate::backend::{
     BackendError, ComputeBackend, Evidence, InstanceRef, VmHandle, VmInfo, VmRequest, VmState,
 };
@@ -71,8 +74,15 @@ pub struct OpenStackSettings {
     pub evidence_dir: PathBuf,
     /// BUILD → ACTIVE.
     pub active_timeout: Duration,
-    /// A server's deletion, and an uploaded image becoming active.
+    /// A server's deletion.
     pub delete_timeout: Duration,
+    /// An uploaded image becoming active in Glance.
+    pub upload_timeout: Duration,
+    /// A floating IP per server (on the external network).
+    pub floating_ips: bool,
+    /// Keep uploaded images on `down` (else deleted once no deployment
+    /// uses them).
+    pub keep_images: bool,
     pub poll: Duration,
 }
 
@@ -86,6 +96,9 @@ impl OpenStackSettings {
             evidence_dir,
             active_timeout: Duration::from_secs(15 * 60),
             delete_timeout: Duration::from_secs(5 * 60),
+            upload_timeout: Duration::from_secs(30 * 60),
+            floating_ips: false,
+            keep_images: false,
             poll: Duration::from_secs(2),
         }
     }
@@ -95,8 +108,8 @@ pub struct OpenStackBackend {
     api: CloudApi,
     settings: OpenStackSettings,
     flavors: tokio::sync::Mutex<Option<Vec<Flavor>>>,
-    /// `hosts[].image` → Glance id.
-    images: tokio::sync::Mutex<BTreeMap<String, String>>,
+    /// `hosts[].image` → Glance id, and whether ibkit uploaded it.
+    images: tokio::sync::Mutex<BTreeMap<String, (String, bool)>>,
     /// Instance → network id; the lock also serialises network creation.
     networks: tokio::sync::Mutex<BTreeMap<uuid::Uuid, String>>,
 }
@@ -105,9 +118,13 @@ pub struct OpenStackBackend {
 #[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct SweepReport {
     pub servers: Vec<String>,
+    pub floating_ips: Vec<String>,
     pub ports: Vec<String>,
+    pub security_groups: Vec<String>,
     pub routers: Vec<String>,
     pub networks: Vec<String>,
+    /// Uploads no live deployment uses, and uploads that never finished.
+    pub images: Vec<String>,
     /// Tagged resources kept because their deployment still exists or they
     /// are younger than the threshold.
     pub kept: usize,
@@ -115,7 +132,13 @@ pub struct SweepReport {
 
 impl SweepReport {
     pub fn total(&self) -> usize {
-        self.servers.len() + self.ports.len() + self.routers.len() + self.networks.len()
+        self.servers.len()
+            + self.floating_ips.len()
+            + self.ports.len()
+            + self.security_groups.len()
+            + self.routers.len()
+            + self.networks.len()
+            + self.images.len()
     }
 }
 
@@ -267,7 +290,11 @@ impl OpenStackBackend {
     }
 
     /// The smallest enabled flavor with at least what is asked.
-    async fn flavor_id(&self, want: &crate::manifest::Flavor) -> Result<String, BackendError> {
+    async fn flavor_id(
+        &self,
+        want: &crate::manifest::Flavor,
+        named: Option<&str>,
+    ) -> Result<String, BackendError> {
         let mut cache = self.flavors.lock().await;
         if cache.is_none() {
             let all: Vec<Flavor> = self
@@ -278,6 +305,23 @@ impl OpenStackBackend {
             *cache = Some(all);
         }
         let all = cache.as_deref().unwrap_or_default();
+        if let Some(named) = named {
+            return all
+                .iter()
+                .find(|f| f.id == named)
+                .or_else(|| all.iter().find(|f| f.name == named))
+                .map(|f| f.id.clone())
+                .ok_or_else(|| {
+                    BackendError::Other(format!(
+                        "flavor {named:?}: no such Nova flavor; the cloud offers {}",
+                        all.iter()
+                            .filter(|f| !f.disabled)
+                            .map(|f| f.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))
+                });
+        }
         let fits = |f: &&Flavor| {
             !f.disabled
                 && f.vcpus >= want.vcpus
@@ -308,18 +352,34 @@ impl OpenStackBackend {
             })
     }
 
-    async fn image_id(&self, image: &str) -> Result<String, BackendError> {
+    /// The Glance id of `hosts[].image`; an image ibkit uploaded is tagged
+    /// with every instance using it (`down` deletes it after the last).
+    async fn image_id(&self, image: &str, instance: &InstanceRef) -> Result<String, BackendError> {
         let mut cache = self.images.lock().await;
-        if let Some(id) = cache.get(image) {
-            return Ok(id.clone());
-        }
-        let path = Path::new(image);
-        let id = if path.is_file() {
-            self.upload_image(path).await?
-        } else {
-            self.find_image(image).await?
+        let (id, uploaded) = match cache.get(image) {
+            Some(known) => known.clone(),
+            None => {
+                let path = Path::new(image);
+                let known = if path.is_file() {
+                    (self.upload_image(path, instance).await?, true)
+                } else {
+                    (self.find_image(image).await?, false)
+                };
+                cache.insert(image.to_string(), known.clone());
+                known
+            }
         };
-        cache.insert(image.to_string(), id.clone());
+        if uploaded {
+            self.api
+                .call(
+                    Service::Image,
+                    Method::PUT,
+                    &format!("/images/{id}/tags/{}", q(&instance_tag(&instance.id))),
+                    None,
+                )
+                .await
+                .map_err(backend_error)?;
+        }
         Ok(id)
     }
 
@@ -372,7 +432,11 @@ impl OpenStackBackend {
 
     /// Uploads a file once per content: a private image of this project
     /// with the same SHA-256 is reused.
-    async fn upload_image(&self, file: &Path) -> Result<String, BackendError> {
+    async fn upload_image(
+        &self,
+        file: &Path,
+        instance: &InstanceRef,
+    ) -> Result<String, BackendError> {
         let owned = file.to_path_buf();
         let (format, sha) = tokio::task::spawn_blocking(move || {
             let format = disk_format(&owned)?;
@@ -418,7 +482,7 @@ impl OpenStackBackend {
             "disk_format": format,
             "container_format": "bare",
             "visibility": "private",
-            "tags": [TAG],
+            "tags": [TAG, instance_tag(&instance.id)],
             IMAGE_SHA256_PROPERTY: sha,
         });
         let created: Image = self
@@ -447,7 +511,7 @@ impl OpenStackBackend {
                             why: format!("Glance marked the upload {}", i.status),
                         });
                     }
-                    _ if started.elapsed() > self.settings.delete_timeout => {
+                    _ if started.elapsed() > self.settings.upload_timeout => {
                         return Err(BackendError::Unavailable(format!(
                             "image {} still {} after {} s",
                             i.id,
@@ -592,31 +656,7 @@ impl OpenStackBackend {
             .await
             .map_err(backend_error)?;
         self.tag("subnets", &subnet.id, &tags).await?;
-        let external = match &self.settings.external_network {
-            Some(e) => Some(self.resolve_network(e).await?),
-            None => {
-                let ext: Vec<Network> = self
-                    .api
-                    .get_as(
-                        Service::Network,
-                        "/networks?router%3Aexternal=true",
-                        "networks",
-                    )
-                    .await
-                    .map_err(backend_error)?;
-                if ext.len() > 1 {
-                    return Err(BackendError::Other(format!(
-                        "{} external networks ({}); name one with --os-external-network",
-                        ext.len(),
-                        ext.iter()
-                            .map(|n| n.name.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )));
-                }
-                ext.into_iter().next()
-            }
-        };
+        let external = self.external_network().await?;
         if let Some(ext) = external {
             let router: Router = self
                 .api
@@ -650,6 +690,21 @@ impl OpenStackBackend {
     /// Deletes the instance's routers, ports and networks (by tag).
     async fn release_network(&self, instance: &InstanceRef) -> Result<(), BackendError> {
         let tag_q = q(&instance_tag(&instance.id));
+        let fips: Vec<FloatingIp> = self
+            .api
+            .list_all(
+                Service::Network,
+                &format!("/floatingips?tags={tag_q}"),
+                "floatingips",
+            )
+            .await
+            .map_err(backend_error)?;
+        for f in fips {
+            self.api
+                .delete(Service::Network, &format!("/floatingips/{}", f.id))
+                .await
+                .map_err(backend_error)?;
+        }
         let ports: Vec<Port> = self
             .api
             .list_all(Service::Network, &format!("/ports?tags={tag_q}"), "ports")
@@ -688,7 +743,60 @@ impl OpenStackBackend {
                 .await
                 .map_err(backend_error)?;
         }
+        let groups: Vec<SecurityGroup> = self
+            .api
+            .list_all(
+                Service::Network,
+                &format!("/security-groups?tags={tag_q}"),
+                "security_groups",
+            )
+            .await
+            .map_err(backend_error)?;
+        for g in groups {
+            self.api
+                .delete(Service::Network, &format!("/security-groups/{}", g.id))
+                .await
+                .map_err(backend_error)?;
+        }
         self.networks.lock().await.remove(&instance.id);
+        Ok(())
+    }
+
+    /// Drops the instance from the images it used; an image ibkit uploaded
+    /// that no deployment uses any more is deleted unless kept.
+    async fn release_images(&self, instance: &InstanceRef) -> Result<(), BackendError> {
+        let tag = instance_tag(&instance.id);
+        let images: Vec<Image> = self
+            .api
+            .list_all(
+                Service::Image,
+                &format!("/images?tag={}", q(&tag)),
+                "images",
+            )
+            .await
+            .map_err(backend_error)?;
+        for i in images {
+            self.api
+                .delete(
+                    Service::Image,
+                    &format!("/images/{}/tags/{}", i.id, q(&tag)),
+                )
+                .await
+                .map_err(backend_error)?;
+            let used = i
+                .tags
+                .iter()
+                .any(|t| t != &tag && t.starts_with(&format!("{META_INSTANCE}:")));
+            if !used && !self.settings.keep_images && i.tags.iter().any(|t| t == TAG) {
+                self.api
+                    .delete(Service::Image, &format!("/images/{}", i.id))
+                    .await
+                    .map_err(backend_error)?;
+                tracing::info!(image = %i.id, "deleted the uploaded image no deployment uses");
+            }
+        }
+        // Ids may be gone now: a later deployment looks (or uploads) again.
+        self.images.lock().await.clear();
         Ok(())
     }
 
@@ -727,6 +835,164 @@ impl OpenStackBackend {
             .map_err(backend_error)
     }
 
+    /// The host's security group (`ibkit-<instance>-<host>`): ingress TCP 22
+    /// and the manifest's ports, and ICMP, from anywhere (IPv4); egress as
+    /// Neutron makes it (everything). Missing rules are added on every
+    /// creation, so a recreated VM gets the manifest's current ports.
+    async fn security_group(&self, request: &VmRequest) -> Result<String, BackendError> {
+        let host_tag = format!("{META_HOST}:{}", request.host);
+        let found: Vec<SecurityGroup> = self
+            .api
+            .list_all(
+                Service::Network,
+                &format!(
+                    "/security-groups?tags={},{}",
+                    q(&instance_tag(&request.instance.id)),
+                    q(&host_tag)
+                ),
+                "security_groups",
+            )
+            .await
+            .map_err(backend_error)?;
+        let sg = match found.into_iter().next() {
+            Some(sg) => sg,
+            None => {
+                let sg: SecurityGroup = self
+                    .api
+                    .post_as(
+                        Service::Network,
+                        "/security-groups",
+                        &json!({ "security_group": {
+                            "name": format!("ibkit-{}-{}", request.instance.name, request.host),
+                            "description": format!("ibkit host {} of {}", request.host, request.instance.name) } }),
+                        "security_group",
+                    )
+                    .await
+                    .map_err(backend_error)?;
+                let mut tags = Self::tags_for(&request.instance);
+                tags.push(host_tag);
+                self.tag("security-groups", &sg.id, &tags).await?;
+                sg
+            }
+        };
+        let have: BTreeSet<(String, Option<u32>)> = sg
+            .security_group_rules
+            .iter()
+            .filter(|r| {
+                r.direction == "ingress"
+                    && r.ethertype == "IPv4"
+                    && r.remote_ip_prefix.as_deref() == Some("0.0.0.0/0")
+            })
+            .map(|r| (r.protocol.clone().unwrap_or_default(), r.port_range_min))
+            .collect();
+        let mut want: BTreeSet<(String, Option<u32>)> =
+            BTreeSet::from([("tcp".to_string(), Some(22)), ("icmp".to_string(), None)]);
+        want.extend(
+            request
+                .ports
+                .iter()
+                .map(|p| ("tcp".to_string(), Some(u32::from(*p)))),
+        );
+        for (protocol, port) in want.difference(&have) {
+            let mut rule = json!({ "security_group_id": sg.id, "direction": "ingress",
+                "ethertype": "IPv4", "protocol": protocol, "remote_ip_prefix": "0.0.0.0/0" });
+            if let Some(p) = port {
+                rule["port_range_min"] = json!(p);
+                rule["port_range_max"] = json!(p);
+            }
+            self.api
+                .call(
+                    Service::Network,
+                    Method::POST,
+                    "/security-group-rules",
+                    Some(&json!({ "security_group_rule": rule })),
+                )
+                .await
+                .map_err(backend_error)?;
+        }
+        Ok(sg.id)
+    }
+
+    /// The external network: the one given, else the only one (`None`:
+    /// there is none).
+    async fn external_network(&self) -> Result<Option<Network>, BackendError> {
+        if let Some(e) = &self.settings.external_network {
+            return Ok(Some(self.resolve_network(e).await?));
+        }
+        let ext: Vec<Network> = self
+            .api
+            .get_as(
+                Service::Network,
+                "/networks?router%3Aexternal=true",
+                "networks",
+            )
+            .await
+            .map_err(backend_error)?;
+        if ext.len() > 1 {
+            return Err(BackendError::Other(format!(
+                "{} external networks ({}); name one with --os-external-network",
+                ext.len(),
+                ext.iter()
+                    .map(|n| n.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        Ok(ext.into_iter().next())
+    }
+
+    async fn floating_ip(
+        &self,
+        request: &VmRequest,
+        port: &Port,
+    ) -> Result<std::net::IpAddr, BackendError> {
+        let ext = self.external_network().await?.ok_or_else(|| {
+            BackendError::Other("--os-floating-ip: the cloud has no external network".into())
+        })?;
+        let fip: FloatingIp = self
+            .api
+            .post_as(
+                Service::Network,
+                "/floatingips",
+                &json!({ "floatingip": { "floating_network_id": ext.id, "port_id": port.id,
+                    "description": format!("ibkit host {} of {}", request.host, request.instance.name) } }),
+                "floatingip",
+            )
+            .await
+            .map_err(backend_error)?;
+        let mut tags = Self::tags_for(&request.instance);
+        tags.push(format!("{META_HOST}:{}", request.host));
+        self.tag("floatingips", &fip.id, &tags).await?;
+        fip.floating_ip_address.parse().map_err(|_| {
+            BackendError::Other(format!(
+                "floating IP {}: {:?} is not an address",
+                fip.id, fip.floating_ip_address
+            ))
+        })
+    }
+
+    /// Floating IPs bound to these ports (released before the ports go).
+    async fn delete_floating_ips_of(&self, ports: &[Port]) -> Result<(), BackendError> {
+        for p in ports {
+            let fips: Vec<FloatingIp> = self
+                .api
+                .list_all(
+                    Service::Network,
+                    &format!("/floatingips?port_id={}", q(&p.id)),
+                    "floatingips",
+                )
+                .await
+                .map_err(backend_error)?;
+            for f in fips.iter().filter(|f| f.tags.iter().any(|t| t == TAG)) {
+                self.api
+                    .delete(Service::Network, &format!("/floatingips/{}", f.id))
+                    .await
+                    .map_err(backend_error)?;
+            }
+        }
+        Ok(())
+    }
+
     async fn create_port(&self, request: &VmRequest, name: &str) -> Result<Port, BackendError> {
         let network = self.network_for(&request.instance).await?;
         let host_tag = format!("{META_HOST}:{}", request.host);
@@ -753,12 +1019,14 @@ impl OpenStackBackend {
                 .await
                 .map_err(backend_error)?;
         }
+        let security_group = self.security_group(request).await?;
         let port: Port = self
             .api
             .post_as(
                 Service::Network,
                 "/ports",
                 &json!({ "port": { "name": name, "network_id": network,
+                    "security_groups": [security_group],
                     "description": format!("ibkit host {} of {}", request.host, request.instance.name) } }),
                 "port",
             )
@@ -893,13 +1161,15 @@ impl OpenStackBackend {
                 .and_then(ibkit_vm::accel::parse_utc)
                 .is_none_or(|t| now.saturating_sub(t) >= older_than.as_secs())
         };
+        // Ours (tagged `ibkit`) and used by no live deployment.
         let orphan_tag = |tags: &[String]| {
-            let instance = tags.iter().find_map(|t| {
-                t.strip_prefix(META_INSTANCE)
-                    .and_then(|r| r.strip_prefix(':'))
-                    .and_then(|id| uuid::Uuid::parse_str(id).ok())
-            });
-            tags.iter().any(|t| t == TAG) && instance.is_none_or(|id| !live.contains(&id))
+            tags.iter().any(|t| t == TAG)
+                && !tags.iter().any(|t| {
+                    t.strip_prefix(META_INSTANCE)
+                        .and_then(|r| r.strip_prefix(':'))
+                        .and_then(|id| uuid::Uuid::parse_str(id).ok())
+                        .is_some_and(|id| live.contains(&id))
+                })
         };
         let mut report = SweepReport::default();
         let servers: Vec<Server> = self
@@ -933,6 +1203,30 @@ impl OpenStackBackend {
                 report.kept += 1;
             }
         }
+        let fips: Vec<FloatingIp> = self
+            .api
+            .list_all(
+                Service::Network,
+                &format!("/floatingips?tags={TAG}"),
+                "floatingips",
+            )
+            .await
+            .map_err(backend_error)?;
+        for f in fips {
+            if orphan_tag(&f.tags) && old(f.created_at.as_deref()) {
+                if !dry_run {
+                    self.api
+                        .delete(Service::Network, &format!("/floatingips/{}", f.id))
+                        .await
+                        .map_err(backend_error)?;
+                }
+                report
+                    .floating_ips
+                    .push(format!("{} ({})", f.floating_ip_address, f.id));
+            } else {
+                report.kept += 1;
+            }
+        }
         let ports: Vec<Port> = self
             .api
             .list_all(Service::Network, &format!("/ports?tags={TAG}"), "ports")
@@ -947,6 +1241,30 @@ impl OpenStackBackend {
                         .map_err(backend_error)?;
                 }
                 report.ports.push(format!("{} ({})", p.name, p.id));
+            } else {
+                report.kept += 1;
+            }
+        }
+        let groups: Vec<SecurityGroup> = self
+            .api
+            .list_all(
+                Service::Network,
+                &format!("/security-groups?tags={TAG}"),
+                "security_groups",
+            )
+            .await
+            .map_err(backend_error)?;
+        for g in groups {
+            if orphan_tag(&g.tags) && old(g.created_at.as_deref()) {
+                if !dry_run {
+                    self.api
+                        .delete(Service::Network, &format!("/security-groups/{}", g.id))
+                        .await
+                        .map_err(backend_error)?;
+                }
+                report
+                    .security_groups
+                    .push(format!("{} ({})", g.name, g.id));
             } else {
                 report.kept += 1;
             }
@@ -988,6 +1306,42 @@ impl OpenStackBackend {
                 report.kept += 1;
             }
         }
+        // Uploads: only this project's (an image shared into it is not
+        // ours to delete, whatever its tags say).
+        let project = self.api.project_id().await.map_err(backend_error)?;
+        let images: Vec<Image> = self
+            .api
+            .list_all(
+                Service::Image,
+                &format!("/images?tag={TAG}&owner={}", q(&project)),
+                "images",
+            )
+            .await
+            .map_err(backend_error)?;
+        for i in images {
+            // An upload that never finished (a killed `up`) is garbage
+            // whoever started it, once old enough.
+            let unfinished = matches!(
+                i.status.as_str(),
+                "queued" | "saving" | "importing" | "uploading"
+            );
+            if (unfinished || orphan_tag(&i.tags)) && old(i.created_at.as_deref()) {
+                if !dry_run {
+                    self.api
+                        .delete(Service::Image, &format!("/images/{}", i.id))
+                        .await
+                        .map_err(backend_error)?;
+                }
+                report.images.push(format!(
+                    "{} ({}, {})",
+                    i.name.as_deref().unwrap_or(""),
+                    i.id,
+                    i.status
+                ));
+            } else {
+                report.kept += 1;
+            }
+        }
         Ok(report)
     }
 }
@@ -997,6 +1351,7 @@ impl ComputeBackend for OpenStackBackend {
         crate::store::BackendSpec::Openstack {
             cloud: self.api.cloud().name.clone(),
             network: self.settings.network.clone(),
+            floating_ips: self.settings.floating_ips,
         }
     }
 
@@ -1010,8 +1365,10 @@ impl ComputeBackend for OpenStackBackend {
             )));
         }
         let name = server_name(&request.instance.name, &request.host, request.attempt);
-        let image = self.image_id(&request.image).await?;
-        let flavor = self.flavor_id(&request.flavor).await?;
+        let image = self.image_id(&request.image, &request.instance).await?;
+        let flavor = self
+            .flavor_id(&request.flavor, request.os_flavor.as_deref())
+            .await?;
         let port = self.create_port(&request, &name).await?;
         let metadata = json!({
             META_INSTANCE: request.instance.id.to_string(),
@@ -1062,6 +1419,12 @@ impl ComputeBackend for OpenStackBackend {
                             .filter_map(|f| f.ip_address.parse().ok())
                             .collect();
                     }
+                    if self.settings.floating_ips {
+                        match self.floating_ip(&request, &port).await {
+                            Ok(ip) => addresses.push(ip),
+                            Err(e) => break format!("server {name} ({id}): {e}"),
+                        }
+                    }
                     return Ok(VmHandle {
                         id,
                         host: request.host,
@@ -1089,7 +1452,28 @@ impl ComputeBackend for OpenStackBackend {
                 Some(_) => tokio::time::sleep(self.settings.poll).await,
             }
         };
+        // What the guest printed, if it got that far.
+        let failure = match self.console_output(&id, 4096).await {
+            Ok(c) if !c.trim().is_empty() => format!(
+                "{failure}\nconsole tail:\n{}",
+                c.lines()
+                    .rev()
+                    .take(20)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            ),
+            _ => failure,
+        };
         // A server that cannot run holds quota: delete it, and its port.
+        if let Err(e) = self
+            .delete_floating_ips_of(std::slice::from_ref(&port))
+            .await
+        {
+            tracing::warn!(server = %id, error = %e, "releasing a failed server's floating IP");
+        }
         if let Err(e) = self.delete_server_and_wait(&id).await {
             tracing::warn!(server = %id, error = %e, "deleting a failed server");
         }
@@ -1131,6 +1515,7 @@ impl ComputeBackend for OpenStackBackend {
             Evidence::default()
         };
         let ports = self.ports_of(id).await?;
+        self.delete_floating_ips_of(&ports).await?;
         self.delete_server_and_wait(id).await?;
         self.delete_ports(&ports).await?;
         Ok(evidence)
@@ -1184,7 +1569,8 @@ impl ComputeBackend for OpenStackBackend {
     }
 
     async fn release_instance(&self, instance: &InstanceRef) -> Result<(), BackendError> {
-        self.release_network(instance).await
+        self.release_network(instance).await?;
+        self.release_images(instance).await
     }
 }
 

@@ -101,13 +101,21 @@ impl Cloud {
             .collect()
     }
 
-    /// Neutron resources tagged with the instance: (kind, name, id).
+    /// Neutron resources and Glance images tagged with the instance: (kind,
+    /// name, id).
     pub fn tagged(&self, instance: &str) -> Vec<(String, String, String)> {
         let mut out = Vec::new();
-        for kind in ["ports", "routers", "subnets", "networks"] {
+        for (path, kind) in [
+            ("floatingips", "floatingips"),
+            ("ports", "ports"),
+            ("security-groups", "security_groups"),
+            ("routers", "routers"),
+            ("subnets", "subnets"),
+            ("networks", "networks"),
+        ] {
             let v = self.get(
                 Api::Network,
-                &format!("/{kind}?tags=ibkit-instance%3A{instance}"),
+                &format!("/{path}?tags=ibkit-instance%3A{instance}"),
             );
             for r in v[kind].as_array().cloned().unwrap_or_default() {
                 out.push((
@@ -116,6 +124,17 @@ impl Cloud {
                     r["id"].as_str().unwrap_or("").to_string(),
                 ));
             }
+        }
+        let images = self.get(
+            Api::Image,
+            &format!("/images?tag=ibkit-instance%3A{instance}"),
+        );
+        for r in images["images"].as_array().cloned().unwrap_or_default() {
+            out.push((
+                "images".to_string(),
+                r["name"].as_str().unwrap_or("").to_string(),
+                r["id"].as_str().unwrap_or("").to_string(),
+            ));
         }
         out
     }
@@ -226,7 +245,8 @@ pub struct Env {
     pub service: Service,
     pub cloud: Cloud,
     guests: Option<Guests>,
-    extra: Vec<String>,
+    /// Arguments every `ibkit deploy` of this test gets.
+    pub extra: Vec<String>,
 }
 
 impl Env {
@@ -266,10 +286,19 @@ impl Env {
             .port();
         let (service, guests, extra) = match virt {
             Virt::Fake => {
-                let service = Service::spawn(
+                // The service recovers dead servers itself, with the
+                // cloud's credentials from its environment.
+                let clouds = clouds_file();
+                let service = Service::spawn_with_env(
                     &dir.path().join("serve"),
                     &format!("127.0.0.1:{port}"),
-                    vec!["--monitor-interval".into(), "2s".into()],
+                    vec![
+                        "--monitor-interval".into(),
+                        "2s".into(),
+                        "--recover-deployments".into(),
+                        dir.path().join("deploy").display().to_string(),
+                    ],
+                    &[("OS_CLIENT_CONFIG_FILE", clouds.as_os_str())],
                 );
                 let guests = Guests {
                     dir: dir.path().join("guests"),

@@ -93,8 +93,20 @@ impl Service {
     }
 
     pub fn spawn(state: &Path, listen: &str, args: Vec<String>) -> Service {
+        Self::spawn_with_env(state, listen, args, &[])
+    }
+
+    /// [`Service::spawn`] with extra environment variables (e.g. the
+    /// clouds.yaml its recovery rounds use).
+    pub fn spawn_with_env(
+        state: &Path,
+        listen: &str,
+        args: Vec<String>,
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Service {
         std::fs::create_dir_all(state).expect("state dir");
         let mut child = Command::new(ibkit_bin())
+            .envs(env.iter().copied())
             .arg("serve")
             .args(["--listen", listen])
             .arg("--state-dir")
