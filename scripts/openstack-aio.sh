@@ -28,7 +28,7 @@
 #   the last db sync: sync again only after an upgrade), secrets.env (0600),
 #   clouds.yaml + secure.yaml (0600).
 # Fixtures: project/user ibkit (member+reader), clouds ibkit-aio / ibkit-aio-admin,
-#   shared external flat network ibkit-public (physnet1 = veth into bridge ibkos0, 10.78.0.0/24,
+#   shared external flat network ibkit-public (physnet1 = veth into bridge ibkos0, 10.88.0.0/24,
 #   no DHCP), tenant networks of type "local", flavors ibkit.small/medium/large,
 #   public raw image ibkit-test-image (1 MiB), project quotas.
 #
@@ -40,8 +40,10 @@
 # - debconf/dbconfig-common prompts: DEBIAN_FRONTEND=noninteractive; the OpenStack questions default to "no".
 # - nova-compute-qemu/-kvm conflict with the backports QEMU 10: fake mode runs nova-compute from python3-nova.
 # - Zed's Neutron refuses linuxbridge unless [experimental] linuxbridge = true.
+# - 10.88.0.0/24: the QEMU deploy tests own 10.76-10.79.0.0/24 (a host route for the same range on
+#   ibkos0 cut their VMs off the service).
 # - the kernel has no dummy/vlan links: physnet1 is one end of a veth pair whose other end sits in our
-#   bridge ibkos0 (10.78.0.1/24); bridge_mappings = physnet1:ibkos0 would do for the fake driver, but
+#   bridge ibkos0 (10.88.0.1/24); bridge_mappings = physnet1:ibkos0 would do for the fake driver, but
 #   Zed's linuxbridge binding has no bridge_name, so libvirt guests would land in a lone brq<net> bridge.
 # - firewall_driver = noop keeps the host's iptables untouched; no DHCP agent (enable_traditional_dhcp = false).
 # - Nova's API needs Neutron even for "networks: none" (GET server -> 500 EndpointNotFound).
@@ -71,7 +73,7 @@ BRIDGE=ibkos0
 # veth pair: BRIDGE_PORT sits in BRIDGE, PHYS_IF is physnet1's "physical" interface
 BRIDGE_PORT=ibkos0-br
 PHYS_IF=ibkos0-os
-BRIDGE_CIDR=10.78.0.1/24
+BRIDGE_CIDR=10.88.0.1/24
 KS_URL=http://127.0.0.1:5000/v3
 ETC=$STATE/etc
 LOG=$STATE/log
@@ -514,7 +516,8 @@ ensure_bridge() {
   # (no "| grep -q" under pipefail: an early grep exit fails the pipeline by SIGPIPE)
   case " $(ip -4 -o addr show dev "$BRIDGE") " in
     *" inet $BRIDGE_CIDR "*) ;;
-    *) ip addr add "$BRIDGE_CIDR" dev "$BRIDGE" ;;
+    # (an address from an older range would shadow the QEMU tests' networks)
+    *) ip -4 addr flush dev "$BRIDGE"; ip addr add "$BRIDGE_CIDR" dev "$BRIDGE" ;;
   esac
   ip link set "$BRIDGE" up
   if ! ip link show "$PHYS_IF" >/dev/null 2>&1; then
@@ -967,11 +970,17 @@ def ensure_network(tok):
         req("PUT", f"{NEUTRON}/networks/{net['id']}", {"network": {
             "shared": True, "router:external": True}}, tok)
     _, _, j = req("GET", f"{NEUTRON}/subnets?network_id={net['id']}", token=tok)
+    # an older version of this script used another range: replace it (Neutron
+    # refuses while addresses of it are in use, and says which)
+    for sub in j["subnets"]:
+        if sub["cidr"] != "10.88.0.0/24":
+            req("DELETE", f"{NEUTRON}/subnets/{sub['id']}", token=tok)
+            j["subnets"] = []
     if not j["subnets"]:
         req("POST", f"{NEUTRON}/subnets", {"subnet": {
             "name": "ibkit-public-subnet", "network_id": net["id"], "ip_version": 4,
-            "cidr": "10.78.0.0/24", "gateway_ip": "10.78.0.1", "enable_dhcp": False,
-            "allocation_pools": [{"start": "10.78.0.100", "end": "10.78.0.200"}]}}, tok)
+            "cidr": "10.88.0.0/24", "gateway_ip": "10.88.0.1", "enable_dhcp": False,
+            "allocation_pools": [{"start": "10.88.0.100", "end": "10.88.0.200"}]}}, tok)
     return net["id"]
 
 

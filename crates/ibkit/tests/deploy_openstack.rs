@@ -503,7 +503,7 @@ flavor = {{ vcpus = 3, memory_mib = 1024, disk_gib = 10 }}
     assert!(out.status.success());
 }
 
-/// `kill -9` of `up` once its first server exists (image uploaded, network,
+/// `kill -9` of `up` once its servers exist (image uploaded, network,
 /// router, ports and servers made, the record not finished): `down`
 /// leaves nothing of it; with the state directory lost as well, `gc` does.
 #[test]
@@ -522,11 +522,13 @@ fn a_killed_up_leaves_nothing_after_down_or_gc() {
             .stderr(Stdio::null())
             .spawn()
             .expect("up starts");
+        // Both servers exist (the worker's image is uploaded); no guest
+        // ever pairs, so `up` is still waiting when it is killed.
         wait_every(
-            "the deployment's first server",
+            "the deployment's servers",
             Duration::from_secs(120),
             Duration::from_millis(200),
-            || (!env.cloud.servers(&name).is_empty()).then_some(()),
+            || (env.cloud.servers(&name).len() == 2).then_some(()),
         );
         up.kill().expect("SIGKILL");
         let _ = up.wait();

@@ -1012,7 +1012,12 @@ impl OpenStackBackend {
             )
             .await
             .map_err(backend_error)?;
-        for p in stale.iter().filter(|p| p.device_id.is_empty()) {
+        let stale: Vec<Port> = stale
+            .into_iter()
+            .filter(|p| p.device_id.is_empty())
+            .collect();
+        self.delete_floating_ips_of(&stale).await?;
+        for p in &stale {
             tracing::info!(port = %p.id, "deleting the port of a vanished server");
             self.api
                 .delete(Service::Network, &format!("/ports/{}", p.id))
