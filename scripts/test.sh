@@ -9,19 +9,24 @@ cd "$(dirname "$0")/.."
 export IBKIT_CACHE_DIR="${IBKIT_CACHE_DIR:-/var/cache/ibkit}"
 
 # The all-in-one OpenStack for the OpenStack backend's tests: its packages
-# (~11 min of apt on a fresh machine) install while the images build, and
-# its daemons start while the workspace tests run; stopped at the end
-# unless it was already running.
+# (~11 min of apt on a fresh machine) install and its daemons start in the
+# background while the images build and the workspace tests run; nothing
+# waits for it before the VM lane. Stopped at the end unless it was
+# already running.
 os_log="$(mktemp /tmp/ibkit-openstack.XXXXXX.log)"
+os_clouds="$(mktemp /tmp/ibkit-openstack-clouds.XXXXXX)"
 os_was_running=0
 if ./scripts/openstack-aio.sh status >/dev/null 2>&1; then os_was_running=1; fi
 stop_openstack() {
   if [ "$os_was_running" = 0 ]; then ./scripts/openstack-aio.sh stop >/dev/null 2>&1 || true; fi
 }
 trap stop_openstack EXIT
-echo "test: installing the all-in-one OpenStack in the background (log: $os_log)" >&2
+echo "test: installing and starting the all-in-one OpenStack in the background (log: $os_log)" >&2
 # libvirt's packages too: the last test boots real guests through Nova.
-IBKIT_OPENSTACK_VIRT=libvirt ./scripts/openstack-aio.sh install >"$os_log" 2>&1 &
+(
+  IBKIT_OPENSTACK_VIRT=libvirt ./scripts/openstack-aio.sh install &&
+    ./scripts/openstack-aio.sh --virt fake start >"$os_clouds"
+) >>"$os_log" 2>&1 &
 os_pid=$!
 
 echo "test: building the example Debian 12 image (cached by content)" >&2
@@ -44,16 +49,6 @@ echo "test: building the portable agent (glibc 2.28, cargo-zigbuild)" >&2
 IBKIT_AGENT_BINARY="$(./scripts/build-agent.sh)"
 export IBKIT_AGENT_BINARY
 
-if ! wait "$os_pid"; then
-  tail -n 40 "$os_log" >&2
-  echo "test: installing OpenStack failed (whole log: $os_log)" >&2
-  exit 1
-fi
-echo "test: starting the all-in-one OpenStack in the background" >&2
-os_clouds="$(mktemp /tmp/ibkit-openstack-clouds.XXXXXX)"
-./scripts/openstack-aio.sh --virt fake start >"$os_clouds" 2>>"$os_log" &
-os_pid=$!
-
 echo "test: cargo test (workspace)" >&2
 cargo build --workspace --bins
 
@@ -70,7 +65,7 @@ os_vm_tests='package(ibkit) & binary(deploy_openstack_vm)'
 wait_openstack() {
   if ! wait "$os_pid"; then
     tail -n 60 "$os_log" >&2
-    echo "test: starting OpenStack failed (whole log: $os_log)" >&2
+    echo "test: installing or starting OpenStack failed (whole log: $os_log)" >&2
     exit 1
   fi
   IBKIT_OPENSTACK_CLOUDS="$(tail -n 1 "$os_clouds")"
