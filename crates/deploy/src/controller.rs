@@ -196,6 +196,7 @@ impl<B: ComputeBackend> Controller<B> {
                 let mut record = DeploymentRecord {
                     name: name.clone(),
                     backend: self.backend.spec(),
+                    guest_service_url: Some(self.guest_service_url.clone()),
                     instance_id: created.id,
                     status: DeployStatus::Applying,
                     status_reason: None,
@@ -217,6 +218,7 @@ impl<B: ComputeBackend> Controller<B> {
             }
             Some(mut record) => {
                 self.check_backend(&record)?;
+                record.guest_service_url = Some(self.guest_service_url.clone());
                 let old: Vec<&String> = record.hosts.keys().collect();
                 let mut new: Vec<&String> = manifest.hosts.iter().map(|h| &h.name).collect();
                 new.sort();
@@ -415,7 +417,10 @@ impl<B: ComputeBackend> Controller<B> {
             None => self.client.rekey(record.instance_id, host).await?,
         };
         let boot = AgentBootstrap {
-            service_url: self.guest_service_url.clone(),
+            service_url: record
+                .guest_service_url
+                .clone()
+                .unwrap_or_else(|| self.guest_service_url.clone()),
             cert_sha256_hex: self.cert_sha256.clone(),
             curl_pin: self.curl_pin.clone(),
             instance_id: record.instance_id,
@@ -1339,6 +1344,7 @@ window = "1h"
         let record = DeploymentRecord {
             name: "demo".into(),
             backend: crate::store::BackendSpec::Qemu,
+            guest_service_url: None,
             instance_id: uuid::Uuid::nil(),
             status: DeployStatus::Running,
             status_reason: None,

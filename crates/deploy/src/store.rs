@@ -164,6 +164,10 @@ pub struct DeploymentRecord {
     /// Where its VMs run; records older than the field ran on QEMU.
     #[serde(default)]
     pub backend: BackendSpec,
+    /// The service as its VMs reach it (`--guest-service-url` of the last
+    /// `up`): recreated VMs get the same, whoever recovers them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_service_url: Option<String>,
     pub instance_id: uuid::Uuid,
     pub status: DeployStatus,
     pub status_reason: Option<String>,
@@ -408,6 +412,7 @@ mod tests {
         DeploymentRecord {
             name: name.into(),
             backend: BackendSpec::Qemu,
+            guest_service_url: None,
             instance_id: uuid::Uuid::new_v4(),
             status: DeployStatus::Applying,
             status_reason: None,

@@ -668,17 +668,6 @@ async fn run_async(a: DeployArgs) -> Result<ExitCode> {
             for n in &names {
                 spec_for(c, Some(n))?;
             }
-            let on_cloud = store
-                .names()?
-                .iter()
-                .filter(|n| names.is_empty() || names.contains(n))
-                .filter_map(|n| store.load(n).ok())
-                .any(|r| r.backend != BackendSpec::Qemu);
-            if on_cloud && c.guest_service_url.is_none() {
-                bail!(
-                    "deployments on a cloud need --guest-service-url to be recovered: the address at which their servers reach `ibkit serve`"
-                );
-            }
             let endpoint = c.service.endpoint()?;
             eprintln!(
                 "ibkit deploy: watching {} (Ctrl-C stops)",

@@ -85,8 +85,25 @@ impl Cloud {
             .unwrap_or(Value::Null)
     }
 
+    /// A read as the admin; retried twice (a read racing a server that
+    /// `kill -9` left half-built once got an error answer), then the
+    /// cloud's error is the panic.
     pub fn get(&self, service: Api, path: &str) -> Value {
-        self.call(true, service, Method::GET, path, None)
+        let mut last = String::new();
+        for _ in 0..3 {
+            match self
+                .rt
+                .block_on(self.admin.call(service, Method::GET, path, None))
+            {
+                Ok(v) => return v.unwrap_or(Value::Null),
+                Err(e) => {
+                    eprintln!("[openstack test] GET {path}: {e}; retrying");
+                    last = e.to_string();
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+        }
+        panic!("GET {path}: {last}")
     }
 
     /// Every server of a deployment (any project).
