@@ -863,6 +863,59 @@ pub struct FloatingIp {
     pub created_at: Option<String>,
 }
 
+/// A Neutron resource ibkit tags: where it is listed and deleted, and what
+/// `gc` reads of it. One listing and one deletion serve every kind.
+pub trait Tagged: DeserializeOwned {
+    /// The path below `/v2.0` (`security-groups`).
+    const PATH: &'static str;
+    /// The list answer's key (`security_groups`).
+    const KEY: &'static str;
+    fn id(&self) -> &str;
+    fn tags(&self) -> &[String];
+    fn created_at(&self) -> Option<&str>;
+    /// How `gc` names it.
+    fn label(&self) -> String;
+}
+
+macro_rules! tagged {
+    ($t:ty, $path:literal, $key:literal, |$s:ident| $label:expr) => {
+        impl Tagged for $t {
+            const PATH: &'static str = $path;
+            const KEY: &'static str = $key;
+            fn id(&self) -> &str {
+                &self.id
+            }
+            fn tags(&self) -> &[String] {
+                &self.tags
+            }
+            fn created_at(&self) -> Option<&str> {
+                self.created_at.as_deref()
+            }
+            fn label(&self) -> String {
+                let $s = self;
+                $label
+            }
+        }
+    };
+}
+
+tagged!(FloatingIp, "floatingips", "floatingips", |f| format!(
+    "{} ({})",
+    f.floating_ip_address, f.id
+));
+tagged!(Port, "ports", "ports", |p| format!("{} ({})", p.name, p.id));
+tagged!(SecurityGroup, "security-groups", "security_groups", |g| {
+    format!("{} ({})", g.name, g.id)
+});
+tagged!(Router, "routers", "routers", |r| format!(
+    "{} ({})",
+    r.name, r.id
+));
+tagged!(Network, "networks", "networks", |n| format!(
+    "{} ({})",
+    n.name, n.id
+));
+
 #[cfg(test)]
 mod tests {
     use super::*;

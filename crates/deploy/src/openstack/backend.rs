@@ -30,7 +30,7 @@ use sha2::Digest as _;
 
 use super::api::{
     ApiError, CloudApi, Flavor, FloatingIp, Image, Network, Port, Router, SecurityGroup, Server,
-    Service,
+    Service, Tagged,
 };
 use crate::backend::{
     BackendError, ComputeBackend, Evidence, InstanceRef, VmHandle, VmInfo, VmRequest, VmState,
@@ -689,76 +689,69 @@ impl OpenStackBackend {
 
     /// Deletes the instance's routers, ports and networks (by tag).
     async fn release_network(&self, instance: &InstanceRef) -> Result<(), BackendError> {
-        let tag_q = q(&instance_tag(&instance.id));
-        let fips: Vec<FloatingIp> = self
-            .api
-            .list_all(
-                Service::Network,
-                &format!("/floatingips?tags={tag_q}"),
-                "floatingips",
-            )
-            .await
-            .map_err(backend_error)?;
-        for f in fips {
-            self.api
-                .delete(Service::Network, &format!("/floatingips/{}", f.id))
-                .await
-                .map_err(backend_error)?;
-        }
-        let ports: Vec<Port> = self
-            .api
-            .list_all(Service::Network, &format!("/ports?tags={tag_q}"), "ports")
-            .await
-            .map_err(backend_error)?;
-        for p in ports {
-            self.api
-                .delete(Service::Network, &format!("/ports/{}", p.id))
-                .await
-                .map_err(backend_error)?;
-        }
-        let routers: Vec<Router> = self
-            .api
-            .list_all(
-                Service::Network,
-                &format!("/routers?tags={tag_q}"),
-                "routers",
-            )
-            .await
-            .map_err(backend_error)?;
-        for r in routers {
-            self.delete_router(&r.id).await?;
-        }
-        let networks: Vec<Network> = self
-            .api
-            .list_all(
-                Service::Network,
-                &format!("/networks?tags={tag_q}"),
-                "networks",
-            )
-            .await
-            .map_err(backend_error)?;
-        for n in networks {
-            self.api
-                .delete(Service::Network, &format!("/networks/{}", n.id))
-                .await
-                .map_err(backend_error)?;
-        }
-        let groups: Vec<SecurityGroup> = self
-            .api
-            .list_all(
-                Service::Network,
-                &format!("/security-groups?tags={tag_q}"),
-                "security_groups",
-            )
-            .await
-            .map_err(backend_error)?;
-        for g in groups {
-            self.api
-                .delete(Service::Network, &format!("/security-groups/{}", g.id))
-                .await
-                .map_err(backend_error)?;
-        }
+        let tags = q(&instance_tag(&instance.id));
+        // Dependents first: floating IPs and ports hold addresses of the
+        // subnet, routers its interfaces; groups go once no port uses them.
+        self.delete_all::<FloatingIp>(&tags).await?;
+        self.delete_all::<Port>(&tags).await?;
+        self.delete_all::<Router>(&tags).await?;
+        self.delete_all::<Network>(&tags).await?;
+        self.delete_all::<SecurityGroup>(&tags).await?;
         self.networks.lock().await.remove(&instance.id);
+        Ok(())
+    }
+
+    /// Every `R` carrying all of `tags` (already query-encoded, comma
+    /// separated).
+    async fn list_tagged<R: Tagged>(&self, tags: &str) -> Result<Vec<R>, BackendError> {
+        self.api
+            .list_all(
+                Service::Network,
+                &format!("/{}?tags={tags}", R::PATH),
+                R::KEY,
+            )
+            .await
+            .map_err(backend_error)
+    }
+
+    /// Deletes one tagged resource (a router's interfaces are detached
+    /// first: Neutron refuses otherwise).
+    async fn delete_tagged<R: Tagged>(&self, r: &R) -> Result<(), BackendError> {
+        if R::PATH == Router::PATH {
+            return self.delete_router(r.id()).await;
+        }
+        self.api
+            .delete(Service::Network, &format!("/{}/{}", R::PATH, r.id()))
+            .await
+            .map_err(backend_error)
+    }
+
+    async fn delete_all<R: Tagged>(&self, tags: &str) -> Result<(), BackendError> {
+        for r in self.list_tagged::<R>(tags).await? {
+            self.delete_tagged(&r).await?;
+        }
+        Ok(())
+    }
+
+    /// `gc` for one kind: deletes (unless `dry_run`) every `R` tagged `ibkit`
+    /// that `doomed` picks, names it in `deleted`, counts the rest as kept.
+    async fn sweep_kind<R: Tagged>(
+        &self,
+        doomed: impl Fn(&[String], Option<&str>) -> bool,
+        dry_run: bool,
+        deleted: &mut Vec<String>,
+        kept: &mut usize,
+    ) -> Result<(), BackendError> {
+        for r in self.list_tagged::<R>(TAG).await? {
+            if doomed(r.tags(), r.created_at()) {
+                if !dry_run {
+                    self.delete_tagged(&r).await?;
+                }
+                deleted.push(r.label());
+            } else {
+                *kept += 1;
+            }
+        }
         Ok(())
     }
 
@@ -842,18 +835,12 @@ impl OpenStackBackend {
     async fn security_group(&self, request: &VmRequest) -> Result<String, BackendError> {
         let host_tag = format!("{META_HOST}:{}", request.host);
         let found: Vec<SecurityGroup> = self
-            .api
-            .list_all(
-                Service::Network,
-                &format!(
-                    "/security-groups?tags={},{}",
-                    q(&instance_tag(&request.instance.id)),
-                    q(&host_tag)
-                ),
-                "security_groups",
-            )
-            .await
-            .map_err(backend_error)?;
+            .list_tagged(&format!(
+                "{},{}",
+                q(&instance_tag(&request.instance.id)),
+                q(&host_tag)
+            ))
+            .await?;
         let sg = match found.into_iter().next() {
             Some(sg) => sg,
             None => {
@@ -1000,18 +987,12 @@ impl OpenStackBackend {
         // detaches ports it did not create): the host's unattached ports
         // are that, and go before the new one is made.
         let stale: Vec<Port> = self
-            .api
-            .list_all(
-                Service::Network,
-                &format!(
-                    "/ports?tags={},{}",
-                    q(&instance_tag(&request.instance.id)),
-                    q(&host_tag)
-                ),
-                "ports",
-            )
-            .await
-            .map_err(backend_error)?;
+            .list_tagged(&format!(
+                "{},{}",
+                q(&instance_tag(&request.instance.id)),
+                q(&host_tag)
+            ))
+            .await?;
         let stale: Vec<Port> = stale
             .into_iter()
             .filter(|p| p.device_id.is_empty())
@@ -1208,109 +1189,18 @@ impl OpenStackBackend {
                 report.kept += 1;
             }
         }
-        let fips: Vec<FloatingIp> = self
-            .api
-            .list_all(
-                Service::Network,
-                &format!("/floatingips?tags={TAG}"),
-                "floatingips",
-            )
-            .await
-            .map_err(backend_error)?;
-        for f in fips {
-            if orphan_tag(&f.tags) && old(f.created_at.as_deref()) {
-                if !dry_run {
-                    self.api
-                        .delete(Service::Network, &format!("/floatingips/{}", f.id))
-                        .await
-                        .map_err(backend_error)?;
-                }
-                report
-                    .floating_ips
-                    .push(format!("{} ({})", f.floating_ip_address, f.id));
-            } else {
-                report.kept += 1;
-            }
-        }
-        let ports: Vec<Port> = self
-            .api
-            .list_all(Service::Network, &format!("/ports?tags={TAG}"), "ports")
-            .await
-            .map_err(backend_error)?;
-        for p in ports {
-            if orphan_tag(&p.tags) && old(p.created_at.as_deref()) {
-                if !dry_run {
-                    self.api
-                        .delete(Service::Network, &format!("/ports/{}", p.id))
-                        .await
-                        .map_err(backend_error)?;
-                }
-                report.ports.push(format!("{} ({})", p.name, p.id));
-            } else {
-                report.kept += 1;
-            }
-        }
-        let groups: Vec<SecurityGroup> = self
-            .api
-            .list_all(
-                Service::Network,
-                &format!("/security-groups?tags={TAG}"),
-                "security_groups",
-            )
-            .await
-            .map_err(backend_error)?;
-        for g in groups {
-            if orphan_tag(&g.tags) && old(g.created_at.as_deref()) {
-                if !dry_run {
-                    self.api
-                        .delete(Service::Network, &format!("/security-groups/{}", g.id))
-                        .await
-                        .map_err(backend_error)?;
-                }
-                report
-                    .security_groups
-                    .push(format!("{} ({})", g.name, g.id));
-            } else {
-                report.kept += 1;
-            }
-        }
-        let routers: Vec<Router> = self
-            .api
-            .list_all(Service::Network, &format!("/routers?tags={TAG}"), "routers")
-            .await
-            .map_err(backend_error)?;
-        for r in routers {
-            if orphan_tag(&r.tags) && old(r.created_at.as_deref()) {
-                if !dry_run {
-                    self.delete_router(&r.id).await?;
-                }
-                report.routers.push(format!("{} ({})", r.name, r.id));
-            } else {
-                report.kept += 1;
-            }
-        }
-        let networks: Vec<Network> = self
-            .api
-            .list_all(
-                Service::Network,
-                &format!("/networks?tags={TAG}"),
-                "networks",
-            )
-            .await
-            .map_err(backend_error)?;
-        for n in networks {
-            if orphan_tag(&n.tags) && old(n.created_at.as_deref()) {
-                if !dry_run {
-                    self.api
-                        .delete(Service::Network, &format!("/networks/{}", n.id))
-                        .await
-                        .map_err(backend_error)?;
-                }
-                report.networks.push(format!("{} ({})", n.name, n.id));
-            } else {
-                report.kept += 1;
-            }
-        }
+        let doomed = |tags: &[String], created: Option<&str>| orphan_tag(tags) && old(created);
+        let kept = &mut report.kept;
+        self.sweep_kind::<FloatingIp>(&doomed, dry_run, &mut report.floating_ips, kept)
+            .await?;
+        self.sweep_kind::<Port>(&doomed, dry_run, &mut report.ports, kept)
+            .await?;
+        self.sweep_kind::<SecurityGroup>(&doomed, dry_run, &mut report.security_groups, kept)
+            .await?;
+        self.sweep_kind::<Router>(&doomed, dry_run, &mut report.routers, kept)
+            .await?;
+        self.sweep_kind::<Network>(&doomed, dry_run, &mut report.networks, kept)
+            .await?;
         // Uploads: only this project's (an image shared into it is not
         // ours to delete, whatever its tags say).
         let project = self.api.project_id().await.map_err(backend_error)?;
