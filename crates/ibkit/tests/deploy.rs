@@ -27,13 +27,13 @@ mod serve;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use ibkit_deploy::qemu_backend::force_cleanup;
 use ibkit_test_utils::{is_root, link_exists};
 use serde_json::Value;
-use serve::{Service, ibkit_bin, wait_every};
+use serve::{Service, ibkit_bin, run_until, wait_every};
 
 fn debian_image() -> PathBuf {
     let [qcow2, _, _] = ibkit_test_utils::debian_images().expect("the Debian 12 test image");
@@ -107,23 +107,13 @@ impl Env {
     /// Runs `ibkit deploy ARGS`, stderr (progress) passed through; killed
     /// after `timeout`.
     fn run(&self, args: &[&str], timeout: Duration) -> Output {
-        let mut child = self
-            .command(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("ibkit deploy starts");
-        let start = Instant::now();
-        loop {
-            if child.try_wait().expect("wait").is_some() {
-                return child.wait_with_output().expect("output");
-            }
-            if start.elapsed() > timeout {
-                let _ = child.kill();
-                panic!("ibkit deploy {args:?} did not finish within {timeout:?}");
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        run_until(
+            self.command(args),
+            &format!("ibkit deploy {args:?}"),
+            timeout,
+            Duration::from_millis(200),
+            || {},
+        )
     }
 
     fn json(&self, args: &[&str]) -> Value {

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine as _;
 use ibkit_deploy::openstack::api::Service as Api;
@@ -24,7 +24,7 @@ use ibkit_deploy::openstack::{CloudApi, ConfigSources, load_cloud};
 use reqwest::Method;
 use serde_json::Value;
 
-use crate::serve::{Service, ibkit_bin};
+use crate::serve::{Service, ibkit_bin, run_until};
 
 pub const USER_CLOUD: &str = "ibkit-aio";
 pub const ADMIN_CLOUD: &str = "ibkit-aio-admin";
@@ -393,24 +393,14 @@ impl Env {
     /// Runs `ibkit deploy ARGS` (playing the guests meanwhile); killed
     /// after `timeout`.
     pub fn run(&mut self, args: &[&str], deployment: &str, timeout: Duration) -> Output {
-        let mut child = self
-            .command(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("ibkit deploy starts");
-        let start = Instant::now();
-        loop {
-            if child.try_wait().expect("wait").is_some() {
-                return child.wait_with_output().expect("output");
-            }
-            if start.elapsed() > timeout {
-                let _ = child.kill();
-                panic!("ibkit deploy {args:?} did not finish within {timeout:?}");
-            }
-            self.play_guests(deployment);
-            std::thread::sleep(Duration::from_millis(500));
-        }
+        let cmd = self.command(args);
+        run_until(
+            cmd,
+            &format!("ibkit deploy {args:?}"),
+            timeout,
+            Duration::from_millis(500),
+            || self.play_guests(deployment),
+        )
     }
 
     pub fn json(&mut self, args: &[&str], deployment: &str) -> Value {

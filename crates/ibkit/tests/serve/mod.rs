@@ -60,6 +60,34 @@ pub fn wait_every<T>(
     }
 }
 
+/// Runs `cmd` (stdout captured, stderr passed through) until it exits,
+/// calling `meanwhile` every `every`; kills it and panics after `timeout`.
+pub fn run_until(
+    mut cmd: Command,
+    what: &str,
+    timeout: Duration,
+    every: Duration,
+    mut meanwhile: impl FnMut(),
+) -> std::process::Output {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{what} does not start: {e}"));
+    let start = Instant::now();
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            panic!("{what} did not finish within {timeout:?}");
+        }
+        meanwhile();
+        std::thread::sleep(every);
+    }
+}
+
 /// A running `ibkit serve`.
 pub struct Service {
     pub state: PathBuf,
