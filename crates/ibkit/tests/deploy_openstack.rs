@@ -369,6 +369,19 @@ fn openstack_deploy_recover_down_and_gc() {
     assert_eq!(env.cloud.tagged(&orphan.to_string()), vec![]);
 }
 
+/// `up` of a manifest that must fail: its status (JSON), `failed`.
+fn failed_up(env: &mut Env, manifest: &std::path::Path, name: &str) -> Value {
+    let out = env.run(
+        &["up", manifest.to_str().expect("utf-8"), "--format", "json"],
+        name,
+        Duration::from_secs(300),
+    );
+    assert!(!out.status.success());
+    let status: Value = serde_json::from_slice(&out.stdout).expect("JSON status");
+    assert_eq!(status["status"], "failed", "{status:#}");
+    status
+}
+
 #[test]
 fn openstack_failures_name_their_cause() {
     let mut env = Env::new(Virt::Fake);
@@ -418,14 +431,7 @@ flavor = {{ vcpus = 3, memory_mib = 1024, disk_gib = 10 }}
 "#
         ),
     );
-    let out = env.run(
-        &["up", manifest.to_str().expect("utf-8"), "--format", "json"],
-        &name,
-        Duration::from_secs(300),
-    );
-    assert!(!out.status.success());
-    let status: Value = serde_json::from_slice(&out.stdout).expect("JSON status");
-    assert_eq!(status["status"], "failed", "{status:#}");
+    let status = failed_up(&mut env, &manifest, &name);
     let failure = status["attempts"][0]["failure"]
         .as_str()
         .unwrap_or_default();
@@ -458,13 +464,7 @@ flavor = {{ vcpus = 3, memory_mib = 1024, disk_gib = 10 }}
             "[instance]\nname = \"{name}\"\nmax_attempts = 1\n[[hosts]]\nname = \"only\"\nimage = \"ibkit-test-image\"\nos_flavor = \"m1.nonexistent\"\n"
         ),
     );
-    let out = env.run(
-        &["up", manifest.to_str().expect("utf-8"), "--format", "json"],
-        &name,
-        Duration::from_secs(300),
-    );
-    assert!(!out.status.success());
-    let status: Value = serde_json::from_slice(&out.stdout).expect("JSON status");
+    let status = failed_up(&mut env, &manifest, &name);
     let failure = status["attempts"][0]["failure"]
         .as_str()
         .unwrap_or_default();
@@ -483,13 +483,7 @@ flavor = {{ vcpus = 3, memory_mib = 1024, disk_gib = 10 }}
             "[instance]\nname = \"{name}\"\nmax_attempts = 1\n[[hosts]]\nname = \"only\"\nimage = \"no-such-image-{name}\"\n"
         ),
     );
-    let out = env.run(
-        &["up", manifest.to_str().expect("utf-8"), "--format", "json"],
-        &name,
-        Duration::from_secs(300),
-    );
-    assert!(!out.status.success());
-    let status: Value = serde_json::from_slice(&out.stdout).expect("JSON status");
+    let status = failed_up(&mut env, &manifest, &name);
     let failure = status["attempts"][0]["failure"]
         .as_str()
         .unwrap_or_default();
