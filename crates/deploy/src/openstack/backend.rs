@@ -617,16 +617,7 @@ impl OpenStackBackend {
 
     async fn create_network(&self, instance: &InstanceRef) -> Result<String, BackendError> {
         let tags = Self::tags_for(instance);
-        let tag_q = q(&instance_tag(&instance.id));
-        let existing: Vec<Network> = self
-            .api
-            .get_as(
-                Service::Network,
-                &format!("/networks?tags={tag_q}"),
-                "networks",
-            )
-            .await
-            .map_err(backend_error)?;
+        let existing: Vec<Network> = self.list_tagged(&q(&instance_tag(&instance.id))).await?;
         if let Some(n) = existing.iter().find(|n| !n.subnets.is_empty()) {
             return Ok(n.id.clone());
         }
