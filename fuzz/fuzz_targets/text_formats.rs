@@ -6,7 +6,7 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 
-use ibkit_rules::facts::{accounts, boot, initramfs, kernel, os_release, systemd};
+use ibkit_rules::facts::{boot, initramfs, kernel, os_release, systemd};
 
 fuzz_target!(|data: &[u8]| {
     let _ = kernel::bzimage_version(data);

@@ -7,12 +7,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use ibkit_api::wire::{Heartbeat, PairRequest, ReportEvent};
+use ibkit_support::fs::write_atomic;
 use tokio::sync::watch;
 
 use crate::client::{Api, ApiError};
 use crate::config::Config;
 use crate::executor::{Executor, Known};
-use crate::journal::{StateDir, write_atomic};
+use crate::journal::StateDir;
 use crate::outbox::{DeliverError, Outbox};
 
 /// How long the service may hold a work request.

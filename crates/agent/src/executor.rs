@@ -13,9 +13,11 @@ use std::time::Duration;
 
 use ibkit_api::wire::{FinalStatus, ReportEvent, StepOutcome, Work};
 use ibkit_api::{ScriptType, StepOptions, StructuredJson};
+use ibkit_support::clock::now_ms;
+use ibkit_support::fs::write_atomic;
 use serde::{Deserialize, Serialize};
 
-use crate::journal::{StateDir, create_dir, now_ms, read_json, write_atomic, write_json};
+use crate::journal::{StateDir, create_dir, read_json, write_json};
 use crate::outbox::Outbox;
 use crate::runner::{ExitRecord, RunnerId, RunnerSpec, StructuredFile};
 use ibkit_api::report_fit::{Piece, fit_outcome};

@@ -5,10 +5,11 @@ use std::time::{Duration, Instant};
 
 use ibkit_api::wire::HealthReport;
 use ibkit_api::{HealthCheck, HealthKind};
+use ibkit_support::clock::now_ms;
 
 use crate::client::Api;
 use crate::executor::{AttemptInput, describe_exit, prepare_attempt, spawn_runner, wait_attempt};
-use crate::journal::{StateDir, now_ms};
+use crate::journal::StateDir;
 
 /// Longest wait of a port or HTTP probe.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -1,4 +1,4 @@
-//! The agent's state directory and crash-safe file writes.
+//! The agent's state directory and its crash-safe JSON files.
 //!
 //! Layout (see `docs/agent.md`):
 //!
@@ -19,44 +19,16 @@
 //! reach its own `STATE/refs/<exec>` (0700, its own) but can list nothing.
 //! Scripts reach their interpreter as an open file descriptor, not a path.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::fs;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use ibkit_support::fs::write_atomic;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-/// Writes `data` to `path` atomically: a temporary file in the same
-/// directory, fsync, rename over `path`, fsync of the directory.
-pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp"));
-    {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-    }
-    fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))?;
-    fs::rename(&tmp, path)?;
-    sync_dir(dir)
-}
-
-/// fsync of a directory, so a rename or create in it survives a crash.
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-/// [`write_atomic`] of a value as pretty JSON.
+/// [`write_atomic`] of a value as pretty JSON, owner only.
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
     let data = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
     write_atomic(path, &data, 0o600)
@@ -173,14 +145,6 @@ pub fn safe_name(name: &str) -> String {
     }
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,16 +155,5 @@ mod tests {
         assert!(safe_name("../etc").starts_with("h-"));
         assert!(safe_name("..").starts_with("h-"));
         assert!(safe_name("").starts_with("h-"));
-    }
-
-    #[test]
-    fn atomic_write_replaces() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let p = dir.path().join("f");
-        write_atomic(&p, b"one", 0o600).expect("write");
-        write_atomic(&p, b"two", 0o600).expect("write");
-        assert_eq!(fs::read(&p).expect("read"), b"two");
-        let mode = fs::metadata(&p).expect("meta").permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600);
     }
 }

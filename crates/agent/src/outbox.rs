@@ -18,10 +18,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use ibkit_api::wire::{REPORT_BUDGET_BYTES, Report, ReportEvent};
+use ibkit_support::fs::write_atomic;
 use tokio::sync::Notify;
 
 use crate::client::{Api, ApiError};
-use crate::journal::{read_json, write_atomic};
+use crate::journal::read_json;
 use ibkit_api::report_fit::{MIN_REPORT_BUDGET, refit_report};
 
 #[derive(Debug, Clone)]

@@ -32,11 +32,12 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ibkit_support::clock::now_ms;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::{Group, Pid, User};
 use serde::{Deserialize, Serialize};
 
-use crate::journal::{now_ms, read_json, write_json};
+use crate::journal::{read_json, write_json};
 
 /// How long the pipes are drained after the script exited: a background
 /// process that keeps stdout open must not hang the step.
@@ -859,7 +860,7 @@ fn collect_structured(dir: &Path, spec: &RunnerSpec, file: &str, id: &Identity) 
             "reading it took longer than {STRUCTURED_READ_TIMEOUT:?}"
         )),
         Some(s) if s.success() && data.len() as u64 <= max => {
-            match crate::journal::write_atomic(&dir.join("structured"), &data, 0o600) {
+            match ibkit_support::fs::write_atomic(&dir.join("structured"), &data, 0o600) {
                 Ok(()) => StructuredFile::Read {
                     bytes: data.len() as u64,
                 },

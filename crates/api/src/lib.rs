@@ -7,6 +7,7 @@
 pub mod dist;
 pub mod duration;
 pub mod health;
+pub mod operator;
 #[cfg(feature = "pinning")]
 pub mod pin;
 pub mod reference;

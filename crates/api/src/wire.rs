@@ -220,9 +220,27 @@ pub struct HealthReport {
     pub duration_ms: u64,
 }
 
+/// The answer to `POST /v1/agent/reports`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportAck {
+    /// The report changed the step (false once the step is final).
+    pub applied: bool,
+    /// Present (true) when the `report_id` was seen before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duplicate: Option<bool>,
+}
+
+/// The answer to `POST /v1/agent/heartbeat` and `POST /v1/agent/health`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    pub ok: bool,
+}
+
 /// A step's status as the service tracks it.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StepStatus {
     /// Not started yet (waiting for earlier steps, groups or results).
@@ -236,7 +254,29 @@ pub enum StepStatus {
     Skipped,
 }
 
+/// By name, so maps keyed by status list them as they always did.
+impl Ord for StepStatus {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+impl PartialOrd for StepStatus {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
 impl StepStatus {
+    /// Every status.
+    pub const ALL: [StepStatus; 5] = [
+        StepStatus::Pending,
+        StepStatus::Running,
+        StepStatus::Ok,
+        StepStatus::Failed,
+        StepStatus::Skipped,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             StepStatus::Pending => "pending",

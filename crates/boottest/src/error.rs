@@ -8,9 +8,6 @@ pub enum BootTestError {
     /// The image could not be opened or read.
     #[error("cannot read the image: {0}")]
     Image(String),
-    /// The manifest's `[health]` is wrong.
-    #[error("app manifest: {0}")]
-    Manifest(String),
     /// Work directory, key, seed.
     #[error("cannot prepare the test: {0}")]
     Setup(String),

@@ -14,8 +14,9 @@
 //! | module | job |
 //! |---|---|
 //! | [`options`] | what a run is told |
-//! | [`health`] | the manifest's `[health]` check |
-//! | `run` | the course: VMs, SSH, restarts, gathering |
+//! | `run` | the course: VMs, SSH, restarts |
+//! | `gather` | facts read from a booted guest and its network capture |
+//! | [`health`] | probing the manifest's `[health]` check |
 //! | [`guest`] | parsers for guest output |
 //! | [`observe`] | the observations |
 //! | [`checks`] | one file per rule |
@@ -23,6 +24,7 @@
 
 pub mod checks;
 mod error;
+mod gather;
 pub mod guest;
 pub mod health;
 pub mod observe;
@@ -39,7 +41,7 @@ pub use report::{BootInfo, BootTestReport};
 pub use run::{Progress, StepTiming, TEST_USER, VmInfo};
 
 use ibkit_rules::profile::Profile;
-use ibkit_rules::{CheckOptions, Report, Summary, find_rule, rule_result};
+use ibkit_rules::{CheckOptions, Report, Summary, rule_def, rule_result};
 
 /// What the offline side tells the run.
 struct ImageFacts {
@@ -110,7 +112,7 @@ pub async fn boot_test(opts: Options, progress: Progress) -> Result<BootTestRepo
     let profile = Profile::marketplace();
     let mut results = Vec::new();
     for c in checks::ALL {
-        let Some(rule) = find_rule(c.id) else {
+        let Some(rule) = rule_def(c.id) else {
             continue;
         };
         let Some(severity) = profile.severity(rule) else {
@@ -127,7 +129,7 @@ pub async fn boot_test(opts: Options, progress: Progress) -> Result<BootTestRepo
         ));
     }
     // Catalogue order, as `check` reports.
-    let order: Vec<&str> = ibkit_rules::catalogue().iter().map(|r| r.id).collect();
+    let order: Vec<ibkit_rules::RuleId> = ibkit_rules::catalogue().iter().map(|r| r.id).collect();
     results.sort_by_key(|r| order.iter().position(|id| *id == r.id));
     let mut notes = facts.notes;
     notes.extend(course.notes);
@@ -228,7 +230,7 @@ fn image_facts(
         &insp,
         &CheckOptions {
             manifest,
-            only: vec!["OS-NO-FIXED-MAC".into()],
+            only: vec![ibkit_rules::RuleId::OS_NO_FIXED_MAC],
             ..Default::default()
         },
     );

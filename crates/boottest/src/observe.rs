@@ -1,6 +1,6 @@
-//! What the boot test saw: plain data gathered from the VMs by
-//! [`crate::run`], judged by the pure functions in [`crate::checks`]. Kept
-//! serialisable so a run's raw observations can be saved next to the
+//! What the boot test saw: plain data gathered from the VMs by the course
+//! (`run`, `gather`), judged by the pure functions in [`crate::checks`].
+//! Kept serialisable so a run's raw observations can be saved next to the
 //! report (`observations.json` in the work directory) and replayed in tests.
 
 use serde::{Deserialize, Serialize};

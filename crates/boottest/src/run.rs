@@ -1,6 +1,8 @@
 //! The boot test's course: two VMs from the image, the first restarted
 //! twice, everything observed over SSH, the serial console, QMP and a
-//! capture of each VM's network. Judging is [`crate::checks`]' job.
+//! capture of each VM's network. What is read from a booted guest is
+//! [`crate::gather`]'s job, probing the app's health [`crate::health`]'s,
+//! judging [`crate::checks`]'.
 //!
 //! ```text
 //! first VM  (small flavor, NoCloud seed, virtiofs share)
@@ -13,27 +15,23 @@
 //! The two VMs run at the same time when `parallel` is on (the default), so
 //! the wall time is about one boot plus one restart.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
-use ibkit_vm::qemu::{Forward, MacAddr, Proto, ShareState, Vm, VmConfig};
+use ibkit_vm::qemu::{Forward, MacAddr, Proto, Vm, VmConfig};
 use ibkit_vm::ssh::{self, SshKey, SshSession};
 use ibkit_vm::{Accel, AccelChoice};
-use tracing::debug;
 
 use crate::error::BootTestError;
-use crate::guest::{self, judge_shadow, summarize_serial};
-use crate::health::{HealthSpec, Probe};
+use crate::gather::{self, GuestQuery, read_listeners};
+use crate::guest::summarize_serial;
+use crate::health::{HealthSpec, guest_port, probe_health};
 use crate::observe::*;
 use crate::options::{AccelRequest, Flavor, Options};
 
 /// The test user the seeds create (key only, sudo without password).
 pub const TEST_USER: &str = "ibkit-boottest";
-
-/// Where the guest mounts the virtiofs share.
-const SHARE_MOUNT: &str = "/run/ibkit-share";
 
 /// A progress line sink (`ibkit boot-test` prints them on stderr).
 pub type Progress = Arc<dyn Fn(&str) + Send + Sync>;
@@ -125,6 +123,16 @@ struct Plan {
     image_shadow: std::collections::BTreeMap<String, String>,
 }
 
+impl Plan {
+    fn guest_query(&self) -> GuestQuery<'_> {
+        GuestQuery {
+            clock: &self.clock,
+            app_units: &self.app_units,
+            image_shadow: &self.image_shadow,
+        }
+    }
+}
+
 /// Choose the accelerator: a real probe boot of the image's own kernel.
 pub(crate) async fn choose_accel(
     opts: &Options,
@@ -203,16 +211,17 @@ pub(crate) async fn run_course(
 ) -> Result<CourseResult, BootTestError> {
     let key =
         Arc::new(SshKey::generate().map_err(|e| BootTestError::Setup(format!("SSH key: {e}")))?);
-    let health = match opts.manifest.as_ref().and_then(|m| m.health.as_ref()) {
-        Some(v) => {
-            let mut h = HealthSpec::from_toml(v).map_err(BootTestError::Manifest)?;
+    // `[health]` was validated when the manifest was loaded.
+    let health = opts
+        .manifest
+        .as_ref()
+        .and_then(|m| m.health.clone())
+        .map(|mut h: HealthSpec| {
             if let Some(t) = opts.health_timeout {
                 h.timeout = t;
             }
-            Some(h)
-        }
-        None => None,
-    };
+            h
+        });
     let mut forwards = vec![Forward {
         proto: Proto::Tcp,
         guest_port: 22,
@@ -238,10 +247,8 @@ pub(crate) async fn run_course(
         }
     }
     if let Some(h) = &health {
-        for p in &h.probes {
-            if let Some(port) = p.port() {
-                add(Proto::Tcp, port);
-            }
+        for port in h.checks.iter().filter_map(guest_port) {
+            add(Proto::Tcp, port);
         }
     }
     let plan = Arc::new(Plan {
@@ -371,13 +378,14 @@ async fn first_vm(plan: &Plan) -> Result<VmRun, BootTestError> {
     let mut hard = None;
     if let Some(session) = session {
         let t = clock.now_s();
-        let (g, wait) = gather(plan, &session, &vm, label, true, &mut notes).await;
+        let (g, wait) =
+            gather::gather(&plan.guest_query(), &session, &vm, label, true, &mut notes).await;
         boot.guest = Some(g);
         clock.record(&format!("{label}: guest facts"), t, wait);
         let t = clock.now_s();
         if let Some(spec) = &plan.health {
             clock.say(&format!("{label}: app health check"));
-            boot.health = Some(probe_health(plan, &vm, &session, spec).await);
+            boot.health = Some(probe_health(&plan.clock, &vm, &session, spec).await);
             clock.record(&format!("{label}: health"), t, clock.now_s() - t);
         }
         // Ports are read again once the app is healthy: a listener that opens late still counts.
@@ -451,13 +459,14 @@ async fn flavor_vm(plan: &Plan) -> Result<VmRun, BootTestError> {
     );
     if let Some(session) = session {
         let t = clock.now_s();
-        let (g, wait) = gather(plan, &session, &vm, label, false, &mut notes).await;
+        let (g, wait) =
+            gather::gather(&plan.guest_query(), &session, &vm, label, false, &mut notes).await;
         boot.guest = Some(g);
         clock.record(&format!("{label}: guest facts"), t, wait);
         if let Some(spec) = &plan.health {
             let t = clock.now_s();
             clock.say(&format!("{label}: app health check"));
-            boot.health = Some(probe_health(plan, &vm, &session, spec).await);
+            boot.health = Some(probe_health(&plan.clock, &vm, &session, spec).await);
             clock.record(&format!("{label}: health"), t, clock.now_s() - t);
         }
         // The clean reboot happens here while the first VM is reset: the two
@@ -536,43 +545,7 @@ fn vm_info(label: &str, boot: &BootObs, vm: &Vm) -> VmInfo {
 /// Serial summary and network capture, read at the end of the VM's life.
 fn finish_boot(vm: &Vm, boot: &mut BootObs, qemu_start: SystemTime) {
     boot.serial = summarize_serial(&vm.serial_log(), 40);
-    boot.network = network_obs(&vm.pcap_path(), &vm.config().mac, qemu_start);
-}
-
-fn network_obs(pcap: &Path, mac: &MacAddr, qemu_start: SystemTime) -> NetObs {
-    let bytes = match std::fs::read(pcap) {
-        Ok(b) => b,
-        Err(e) => {
-            return NetObs {
-                error: Some(format!("{}: {e}", pcap.display())),
-                ..Default::default()
-            };
-        }
-    };
-    let mut n = NetObs::default();
-    match ibkit_vm::pcap::frames_from(&bytes, mac) {
-        Ok(c) => n.frames_from_guest = c,
-        Err(e) => n.error = Some(e.to_string()),
-    }
-    match ibkit_vm::pcap::dhcp_packets(&bytes) {
-        Ok(packets) => {
-            let start = qemu_start
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs_f64())
-                .unwrap_or(0.0);
-            for p in packets.iter().filter(|p| p.client_mac == *mac) {
-                if !p.from_server && (p.message_type == 1 || p.message_type == 3) {
-                    n.dhcp_requests += 1;
-                }
-                if p.from_server && p.message_type == 5 && n.dhcp_ack.is_none() {
-                    n.dhcp_ack = Some(p.your_ip.to_string());
-                    n.dhcp_ack_after_s = Some((p.time_s - start).max(0.0));
-                }
-            }
-        }
-        Err(e) => n.error = Some(e.to_string()),
-    }
-    n
+    boot.network = gather::network_obs(&vm.pcap_path(), &vm.config().mac, qemu_start);
 }
 
 /// cloud-config for the seeds: only the test user with the run's key.
@@ -690,473 +663,10 @@ async fn wait_ssh(
     }
 }
 
-fn vm_alive(vm: &Vm) -> bool {
+pub(crate) fn vm_alive(vm: &Vm) -> bool {
     // `is_running` needs &mut for try_wait; the PID check is enough here.
     Path::new(&format!("/proc/{}", vm.qemu_pid())).exists()
 }
-
-/// Run a script as root in the guest, sections split on `@@name` lines.
-async fn sections(
-    session: &SshSession,
-    script: &str,
-    timeout: Duration,
-) -> Result<Vec<(String, String)>, String> {
-    let out = root_exec(session, script, timeout).await?;
-    let text = out.stdout_text();
-    let mut res: Vec<(String, String)> = Vec::new();
-    for line in text.lines() {
-        if let Some(name) = line.strip_prefix("@@") {
-            res.push((name.trim().to_string(), String::new()));
-        } else if let Some((_, body)) = res.last_mut() {
-            body.push_str(line);
-            body.push('\n');
-        }
-    }
-    Ok(res)
-}
-
-async fn root_exec(
-    session: &SshSession,
-    script: &str,
-    timeout: Duration,
-) -> Result<ssh::ExecOutput, String> {
-    let b64 = base64_encode(script.as_bytes());
-    let cmd = format!("echo {b64} | base64 -d | sudo -n bash");
-    session.exec(&cmd, timeout).await.map_err(|e| e.to_string())
-}
-
-fn base64_encode(data: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        out.push(T[(n >> 18) as usize & 63] as char);
-        out.push(T[(n >> 12) as usize & 63] as char);
-        out.push(if chunk.len() > 1 {
-            T[(n >> 6) as usize & 63] as char
-        } else {
-            '='
-        });
-        out.push(if chunk.len() > 2 {
-            T[n as usize & 63] as char
-        } else {
-            '='
-        });
-    }
-    out
-}
-
-fn unit_loop(units: &[String]) -> String {
-    let mut s = String::new();
-    for u in units {
-        // Unit names come from the manifest: quote them for the shell.
-        let q = shell_quote(u);
-        s.push_str(&format!(
-            "echo \"{u_} $(systemctl is-active {q} 2>/dev/null || true) $(systemctl is-enabled {q} 2>/dev/null || echo not-found)\"\n",
-            u_ = u.replace(['"', '$', '`', '\\'], "_")
-        ));
-    }
-    s
-}
-
-fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
-}
-
-fn parse_units(body: &str) -> Vec<UnitState> {
-    body.lines()
-        .filter_map(|l| {
-            let mut w = l.split_whitespace();
-            Some(UnitState {
-                unit: w.next()?.to_string(),
-                active: w.next().unwrap_or("unknown").to_string(),
-                enabled: w.next().unwrap_or("unknown").to_string(),
-            })
-        })
-        .collect()
-}
-
-/// Read the guest's facts. `full`: everything (first boot); else what the
-/// flavor check needs. Returns the observations and the seconds spent
-/// waiting on the guest.
-async fn gather(
-    plan: &Plan,
-    session: &SshSession,
-    vm: &Vm,
-    label: &str,
-    full: bool,
-    notes: &mut Vec<String>,
-) -> (GuestObs, f64) {
-    let clock = &plan.clock;
-    let mut g = GuestObs::default();
-    let t0 = Instant::now();
-    clock.say(&format!("{label}: waiting for cloud-init to finish"));
-    let mut ci = CloudInitObs::default();
-    let ci_wait = Instant::now();
-    let ci_result = root_exec(
-        session,
-        "cloud-init status --wait >/dev/null 2>&1; cloud-init status --long; echo \"@@exit $?\"",
-        Duration::from_secs(300),
-    )
-    .await;
-    // Waiting for cloud-init is waiting for the guest; the rest is our work.
-    let waited = ci_wait.elapsed().as_secs_f64();
-    match ci_result {
-        Ok(o) => {
-            let text = o.stdout_text();
-            let (body, exit) = match text.rsplit_once("@@exit ") {
-                Some((b, e)) => (b.to_string(), e.trim().parse::<u32>().ok()),
-                None => (text.clone(), None),
-            };
-            ci.status = body
-                .lines()
-                .find_map(|l| l.trim().strip_prefix("status:"))
-                .map(|s| s.trim().to_string());
-            ci.status_text = body;
-            ci.exit_status = exit;
-        }
-        Err(e) => g.errors.push(format!("cloud-init status: {e}")),
-    }
-    let mut script = String::from(
-        "echo @@cmdline; cat /proc/cmdline\n\
-         echo @@nproc; nproc\n\
-         echo @@meminfo; cat /proc/meminfo\n\
-         echo @@rootsize; df -B1 --output=size / | tail -n 1\n\
-         echo @@blk; r=$(findmnt -no SOURCE /); p=$(lsblk -no PKNAME \"$r\" 2>/dev/null | head -n 1); basename \"$(readlink -f /sys/block/${p:-vda}/device/driver)\"\n\
-         echo @@net; for n in /sys/class/net/*; do [ -e \"$n/device/driver\" ] && echo \"$(basename \"$n\") $(cat \"$n/address\") $(basename \"$(readlink -f \"$n/device/driver\")\")\"; done\n\
-         echo @@addr; ip -4 -o addr show scope global 2>/dev/null | awk '{print $2, $4}'\n\
-         echo @@result; cat /run/cloud-init/result.json 2>/dev/null\n\
-         echo @@sshd\n",
-    );
-    script.push_str(&unit_loop(&[
-        "ssh.service".into(),
-        "ssh.socket".into(),
-        "sshd.service".into(),
-    ]));
-    script.push_str("echo @@units\n");
-    script.push_str(&unit_loop(&plan.app_units));
-    if full {
-        script.push_str("echo @@shadow; cat /etc/shadow\n");
-    }
-    match sections(session, &script, Duration::from_secs(60)).await {
-        Ok(secs) => {
-            for (name, body) in secs {
-                let first = body.lines().next().unwrap_or("").trim().to_string();
-                match name.as_str() {
-                    "cmdline" => g.cmdline = Some(first),
-                    "nproc" => g.nproc = first.parse().ok(),
-                    "meminfo" => g.mem_total_kib = guest::mem_total_kib(&body),
-                    "rootsize" => g.root_size = first.parse().ok(),
-                    "blk" => g.block_driver = Some(first).filter(|s| !s.is_empty()),
-                    "net" => {
-                        for l in body.lines() {
-                            let w: Vec<&str> = l.split_whitespace().collect();
-                            if w.len() == 3 {
-                                g.macs.push(w[1].to_string());
-                                g.net_drivers.push(w[2].to_string());
-                            }
-                        }
-                    }
-                    "addr" => g.addresses = body.lines().map(str::to_string).collect(),
-                    "result" => parse_result_json(&body, &mut ci),
-                    "sshd" => g.sshd_units = parse_units(&body),
-                    "units" => g.app_units = parse_units(&body),
-                    "shadow" => g.shadow = Some(judge_shadow(&body, &plan.image_shadow)),
-                    _ => {}
-                }
-            }
-        }
-        Err(e) => g.errors.push(format!("reading guest facts: {e}")),
-    }
-    if full && g.shadow.is_none() {
-        g.shadow_error = Some("`cat /etc/shadow` as root failed".into());
-    }
-    g.cloud_init = Some(ci);
-    if full {
-        read_listeners(session, &mut g).await;
-        password_attempts(vm, &mut g).await;
-        g.share = mount_share(session, vm).await;
-    }
-    for e in &g.errors {
-        notes.push(format!("{label}: {e}"));
-    }
-    debug!(?g, elapsed = t0.elapsed().as_secs_f64(), "guest facts");
-    (g, waited)
-}
-
-fn parse_result_json(body: &str, ci: &mut CloudInitObs) {
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(body) else {
-        return;
-    };
-    ci.result_found = true;
-    let v1 = &v["v1"];
-    ci.datasource = v1["datasource"].as_str().map(str::to_string);
-    if let Some(errs) = v1["errors"].as_array() {
-        ci.errors = errs
-            .iter()
-            .map(|e| {
-                e.as_str()
-                    .map(str::to_string)
-                    .unwrap_or_else(|| e.to_string())
-            })
-            .collect();
-    }
-    if let Some(rec) = v1["recoverable_errors"].as_object() {
-        for (level, list) in rec {
-            for e in list.as_array().into_iter().flatten() {
-                ci.recoverable
-                    .push(format!("{level}: {}", e.as_str().unwrap_or("?")));
-            }
-        }
-    }
-}
-
-async fn read_listeners(session: &SshSession, g: &mut GuestObs) {
-    match root_exec(session, "ss -Hltunp", Duration::from_secs(30)).await {
-        Ok(o) if o.success() => {
-            let (l, bad) = guest::parse_ss(&o.stdout_text());
-            g.listeners = Some(l);
-            g.listeners_unparsed = bad;
-            g.listeners_error = None;
-        }
-        Ok(o) => {
-            g.listeners_error = Some(format!(
-                "exit {:?}: {}",
-                o.exit_status,
-                String::from_utf8_lossy(&o.stderr).trim()
-            ))
-        }
-        Err(e) => g.listeners_error = Some(e),
-    }
-}
-
-/// Password logins as root with the best-known passwords, in parallel.
-async fn password_attempts(vm: &Vm, g: &mut GuestObs) {
-    let Some(addr) = vm.ssh_addr() else { return };
-    let t = Duration::from_secs(20);
-    g.auth_methods = ssh::offered_methods(addr, "root", t).await.ok();
-    let tries = ["toor", "root", "password"];
-    let futs = tries
-        .into_iter()
-        .map(|p| async move { (p, ssh::try_password(addr, "root", p, t).await) });
-    for (p, res) in futures_join_all(futs).await {
-        let outcome = match res {
-            Ok(ssh::PasswordOutcome::Accepted) => "accepted".to_string(),
-            Ok(ssh::PasswordOutcome::Rejected) => "rejected".to_string(),
-            Ok(ssh::PasswordOutcome::NotOffered) => "not-offered".to_string(),
-            Err(e) => format!("error: {e}"),
-        };
-        g.password_attempts.push(PasswordAttempt {
-            user: "root".into(),
-            password: redact(p),
-            outcome,
-        });
-    }
-}
-
-async fn futures_join_all<F, T>(futs: impl Iterator<Item = F>) -> Vec<T>
-where
-    F: std::future::Future<Output = T> + Send + 'static,
-    T: Send + 'static,
-{
-    let handles: Vec<_> = futs.map(tokio::spawn).collect();
-    let mut out = Vec::new();
-    for h in handles {
-        if let Ok(v) = h.await {
-            out.push(v);
-        }
-    }
-    out
-}
-
-fn redact(p: &str) -> String {
-    let c: Vec<char> = p.chars().collect();
-    match c.len() {
-        0 => String::new(),
-        1 | 2 => "*".repeat(c.len()),
-        n => format!("{}{}{}", c[0], "*".repeat(n - 2), c[n - 1]),
-    }
-}
-
-async fn mount_share(session: &SshSession, vm: &Vm) -> ShareObs {
-    match vm.share() {
-        ShareState::Ready => {}
-        ShareState::Unavailable(why) => {
-            return ShareObs {
-                unavailable: Some(why.clone()),
-                ..Default::default()
-            };
-        }
-        ShareState::NotRequested => {
-            return ShareObs {
-                unavailable: Some("no share requested".into()),
-                ..Default::default()
-            };
-        }
-    }
-    let marker = vm
-        .config()
-        .share_dir
-        .as_ref()
-        .and_then(|d| std::fs::read_to_string(d.join("marker")).ok())
-        .unwrap_or_default();
-    let script = format!(
-        "mkdir -p {SHARE_MOUNT} && mount -t virtiofs ibkit {SHARE_MOUNT} && cat {SHARE_MOUNT}/marker; rc=$?; umount {SHARE_MOUNT} 2>/dev/null; exit $rc"
-    );
-    match root_exec(session, &script, Duration::from_secs(60)).await {
-        Ok(o) if o.success() && o.stdout_text().trim() == marker.trim() && !marker.is_empty() => {
-            ShareObs {
-                mounted: true,
-                ..Default::default()
-            }
-        }
-        Ok(o) => ShareObs {
-            error: Some(format!(
-                "exit {:?}: {}{}",
-                o.exit_status,
-                String::from_utf8_lossy(&o.stderr).trim(),
-                if o.success() { " (marker differs)" } else { "" }
-            )),
-            ..Default::default()
-        },
-        Err(e) => ShareObs {
-            error: Some(e),
-            ..Default::default()
-        },
-    }
-}
-
-/// Poll the app's health until every probe passes or the spec's timeout.
-async fn probe_health(plan: &Plan, vm: &Vm, session: &SshSession, spec: &HealthSpec) -> HealthObs {
-    let t0 = Instant::now();
-    let mut h = HealthObs::default();
-    loop {
-        h.attempts += 1;
-        let mut failure = None;
-        for p in &spec.probes {
-            if let Err(e) = probe_once(vm, session, p).await {
-                failure = Some(format!("{}: {e}", p.describe()));
-                break;
-            }
-        }
-        match failure {
-            None => {
-                h.passed = true;
-                h.last_error = None;
-                h.after_s = t0.elapsed().as_secs_f64();
-                return h;
-            }
-            Some(e) => h.last_error = Some(e),
-        }
-        if t0.elapsed() >= spec.timeout || !vm_alive(vm) {
-            h.after_s = t0.elapsed().as_secs_f64();
-            plan.clock.say(&format!(
-                "health check failed: {}",
-                h.last_error.as_deref().unwrap_or("?")
-            ));
-            return h;
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    }
-}
-
-async fn probe_once(vm: &Vm, session: &SshSession, p: &Probe) -> Result<(), String> {
-    match p {
-        Probe::PortHealth { port } => {
-            let hp = vm
-                .host_port(Proto::Tcp, *port)
-                .ok_or("port not forwarded")?;
-            let addr = SocketAddr::from(([127, 0, 0, 1], hp));
-            let mut stream =
-                tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
-                    .await
-                    .map_err(|_| "connect timed out".to_string())?
-                    .map_err(|e| format!("connect: {e}"))?;
-            // slirp accepts on the host side before it connects to the guest, and
-            // closes at once when the guest refuses: an immediate EOF is "closed".
-            use tokio::io::AsyncReadExt;
-            let mut buf = [0u8; 64];
-            match tokio::time::timeout(Duration::from_millis(1500), stream.read(&mut buf)).await {
-                Err(_) | Ok(Ok(1..)) => Ok(()),
-                Ok(Ok(0)) => Err("connection closed at once: nothing listens in the guest".into()),
-                Ok(Err(e)) => Err(format!("connection reset: {e}")),
-            }
-        }
-        Probe::HttpHealth {
-            protocol,
-            method,
-            port,
-            path,
-            http_codes,
-        } => {
-            let hp = vm
-                .host_port(Proto::Tcp, *port)
-                .ok_or("port not forwarded")?;
-            let url = format!("{protocol}://127.0.0.1:{hp}{path}");
-            let client = reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .danger_accept_invalid_certs(true)
-                .build()
-                .map_err(|e| e.to_string())?;
-            let m = reqwest::Method::from_bytes(method.as_bytes()).map_err(|e| e.to_string())?;
-            let resp = client
-                .request(m, &url)
-                .send()
-                .await
-                .map_err(|e| error_chain(&e))?;
-            let code = resp.status().as_u16();
-            if http_codes.contains(&code) {
-                Ok(())
-            } else {
-                Err(format!("HTTP {code}"))
-            }
-        }
-        Probe::ScriptHealth {
-            script_type,
-            script,
-        } => {
-            let interp = if script_type == "python" {
-                "python3"
-            } else {
-                "bash"
-            };
-            let b64 = base64_encode(script.as_bytes());
-            let cmd = format!("echo {b64} | base64 -d | sudo -n {interp}");
-            let o = session
-                .exec(&cmd, Duration::from_secs(60))
-                .await
-                .map_err(|e| e.to_string())?;
-            if o.success() {
-                Ok(())
-            } else {
-                Err(format!(
-                    "exit {:?}: {}",
-                    o.exit_status,
-                    String::from_utf8_lossy(&o.stderr).trim()
-                ))
-            }
-        }
-    }
-}
-
-/// An error with its causes: reqwest's own message hides the useful part
-/// ("connection refused", "connection reset").
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
 #[derive(Clone, Copy)]
 enum Restart {
     Soft,
@@ -1263,20 +773,11 @@ async fn restart(
         r.back_after_s.unwrap_or(0.0)
     ));
     if let Some(spec) = &plan.health {
-        r.health = Some(probe_health(plan, vm, &session, spec).await);
+        r.health = Some(probe_health(&plan.clock, vm, &session, spec).await);
         if r.health.as_ref().is_some_and(|h| !h.passed)
-            && let Ok(secs) = sections(
-                &session,
-                &format!("echo @@units\n{}", unit_loop(&plan.app_units)),
-                Duration::from_secs(30),
-            )
-            .await
+            && let Ok(units) = gather::read_units(&session, &plan.app_units).await
         {
-            for (n, body) in secs {
-                if n == "units" {
-                    r.app_units = parse_units(&body);
-                }
-            }
+            r.app_units = units;
         }
     }
     clock.record(step, started, clock.now_s() - started);
@@ -1293,47 +794,4 @@ async fn boot_id(s: &SshSession) -> Option<String> {
     .filter(|o| o.success())
     .map(|o| o.stdout_text().trim().to_string())
     .filter(|s| !s.is_empty())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn base64_matches_known_vectors() {
-        assert_eq!(base64_encode(b""), "");
-        assert_eq!(base64_encode(b"f"), "Zg==");
-        assert_eq!(base64_encode(b"fo"), "Zm8=");
-        assert_eq!(base64_encode(b"foo"), "Zm9v");
-        assert_eq!(base64_encode(b"foobar"), "Zm9vYmFy");
-    }
-
-    #[test]
-    fn result_json() {
-        let mut ci = CloudInitObs::default();
-        parse_result_json(
-            r#"{"v1": {"datasource": "DataSourceNoCloud [seed=/dev/vdb]", "errors": ["x failed"], "recoverable_errors": {"WARNING": ["w"]}}}"#,
-            &mut ci,
-        );
-        assert!(ci.result_found);
-        assert_eq!(ci.errors, vec!["x failed".to_string()]);
-        assert_eq!(ci.recoverable, vec!["WARNING: w".to_string()]);
-        assert!(
-            ci.datasource
-                .as_deref()
-                .is_some_and(|d| d.contains("NoCloud"))
-        );
-        let mut none = CloudInitObs::default();
-        parse_result_json("not json", &mut none);
-        assert!(!none.result_found);
-    }
-
-    #[test]
-    fn units_and_quoting() {
-        let u = parse_units("ssh.service active enabled\nssh.socket inactive disabled\n");
-        assert_eq!(u.len(), 2);
-        assert_eq!(u[1].enabled, "disabled");
-        assert_eq!(shell_quote("a'b"), "'a'\\''b'");
-        assert_eq!(redact("toor"), "t**r");
-    }
 }

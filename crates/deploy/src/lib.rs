@@ -8,7 +8,8 @@
 //!   installs and pairs the agent and runs the vendor's boot scripts;
 //! - [`outputs`]: the values shown to the buyer, rendered from step results,
 //!   with sensitive ones masked unless asked for;
-//! - [`client`]: the service's operator API (pinned TLS, operator token);
+//! - [`service_url`]: the service's URL as a VM reaches it (the operator
+//!   API client itself is `ibkit-client`, shared with the tests);
 //! - [`controller`]: `up` (attempts, updates), `status`, `outputs`, `down`
 //!   and the recovery rounds (`watch`), with the pure decision
 //!   [`controller::plan_round`];
@@ -27,7 +28,6 @@
 
 pub mod any_backend;
 pub mod backend;
-pub mod client;
 pub mod controller;
 pub mod fleet;
 pub mod manifest;
@@ -35,6 +35,7 @@ pub mod openstack;
 pub mod outputs;
 pub mod qemu_backend;
 pub mod recovery;
+pub mod service_url;
 pub mod store;
 pub mod userdata;
 
@@ -42,7 +43,6 @@ pub use any_backend::AnyBackend;
 pub use backend::{
     BackendError, ComputeBackend, Evidence, InstanceRef, VmHandle, VmInfo, VmRequest, VmState,
 };
-pub use client::{ServiceClient, ServiceEndpoint};
 pub use controller::{Controller, DeployError, StatusView};
 pub use manifest::{
     DeployManifest, FieldError, Flavor, HostDef, InstanceSettings, ManifestError, OutputDef,

@@ -16,6 +16,8 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
+use ibkit_support::clock::unix_ms;
+use ibkit_support::fs::write_atomic;
 use serde::{Deserialize, Serialize};
 
 use crate::manifest::{DeployManifest, ManifestError};
@@ -168,7 +170,7 @@ pub struct DeploymentRecord {
     /// `up`): recreated VMs get the same, whoever recovers them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guest_service_url: Option<String>,
-    pub instance_id: uuid::Uuid,
+    pub instance_id: ibkit_api::operator::InstanceId,
     pub status: DeployStatus,
     pub status_reason: Option<String>,
     /// The manifest file as deployed (its directory resolves image paths).
@@ -294,28 +296,14 @@ impl Store {
     /// Writes the record atomically (temp file, fsync, rename): a crash
     /// leaves the old or the new record, never half of one.
     pub fn save(&self, record: &mut DeploymentRecord) -> Result<(), StoreError> {
-        use std::io::Write as _;
-        record.updated_ms = now_ms();
+        record.updated_ms = unix_ms();
         let path = self.path_of(&record.name);
-        let tmp = path.with_extension("json.tmp");
         let text = serde_json::to_vec_pretty(record).map_err(|e| StoreError::Corrupt {
             path: path.clone(),
             why: e.to_string(),
         })?;
         // The manifest's scripts may hold secrets: owner only.
-        let mut f = {
-            use std::os::unix::fs::OpenOptionsExt as _;
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)
-                .map_err(io(&tmp))?
-        };
-        f.write_all(&text).map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io(&path))
+        write_atomic(&path, &text, 0o600).map_err(io(&path))
     }
 
     /// Every record's name, sorted.
@@ -396,14 +384,6 @@ impl Store {
     }
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -413,7 +393,7 @@ mod tests {
             name: name.into(),
             backend: BackendSpec::Qemu,
             guest_service_url: None,
-            instance_id: uuid::Uuid::new_v4(),
+            instance_id: ibkit_api::operator::InstanceId::new_v4(),
             status: DeployStatus::Applying,
             status_reason: None,
             manifest_path: PathBuf::from("/tmp/x/deploy.toml"),

@@ -36,8 +36,6 @@
 //! is a [`Secret`]: it is in the user data (that is how it reaches the VM)
 //! but never in `Debug` output.
 
-use std::fmt;
-
 use ibkit_api::is_valid_name;
 use serde_json::{Map, Value, json};
 
@@ -52,32 +50,7 @@ pub const VENDOR_MERGE_TYPE: &str = "list(append)+dict(recurse_array)+str()";
 /// Nova refuses user data over 65535 bytes once base64-encoded.
 pub const OPENSTACK_USER_DATA_MAX_BASE64: usize = 65_535;
 
-/// A secret string: `Debug` prints `***`, and there is no `Display`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-
-    /// The value, for the one place that must write it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-impl From<String> for Secret {
-    fn from(s: String) -> Self {
-        Secret(s)
-    }
-}
+pub use ibkit_support::secret::Secret;
 
 /// What a VM needs to reach the service and pair its agent; from
 /// `ibkit serve` (URL and pins) and `POST /v1/instances` (id, pairing key).

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Subcommand, ValueEnum};
+use ibkit_client::{OperatorClient, ServiceEndpoint};
 use ibkit_deploy::controller::Progress;
 use ibkit_deploy::fleet::watch_fleet;
 use ibkit_deploy::openstack::{
@@ -16,8 +17,7 @@ use ibkit_deploy::openstack::{
 use ibkit_deploy::outputs::format_outputs;
 use ibkit_deploy::qemu_backend::{NetworkConfig, QemuBackend};
 use ibkit_deploy::{
-    AnyBackend, BackendSpec, Controller, DeployManifest, DeployStatus, ServiceClient,
-    ServiceEndpoint, StatusView, Store,
+    AnyBackend, BackendSpec, Controller, DeployManifest, DeployStatus, StatusView, Store,
 };
 use ibkit_vm::Accel;
 
@@ -328,9 +328,10 @@ async fn controller_for_spec(
             let (backend, network) = qemu_backend(&c.state, &c.qemu)?;
             let guest_url = match &c.guest_service_url {
                 Some(u) => u.clone(),
-                None => {
-                    ibkit_deploy::client::with_host(&endpoint.url, &network.host_addr.to_string())?
-                }
+                None => ibkit_deploy::service_url::with_host(
+                    &endpoint.url,
+                    &network.host_addr.to_string(),
+                )?,
             };
             (AnyBackend::Qemu(backend), guest_url)
         }
@@ -350,7 +351,7 @@ async fn controller_for_spec(
         }
     };
     let store = Store::open(&c.state)?;
-    let client = ServiceClient::new(endpoint)?;
+    let client = OperatorClient::new(endpoint)?;
     Ok(Controller::new(backend, client, store, guest_url, progress(c.quiet)).await?)
 }
 
@@ -408,7 +409,7 @@ pub async fn recover_in_service(
                     let (backend, guest_url) = match spec {
                         BackendSpec::Qemu => {
                             let (backend, network) = qemu_backend(&state, &qemu)?;
-                            let url = ibkit_deploy::client::with_host(
+                            let url = ibkit_deploy::service_url::with_host(
                                 &endpoint.url,
                                 &network.host_addr.to_string(),
                             )?;
@@ -424,7 +425,7 @@ pub async fn recover_in_service(
                             (AnyBackend::OpenStack(Box::new(backend)), public_url)
                         }
                     };
-                    let client = ServiceClient::new(&endpoint)?;
+                    let client = OperatorClient::new(&endpoint)?;
                     anyhow::Ok(
                         Controller::new(
                             backend,
@@ -449,7 +450,7 @@ fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
 }
 
 fn fmt_ms(ms: u64) -> String {
-    ibkit_vm::accel::format_utc(ms / 1000)
+    ibkit_support::clock::format_utc(ms / 1000)
 }
 
 fn status_text(s: &StatusView) -> String {
@@ -742,7 +743,7 @@ async fn run_async(a: DeployArgs) -> Result<ExitCode> {
             for name in store.names()? {
                 let r = store.load(&name)?;
                 if r.status != DeployStatus::Deleted {
-                    live.insert(r.instance_id);
+                    live.insert(r.instance_id.to_uuid());
                 }
             }
             let report = backend.sweep(&live, older_than.to_std(), dry_run).await?;

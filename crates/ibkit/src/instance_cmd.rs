@@ -10,11 +10,13 @@ use std::time::Instant;
 use anyhow::{Context as _, Result, bail};
 use clap::{Subcommand, ValueEnum};
 use ibkit_api::InstanceSpec;
+use ibkit_api::operator::{
+    GroupName, HostHealth, HostName, InstanceCreated, InstanceDetail, InstanceId, PairingKeyQuery,
+    StepView,
+};
 use ibkit_api::wire::{InstanceStatus, StepStatus};
-use ibkit_deploy::ServiceClient;
-use ibkit_deploy::client::{InstanceCreated, InstanceDetail, StepView};
+use ibkit_client::OperatorClient;
 use serde::Serialize;
-use uuid::Uuid;
 
 use crate::service_args::ServiceArgs;
 
@@ -50,7 +52,7 @@ enum InstanceCommand {
     /// An instance's status and, per host, pairing, health and steps with
     /// their attempts, exit codes and results.
     Status {
-        id: Uuid,
+        id: InstanceId,
         /// Wait until the instance is no longer `applying`, at most this
         /// long (e.g. 90s, 5m).
         #[arg(long)]
@@ -70,7 +72,7 @@ pub fn instance(a: InstanceArgs) -> Result<ExitCode> {
 
 async fn run(a: InstanceArgs) -> Result<ExitCode> {
     let endpoint = a.service.endpoint()?;
-    let client = ServiceClient::new(&endpoint)?;
+    let client = OperatorClient::new(&endpoint)?;
     match a.command {
         InstanceCommand::Create {
             spec,
@@ -81,7 +83,9 @@ async fn run(a: InstanceArgs) -> Result<ExitCode> {
                 .with_context(|| format!("cannot read {}", spec.display()))?;
             let parsed: InstanceSpec = serde_json::from_str(&text)
                 .with_context(|| format!("{} is not an instance spec", spec.display()))?;
-            let created = client.create_instance(&parsed).await?;
+            let created = client
+                .create_instance(&parsed, &PairingKeyQuery::default())
+                .await?;
             if let Some(dir) = &agent_configs {
                 write_agent_configs(dir, &endpoint, &created)?;
             }
@@ -99,12 +103,12 @@ async fn run(a: InstanceArgs) -> Result<ExitCode> {
         }
         InstanceCommand::Status { id, wait, format } => {
             let start = Instant::now();
-            let mut detail = client.instance(id).await?;
+            let mut detail = client.instance(&id).await?;
             if let Some(limit) = wait {
                 while detail.status == InstanceStatus::Applying && start.elapsed() < limit.to_std()
                 {
                     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-                    detail = client.instance(id).await?;
+                    detail = client.instance(&id).await?;
                 }
             }
             let report = gather(&client, detail).await?;
@@ -130,7 +134,7 @@ async fn run(a: InstanceArgs) -> Result<ExitCode> {
 /// One `agent.toml` per host, readable by its owner only.
 fn write_agent_configs(
     dir: &Path,
-    endpoint: &ibkit_deploy::ServiceEndpoint,
+    endpoint: &ibkit_client::ServiceEndpoint,
     created: &InstanceCreated,
 ) -> Result<()> {
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -159,7 +163,7 @@ fn write_agent_configs(
             server_url: endpoint.url.clone(),
             server_cert_sha256: endpoint.cert_sha256.clone(),
             instance: created.id.to_string(),
-            host: h.name.clone(),
+            host: h.name.to_string(),
             pairing_key: String::new(),
             pairing_key_file: Some(key_path),
             state_dir: dir.join(format!("{}-state", h.name)),
@@ -178,7 +182,7 @@ fn write_agent_configs(
 
 #[derive(Serialize)]
 struct StatusReport {
-    id: Uuid,
+    id: InstanceId,
     status: InstanceStatus,
     status_reason: Option<String>,
     generation: i64,
@@ -187,16 +191,16 @@ struct StatusReport {
 
 #[derive(Serialize)]
 struct HostReport {
-    name: String,
+    name: HostName,
     paired: bool,
-    health: String,
+    health: HostHealth,
     unhealthy_reason: Option<String>,
     steps: Vec<StepReport>,
 }
 
 #[derive(Serialize)]
 struct StepReport {
-    group: String,
+    group: GroupName,
     index: u32,
     status: StepStatus,
     attempts: i64,
@@ -209,12 +213,12 @@ struct StepReport {
     structured_keys: Vec<String>,
 }
 
-async fn gather(client: &ServiceClient, detail: InstanceDetail) -> Result<StatusReport> {
+async fn gather(client: &OperatorClient, detail: InstanceDetail) -> Result<StatusReport> {
     let mut hosts = Vec::new();
     for h in detail.hosts {
         let mut steps = Vec::new();
-        for s in client.steps(detail.id, &h.name).await? {
-            steps.push(step_report(client, detail.id, &h.name, s).await?);
+        for s in client.steps(&detail.id, &h.name).await? {
+            steps.push(step_report(client, &detail.id, &h.name, s).await?);
         }
         hosts.push(HostReport {
             name: h.name,
@@ -234,9 +238,9 @@ async fn gather(client: &ServiceClient, detail: InstanceDetail) -> Result<Status
 }
 
 async fn step_report(
-    client: &ServiceClient,
-    id: Uuid,
-    host: &str,
+    client: &OperatorClient,
+    id: &InstanceId,
+    host: &HostName,
     s: StepView,
 ) -> Result<StepReport> {
     let (result_tail, structured_keys) = if s.status.is_done() {
@@ -291,11 +295,7 @@ fn render_text(r: &StatusReport) -> String {
             "  host {}: {}, health {}{}\n",
             h.name,
             if h.paired { "paired" } else { "not paired" },
-            if h.health.is_empty() {
-                "unknown"
-            } else {
-                &h.health
-            },
+            h.health.as_str(),
             h.unhealthy_reason
                 .as_deref()
                 .map(|w| format!(" ({w})"))

@@ -18,7 +18,7 @@ use ibkit_report::{Format, TextOptions, render};
 use ibkit_rules::manifest::Manifest;
 use ibkit_rules::profile::Profile;
 use ibkit_rules::waiver::Waivers;
-use ibkit_rules::{CheckOptions, catalogue, check, find_rule};
+use ibkit_rules::{CheckOptions, RuleId, catalogue, check, find_rule};
 
 #[derive(Parser)]
 #[command(
@@ -443,11 +443,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             quiet,
         } => {
             let quiet = quiet || !std::io::stderr().is_terminal();
-            for r in &rules {
-                if find_rule(r).is_none() {
-                    bail!("unknown rule ID {r:?} (see `ibkit rules`)");
-                }
-            }
+            let rules = rules
+                .iter()
+                .map(|r| r.parse::<RuleId>())
+                .collect::<Result<Vec<_>, _>>()?;
             let manifest = manifest.map(|p| Manifest::load(&p)).transpose()?;
             let waivers = waivers
                 .map(|p| Waivers::load(&p).map_err(anyhow::Error::msg))
@@ -506,58 +505,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             json,
             allow_backing_dir,
         } => {
-            let insp = open_image(&image, allow_backing_dir)?;
-            let report = check(
-                &insp,
-                &CheckOptions {
-                    only: vec!["__none__".into()],
-                    ..Default::default()
-                },
-            );
-            if json {
-                let v = serde_json::json!({ "image": report.image, "notes": report.notes });
-                write_stdout(&format!("{}\n", serde_json::to_string_pretty(&v)?))?;
+            let summary = ibkit_rules::summarize(&open_image(&image, allow_backing_dir)?);
+            write_stdout(&if json {
+                ibkit_report::render_summary_json(&summary)
             } else {
-                let i = &report.image;
-                let mut s = format!("image: {} ({})\n", i.path, i.format);
-                for l in i.layers.iter().skip(1) {
-                    s.push_str(&format!("  backing: {l}\n"));
-                }
-                if let Some(v) = i.virtual_size {
-                    s.push_str(&format!("virtual size: {v} bytes\n"));
-                }
-                s.push_str(&format!(
-                    "partition table: {}\n",
-                    i.partition_table.as_deref().unwrap_or("none")
-                ));
-                for v in &i.volumes {
-                    s.push_str(&format!(
-                        "  {:<12} {:<12} {:>12}  {}{}\n",
-                        v.name,
-                        v.kind,
-                        v.size,
-                        v.uuid
-                            .as_deref()
-                            .map(|u| format!("UUID={u}"))
-                            .unwrap_or_default(),
-                        v.label
-                            .as_deref()
-                            .map(|l| format!(" LABEL={l}"))
-                            .unwrap_or_default()
-                    ));
-                }
-                for m in &i.mounts {
-                    s.push_str(&format!(
-                        "mount: {:<12} {} ({})\n",
-                        m.point, m.volume, m.fs_type
-                    ));
-                }
-                s.push_str(&format!("os: {}\n", i.os.as_deref().unwrap_or("unknown")));
-                for n in &report.notes {
-                    s.push_str(&format!("note: {n}\n"));
-                }
-                write_stdout(&s)?;
-            }
+                ibkit_report::render_summary_text(&summary)
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Explain { id, json } => {

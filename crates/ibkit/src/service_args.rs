@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context as _, Result};
-use ibkit_deploy::{Secret, ServiceEndpoint};
+use ibkit_client::{Secret, ServiceEndpoint};
 
 #[derive(clap::Args, Clone)]
 pub struct ServiceArgs {

@@ -9,6 +9,7 @@
 //!
 //! [`render`] picks one by [`Format`]; [`write()`] writes it to an
 //! [`io::Write`]. Every rendered document ends with exactly one newline.
+//! `ibkit inspect`'s image summary (no rules) is rendered by [`summary`].
 //!
 //! Nothing here reads the image: everything shown comes from the report,
 //! whose evidence details the rules have already redacted. The text format
@@ -119,10 +120,12 @@ pub use ibkit_rules::Report;
 pub mod junit;
 pub mod sarif;
 mod style;
+pub mod summary;
 pub mod text;
 
 pub use junit::render_junit;
 pub use sarif::{render_sarif, render_sarif_with};
+pub use summary::{render_summary_json, render_summary_text};
 pub use text::{TextOptions, render_text};
 
 /// An output format.

@@ -3,7 +3,7 @@
 mod common;
 
 use ibkit_report::{Format, TextOptions, render, render_sarif, render_sarif_with};
-use ibkit_rules::{Context, Level, Outcome, RuleDef, Severity};
+use ibkit_rules::{Context, Level, Outcome, RuleDef, RuleId, Severity};
 use serde_json::Value;
 
 fn sarif(report: &ibkit_report::Report) -> Value {
@@ -257,7 +257,7 @@ fn no_check(_: &Context) -> Outcome {
 }
 
 static DOCUMENTED: RuleDef = RuleDef {
-    id: "IMG-NO-DEBUGGERS",
+    id: RuleId::IMG_NO_DEBUGGERS,
     title: "No debuggers in the image",
     requirement: "The image must contain no debuggers.",
     severity: Severity::Error,

@@ -10,6 +10,7 @@ use crate::manifest::Manifest;
 use crate::model::{RuleResult, Severity, Status};
 use crate::profile::Profile;
 use crate::rule::catalogue;
+use crate::rule_id::RuleId;
 use crate::waiver::Waivers;
 
 /// Inputs besides the image.
@@ -21,8 +22,8 @@ pub struct CheckOptions<'a> {
     pub waivers: Option<&'a Waivers>,
     /// Which rules apply and how severe they are (default: marketplace).
     pub profile: Option<&'a Profile>,
-    /// Only these rule IDs (empty: all in the profile).
-    pub only: Vec<String>,
+    /// Only these rules (empty: all in the profile).
+    pub only: Vec<RuleId>,
 }
 
 /// The image as the report describes it.
@@ -154,7 +155,9 @@ impl Report {
     }
 }
 
-fn image_info(insp: &Inspection) -> ImageInfo {
+/// The image as reports describe it: input, layers, volumes, mounts, and
+/// the OS from `/etc/os-release` (read through `cx`, so loaded once).
+pub(crate) fn image_info(insp: &Inspection, cx: &Context) -> ImageInfo {
     let (format, layers, virtual_size) = match &insp.input {
         InputKind::Directory => ("directory".to_string(), Vec::new(), None),
         InputKind::Disk {
@@ -199,7 +202,7 @@ fn image_info(insp: &Inspection) -> ImageInfo {
                 fs_type: m.fs_type.clone(),
             })
             .collect(),
-        os: None,
+        os: cx.os_release().pretty_name(),
     }
 }
 
@@ -212,7 +215,7 @@ pub fn check(insp: &Inspection, opts: &CheckOptions) -> Report {
     let selected: Vec<(&'static crate::rule::RuleDef, Severity)> = catalogue()
         .iter()
         .copied()
-        .filter(|r| opts.only.is_empty() || opts.only.iter().any(|o| o.eq_ignore_ascii_case(r.id)))
+        .filter(|r| opts.only.is_empty() || opts.only.contains(&r.id))
         .filter_map(|r| profile.severity(r).map(|s| (r, s)))
         .collect();
     // Two workers: the expensive facts (the initramfs scan behind
@@ -220,8 +223,8 @@ pub fn check(insp: &Inspection, opts: &CheckOptions) -> Report {
     // different threads; the cheap rules fill in around them.
     let mut order: Vec<usize> = (0..selected.len()).collect();
     order.sort_by_key(|&i| match selected[i].0.id {
-        "IMG-NO-SECRETS" => 0,
-        "KERNEL-VIRTIO" => 1,
+        RuleId::IMG_NO_SECRETS => 0,
+        RuleId::KERNEL_VIRTIO => 1,
         _ => 2,
     });
     let next = std::sync::atomic::AtomicUsize::new(0);
@@ -255,8 +258,7 @@ pub fn check(insp: &Inspection, opts: &CheckOptions) -> Report {
     let summary = Summary::of(&results);
     let mut notes = insp.notes.clone();
     notes.extend(cx.notes());
-    let mut image = image_info(insp);
-    image.os = cx.os_release().pretty_name();
+    let image = image_info(insp, &cx);
     Report {
         schema_version: 1,
         tool: ToolInfo {
@@ -312,7 +314,7 @@ pub fn rule_result(
     };
     let summary = summarize(status, &outcome);
     RuleResult {
-        id: rule.id.to_string(),
+        id: rule.id.as_str().to_string(),
         title: rule.title.to_string(),
         requirement: rule.requirement.to_string(),
         severity,

@@ -17,10 +17,14 @@
 //! [health]                               # used by boot-test
 //! http = { port = 8080, path = "/healthz" }
 //! ```
+//!
+//! `[health]` is checked when the manifest is read (see [`crate::health`]).
 
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+
+pub use crate::health::{DEFAULT_HEALTH_TIMEOUT, HealthSpec};
 
 /// Transport protocol of a port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -135,8 +139,8 @@ pub struct Manifest {
     pub deployment_guide: Option<PathBuf>,
     /// User guide, resolved to a host path.
     pub user_guide: Option<PathBuf>,
-    /// The `[health]` table, kept for boot-test.
-    pub health: Option<toml::Value>,
+    /// The `[health]` check (used by boot-test), validated at load.
+    pub health: Option<HealthSpec>,
 }
 
 /// Why a manifest could not be used.
@@ -215,6 +219,7 @@ impl Manifest {
                 return Err(format!("app.units: {u:?} needs a suffix such as .service"));
             }
         }
+        let health = raw.health.as_ref().map(HealthSpec::from_toml).transpose()?;
         let docs = raw.docs.unwrap_or(RawDocs {
             deployment_guide: None,
             user_guide: None,
@@ -228,7 +233,55 @@ impl Manifest {
             agent: raw.app.agent,
             deployment_guide: docs.deployment_guide.map(PathBuf::from),
             user_guide: docs.user_guide.map(PathBuf::from),
-            health: raw.health,
+            health,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const APP: &str = "[app]\nname = \"x\"\nversion = \"1\"\n";
+
+    #[test]
+    fn health_is_parsed_at_load() {
+        let m = Manifest::parse(&format!(
+            "{APP}[health]\nhttp = {{ port = 8080 }}\ntimeout = \"30s\"\n"
+        ))
+        .expect("parses");
+        let h = m.health.expect("health");
+        assert_eq!(h.checks.len(), 1);
+        assert_eq!(h.timeout, std::time::Duration::from_secs(30));
+        assert_eq!(Manifest::parse(APP).expect("parses").health, None);
+    }
+
+    #[test]
+    fn a_bad_health_table_fails_the_manifest() {
+        for (table, needle) in [
+            ("http = { port = 0 }", "http.port"),
+            ("htp = { port = 80 }", "htp"),
+            ("timeout = \"1m\"", "at least one"),
+            ("port = { port = 80 }\ntimeout = \"later\"", "timeout"),
+            (
+                "script = { script = \"true\", type = \"sh\" }",
+                "script.type",
+            ),
+        ] {
+            let e = Manifest::parse(&format!("{APP}[health]\n{table}\n")).expect_err(table);
+            assert!(e.contains("[health]") && e.contains(needle), "{table}: {e}");
+        }
+    }
+
+    #[test]
+    fn load_names_the_file_and_the_field() {
+        let d = tempfile::tempdir().expect("tmp");
+        let p = d.path().join("ibkit.toml");
+        std::fs::write(&p, format!("{APP}[health]\nhttp = {{ port = 0 }}\n")).expect("write");
+        let e = Manifest::load(&p).expect_err("bad health").to_string();
+        assert!(
+            e.contains("ibkit.toml") && e.contains("[health] http.port"),
+            "{e}"
+        );
     }
 }

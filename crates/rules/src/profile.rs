@@ -15,7 +15,8 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::model::Severity;
-use crate::rule::{RuleDef, catalogue, find_rule};
+use crate::rule::{RuleDef, catalogue};
+use crate::rule_id::RuleId;
 
 /// A rule's setting in a profile.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -35,7 +36,7 @@ pub struct Profile {
     /// Name shown in reports.
     pub name: String,
     /// Overrides by rule ID; rules not listed keep their default severity.
-    pub overrides: BTreeMap<String, Setting>,
+    pub overrides: BTreeMap<RuleId, Setting>,
 }
 
 #[derive(Deserialize)]
@@ -76,8 +77,8 @@ impl Profile {
         let raw: RawProfile = toml::from_str(text).map_err(|e| e.to_string())?;
         let mut overrides = BTreeMap::new();
         for (id, setting) in raw.rules {
-            let rule = find_rule(&id).ok_or_else(|| format!("unknown rule ID {id:?}"))?;
-            overrides.insert(rule.id.to_string(), setting);
+            let id = RuleId::parse(&id).map_err(|e| e.to_string())?;
+            overrides.insert(id, setting);
         }
         Ok(Profile {
             name: raw.name,
@@ -87,7 +88,7 @@ impl Profile {
 
     /// The severity of `rule` here, `None` if the rule is off.
     pub fn severity(&self, rule: &RuleDef) -> Option<Severity> {
-        match self.overrides.get(rule.id) {
+        match self.overrides.get(&rule.id) {
             None => Some(rule.severity),
             Some(Setting::Off) => None,
             Some(Setting::Error) => Some(Severity::Error),
@@ -101,5 +102,20 @@ impl Profile {
             .iter()
             .copied()
             .filter(|r| self.severity(r).is_some())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_are_known_rule_ids() {
+        let p =
+            Profile::parse("name = \"x\"\n[rules]\n\"app-billing\" = \"off\"\n").expect("parses");
+        assert_eq!(p.overrides.get(&RuleId::APP_BILLING), Some(&Setting::Off));
+        let e =
+            Profile::parse("name = \"x\"\n[rules]\n\"APP-BILING\" = \"off\"\n").expect_err("typo");
+        assert!(e.contains("unknown rule ID \"APP-BILING\""), "{e}");
     }
 }

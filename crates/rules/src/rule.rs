@@ -3,11 +3,12 @@
 
 use crate::context::Context;
 use crate::model::{Outcome, Severity};
+use crate::rule_id::RuleId;
 
 /// One rule of the catalogue.
 pub struct RuleDef {
     /// SPEC rule ID, never renamed (reports, waivers and tests use it).
-    pub id: &'static str,
+    pub id: RuleId,
     /// Short title.
     pub title: &'static str,
     /// The marketplace's requirement, as SPEC §1 states it.
@@ -28,10 +29,12 @@ pub fn catalogue() -> &'static [&'static RuleDef] {
     crate::rules::ALL
 }
 
-/// Look a rule up by ID (case-insensitive).
+/// Look a rule up by ID text (case-insensitive); `None` for an unknown ID.
 pub fn find_rule(id: &str) -> Option<&'static RuleDef> {
-    catalogue()
-        .iter()
-        .copied()
-        .find(|r| r.id.eq_ignore_ascii_case(id))
+    RuleId::parse(id).ok().and_then(rule_def)
+}
+
+/// The definition of a known rule (every [`RuleId`] has one; a test checks).
+pub fn rule_def(id: RuleId) -> Option<&'static RuleDef> {
+    catalogue().iter().copied().find(|r| r.id == id)
 }

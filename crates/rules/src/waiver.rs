@@ -15,13 +15,14 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::model::{Level, Outcome};
+use crate::rule_id::RuleId;
 
 /// One waiver.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Waiver {
-    /// Rule ID.
-    pub rule: String,
+    /// Rule ID (an unknown ID fails parsing, naming it).
+    pub rule: RuleId,
     /// Guest path (or glob with `*`) the finding's evidence must be at.
     #[serde(default)]
     pub path: Option<String>,
@@ -39,6 +40,26 @@ pub struct Waivers {
     /// The waivers.
     #[serde(default)]
     pub waiver: Vec<Waiver>,
+}
+
+/// A waiver file as written: the rule is text until [`Waivers::parse`]
+/// checks it, so the error says which waiver names an unknown rule.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWaivers {
+    #[serde(default)]
+    waiver: Vec<RawWaiver>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWaiver {
+    rule: String,
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    kind: Option<String>,
+    reason: String,
 }
 
 /// Glob match supporting `*` (any run of characters, `/` included).
@@ -76,35 +97,36 @@ impl Waivers {
 
     /// Parse waiver text and validate it against the catalogue.
     pub fn parse(text: &str) -> Result<Waivers, String> {
-        let w: Waivers = toml::from_str(text).map_err(|e| e.to_string())?;
-        for (i, waiver) in w.waiver.iter().enumerate() {
-            if crate::rule::find_rule(&waiver.rule).is_none() {
-                return Err(format!(
-                    "waiver {}: unknown rule ID {:?} (see `ibkit rules`)",
-                    i + 1,
-                    waiver.rule
-                ));
-            }
-            if waiver.reason.trim().is_empty() {
+        let raw: RawWaivers = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut waiver = Vec::with_capacity(raw.waiver.len());
+        for (i, w) in raw.waiver.into_iter().enumerate() {
+            let rule = RuleId::parse(&w.rule).map_err(|e| format!("waiver {}: {e}", i + 1))?;
+            if w.reason.trim().is_empty() {
                 return Err(format!(
                     "waiver {} for {}: a reason is required",
                     i + 1,
-                    waiver.rule
+                    w.rule
                 ));
             }
+            waiver.push(Waiver {
+                rule,
+                path: w.path,
+                kind: w.kind,
+                reason: w.reason,
+            });
         }
-        Ok(w)
+        Ok(Waivers { waiver })
     }
 
     /// Mark the findings of `rule` that a waiver accepts.
-    pub fn apply(&self, rule: &str, outcome: &mut Outcome) {
+    pub fn apply(&self, rule: RuleId, outcome: &mut Outcome) {
         for f in outcome
             .findings
             .iter_mut()
             .filter(|f| f.level >= Level::Warn)
         {
             if let Some(w) = self.waiver.iter().find(|w| {
-                w.rule.eq_ignore_ascii_case(rule)
+                w.rule == rule
                     && w.kind.as_ref().is_none_or(|k| *k == f.kind)
                     && w.path
                         .as_ref()
@@ -118,7 +140,23 @@ impl Waivers {
 
 #[cfg(test)]
 mod tests {
-    use super::glob;
+    use super::*;
+
+    #[test]
+    fn rule_ids_are_checked_at_parse() {
+        let w = Waivers::parse("[[waiver]]\nrule = \"img-no-history\"\nreason = \"ok\"\n")
+            .expect("known ID, any case");
+        assert_eq!(w.waiver[0].rule, RuleId::IMG_NO_HISTORY);
+        let e = Waivers::parse("[[waiver]]\nrule = \"IMG-NO-HISTROY\"\nreason = \"ok\"\n")
+            .expect_err("typo");
+        assert_eq!(
+            e,
+            "waiver 1: unknown rule ID \"IMG-NO-HISTROY\" (see `ibkit rules`)"
+        );
+        let e = Waivers::parse("[[waiver]]\nrule = \"OS-SSHD\"\nreason = \" \"\n")
+            .expect_err("no reason");
+        assert!(e.contains("waiver 1 for OS-SSHD"), "{e}");
+    }
 
     #[test]
     fn glob_matches() {

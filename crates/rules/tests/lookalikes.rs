@@ -492,6 +492,9 @@ fn every_rule_has_a_lookalike_test() {
         "OS-NO-FIXED-MAC",
         "KERNEL-VIRTIO",
     ];
-    let ids: Vec<&str> = ibkit_rules::catalogue().iter().map(|r| r.id).collect();
+    let ids: Vec<&str> = ibkit_rules::catalogue()
+        .iter()
+        .map(|r| r.id.as_str())
+        .collect();
     assert_eq!(ids, covered);
 }

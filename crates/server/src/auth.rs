@@ -88,7 +88,7 @@ impl FromRequestParts<Arc<AppState>> for AgentAuth {
         let h = hash.clone();
         let found = state
             .db
-            .read(move |c| crate::db::host_by_credential(c, &h))
+            .read(move |c| crate::store::hosts::by_credential(c, &h).map_err(ApiError::from))
             .await?;
         match found {
             Some((instance, host)) => Ok(AgentAuth {

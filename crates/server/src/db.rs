@@ -8,9 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use rusqlite::{Connection, OptionalExtension as _, params};
+use rusqlite::{Connection, params};
 
-use crate::error::ApiError;
+use crate::store::StoreError;
 
 /// 2: single-use pairing keys with an expiry and the last refused pairing
 /// (hosts), a per-instance pairing key lifetime (instances), report ids
@@ -179,7 +179,7 @@ fn migrate_v1(c: &mut Connection, pairing_key_ttl: Duration) -> anyhow::Result<(
     tx.execute(
         "UPDATE hosts SET pairing_key_expires_at = ?1
          WHERE pairing_key_hash IS NOT NULL AND pairing_key_used_at IS NULL",
-        params![now_ms().saturating_add(ttl)],
+        params![ibkit_support::clock::now_ms().saturating_add(ttl)],
     )?;
     tx.pragma_update(None, "user_version", 2)?;
     tx.commit()?;
@@ -219,48 +219,29 @@ impl Db {
     }
 
     /// Runs `f` on the writer connection in a blocking thread.
-    pub async fn write<T, F>(&self, f: F) -> Result<T, ApiError>
+    pub async fn write<T, E, F>(&self, f: F) -> Result<T, E>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Connection) -> Result<T, ApiError> + Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, E> + Send + 'static,
     {
         let w = self.writer.clone();
         tokio::task::spawn_blocking(move || f(&mut lock(&w)))
             .await
-            .map_err(|e| ApiError::internal(format!("database task failed: {e}")))?
+            .map_err(|e| E::from(StoreError::Task(e.to_string())))?
     }
 
     /// Runs `f` on one of the reader connections.
-    pub async fn read<T, F>(&self, f: F) -> Result<T, ApiError>
+    pub async fn read<T, E, F>(&self, f: F) -> Result<T, E>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, ApiError> + Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
     {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.readers.len();
         let r = self.readers[i].clone();
         tokio::task::spawn_blocking(move || f(&lock(&r)))
             .await
-            .map_err(|e| ApiError::internal(format!("database task failed: {e}")))?
+            .map_err(|e| E::from(StoreError::Task(e.to_string())))?
     }
-}
-
-/// (instance, host) of a live credential.
-pub fn host_by_credential(
-    c: &Connection,
-    hash: &str,
-) -> Result<Option<(String, String)>, ApiError> {
-    Ok(c.query_row(
-        "SELECT h.instance, h.name FROM hosts h JOIN instances i ON i.id = h.instance
-         WHERE h.credential_hash = ?1 AND i.status != 'deleted'",
-        params![hash],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )
-    .optional()?)
-}
-
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }

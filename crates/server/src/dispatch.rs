@@ -5,66 +5,24 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use ibkit_api::reference::{self, ReferenceTarget};
+use ibkit_api::wire::InstanceStatus;
 use ibkit_api::wire::{ResolvedReference, StepStatus, Work};
 use ibkit_api::{HealthCheck, InstanceSpec, StructuredJson};
-use rusqlite::{Connection, OptionalExtension as _, params};
+use ibkit_support::clock::now_ms;
+use rusqlite::Connection;
 
 use crate::AppState;
-use crate::db::now_ms;
-use crate::error::ApiError;
+use crate::store::{self, StepKey, StoreError, StoreResult};
 
 /// The instance's spec, parsed once and cached until it changes.
-pub fn spec_of(
-    state: &AppState,
-    c: &Connection,
-    inst: &str,
-) -> Result<Arc<InstanceSpec>, ApiError> {
+pub fn spec_of(state: &AppState, c: &Connection, inst: &str) -> StoreResult<Arc<InstanceSpec>> {
     if let Some(s) = state.cached_spec(inst) {
         return Ok(s);
     }
-    let json: String = c
-        .query_row(
-            "SELECT spec_json FROM instances WHERE id = ?1",
-            params![inst],
-            |r| r.get(0),
-        )
-        .optional()?
-        .ok_or_else(|| ApiError::not_found(format!("no instance {inst}")))?;
+    let json = store::instances::spec_json(c, inst)?;
     let spec: Arc<InstanceSpec> = Arc::new(serde_json::from_str(&json)?);
     state.cache_spec(inst, spec.clone());
     Ok(spec)
-}
-
-pub fn instance_status(c: &Connection, inst: &str) -> Result<Option<String>, ApiError> {
-    Ok(c.query_row(
-        "SELECT status FROM instances WHERE id = ?1",
-        params![inst],
-        |r| r.get(0),
-    )
-    .optional()?)
-}
-
-type StepKey = (String, String, u32);
-
-fn step_statuses(c: &Connection, inst: &str) -> Result<HashMap<StepKey, StepStatus>, ApiError> {
-    let mut stmt =
-        c.prepare_cached("SELECT host, grp, idx, status FROM steps WHERE instance = ?1")?;
-    let rows = stmt.query_map(params![inst], |r| {
-        Ok((
-            (
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, u32>(2)?,
-            ),
-            r.get::<_, String>(3)?,
-        ))
-    })?;
-    let mut out = HashMap::new();
-    for row in rows {
-        let (k, s) = row?;
-        out.insert(k, StepStatus::parse(&s).unwrap_or(StepStatus::Failed));
-    }
-    Ok(out)
 }
 
 /// What a work request gets.
@@ -82,24 +40,16 @@ pub fn next_work(
     tx: &Connection,
     inst: &str,
     host: &str,
-) -> Result<NextWork, ApiError> {
+) -> StoreResult<NextWork> {
     let none = |changed| NextWork {
         work: None,
         checks_active: false,
         changed,
     };
-    if instance_status(tx, inst)?.as_deref() == Some("deleted") {
+    if store::instances::status(tx, inst)? == Some(InstanceStatus::Deleted) {
         return Ok(none(false));
     }
-    let inflight: Option<String> = tx
-        .query_row(
-            "SELECT work_json FROM steps WHERE instance = ?1 AND host = ?2
-             AND exec_id IS NOT NULL AND status IN ('pending','running') LIMIT 1",
-            params![inst, host],
-            |r| r.get(0),
-        )
-        .optional()?;
-    if let Some(json) = inflight {
+    if let Some(json) = store::steps::inflight_work(tx, inst, host)? {
         return Ok(NextWork {
             work: Some(serde_json::from_str(&json)?),
             checks_active: false,
@@ -107,7 +57,7 @@ pub fn next_work(
         });
     }
     let spec = spec_of(state, tx, inst)?;
-    let st = step_statuses(tx, inst)?;
+    let st = store::steps::statuses(tx, inst)?;
     let status_of = |h: &str, g: &str, i: u32| st.get(&(h.to_string(), g.to_string(), i)).copied();
     for g in spec.group_order() {
         if !g.hosts.iter().any(|h| h == host) {
@@ -133,7 +83,7 @@ pub fn next_work(
             }
             // Resolve references in the content and the environment.
             let mut not_yet = false;
-            let mut db_err: Option<ApiError> = None;
+            let mut db_err: Option<StoreError> = None;
             let mut parsed: HashMap<(String, String, u32), serde_json::Value> = HashMap::new();
             let mut lookup = |r: &reference::Reference| -> Result<String, String> {
                 let th = if r.host == "self" {
@@ -152,16 +102,12 @@ pub fn next_work(
                     }
                     None => return Err(format!("no step {th}/{}/{}", r.group, r.index)),
                 }
-                let row: Result<(Option<String>, Option<String>), _> = tx.query_row(
-                    "SELECT result, structured_result FROM steps
-                     WHERE instance = ?1 AND host = ?2 AND grp = ?3 AND idx = ?4",
-                    params![inst, th, r.group, r.index],
-                    |row| Ok((row.get(0)?, row.get(1)?)),
-                );
-                let (raw, structured) = match row {
-                    Ok(v) => v,
+                let key: StepKey = (th.to_string(), r.group.clone(), r.index);
+                let (raw, structured) = match store::steps::result(tx, inst, &key) {
+                    Ok(Some((_, raw, structured))) => (raw, structured),
+                    Ok(None) => return Err(format!("no step {th}/{}/{}", r.group, r.index)),
                     Err(e) => {
-                        db_err = Some(e.into());
+                        db_err = Some(e);
                         return Err("database error".into());
                     }
                 };
@@ -233,11 +179,8 @@ pub fn next_work(
             let content = match resolved {
                 Ok(c) => c,
                 Err(message) => {
-                    tx.execute(
-                        "UPDATE steps SET status = 'failed', error = ?5, finished_at_ms = ?6
-                         WHERE instance = ?1 AND host = ?2 AND grp = ?3 AND idx = ?4",
-                        params![inst, host, g.name, s.index, message, now_ms()],
-                    )?;
+                    let key = (host.to_string(), g.name.clone(), s.index);
+                    store::steps::fail_unrun(tx, inst, &key, &message, now_ms())?;
                     recompute_status(state, tx, inst)?;
                     return Ok(none(true));
                 }
@@ -255,19 +198,9 @@ pub fn next_work(
                 options,
                 references: used,
             };
-            tx.execute(
-                "UPDATE steps SET exec_id = ?5, dispatched_at = ?6, work_json = ?7
-                 WHERE instance = ?1 AND host = ?2 AND grp = ?3 AND idx = ?4",
-                params![
-                    inst,
-                    host,
-                    g.name,
-                    s.index,
-                    work.exec_id,
-                    now_ms(),
-                    serde_json::to_string(&work)?
-                ],
-            )?;
+            let key = (host.to_string(), g.name.clone(), s.index);
+            let work_json = serde_json::to_string(&work)?;
+            store::steps::dispatch(tx, inst, &key, &work.exec_id, &work_json, now_ms())?;
             return Ok(NextWork {
                 work: Some(work),
                 checks_active: false,
@@ -276,11 +209,7 @@ pub fn next_work(
         }
     }
     // Every step of this host is done: its health checks are active.
-    tx.execute(
-        "UPDATE hosts SET checks_active_since = ?3
-         WHERE instance = ?1 AND name = ?2 AND checks_active_since IS NULL",
-        params![inst, host, now_ms()],
-    )?;
+    store::hosts::activate_checks(tx, inst, host, now_ms())?;
     Ok(NextWork {
         work: None,
         checks_active: true,
@@ -320,56 +249,40 @@ pub fn group_is_consumed(spec: &InstanceSpec, group: &str) -> bool {
     })
 }
 
-/// Last `n` lines of a log.
-pub fn tail(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.trim_end().lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
 /// Recomputes the instance status from its steps and health results.
-pub fn recompute_status(state: &AppState, tx: &Connection, inst: &str) -> Result<(), ApiError> {
-    let Some(current) = instance_status(tx, inst)? else {
+pub fn recompute_status(state: &AppState, tx: &Connection, inst: &str) -> StoreResult<()> {
+    let Some(current) = store::instances::status(tx, inst)? else {
         return Ok(());
     };
-    if current == "deleted" {
+    if current == InstanceStatus::Deleted {
         return Ok(());
     }
-    type FailedRow = (String, String, u32, Option<String>, Option<String>);
-    let failed: Option<FailedRow> = tx
-        .query_row(
-            "SELECT host, grp, idx, error, log FROM steps WHERE instance = ?1 AND status = 'failed'
-             ORDER BY host, grp, idx LIMIT 1",
-            params![inst],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-        )
-        .optional()?;
-    let (status, reason): (&str, Option<String>) = if let Some((h, g, i, error, log)) = failed {
-        let why = match (error, log) {
+    let failed = store::steps::failed(tx, inst, Some(1))?;
+    let (status, reason) = if let Some(f) = failed.into_iter().next() {
+        let why = match (f.error, f.log) {
             (Some(e), _) if !e.is_empty() => e,
-            (_, Some(l)) if !l.trim().is_empty() => format!("log ends:\n{}", tail(&l, 10)),
+            (_, Some(l)) if !l.trim().is_empty() => {
+                format!("log ends:\n{}", ibkit_support::text::tail_lines(&l, 10))
+            }
             _ => "no error message".into(),
         };
         (
-            "failed",
-            Some(format!("host {h}, group {g}, step {i} failed: {why}")),
+            InstanceStatus::Failed,
+            Some(format!(
+                "host {}, group {}, step {} failed: {why}",
+                f.host, f.group, f.index
+            )),
         )
     } else {
-        let not_done: i64 = tx.query_row(
-            "SELECT COUNT(*) FROM steps WHERE instance = ?1 AND status NOT IN ('ok','skipped')",
-            params![inst],
-            |r| r.get(0),
-        )?;
+        let not_done = store::steps::count_not_done(tx, inst)?;
         if not_done > 0 {
-            ("applying", Some(format!("{not_done} step(s) not done yet")))
+            (
+                InstanceStatus::Applying,
+                Some(format!("{not_done} step(s) not done yet")),
+            )
         } else {
             let spec = spec_of(state, tx, inst)?;
-            let mut ok: HashSet<(String, String)> = HashSet::new();
-            let mut stmt = tx.prepare_cached(
-                "SELECT host, check_name FROM health_results WHERE instance = ?1 AND ok = 1",
-            )?;
-            for row in stmt.query_map(params![inst], |r| Ok((r.get(0)?, r.get(1)?)))? {
-                ok.insert(row?);
-            }
+            let ok: HashSet<(String, String)> = store::health::passing(tx, inst)?;
             let mut waiting = None;
             'outer: for h in spec.host_names() {
                 for c in spec.health_checks.iter().filter(|c| c.applies_to(h)) {
@@ -383,42 +296,10 @@ pub fn recompute_status(state: &AppState, tx: &Connection, inst: &str) -> Result
                 }
             }
             match waiting {
-                Some(w) => ("applying", Some(w)),
-                None => ("running", None),
+                Some(w) => (InstanceStatus::Applying, Some(w)),
+                None => (InstanceStatus::Running, None),
             }
         }
     };
-    tx.execute(
-        "UPDATE instances SET status = ?2, status_reason = ?3, updated_at = ?4
-         WHERE id = ?1 AND (status != ?2 OR status_reason IS NOT ?3)",
-        params![inst, status, reason, now_ms()],
-    )?;
-    Ok(())
-}
-
-/// Sets the matching steps back to `pending` (a `once` step that was ever
-/// ok becomes `skipped`), superseding any in-flight execution.
-pub fn reset_steps(
-    tx: &Connection,
-    filter: &str,
-    args: &[&dyn rusqlite::ToSql],
-) -> Result<(), ApiError> {
-    tx.execute(
-        &format!(
-            "UPDATE steps SET status = 'skipped', exec_id = NULL, dispatched_at = NULL, work_json = NULL
-             WHERE once = 1 AND ever_ok = 1 AND ({filter})"
-        ),
-        args,
-    )?;
-    tx.execute(
-        &format!(
-            "UPDATE steps SET status = 'pending', exec_id = NULL, dispatched_at = NULL, work_json = NULL,
-               attempts = 0, exit_code = NULL, signal = NULL, timed_out = 0, halted = 0,
-               started_at_ms = NULL, finished_at_ms = NULL, log = NULL, log_truncated_bytes = 0,
-               result = NULL, result_truncated_bytes = 0, structured_result = NULL, error = NULL
-             WHERE NOT (once = 1 AND ever_ok = 1) AND ({filter})"
-        ),
-        args,
-    )?;
-    Ok(())
+    store::instances::set_status(tx, inst, status, reason.as_deref(), now_ms())
 }

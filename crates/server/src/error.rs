@@ -51,6 +51,21 @@ impl From<rusqlite::Error> for ApiError {
     }
 }
 
+/// One place maps storage failures to HTTP statuses.
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        use crate::store::StoreError as E;
+        match e {
+            E::NotFound(m) => ApiError::not_found(m),
+            E::Conflict(m) => ApiError::conflict(m),
+            E::Invalid(m) => ApiError::bad_request(m),
+            E::Db(e) => e.into(),
+            E::Corrupt(e) => e.into(),
+            E::Task(m) => ApiError::internal(format!("database task failed: {m}")),
+        }
+    }
+}
+
 impl From<serde_json::Error> for ApiError {
     fn from(e: serde_json::Error) -> Self {
         tracing::error!("stored JSON unreadable: {e}");

@@ -10,8 +10,8 @@ pub mod error;
 pub mod monitor;
 pub mod openapi;
 pub mod routes;
+pub mod store;
 pub mod tls;
-pub mod views;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -156,7 +156,7 @@ impl AppState {
         lock(&self.heartbeats).insert(
             (inst.to_string(), host.to_string()),
             Seen {
-                at_ms: db::now_ms(),
+                at_ms: ibkit_support::clock::now_ms(),
                 agent_version: agent_version.to_string(),
                 dirty: true,
             },
@@ -180,17 +180,14 @@ impl AppState {
         self.db
             .write(move |c| {
                 let tx = c.transaction()?;
-                {
-                    let mut stmt = tx.prepare_cached(
-                        "UPDATE hosts SET last_heartbeat_at = MAX(COALESCE(last_heartbeat_at, 0), ?3),
-                         agent_version = COALESCE(NULLIF(?4, ''), agent_version) WHERE instance = ?1 AND name = ?2",
-                    )?;
-                    for ((i, h), s) in &dirty {
-                        stmt.execute(rusqlite::params![i, h, s.at_ms, s.agent_version])?;
-                    }
-                }
+                store::hosts::flush_heartbeats(
+                    &tx,
+                    dirty.iter().map(|((i, h), s)| {
+                        (i.as_str(), h.as_str(), s.at_ms, s.agent_version.as_str())
+                    }),
+                )?;
                 tx.commit()?;
-                Ok(())
+                Ok::<_, ApiError>(())
             })
             .await
     }
@@ -305,24 +302,6 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
     }
 }
 
-/// The query of a route that takes no parameters.
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NoQuery {}
-
-/// Path extractor with JSON errors.
-pub struct ApiPath<T>(pub T);
-
-impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
-    type Rejection = ApiError;
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        axum::extract::Path::<T>::from_request_parts(parts, state)
-            .await
-            .map(|p| ApiPath(p.0))
-            .map_err(|rej| ApiError::bad_request(rej.body_text()))
-    }
-}
-
 /// Writes a file readable by its owner only.
 pub fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
     write_atomic(path, data, 0o600)
@@ -382,26 +361,9 @@ pub(crate) fn narrow_to_owner(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Temporary file, fsync, rename: readers see the old or the new content,
-/// never a partial file.
 fn write_atomic(path: &Path, data: &[u8], mode: u32) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    // The umask may have narrowed the mode, and a stale temp file keeps its own.
-    f.set_permissions(std::fs::Permissions::from_mode(mode))
-        .with_context(|| format!("cannot set the mode of {}", tmp.display()))?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
+    ibkit_support::fs::write_atomic(path, data, mode)
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Writes `STATE/endpoint.json` so a local `ibkit deploy` finds the service.
@@ -535,7 +497,7 @@ impl Server {
                 .filter(|t| t.self_signed)
                 .map(|t| t.curl_pin.clone()),
             operator_token_hash: token_hash,
-            started_at_ms: db::now_ms(),
+            started_at_ms: ibkit_support::clock::now_ms(),
             agent_binary,
             heartbeats: Mutex::new(HashMap::new()),
             downloads: Arc::new(tokio::sync::Semaphore::new(cfg.max_agent_downloads.max(1))),

@@ -1,8 +1,16 @@
-//! The OpenAPI 3.1 document, built with utoipa from the route table.
+//! The OpenAPI 3.1 document, built with utoipa: the operator endpoints
+//! from their types in `ibkit_api::operator::endpoint` (the same list the
+//! router mounts), the agent and document routes from [`shape`]. A copy is
+//! checked in at `docs/api/openapi.json`; a test fails when they differ.
 
+use ibkit_api::operator::endpoint::{Endpoint, RequestBody};
+use ibkit_api::operator::{
+    HealthResultView, HostPairing, InstanceCreated, InstanceDetail, InstanceStatusView,
+    InstanceSummary, NoBody, RecoveryRequest, RecoveryResolved, Redeployed, StepResult, StepView,
+};
 use ibkit_api::wire::{
-    ErrorBody, HealthReport, Heartbeat, PairRequest, PairResponse, Report, ServiceInfo,
-    WorkResponse,
+    Ack, ErrorBody, HealthReport, Heartbeat, PairRequest, PairResponse, Report, ReportAck,
+    ServiceInfo, WorkResponse,
 };
 use ibkit_api::{InstanceSpec, SpecError};
 use utoipa::openapi::path::{
@@ -17,19 +25,99 @@ use utoipa::openapi::{
 };
 use utoipa::{IntoParams, ToSchema};
 
-use crate::routes::ROUTES;
 use crate::routes::agent::WorkQuery;
-use crate::routes::operator::{PairingKeyQuery, RecoveryQuery};
-use crate::views;
+use crate::routes::docs::Liveness;
+use crate::routes::{Auth, RouteInfo, SERVICE_ROUTES, endpoint_route};
+
+/// A type the document describes: a named component or an array of one.
+trait Doc {
+    fn schema() -> RefOr<Schema>;
+    /// Adds its component schemas (and those they use) to `v`.
+    fn components(v: &mut Vec<(String, RefOr<Schema>)>);
+}
+
+macro_rules! named {
+    ($($t:ty),* $(,)?) => {$(
+        impl Doc for $t {
+            fn schema() -> RefOr<Schema> {
+                schema_ref::<$t>()
+            }
+            fn components(v: &mut Vec<(String, RefOr<Schema>)>) {
+                v.push((<$t as ToSchema>::name().into_owned(), <$t as utoipa::PartialSchema>::schema()));
+                <$t as ToSchema>::schemas(v);
+            }
+        }
+    )*};
+}
+
+named!(
+    ServiceInfo,
+    InstanceSpec,
+    InstanceSummary,
+    InstanceCreated,
+    InstanceDetail,
+    InstanceStatusView,
+    Redeployed,
+    HostPairing,
+    StepView,
+    StepResult,
+    HealthResultView,
+    RecoveryRequest,
+    RecoveryResolved,
+);
+
+impl<T: Doc> Doc for Vec<T> {
+    fn schema() -> RefOr<Schema> {
+        ArrayBuilder::new().items(T::schema()).into()
+    }
+    fn components(v: &mut Vec<(String, RefOr<Schema>)>) {
+        T::components(v)
+    }
+}
+
+impl Doc for NoBody {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new().into()
+    }
+    fn components(_: &mut Vec<(String, RefOr<Schema>)>) {}
+}
+
+/// What operator endpoint `E` takes and answers.
+fn endpoint_shape<E>() -> Shape
+where
+    E: Endpoint,
+    E::Answer: Doc,
+    E::Body: Doc,
+    E::Query: IntoParams,
+{
+    let mut shape = ok(E::Answer::schema(), E::ANSWER_DESCRIPTION)
+        .query(E::Query::into_params(|| Some(ParameterIn::Query)));
+    shape.status = status_text(E::SUCCESS);
+    if E::Body::absent().is_none() {
+        shape.body = Some((E::Body::schema(), "The desired state"));
+    }
+    shape.errors = E::ERRORS
+        .iter()
+        .map(|(status, desc)| (status_text(*status), *desc))
+        .collect();
+    shape
+}
+
+fn status_text(status: u16) -> &'static str {
+    match status {
+        200 => "200",
+        201 => "201",
+        400 => "400",
+        404 => "404",
+        409 => "409",
+        422 => "422",
+        _ => "default",
+    }
+}
 
 /// A reference to the component schema of `T`.
 fn schema_ref<T: ToSchema>() -> RefOr<Schema> {
     Ref::from_schema_name(T::name()).into()
-}
-
-/// An array of `T`.
-fn array_of<T: ToSchema>() -> RefOr<Schema> {
-    ArrayBuilder::new().items(schema_ref::<T>()).into()
 }
 
 /// The request body, success answer and parameters of one operation.
@@ -39,34 +127,24 @@ struct Shape {
     ok: (&'static str, RefOr<Schema>, &'static str),
     query: Vec<Parameter>,
     /// Error statuses besides 401 (for authenticated routes) and 500.
-    errors: &'static [(&'static str, &'static str)],
+    errors: Vec<(&'static str, &'static str)>,
 }
 
 const JSON: &str = "application/json";
 const BAD_REQUEST: (&str, &str) = ("400", "The request is malformed or invalid");
-const NOT_FOUND: (&str, &str) = ("404", "No such instance, host, step or request");
-const CONFLICT: (&str, &str) = (
-    "409",
-    "The instance is deleted, or the state does not allow it",
-);
-
 fn ok(schema: RefOr<Schema>, desc: &'static str) -> Shape {
     Shape {
         body: None,
         status: "200",
         ok: (JSON, schema, desc),
         query: Vec::new(),
-        errors: &[],
+        errors: Vec::new(),
     }
 }
 
 impl Shape {
     fn body(mut self, schema: RefOr<Schema>, desc: &'static str) -> Self {
         self.body = Some((schema, desc));
-        self
-    }
-    fn status(mut self, status: &'static str) -> Self {
-        self.status = status;
         self
     }
     fn content_type(mut self, content_type: &'static str) -> Self {
@@ -77,8 +155,8 @@ impl Shape {
         self.query = params;
         self
     }
-    fn errors(mut self, errors: &'static [(&'static str, &'static str)]) -> Self {
-        self.errors = errors;
+    fn errors(mut self, errors: &[(&'static str, &'static str)]) -> Self {
+        self.errors = errors.to_vec();
         self
     }
 }
@@ -86,7 +164,6 @@ impl Shape {
 /// What each route takes and answers; `None` for a route not described
 /// (the tests refuse that).
 fn shape(method: &str, path: &str) -> Option<Shape> {
-    use views::*;
     Some(match (method, path) {
         ("get", "/healthz") => ok(schema_ref::<Liveness>(), "The service is up"),
         ("get", "/v1/openapi.json") => ok(
@@ -161,85 +238,6 @@ fn shape(method: &str, path: &str) -> Option<Shape> {
                 BAD_REQUEST,
                 ("409", "The host has no health check of that name"),
             ]),
-        ("get", "/v1/service") => ok(
-            schema_ref::<ServiceInfo>(),
-            "The public URL, the certificate pins agents and installers use, the global intervals and the version",
-        ),
-        ("get", "/v1/instances") => ok(
-            array_of::<InstanceSummary>(),
-            "Every instance, oldest first",
-        ),
-        ("post", "/v1/instances") => ok(
-            schema_ref::<InstanceCreated>(),
-            "The instance, with a pairing key and install command per host",
-        )
-        .status("201")
-        .query(PairingKeyQuery::into_params(|| Some(ParameterIn::Query)))
-        .body(schema_ref::<InstanceSpec>(), "The desired state")
-        .errors(&[(
-            "400",
-            "The spec is malformed or invalid (the message names where)",
-        )]),
-        ("get", "/v1/instances/{id}") => ok(
-            schema_ref::<InstanceDetail>(),
-            "The instance, its spec, hosts and step counts",
-        )
-        .errors(&[BAD_REQUEST, NOT_FOUND]),
-        ("put", "/v1/instances/{id}") => ok(
-            schema_ref::<InstanceStatusView>(),
-            "The spec is stored; changed steps run again",
-        )
-        .body(
-            schema_ref::<InstanceSpec>(),
-            "The new desired state (same hosts)",
-        )
-        .errors(&[BAD_REQUEST, NOT_FOUND, CONFLICT]),
-        ("delete", "/v1/instances/{id}") => ok(
-            schema_ref::<InstanceStatusView>(),
-            "The instance is deleted and its credentials revoked",
-        )
-        .errors(&[BAD_REQUEST, NOT_FOUND]),
-        ("post", "/v1/instances/{id}/redeploy") => ok(
-            schema_ref::<Redeployed>(),
-            "Every step runs again (`once` steps are skipped)",
-        )
-        .errors(&[BAD_REQUEST, NOT_FOUND, CONFLICT]),
-        ("post", "/v1/instances/{id}/hosts/{host}/pairing-key") => ok(
-            schema_ref::<HostPairing>(),
-            "A fresh pairing key; the old credential is revoked",
-        )
-        .query(PairingKeyQuery::into_params(|| Some(ParameterIn::Query)))
-        .errors(&[BAD_REQUEST, NOT_FOUND, CONFLICT]),
-        ("get", "/v1/instances/{id}/hosts/{host}/steps") => {
-            ok(array_of::<StepView>(), "The host's steps in run order")
-                .errors(&[BAD_REQUEST, NOT_FOUND])
-        }
-        ("get", "/v1/instances/{id}/hosts/{host}/health") => ok(
-            array_of::<HealthResultView>(),
-            "The latest result of each health check",
-        )
-        .errors(&[BAD_REQUEST, NOT_FOUND]),
-        ("get", "/v1/instances/{id}/results/{host}/{group}/{index}") => ok(
-            schema_ref::<StepResult>(),
-            "The step's raw and structured result",
-        )
-        .errors(&[
-            BAD_REQUEST,
-            NOT_FOUND,
-            (
-                "422",
-                "The stored structured result is over the size or depth limit",
-            ),
-        ]),
-        ("get", "/v1/recovery-requests") => ok(
-            array_of::<RecoveryRequest>(),
-            "Matching recovery requests, oldest first",
-        )
-        .query(RecoveryQuery::into_params(|| Some(ParameterIn::Query)))
-        .errors(&[BAD_REQUEST]),
-        ("post", "/v1/recovery-requests/{id}/resolve") => {
-            ok(schema_ref::<RecoveryResolved>(), "The request is resolved").errors(&[NOT_FOUND])
-        }
         _ => return None,
     })
 }
@@ -295,98 +293,115 @@ fn schemas() -> Vec<(String, RefOr<Schema>)> {
     let mut v = Vec::new();
     add::<ErrorBody>(&mut v);
     add::<SpecError>(&mut v);
-    add::<InstanceSpec>(&mut v);
     add::<PairRequest>(&mut v);
     add::<PairResponse>(&mut v);
     add::<WorkResponse>(&mut v);
     add::<Report>(&mut v);
     add::<Heartbeat>(&mut v);
     add::<HealthReport>(&mut v);
-    add::<ServiceInfo>(&mut v);
-    add::<views::Liveness>(&mut v);
-    add::<views::InstanceSummary>(&mut v);
-    add::<views::InstanceDetail>(&mut v);
-    add::<views::InstanceCreated>(&mut v);
-    add::<views::InstanceStatusView>(&mut v);
-    add::<views::Redeployed>(&mut v);
-    add::<views::HostPairing>(&mut v);
-    add::<views::StepView>(&mut v);
-    add::<views::StepResult>(&mut v);
-    add::<views::HealthResultView>(&mut v);
-    add::<views::RecoveryRequest>(&mut v);
-    add::<views::RecoveryResolved>(&mut v);
-    add::<views::ReportAck>(&mut v);
-    add::<views::Ack>(&mut v);
+    add::<Liveness>(&mut v);
+    add::<ReportAck>(&mut v);
+    add::<Ack>(&mut v);
+    macro_rules! components {
+        ($e:ty) => {
+            <<$e as Endpoint>::Answer as Doc>::components(&mut v);
+            <<$e as Endpoint>::Body as Doc>::components(&mut v);
+        };
+    }
+    ibkit_api::for_each_operator_endpoint!(components);
     v
+}
+
+/// One operation of the document.
+fn operation(route: &RouteInfo, shape: Option<Shape>) -> utoipa::openapi::path::Operation {
+    let RouteInfo {
+        method,
+        path,
+        auth,
+        summary,
+    } = *route;
+    let mut op = OperationBuilder::new()
+        .summary(Some(summary))
+        .operation_id(Some(format!(
+            "{method}{}",
+            path.replace(['/', '{', '}', '.', '-'], "_")
+        )))
+        .tag(if path.starts_with("/v1/agent") {
+            "agent"
+        } else if auth == Auth::Operator {
+            "operator"
+        } else {
+            "service"
+        });
+    if auth != Auth::None {
+        op = op.security(SecurityRequirement::new::<_, _, &str>(auth.as_str(), []));
+    }
+    let error = |desc: &str| {
+        ResponseBuilder::new()
+            .description(desc)
+            .content(JSON, Content::new(Some(schema_ref::<ErrorBody>())))
+            .build()
+    };
+    if let Some(shape) = shape {
+        for p in path_params(path).into_iter().chain(shape.query) {
+            op = op.parameter(p);
+        }
+        if let Some((schema, desc)) = shape.body {
+            op = op.request_body(Some(
+                RequestBodyBuilder::new()
+                    .description(Some(desc))
+                    .required(Some(Required::True))
+                    .content(JSON, Content::new(Some(schema)))
+                    .build(),
+            ));
+        }
+        let (content_type, schema, desc) = shape.ok;
+        op = op.response(
+            shape.status,
+            ResponseBuilder::new()
+                .description(desc)
+                .content(content_type, Content::new(Some(schema)))
+                .build(),
+        );
+        for (status, desc) in &shape.errors {
+            op = op.response(*status, error(desc));
+        }
+        // Operator routes refuse unknown query parameters.
+        if auth == Auth::Operator && !shape.errors.iter().any(|(st, _)| *st == "400") {
+            op = op.response("400", error("Unknown query parameter"));
+        }
+    }
+    if auth != Auth::None {
+        op = op.response("401", error("Missing or wrong bearer token"));
+    }
+    op.response("500", error("Internal error (database)"))
+        .build()
+}
+
+fn http_method(method: &str) -> HttpMethod {
+    match method {
+        "get" => HttpMethod::Get,
+        "post" => HttpMethod::Post,
+        "put" => HttpMethod::Put,
+        "delete" => HttpMethod::Delete,
+        _ => HttpMethod::Patch,
+    }
 }
 
 pub fn document() -> utoipa::openapi::OpenApi {
     let mut paths = PathsBuilder::new();
-    for (method, path, auth, summary) in ROUTES {
-        let m = match *method {
-            "get" => HttpMethod::Get,
-            "post" => HttpMethod::Post,
-            "put" => HttpMethod::Put,
-            "delete" => HttpMethod::Delete,
-            _ => HttpMethod::Patch,
-        };
-        let mut op = OperationBuilder::new()
-            .summary(Some(*summary))
-            .operation_id(Some(format!(
-                "{method}{}",
-                path.replace(['/', '{', '}', '.', '-'], "_")
-            )))
-            .tag(if path.starts_with("/v1/agent") {
-                "agent"
-            } else if *auth == "operator" {
-                "operator"
-            } else {
-                "service"
-            });
-        if *auth != "none" {
-            op = op.security(SecurityRequirement::new::<_, _, &str>(*auth, []));
-        }
-        let error = |desc: &str| {
-            ResponseBuilder::new()
-                .description(desc)
-                .content(JSON, Content::new(Some(schema_ref::<ErrorBody>())))
-                .build()
-        };
-        if let Some(shape) = shape(method, path) {
-            for p in path_params(path).into_iter().chain(shape.query) {
-                op = op.parameter(p);
-            }
-            if let Some((schema, desc)) = shape.body {
-                op = op.request_body(Some(
-                    RequestBodyBuilder::new()
-                        .description(Some(desc))
-                        .required(Some(Required::True))
-                        .content(JSON, Content::new(Some(schema)))
-                        .build(),
-                ));
-            }
-            let (content_type, schema, desc) = shape.ok;
-            op = op.response(
-                shape.status,
-                ResponseBuilder::new()
-                    .description(desc)
-                    .content(content_type, Content::new(Some(schema)))
-                    .build(),
-            );
-            for (status, desc) in shape.errors {
-                op = op.response(*status, error(desc));
-            }
-            // Operator routes refuse unknown query parameters.
-            if *auth == "operator" && !shape.errors.iter().any(|(st, _)| *st == "400") {
-                op = op.response("400", error("Unknown query parameter"));
-            }
-        }
-        if *auth != "none" {
-            op = op.response("401", error("Missing or wrong bearer token"));
-        }
-        op = op.response("500", error("Internal error (database)"));
-        paths = paths.path(*path, PathItem::new(m, op.build()));
+    for route in SERVICE_ROUTES {
+        let op = operation(route, shape(route.method, route.path));
+        paths = paths.path(route.path, PathItem::new(http_method(route.method), op));
     }
+    macro_rules! describe {
+        ($e:ty) => {
+            let route = endpoint_route::<$e>();
+            let op = operation(&route, Some(endpoint_shape::<$e>()));
+            paths = paths.path(route.path, PathItem::new(http_method(route.method), op));
+        };
+    }
+    ibkit_api::for_each_operator_endpoint!(describe);
     let bearer = |desc: &str| {
         SecurityScheme::Http(
             HttpBuilder::new()
@@ -447,11 +462,15 @@ mod tests {
     #[test]
     fn every_route_has_a_json_answer_and_errors() {
         let doc = doc();
-        for (method, path, auth, _) in ROUTES {
+        for crate::routes::RouteInfo {
+            method, path, auth, ..
+        } in crate::routes::routes()
+        {
+            let auth = auth.as_str();
             let op = &doc["paths"][path][method];
             assert!(op.is_object(), "{method} {path} not documented");
             let responses = op["responses"].as_object().expect("responses");
-            let raw = matches!(*path, "/v1/agent/install.sh" | "/v1/agent/binary");
+            let raw = matches!(path, "/v1/agent/install.sh" | "/v1/agent/binary");
             let json_ok = responses.iter().any(|(status, r)| {
                 status.starts_with('2') && r["content"]["application/json"]["schema"].is_object()
             });
@@ -467,7 +486,7 @@ mod tests {
                 "#/components/schemas/ErrorBody",
                 "{method} {path}"
             );
-            if *auth != "none" {
+            if auth != "none" {
                 assert!(responses["401"].is_object(), "{method} {path}: no 401");
             }
             for name in path
@@ -482,7 +501,7 @@ mod tests {
                     "{method} {path}: no path parameter {name}"
                 );
             }
-            if matches!(*method, "post" | "put")
+            if matches!(method, "post" | "put")
                 && let Some(body) = op.get("requestBody")
             {
                 assert!(body["content"]["application/json"]["schema"].is_object());

@@ -3,14 +3,16 @@
 //! hangs early ("Probing EDD") and never finishes booting.
 
 use std::fs::OpenOptions;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
+use ibkit_support::clock::{format_utc, unix_secs};
+use ibkit_support::text::tail_lines;
 use serde::{Deserialize, Serialize};
 
+use crate::binary::qemu_binary;
 use crate::procs::ChildProc;
-use crate::qemu::qemu_binary;
 
 /// Console lines showing that the kernel finished booting.
 const BOOTED_MARKERS: [&str; 2] = ["Run /init as init process", "Freeing unused kernel image"];
@@ -127,11 +129,6 @@ fn last_line(text: &str) -> String {
     format!("'{s}'")
 }
 
-fn tail(text: &str, lines: usize) -> String {
-    let v: Vec<&str> = text.lines().collect();
-    v[v.len().saturating_sub(lines)..].join("\n")
-}
-
 /// Boot `kernel` (+ `initrd`) under KVM and wait up to `timeout` for the
 /// console to show that the kernel finished booting. QEMU is killed in every
 /// case. Falls back to TCG with a reason when `/dev/kvm` cannot be opened
@@ -232,7 +229,7 @@ async fn boot_probe_in(
             let err = std::fs::read_to_string(&log).unwrap_or_default();
             break AccelChoice::tcg(format!(
                 "KVM probe: QEMU exited ({status}) before the kernel booted: {} (last console line: {})",
-                tail(err.trim(), 3).replace('\n', " | "),
+                tail_lines(err.trim(), 3).replace('\n', " | "),
                 last_line(&console)
             ));
         }
@@ -280,74 +277,6 @@ pub async fn probe_cache_key() -> String {
     format!("{version} | kernel {release}")
 }
 
-fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-/// The Unix time of "2026-11-27T04:00:00Z" (also with fractional seconds,
-/// "+00:00" or no zone, as OpenStack writes `created`/`created_at`); `None`
-/// for anything else. Inverse of [`format_utc`].
-pub fn parse_utc(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let (date, time) = s.split_once(['T', ' '])?;
-    let time = time
-        .strip_suffix('Z')
-        .or_else(|| time.strip_suffix("+00:00"))
-        .unwrap_or(time);
-    let time = time.split_once('.').map_or(time, |(t, _)| t);
-    let num = |p: &str| -> Option<i64> {
-        if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) || p.len() > 4 {
-            return None;
-        }
-        p.parse().ok()
-    };
-    let mut d = date.split('-');
-    let (y, m, day) = (num(d.next()?)?, num(d.next()?)?, num(d.next()?)?);
-    let mut t = time.split(':');
-    let (hh, mm, ss) = (num(t.next()?)?, num(t.next()?)?, num(t.next()?)?);
-    if d.next().is_some() || t.next().is_some() {
-        return None;
-    }
-    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || hh > 23 || mm > 59 || ss > 60 {
-        return None;
-    }
-    // Howard Hinnant's days_from_civil.
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    u64::try_from(days * 86_400 + hh * 3600 + mm * 60 + ss).ok()
-}
-
-/// "2026-11-27T04:00:00Z" for a Unix time (UTC, no leap seconds).
-pub fn format_utc(unix: u64) -> String {
-    let days = (unix / 86_400) as i64;
-    let secs = unix % 86_400;
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
-}
-
 fn read_cache(path: &Path, key: &str, now: u64) -> Option<AccelChoice> {
     let text = std::fs::read_to_string(path).ok()?;
     let entry: CacheEntry = serde_json::from_str(&text).ok()?;
@@ -369,10 +298,8 @@ fn write_cache(path: &Path, entry: &CacheEntry) -> std::io::Result<()> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    let tmp: PathBuf = path.with_extension(format!("json.tmp{}", std::process::id()));
     let text = serde_json::to_string_pretty(entry).map_err(std::io::Error::other)?;
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, path)
+    ibkit_support::fs::write_atomic(path, text.as_bytes(), 0o644)
 }
 
 /// [`probe_kvm`] with a cache (`cache_dir/kvm-probe.json`) keyed by the QEMU
@@ -389,7 +316,7 @@ pub async fn probe_kvm_cached(
     }
     let path = cache_dir.join(CACHE_FILE);
     let key = probe_cache_key().await;
-    let now = now_unix();
+    let now = unix_secs();
     if let Some(c) = read_cache(&path, &key, now) {
         tracing::debug!(path = %path.display(), "using cached KVM probe");
         return c;
@@ -409,34 +336,6 @@ pub async fn probe_kvm_cached(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn utc_formatting() {
-        assert_eq!(format_utc(0), "1970-01-01T00:00:00Z");
-        assert_eq!(format_utc(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(format_utc(1_795_752_000), "2026-11-27T04:00:00Z");
-    }
-
-    #[test]
-    fn utc_parsing_inverts_formatting() {
-        for t in [0, 951_782_400, 1_795_752_000, 4_102_444_799] {
-            assert_eq!(parse_utc(&format_utc(t)), Some(t));
-        }
-        assert_eq!(
-            parse_utc("2026-11-27T04:00:00.123456+00:00"),
-            Some(1_795_752_000)
-        );
-        assert_eq!(parse_utc("2026-11-27T04:00:00"), Some(1_795_752_000));
-        for bad in [
-            "",
-            "2026-13-01T00:00:00Z",
-            "2026-11-27",
-            "x-1-1T1:1:1",
-            "2026-11-27T04:00",
-        ] {
-            assert_eq!(parse_utc(bad), None, "{bad}");
-        }
-    }
 
     #[test]
     fn last_console_line_without_escapes() {

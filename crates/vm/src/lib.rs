@@ -15,11 +15,15 @@
 //!   (`ibkit deploy`), found again by [`Vm::attach`] / [`detached_qemu_pid`];
 //! * [`accel`] decides between KVM and TCG by really booting a kernel;
 //! * [`procs`] makes sure no QEMU or virtiofsd outlives the program, even on
-//!   Ctrl-C, panic or SIGKILL of the parent.
+//!   Ctrl-C, panic or SIGKILL of the parent;
+//! * [`command`] runs host tools (`qemu-img`, `ip`…) with errors that name
+//!   the command, its exit status and the end of its stderr.
 //!
 //! Every error names the file, command or timeout it is about.
 
 pub mod accel;
+mod binary;
+pub mod command;
 pub mod pcap;
 pub mod procs;
 pub mod qemu;

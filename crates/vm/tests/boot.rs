@@ -131,7 +131,7 @@ async fn boot_debian_under_tcg() {
             panic!(
                 "no SSH within {:?}: {e}\nlast serial lines:\n{}",
                 boot_timeout(),
-                tail(&vm.serial_log(), 30)
+                ibkit_support::text::tail_lines(&vm.serial_log(), 30)
             )
         });
     t.done("boot to SSH key auth");
@@ -214,7 +214,7 @@ async fn boot_debian_under_tcg() {
             panic!(
                 "no SSH within {:?} after reset: {e}\nlast serial lines:\n{}",
                 boot_timeout(),
-                tail(&vm.serial_log(), 30)
+                ibkit_support::text::tail_lines(&vm.serial_log(), 30)
             )
         });
     let boot_id2 = session
@@ -259,11 +259,6 @@ async fn boot_debian_under_tcg() {
     );
     t.done("drop and clean-up checks");
     let _ = std::fs::remove_dir_all(&work);
-}
-
-fn tail(text: &str, n: usize) -> String {
-    let v: Vec<&str> = text.lines().collect();
-    v[v.len().saturating_sub(n)..].join("\n")
 }
 
 fn rand_suffix() -> String {

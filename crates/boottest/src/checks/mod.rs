@@ -4,7 +4,7 @@
 //! The rule's ID, title, requirement and remediation come from the offline
 //! catalogue (`ibkit explain ID`); each file's doc says what is proved live.
 
-use ibkit_rules::{Evidence, Outcome};
+use ibkit_rules::{Evidence, Outcome, RuleId};
 
 use crate::observe::{BootObs, GuestObs, HealthObs, Observations};
 
@@ -24,8 +24,9 @@ mod os_sshd;
 
 /// A live check of one rule.
 pub struct LiveCheck {
-    /// SPEC rule ID (must exist in the offline catalogue).
-    pub id: &'static str,
+    /// SPEC rule ID (its title, requirement and remediation come from the
+    /// offline catalogue).
+    pub id: RuleId,
     /// The judgement.
     pub check: fn(&Observations) -> Outcome,
 }
@@ -33,51 +34,51 @@ pub struct LiveCheck {
 /// Every live check, in report order.
 pub const ALL: &[LiveCheck] = &[
     LiveCheck {
-        id: "APP-KVM",
+        id: RuleId::APP_KVM,
         check: app_kvm::check,
     },
     LiveCheck {
-        id: "APP-NET",
+        id: RuleId::APP_NET,
         check: app_net::check,
     },
     LiveCheck {
-        id: "APP-NOPASS",
+        id: RuleId::APP_NOPASS,
         check: app_nopass::check,
     },
     LiveCheck {
-        id: "APP-PORTS",
+        id: RuleId::APP_PORTS,
         check: app_ports::check,
     },
     LiveCheck {
-        id: "APP-FLAVOR",
+        id: RuleId::APP_FLAVOR,
         check: app_flavor::check,
     },
     LiveCheck {
-        id: "APP-AUTOSTART-SOFT",
+        id: RuleId::APP_AUTOSTART_SOFT,
         check: app_autostart_soft::check,
     },
     LiveCheck {
-        id: "APP-AUTOSTART-HARD",
+        id: RuleId::APP_AUTOSTART_HARD,
         check: app_autostart_hard::check,
     },
     LiveCheck {
-        id: "IMG-CLOUDINIT",
+        id: RuleId::IMG_CLOUDINIT,
         check: img_cloudinit::check,
     },
     LiveCheck {
-        id: "OS-SSHD",
+        id: RuleId::OS_SSHD,
         check: os_sshd::check,
     },
     LiveCheck {
-        id: "OS-CONSOLE-LOG",
+        id: RuleId::OS_CONSOLE_LOG,
         check: os_console_log::check,
     },
     LiveCheck {
-        id: "OS-NO-FIXED-MAC",
+        id: RuleId::OS_NO_FIXED_MAC,
         check: os_no_fixed_mac::check,
     },
     LiveCheck {
-        id: "KERNEL-VIRTIO",
+        id: RuleId::KERNEL_VIRTIO,
         check: kernel_virtio::check,
     },
 ];

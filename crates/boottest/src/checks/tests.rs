@@ -5,7 +5,7 @@ use ibkit_rules::Status;
 
 use super::ALL;
 use crate::guest::{Listener, SerialSummary, ShadowIssue, ShadowSummary};
-use crate::health::{HealthSpec, Probe};
+use crate::health::HealthSpec;
 use crate::observe::*;
 
 fn listener(proto: &str, addr: &str, port: u16, p: &str) -> Listener {
@@ -138,7 +138,10 @@ fn clean() -> Observations {
             reason: "test".into(),
         }),
         health_spec: Some(HealthSpec {
-            probes: vec![Probe::PortHealth { port: 8080 }],
+            checks: vec![ibkit_api::HealthKind::PortHealth {
+                host: "127.0.0.1".into(),
+                port: 8080,
+            }],
             timeout: std::time::Duration::from_secs(120),
         }),
         manifest_given: true,
@@ -169,7 +172,9 @@ fn clean() -> Observations {
 }
 
 fn verdicts(o: &Observations) -> Vec<(&'static str, Status)> {
-    ALL.iter().map(|c| (c.id, (c.check)(o).status())).collect()
+    ALL.iter()
+        .map(|c| (c.id.as_str(), (c.check)(o).status()))
+        .collect()
 }
 
 /// Statuses that differ from pass.
@@ -183,7 +188,7 @@ fn not_passing(o: &Observations) -> Vec<(&'static str, Status)> {
 #[test]
 fn clean_run_passes_every_rule() {
     assert_eq!(not_passing(&clean()), vec![]);
-    assert!(ALL.iter().all(|c| ibkit_rules::find_rule(c.id).is_some()));
+    assert!(ALL.iter().all(|c| ibkit_rules::rule_def(c.id).is_some()));
 }
 
 #[test]

@@ -24,6 +24,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use ibkit_support::clock::{parse_utc, unix_ms, unix_secs};
+use ibkit_support::text::tail_bytes;
 use reqwest::Method;
 use serde_json::{Value, json};
 use sha2::Digest as _;
@@ -248,18 +250,6 @@ fn sha256_file(file: &Path) -> Result<String, std::io::Error> {
         h.update(&buf[..n]);
     }
     Ok(ibkit_api::step::hex(&h.finalize()))
-}
-
-/// The last `max_bytes` of `s`, cut at a character boundary.
-fn tail(s: &str, max_bytes: usize) -> String {
-    if s.len() <= max_bytes {
-        return s.to_string();
-    }
-    let mut start = s.len() - max_bytes;
-    while !s.is_char_boundary(start) {
-        start += 1;
-    }
-    s[start..].to_string()
 }
 
 impl OpenStackBackend {
@@ -1075,13 +1065,14 @@ impl OpenStackBackend {
             )
             .await;
         match v {
-            Ok(v) => Ok(tail(
+            Ok(v) => Ok(tail_bytes(
                 v.as_ref()
                     .and_then(|v| v.get("output"))
                     .and_then(Value::as_str)
                     .unwrap_or(""),
                 max_bytes,
-            )),
+            )
+            .to_string()),
             // Nova's own words: a stopped libvirt guest has "no console
             // available", which is not a missing server.
             Err(e) => Err(backend_error(e)),
@@ -1096,7 +1087,7 @@ impl OpenStackBackend {
         let dir = self.settings.evidence_dir.join(format!(
             "{}-{}",
             server.name.replace(['/', '\\'], "_"),
-            crate::store::now_ms()
+            unix_ms()
         ));
         std::fs::create_dir_all(&dir)?;
         let console_path = dir.join("console.log");
@@ -1127,15 +1118,12 @@ impl OpenStackBackend {
         older_than: Duration,
         dry_run: bool,
     ) -> Result<SweepReport, BackendError> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let now = unix_secs();
         // A resource whose age cannot be read is treated as old: it is
         // ours by tag and its deployment is gone.
         let old = |created: Option<&str>| {
             created
-                .and_then(ibkit_vm::accel::parse_utc)
+                .and_then(parse_utc)
                 .is_none_or(|t| now.saturating_sub(t) >= older_than.as_secs())
         };
         // Ours (tagged `ibkit`) and used by no live deployment.
@@ -1540,14 +1528,5 @@ mod tests {
         let empty = dir.path().join("e");
         std::fs::write(&empty, b"").expect("write");
         assert!(disk_format(&empty).is_err());
-    }
-
-    #[test]
-    fn console_tail_cuts_at_a_char_boundary() {
-        assert_eq!(tail("ab€cd", 4), "cd");
-        assert_eq!(tail("ab€cd", 5), "€cd");
-        assert_eq!(tail("abc", 10), "abc");
-        let t = tail("x€€", 4);
-        assert!(t.len() <= 4 && t.ends_with('€'));
     }
 }

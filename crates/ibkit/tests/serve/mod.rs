@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use ibkit_api::operator::{HostName, InstanceId, PairingKeyQuery};
+use ibkit_client::{ClientError, OperatorClient, Secret, ServiceEndpoint};
 use serde_json::{Value, json};
 
 pub fn ibkit_bin() -> PathBuf {
@@ -98,6 +100,9 @@ pub struct Service {
     child: Option<Child>,
     args: Vec<String>,
     pub client: reqwest::blocking::Client,
+    /// The typed operator client (`ibkit-client`), on its own runtime.
+    pub operator: OperatorClient,
+    runtime: std::sync::Arc<tokio::runtime::Runtime>,
 }
 
 impl Service {
@@ -180,6 +185,17 @@ impl Service {
             .timeout(Duration::from_secs(30))
             .build()
             .expect("client");
+        let operator = OperatorClient::new(&ServiceEndpoint {
+            url: url.clone(),
+            cert_sha256: Some(cert_sha256.clone()),
+            operator_token: Secret::new(token.clone()),
+        })
+        .expect("operator client");
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
         Service {
             state: state.to_path_buf(),
             url,
@@ -189,6 +205,8 @@ impl Service {
             child: Some(child),
             args,
             client,
+            operator,
+            runtime: std::sync::Arc::new(runtime),
         }
     }
 
@@ -238,38 +256,47 @@ impl Service {
         (status, r.json().unwrap_or(Value::Null))
     }
 
+    /// One typed operator call; panics with the service's answer.
+    fn call<T>(
+        &self,
+        what: &str,
+        f: impl std::future::Future<Output = Result<T, ClientError>>,
+    ) -> T {
+        self.runtime
+            .block_on(f)
+            .unwrap_or_else(|e| panic!("{what}: {e}\nserve log tail:\n{}", tail(&self.log(), 20)))
+    }
+
     /// Creates an instance; returns (id, {host: pairing_key}).
     pub fn create(&self, spec: &Value) -> (String, Vec<(String, String)>) {
-        let (status, body) = self.send("POST", "/v1/instances", spec);
-        assert_eq!(status, 201, "create: {body}");
-        let id = body["id"].as_str().expect("id").to_string();
-        let keys = body["hosts"]
-            .as_array()
-            .expect("hosts")
-            .iter()
-            .map(|h| {
-                (
-                    h["name"].as_str().expect("name").to_string(),
-                    h["pairing_key"].as_str().expect("key").to_string(),
-                )
-            })
+        let spec = serde_json::from_value(spec.clone()).expect("an instance spec");
+        let created = self.call(
+            "create",
+            self.operator
+                .create_instance(&spec, &PairingKeyQuery::default()),
+        );
+        let keys = created
+            .hosts
+            .into_iter()
+            .map(|h| (h.name.to_string(), h.pairing_key))
             .collect();
-        (id, keys)
+        (created.id.to_string(), keys)
     }
 
     pub fn instance(&self, id: &str) -> Value {
-        let (status, body) = self.get(&format!("/v1/instances/{id}"));
-        assert_eq!(status, 200, "{body}");
-        body
+        let id = InstanceId::parse(id).expect("instance id");
+        let detail = self.call("instance", self.operator.instance(&id));
+        serde_json::to_value(detail).expect("json")
     }
 
     pub fn steps(&self, id: &str, host: &str) -> Vec<Value> {
-        let (status, body) = self.get(&format!("/v1/instances/{id}/hosts/{host}/steps"));
-        assert_eq!(status, 200, "{body}");
-        match body {
-            Value::Array(a) => a,
-            other => other["steps"].as_array().cloned().unwrap_or_default(),
-        }
+        let id = InstanceId::parse(id).expect("instance id");
+        let host = HostName::parse(host).expect("host name");
+        let steps = self.call("steps", self.operator.steps(&id, &host));
+        steps
+            .into_iter()
+            .map(|s| serde_json::to_value(s).expect("json"))
+            .collect()
     }
 
     pub fn step(&self, id: &str, host: &str, group: &str, index: u64) -> Value {
@@ -312,14 +339,11 @@ impl Service {
 impl Service {
     /// Open recovery requests of an instance.
     pub fn recovery_requests(&self, instance: &str) -> Vec<Value> {
-        let (status, body) = self.get(&format!(
-            "/v1/recovery-requests?status=open&instance={instance}"
-        ));
-        assert_eq!(status, 200, "{body}");
-        body.as_array()
-            .cloned()
-            .or_else(|| body["requests"].as_array().cloned())
-            .unwrap_or_default()
+        let id = InstanceId::parse(instance).expect("instance id");
+        let open = self.call("recovery", self.operator.open_recovery_requests(&id));
+        open.into_iter()
+            .map(|r| serde_json::to_value(r).expect("json"))
+            .collect()
     }
 }
 
@@ -436,10 +460,7 @@ impl Drop for Agent {
     }
 }
 
-pub fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
+pub use ibkit_support::text::tail_lines as tail;
 
 /// A one-step bash group.
 pub fn group(name: &str, hosts: &[&str], steps: Value) -> Value {

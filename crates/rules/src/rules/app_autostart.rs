@@ -5,10 +5,11 @@ use crate::context::Context;
 use crate::facts::systemd::load_unit_file;
 use crate::model::{Evidence, Outcome, Severity};
 use crate::rule::RuleDef;
+use crate::rule_id::RuleId;
 
 /// APP-AUTOSTART-SOFT.
 pub static SOFT: RuleDef = RuleDef {
-    id: "APP-AUTOSTART-SOFT",
+    id: RuleId::APP_AUTOSTART_SOFT,
     title: "App starts after a clean reboot",
     requirement: "The application must start by itself after a clean reboot (e.g. the buyer reboots over SSH after updates).",
     severity: Severity::Error,
@@ -19,7 +20,7 @@ pub static SOFT: RuleDef = RuleDef {
 
 /// APP-AUTOSTART-HARD.
 pub static HARD: RuleDef = RuleDef {
-    id: "APP-AUTOSTART-HARD",
+    id: RuleId::APP_AUTOSTART_HARD,
     title: "App starts after a forced reset",
     requirement: "The application must start by itself after a forced reset (the platform's orchestrator restarts a VM after an infrastructure fault).",
     severity: Severity::Error,

@@ -3,10 +3,11 @@
 use crate::context::Context;
 use crate::model::{Outcome, Severity};
 use crate::rule::RuleDef;
+use crate::rule_id::RuleId;
 
 /// The rule.
 pub static RULE: RuleDef = RuleDef {
-    id: "APP-BILLING",
+    id: RuleId::APP_BILLING,
     title: "Billed per the marketplace's rules",
     requirement: "The application must be billed per the marketplace's billing rules (usage metrics may be pushed by the app).",
     severity: Severity::Warning,

@@ -3,6 +3,7 @@
 use crate::context::Context;
 use crate::model::{Evidence, Outcome, Severity};
 use crate::rule::RuleDef;
+use crate::rule_id::RuleId;
 
 /// Text that marks an unfinished template.
 pub const PLACEHOLDERS: &[&str] = &[
@@ -18,7 +19,7 @@ pub const PLACEHOLDERS: &[&str] = &[
 
 /// The rule.
 pub static RULE: RuleDef = RuleDef {
-    id: "APP-DOCS",
+    id: RuleId::APP_DOCS,
     title: "Deployment guide for this version",
     requirement: "The application must ship a deployment guide (and optionally a user guide) that matches the service version and is enough for a buyer to get a working instance.",
     severity: Severity::Error,

@@ -5,10 +5,11 @@ use crate::context::Context;
 use crate::facts::boot::split_args;
 use crate::model::{Evidence, Outcome, Severity};
 use crate::rule::RuleDef;
+use crate::rule_id::RuleId;
 
 /// The rule.
 pub static RULE: RuleDef = RuleDef {
-    id: "APP-FLAVOR",
+    id: RuleId::APP_FLAVOR,
     title: "Works on any flavor (CPU, RAM, disk size)",
     requirement: "The application must work on any infrastructure configuration the buyer picks (vCPUs, RAM, disk size).",
     severity: Severity::Error,

@@ -3,10 +3,11 @@
 use crate::context::Context;
 use crate::model::{Evidence, Outcome, Severity};
 use crate::rule::RuleDef;
+use crate::rule_id::RuleId;
 
 /// The rule.
 pub static RULE: RuleDef = RuleDef {
-    id: "APP-KVM",
+    id: RuleId::APP_KVM,
     title: "Runs on KVM in OpenStack",
     requirement: "The application must run on KVM virtualization in OpenStack.",
     severity: Severity::Error,

@@ -4,10 +4,11 @@ use super::util::{find_binary, names};
 use crate::context::Context;
 use crate::model::{Evidence, Outcome, Severity};
 use crate::rule::RuleDef;
+use crate::rule_id::RuleId;
 
 /// The rule.
 pub static RULE: RuleDef = RuleDef {
-    id: "APP-NET",
+    id: RuleId::APP_NET,
     title: "Works with the cloud's network (DHCP, any MAC, MTU < 1500)",
     requirement: "The application must work within the network solutions the cloud provides (DHCP on virtio-net, any MAC, metadata service / config drive, MTU below 1500 possible).",
     severity: Severity::Error,

@@ -4,10 +4,11 @@ use crate::context::Context;
 use crate::facts::password::{PasswordState, judge, password_state};
 use crate::model::{Evidence, Outcome, Severity};
 use crate::rule::RuleDef;
+use crate::rule_id::RuleId;
 
 /// The rule.
 pub static RULE: RuleDef = RuleDef {
-    id: "APP-NOPASS",
+    id: RuleId::APP_NOPASS,
     title: "No default passwords",
     requirement: "The application must have no default passwords.",
     severity: Severity::Error,

@@ -7,6 +7,7 @@ use crate::facts::systemd::load_unit_file;
 use crate::manifest::{Port, Protocol};
 use crate::model::{Evidence, Outcome, Severity};
 use crate::rule::RuleDef;
+use crate::rule_id::RuleId;
 
 /// Daemons that listen on the network as installed, by unit name.
 /// `exposed = false`: the distribution's default config binds to localhost.
@@ -72,7 +73,7 @@ pub const KNOWN_LISTENERS: &[(&str, &[u16], Protocol, bool)] = &[
 
 /// The rule.
 pub static RULE: RuleDef = RuleDef {
-    id: "APP-PORTS",
+    id: RuleId::APP_PORTS,
     title: "Only declared ports listen",
     requirement: "The application must keep every port that is not used closed.",
     severity: Severity::Error,

@@ -4,10 +4,11 @@ use super::util::{find_binary, installed_package};
 use crate::context::Context;
 use crate::model::{Evidence, Outcome, Severity};
 use crate::rule::RuleDef;
+use crate::rule_id::RuleId;
 
 /// The rule.
 pub static RULE: RuleDef = RuleDef {
-    id: "IMG-AGENT-DEPS",
+    id: RuleId::IMG_AGENT_DEPS,
     title: "curl and systemd for the agent",
     requirement: "The image must contain curl and systemd when the agent is used (curl fetches the agent, systemd runs and watches it).",
     severity: Severity::Error,

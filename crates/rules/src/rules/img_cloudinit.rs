@@ -6,6 +6,7 @@ use super::util::{enabled_evidence, find_binary, installed_package};
 use crate::context::Context;
 use crate::model::{Evidence, Outcome, Severity};
 use crate::rule::RuleDef;
+use crate::rule_id::RuleId;
 
 /// cloud-init's boot stages.
 pub const STAGES: &[&str] = &[
@@ -20,7 +21,7 @@ pub const OPENSTACK_DATASOURCES: &[&str] = &["OpenStack", "ConfigDrive"];
 
 /// The rule.
 pub static RULE: RuleDef = RuleDef {
-    id: "IMG-CLOUDINIT",
+    id: RuleId::IMG_CLOUDINIT,
     title: "cloud-init installed and enabled",
     requirement: "The image must contain cloud-init (and have it enabled).",
     severity: Severity::Error,

@@ -4,6 +4,7 @@ use super::util::BIN_DIRS;
 use crate::context::Context;
 use crate::model::{Evidence, Outcome, Severity};
 use crate::rule::RuleDef;
+use crate::rule_id::RuleId;
 
 /// Packages that install a debugger or tracer (Debian and RPM names).
 pub const DEBUGGER_PACKAGES: &[&str] = &[
@@ -61,7 +62,7 @@ pub const DEBUGGER_BINARIES: &[&str] = &[
 
 /// The rule.
 pub static RULE: RuleDef = RuleDef {
-    id: "IMG-NO-DEBUGGERS",
+    id: RuleId::IMG_NO_DEBUGGERS,
     title: "No debuggers in the image",
     requirement: "The image must contain no debuggers (gdb, strace, ltrace, valgrind, lldb, ...).",
     severity: Severity::Error,

@@ -6,12 +6,13 @@ use super::util::fingerprint;
 use crate::context::Context;
 use crate::model::{Evidence, Outcome, Severity};
 use crate::rule::RuleDef;
+use crate::rule_id::RuleId;
 
 pub use crate::facts::homes::HISTORY_FILES;
 
 /// The rule.
 pub static RULE: RuleDef = RuleDef {
-    id: "IMG-NO-HISTORY",
+    id: RuleId::IMG_NO_HISTORY,
     title: "No command history in the image",
     requirement: "The image must contain no shell command history of the work done on it.",
     severity: Severity::Error,

@@ -12,6 +12,7 @@ use crate::context::Context;
 use crate::facts::homes::Home;
 use crate::model::{Evidence, Level, Outcome, Severity};
 use crate::rule::RuleDef;
+use crate::rule_id::RuleId;
 
 /// Credential files relative to a home directory: path, what it is, and
 /// the markers one of which a non-comment line must contain for a file that
@@ -128,7 +129,7 @@ fn patterns() -> &'static [Pattern] {
 
 /// The rule.
 pub static RULE: RuleDef = RuleDef {
-    id: "IMG-NO-SECRETS",
+    id: RuleId::IMG_NO_SECRETS,
     title: "No secrets or leftover instance data",
     requirement: "The image must contain no sensitive data (keys, credentials, tokens, leftover cloud-init instance data, ...).",
     severity: Severity::Error,

@@ -7,6 +7,7 @@ use crate::facts::kernel::{DriverState, Kernel, newest};
 use crate::facts::modprobe::{InstallEffect, Modprobe};
 use crate::model::{Evidence, Outcome, Severity};
 use crate::rule::RuleDef;
+use crate::rule_id::RuleId;
 
 /// `(module, config symbol, needed in the initramfs to mount root)`.
 pub const DRIVERS: &[(&str, &str, bool)] = &[
@@ -27,7 +28,7 @@ const INITCALLS: &[(&str, &str)] = &[
 
 /// The rule.
 pub static RULE: RuleDef = RuleDef {
-    id: "KERNEL-VIRTIO",
+    id: RuleId::KERNEL_VIRTIO,
     title: "virtio drivers present and reachable at boot",
     requirement: "The kernel must have the virtio-net, virtio-blk and virtiofs drivers (module or built in; reachable at boot, i.e. in the initramfs when root is on virtio-blk).",
     severity: Severity::Error,

@@ -4,10 +4,11 @@ use crate::context::Context;
 use crate::facts::boot::{Cmdline, SourceKind, consoles};
 use crate::model::{Evidence, Outcome, Severity};
 use crate::rule::RuleDef;
+use crate::rule_id::RuleId;
 
 /// The rule.
 pub static RULE: RuleDef = RuleDef {
-    id: "OS-CONSOLE-LOG",
+    id: RuleId::OS_CONSOLE_LOG,
     title: "Kernel boot log on the serial console",
     requirement: "The OS must have the kernel write its boot log to the console (console=ttyS0 ...).",
     severity: Severity::Error,

@@ -3,10 +3,11 @@
 use crate::context::Context;
 use crate::model::{Evidence, Outcome, Severity};
 use crate::rule::RuleDef;
+use crate::rule_id::RuleId;
 
 /// The rule.
 pub static RULE: RuleDef = RuleDef {
-    id: "OS-FIREWALL-OFF",
+    id: RuleId::OS_FIREWALL_OFF,
     title: "Host firewall disabled",
     requirement: "The OS must have the firewall disabled (the cloud's security groups do that job).",
     severity: Severity::Error,

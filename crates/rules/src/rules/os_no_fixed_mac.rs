@@ -6,10 +6,11 @@ use super::util::names;
 use crate::context::Context;
 use crate::model::{Evidence, Outcome, Severity};
 use crate::rule::RuleDef;
+use crate::rule_id::RuleId;
 
 /// The rule.
 pub static RULE: RuleDef = RuleDef {
-    id: "OS-NO-FIXED-MAC",
+    id: RuleId::OS_NO_FIXED_MAC,
     title: "No network config pinned to a MAC address",
     requirement: "The OS must have no built-in, unchangeable MAC addresses for network devices.",
     severity: Severity::Error,

@@ -5,6 +5,7 @@ use crate::context::Context;
 use crate::facts::systemd::{UnmetCondition, load_unit_file, unmet_path_conditions};
 use crate::model::{Evidence, Outcome, Severity};
 use crate::rule::RuleDef;
+use crate::rule_id::RuleId;
 
 /// Units that start an SSH server (service or socket activation).
 pub const SSH_UNITS: &[&str] = &[
@@ -17,7 +18,7 @@ pub const SSH_UNITS: &[&str] = &[
 
 /// The rule.
 pub static RULE: RuleDef = RuleDef {
-    id: "OS-SSHD",
+    id: RuleId::OS_SSHD,
     title: "SSH server starts at boot",
     requirement: "The OS must have an SSH server installed and started at boot (service or socket activation).",
     severity: Severity::Error,

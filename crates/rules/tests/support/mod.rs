@@ -235,7 +235,10 @@ pub fn run(path: &Path, manifest: Option<&Manifest>, only: &[&str]) -> Report {
         &insp,
         &CheckOptions {
             manifest,
-            only: only.iter().map(|s| s.to_string()).collect(),
+            only: only
+                .iter()
+                .map(|s| s.parse().expect("a known rule ID"))
+                .collect(),
             ..Default::default()
         },
     )

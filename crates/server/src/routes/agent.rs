@@ -8,18 +8,15 @@ use axum::extract::{FromRequest as _, Request, State};
 use axum::http::StatusCode;
 use ibkit_api::StructuredJson;
 use ibkit_api::wire::{
-    FinalStatus, HealthReport, Heartbeat, PairRequest, PairResponse, Report, ReportEvent,
-    WorkResponse,
+    Ack, HealthReport, Heartbeat, PairRequest, PairResponse, Report, ReportAck, ReportEvent,
+    StepStatus, WorkResponse,
 };
-use rusqlite::{OptionalExtension as _, params};
+use ibkit_support::clock::{format_utc_ms as when, now_ms};
 use serde::Deserialize;
 
 use crate::auth::{AgentAuth, digest_eq, hash_secret, new_secret};
-use crate::db::now_ms;
-use crate::dispatch;
 use crate::error::{ApiError, ApiResult};
-use crate::monitor::when;
-use crate::{ApiJson, ApiQuery, AppState};
+use crate::{ApiJson, ApiQuery, AppState, dispatch, store};
 
 /// A duration on the wire (`15s`), saturating.
 pub(crate) fn duration(d: Duration) -> ibkit_api::Duration {
@@ -59,18 +56,15 @@ pub async fn pair(
     );
     let st = s.clone();
     let outcome =
-        s.db.write(move |c| {
+        s.db.write(move |c| -> ApiResult<Result<_, Refusal>> {
             let tx = c.transaction()?;
-            let row: Option<(Option<String>, Option<i64>, Option<i64>)> = tx
-                .query_row(
-                    "SELECT h.pairing_key_hash, h.pairing_key_expires_at, h.pairing_key_used_at
-                     FROM hosts h JOIN instances i ON i.id = h.instance
-                     WHERE h.instance = ?1 AND h.name = ?2 AND i.status != 'deleted'",
-                    params![inst, host],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                )
-                .optional()?;
-            let Some((stored, expires_at, used_at)) = row else {
+            let row = store::hosts::pairing_state(&tx, &inst, &host)?;
+            let Some(store::hosts::PairingState {
+                key_hash: stored,
+                expires_at,
+                used_at,
+            }) = row
+            else {
                 return Ok(Err(Refusal {
                     status: StatusCode::UNAUTHORIZED,
                     message: PAIRING_REFUSED.into(),
@@ -122,20 +116,11 @@ pub async fn pair(
             };
             if let Some(r) = refusal {
                 let note = r.note.clone().unwrap_or_else(|| r.message.clone());
-                tx.execute(
-                    "UPDATE hosts SET last_pairing_refusal = ?3, last_pairing_refusal_at = ?4
-                     WHERE instance = ?1 AND name = ?2",
-                    params![inst, host, note, now],
-                )?;
+                store::hosts::note_pairing_refusal(&tx, &inst, &host, &note, now)?;
                 tx.commit()?;
                 return Ok(Err(r));
             }
-            tx.execute(
-                "UPDATE hosts SET credential_hash = ?3, paired_at = ?4, agent_version = ?5,
-                 pairing_key_used_at = ?4
-                 WHERE instance = ?1 AND name = ?2 AND pairing_key_used_at IS NULL",
-                params![inst, host, cred_hash, now, version],
-            )?;
+            store::hosts::pair(&tx, &inst, &host, &cred_hash, &version, now)?;
             let spec = dispatch::spec_of(&st, &tx, &inst)?;
             tx.commit()?;
             Ok(Ok(spec))
@@ -182,7 +167,7 @@ async fn compute_work(s: &Arc<AppState>, auth: &AgentAuth) -> ApiResult<WorkResp
         s.db.write(move |c| {
             let tx = c.transaction()?;
             // The credential may have been revoked while we waited.
-            if crate::db::host_by_credential(&tx, &a.credential_hash)?.is_none() {
+            if store::hosts::by_credential(&tx, &a.credential_hash)?.is_none() {
                 return Err(ApiError::unauthorized(
                     "unknown or revoked agent credential",
                 ));
@@ -259,7 +244,7 @@ pub async fn report(
     State(s): State<Arc<AppState>>,
     auth: AgentAuth,
     req: Request,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<ReportAck>> {
     // Report bodies in memory at once are bounded (per host and overall)
     // before a byte of this one is read.
     let declared = req
@@ -286,18 +271,16 @@ pub async fn report(
     };
     let st = s.clone();
     let a = auth.clone();
-    let applied = s
-        .db
-        .write(move |c| {
+    let applied =
+        s.db.write(move |c| {
             let tx = c.transaction()?;
-            let step: Option<(String, String, String, u32, String)> = tx
-                .query_row(
-                    "SELECT instance, host, grp, idx, status FROM steps WHERE exec_id = ?1",
-                    params![report.exec_id],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-                )
-                .optional()?;
-            let Some((inst, host, grp, idx, status)) = step else {
+            let Some(store::steps::Execution {
+                instance: inst,
+                host,
+                key,
+                status,
+            }) = store::steps::by_exec(&tx, &report.exec_id)?
+            else {
                 return Err(ApiError::conflict(format!(
                     "execution {} is unknown or was superseded; drop it",
                     report.exec_id
@@ -311,20 +294,14 @@ pub async fn report(
             // De-duplicated per host, after the ownership check: a host
             // cannot make another host's report look like a duplicate.
             // ('', '') holds the ids an older service recorded globally.
-            let seen: Option<i64> = tx
-                .query_row(
-                    "SELECT 1 FROM processed_reports WHERE report_id = ?3
-                     AND ((instance = ?1 AND host = ?2) OR (instance = '' AND host = ''))",
-                    params![a.instance, a.host, report.report_id],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            if seen.is_some() {
+            if store::reports::seen(&tx, &a.instance, &a.host, &report.report_id)? {
                 return Ok(None);
             }
-            let key = params![inst, host, grp, idx];
             let finished = matches!(report.event, ReportEvent::Finished(_));
-            let applied = if matches!(status.as_str(), "ok" | "failed" | "skipped") {
+            let applied = if matches!(
+                status,
+                StepStatus::Ok | StepStatus::Failed | StepStatus::Skipped
+            ) {
                 false
             } else {
                 match &report.event {
@@ -332,78 +309,31 @@ pub async fn report(
                         attempt,
                         started_at_ms,
                     } => {
-                        tx.execute(
-                            "UPDATE steps SET status = 'running', attempts = ?5,
-                             started_at_ms = COALESCE(started_at_ms, ?6)
-                             WHERE instance = ?1 AND host = ?2 AND grp = ?3 AND idx = ?4",
-                            params![key[0], key[1], key[2], key[3], attempt, started_at_ms],
-                        )?;
+                        store::steps::mark_running(&tx, &inst, &key, *attempt, *started_at_ms)?;
                     }
                     ReportEvent::Finished(o) => {
-                        let ok = o.status == FinalStatus::Ok && structured_refused.is_none();
-                        let (structured, error) = match &structured_refused {
-                            Some(why) => {
-                                let why = format!("the service refused the structured result: {why}");
-                                let error = match &o.error {
-                                    Some(e) if !e.is_empty() => format!("{e}; {why}"),
-                                    _ => why,
-                                };
-                                (None, Some(error))
-                            }
-                            None => (o.structured_result.as_ref().map(|j| j.as_str()), o.error.clone()),
-                        };
-                        tx.execute(
-                            "UPDATE steps SET status = ?5, attempts = ?6, exit_code = ?7, signal = ?8,
-                             timed_out = ?9, halted = ?10, started_at_ms = ?11, finished_at_ms = ?12,
-                             log = ?13, log_truncated_bytes = ?14, result = ?15,
-                             result_truncated_bytes = ?16, structured_result = ?17, error = ?18,
-                             ever_ok = MAX(ever_ok, ?19)
-                             WHERE instance = ?1 AND host = ?2 AND grp = ?3 AND idx = ?4",
-                            params![
-                                key[0],
-                                key[1],
-                                key[2],
-                                key[3],
-                                if ok { "ok" } else { "failed" },
-                                o.attempts,
-                                o.exit_code,
-                                o.signal,
-                                o.timed_out,
-                                o.halted,
-                                o.started_at_ms,
-                                o.finished_at_ms,
-                                o.log,
-                                i64::try_from(o.log_truncated_bytes).unwrap_or(i64::MAX),
-                                o.result,
-                                i64::try_from(o.result_truncated_bytes).unwrap_or(i64::MAX),
-                                structured,
-                                error,
-                                ok,
-                            ],
-                        )?;
+                        store::steps::finish(&tx, &inst, &key, o, structured_refused.as_deref())?;
                     }
                 }
                 true
             };
-            tx.execute(
-                "INSERT INTO processed_reports (instance, host, report_id, at) VALUES (?1, ?2, ?3, ?4)",
-                params![a.instance, a.host, report.report_id, now_ms()],
-            )?;
+            store::reports::record(&tx, &a.instance, &a.host, &report.report_id, now_ms())?;
             if applied && finished {
                 dispatch::recompute_status(&st, &tx, &inst)?;
             }
             let consumed = applied && finished && {
                 let spec = dispatch::spec_of(&st, &tx, &inst)?;
-                dispatch::group_is_consumed(&spec, &grp)
+                dispatch::group_is_consumed(&spec, &key.1)
             };
             tx.commit()?;
-            Ok(Some((applied, finished, consumed)))
+            Ok::<_, ApiError>(Some((applied, finished, consumed)))
         })
         .await?;
     let Some((applied, finished, consumed)) = applied else {
-        return Ok(Json(
-            serde_json::json!({"applied": false, "duplicate": true}),
-        ));
+        return Ok(Json(ReportAck {
+            applied: false,
+            duplicate: Some(true),
+        }));
     };
     if applied && finished {
         if consumed {
@@ -412,54 +342,50 @@ pub async fn report(
             s.notify_host(&auth.instance, &auth.host);
         }
     }
-    Ok(Json(serde_json::json!({"applied": applied})))
+    Ok(Json(ReportAck {
+        applied,
+        duplicate: None,
+    }))
 }
 
 pub async fn heartbeat(
     State(s): State<Arc<AppState>>,
     auth: AgentAuth,
     ApiJson(hb): ApiJson<Heartbeat>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<Ack>> {
     let version: String = hb.agent_version.chars().take(100).collect();
     s.record_heartbeat(&auth.instance, &auth.host, &version);
-    Ok(Json(serde_json::json!({"ok": true})))
+    Ok(Json(Ack { ok: true }))
 }
 
 pub async fn health(
     State(s): State<Arc<AppState>>,
     auth: AgentAuth,
     ApiJson(h): ApiJson<HealthReport>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<Ack>> {
     let st = s.clone();
     let a = auth.clone();
-    s.db
-        .write(move |c| {
-            let tx = c.transaction()?;
-            let spec = dispatch::spec_of(&st, &tx, &a.instance)?;
-            if !spec
-                .health_checks
-                .iter()
-                .any(|c| c.name == h.check && c.applies_to(&a.host))
-            {
-                return Err(ApiError::conflict(format!(
-                    "no health check {:?} for host {}",
-                    h.check, a.host
-                )));
-            }
-            let now = now_ms();
-            let detail: String = h.detail.chars().take(4000).collect();
-            tx.execute(
-                "INSERT INTO health_results (instance, host, check_name, ok, detail, at_ms, received_at, last_ok_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, CASE WHEN ?4 THEN ?7 END)
-                 ON CONFLICT (instance, host, check_name) DO UPDATE SET ok = ?4, detail = ?5,
-                   at_ms = ?6, received_at = ?7, last_ok_at = CASE WHEN ?4 THEN ?7 ELSE last_ok_at END",
-                params![a.instance, a.host, h.check, h.ok, detail, h.at_ms, now],
-            )?;
-            dispatch::recompute_status(&st, &tx, &a.instance)?;
-            tx.commit()?;
-            Ok(())
-        })
-        .await?;
+    s.db.write(move |c| {
+        let tx = c.transaction()?;
+        let spec = dispatch::spec_of(&st, &tx, &a.instance)?;
+        if !spec
+            .health_checks
+            .iter()
+            .any(|c| c.name == h.check && c.applies_to(&a.host))
+        {
+            return Err(ApiError::conflict(format!(
+                "no health check {:?} for host {}",
+                h.check, a.host
+            )));
+        }
+        let now = now_ms();
+        let detail: String = h.detail.chars().take(4000).collect();
+        store::health::record(&tx, &a.instance, &a.host, &h, &detail, now)?;
+        dispatch::recompute_status(&st, &tx, &a.instance)?;
+        tx.commit()?;
+        Ok(())
+    })
+    .await?;
     s.record_heartbeat(
         &auth.instance,
         &auth.host,
@@ -467,5 +393,5 @@ pub async fn health(
             .map(|x| x.agent_version)
             .unwrap_or_default(),
     );
-    Ok(Json(serde_json::json!({"ok": true})))
+    Ok(Json(Ack { ok: true }))
 }

@@ -17,8 +17,17 @@ use tokio_util::io::ReaderStream;
 use crate::AppState;
 use crate::error::ApiError;
 
-pub async fn healthz() -> Json<serde_json::Value> {
-    Json(serde_json::json!({"status": "ok"}))
+/// `GET /healthz`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Liveness {
+    #[schema(example = "ok")]
+    pub status: String,
+}
+
+pub async fn healthz() -> Json<Liveness> {
+    Json(Liveness {
+        status: "ok".into(),
+    })
 }
 
 pub async fn openapi() -> Response {

@@ -1,5 +1,8 @@
-//! The HTTP API. [`ROUTES`] lists every route; the router and the OpenAPI
-//! document are both built from the same handlers and checked against it.
+//! The HTTP API. The operator endpoints are the types of
+//! `ibkit_api::operator::endpoint`, implemented in [`operator`] and mounted
+//! from the same list ([`ibkit_api::for_each_operator_endpoint`]) that
+//! builds the OpenAPI document; [`SERVICE_ROUTES`] lists the others (agent,
+//! installer, docs). [`routes`] is every route, as the tests check it.
 
 pub mod agent;
 pub mod docs;
@@ -9,124 +12,138 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{MethodFilter, get, on, post};
+use ibkit_api::operator::endpoint::{Endpoint, Method};
 
 use crate::AppState;
 use crate::error::ApiError;
+use operator::Serve;
 
-/// (method, path, auth, summary) of every route.
-pub const ROUTES: &[(&str, &str, &str, &str)] = &[
-    ("get", "/healthz", "none", "Liveness of the service"),
-    ("get", "/v1/openapi.json", "none", "This OpenAPI document"),
-    (
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Auth {
+    None,
+    Agent,
+    Operator,
+}
+
+impl Auth {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Auth::None => "none",
+            Auth::Agent => "agent",
+            Auth::Operator => "operator",
+        }
+    }
+}
+
+/// One route: method (lower case, as OpenAPI writes it), path, auth, summary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteInfo {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub auth: Auth,
+    pub summary: &'static str,
+}
+
+/// The routes that are not operator endpoints.
+pub const SERVICE_ROUTES: &[RouteInfo] = &[
+    route("get", "/healthz", Auth::None, "Liveness of the service"),
+    route(
+        "get",
+        "/v1/openapi.json",
+        Auth::None,
+        "This OpenAPI document",
+    ),
+    route(
         "get",
         "/v1/agent/install.sh",
-        "none",
+        Auth::None,
         "The agent installer (curl | sh)",
     ),
-    ("get", "/v1/agent/binary", "none", "The agent binary"),
-    (
+    route("get", "/v1/agent/binary", Auth::None, "The agent binary"),
+    route(
         "post",
         "/v1/agent/pair",
-        "none",
+        Auth::None,
         "Exchange a pairing key for a host credential",
     ),
-    (
+    route(
         "get",
         "/v1/agent/work",
-        "agent",
+        Auth::Agent,
         "Long poll for the next step and the health checks",
     ),
-    (
+    route(
         "post",
         "/v1/agent/reports",
-        "agent",
+        Auth::Agent,
         "Report a step event (running, ok, failed)",
     ),
-    ("post", "/v1/agent/heartbeat", "agent", "Agent heartbeat"),
-    (
+    route(
+        "post",
+        "/v1/agent/heartbeat",
+        Auth::Agent,
+        "Agent heartbeat",
+    ),
+    route(
         "post",
         "/v1/agent/health",
-        "agent",
+        Auth::Agent,
         "One health check result",
-    ),
-    (
-        "get",
-        "/v1/service",
-        "operator",
-        "The service's URL, certificate pins, intervals and version",
-    ),
-    ("get", "/v1/instances", "operator", "List instances"),
-    (
-        "post",
-        "/v1/instances",
-        "operator",
-        "Create an instance from an InstanceSpec",
-    ),
-    (
-        "get",
-        "/v1/instances/{id}",
-        "operator",
-        "Instance status, hosts and step counts",
-    ),
-    (
-        "put",
-        "/v1/instances/{id}",
-        "operator",
-        "Update the instance's spec",
-    ),
-    (
-        "delete",
-        "/v1/instances/{id}",
-        "operator",
-        "Delete the instance (revokes credentials)",
-    ),
-    (
-        "post",
-        "/v1/instances/{id}/redeploy",
-        "operator",
-        "Run all steps again (once steps are skipped)",
-    ),
-    (
-        "post",
-        "/v1/instances/{id}/hosts/{host}/pairing-key",
-        "operator",
-        "Issue a fresh pairing key (recreated VM)",
-    ),
-    (
-        "get",
-        "/v1/instances/{id}/hosts/{host}/steps",
-        "operator",
-        "Every step of a host with logs and results",
-    ),
-    (
-        "get",
-        "/v1/instances/{id}/hosts/{host}/health",
-        "operator",
-        "Latest health results of a host",
-    ),
-    (
-        "get",
-        "/v1/instances/{id}/results/{host}/{group}/{index}",
-        "operator",
-        "A step's raw and structured result",
-    ),
-    (
-        "get",
-        "/v1/recovery-requests",
-        "operator",
-        "Recovery requests (status, instance filters)",
-    ),
-    (
-        "post",
-        "/v1/recovery-requests/{id}/resolve",
-        "operator",
-        "Mark a recovery request resolved",
     ),
 ];
 
+const fn route(
+    method: &'static str,
+    path: &'static str,
+    auth: Auth,
+    summary: &'static str,
+) -> RouteInfo {
+    RouteInfo {
+        method,
+        path,
+        auth,
+        summary,
+    }
+}
+
+/// The route of operator endpoint `E`.
+pub fn endpoint_route<E: Endpoint>() -> RouteInfo {
+    let method = match E::METHOD {
+        Method::Get => "get",
+        Method::Post => "post",
+        Method::Put => "put",
+        Method::Delete => "delete",
+    };
+    route(method, E::PATH, Auth::Operator, E::SUMMARY)
+}
+
+/// Every route the service answers, in the OpenAPI document's order.
+pub fn routes() -> Vec<RouteInfo> {
+    let mut v = SERVICE_ROUTES.to_vec();
+    macro_rules! add {
+        ($e:ty) => {
+            v.push(endpoint_route::<$e>());
+        };
+    }
+    ibkit_api::for_each_operator_endpoint!(add);
+    v
+}
+
+/// Mounts operator endpoint `E` at its path and method.
+fn mount<E: Serve>(router: Router<Arc<AppState>>) -> Router<Arc<AppState>> {
+    let filter = match E::METHOD {
+        Method::Get => MethodFilter::GET,
+        Method::Post => MethodFilter::POST,
+        Method::Put => MethodFilter::PUT,
+        Method::Delete => MethodFilter::DELETE,
+    };
+    router.route(E::PATH, on(filter, operator::handle::<E>))
+}
+
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
+    let mut router = Router::new()
         .route("/healthz", get(docs::healthz))
         .route("/v1/openapi.json", get(docs::openapi))
         .route("/v1/agent/install.sh", get(docs::install_sh))
@@ -138,37 +155,14 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(agent::report).layer(DefaultBodyLimit::max(ibkit_api::wire::MAX_REPORT_BYTES)),
         )
         .route("/v1/agent/heartbeat", post(agent::heartbeat))
-        .route("/v1/agent/health", post(agent::health))
-        .route("/v1/service", get(operator::service_info))
-        .route("/v1/instances", get(operator::list).post(operator::create))
-        .route(
-            "/v1/instances/{id}",
-            get(operator::show)
-                .put(operator::update)
-                .delete(operator::delete),
-        )
-        .route("/v1/instances/{id}/redeploy", post(operator::redeploy))
-        .route(
-            "/v1/instances/{id}/hosts/{host}/pairing-key",
-            post(operator::rekey),
-        )
-        .route(
-            "/v1/instances/{id}/hosts/{host}/steps",
-            get(operator::steps),
-        )
-        .route(
-            "/v1/instances/{id}/hosts/{host}/health",
-            get(operator::host_health),
-        )
-        .route(
-            "/v1/instances/{id}/results/{host}/{group}/{index}",
-            get(operator::result),
-        )
-        .route("/v1/recovery-requests", get(operator::recovery_list))
-        .route(
-            "/v1/recovery-requests/{id}/resolve",
-            post(operator::recovery_resolve),
-        )
+        .route("/v1/agent/health", post(agent::health));
+    macro_rules! mount {
+        ($e:ty) => {
+            router = mount::<$e>(router);
+        };
+    }
+    ibkit_api::for_each_operator_endpoint!(mount);
+    router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(1 << 20))

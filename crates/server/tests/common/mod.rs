@@ -8,6 +8,8 @@ pub mod attack;
 use std::path::Path;
 use std::time::Duration;
 
+use ibkit_api::operator::{HostName, InstanceId, PairingKeyQuery};
+use ibkit_client::{OperatorClient, ServiceEndpoint};
 use ibkit_server::{ServeConfig, Server};
 use serde_json::{Value, json};
 
@@ -89,57 +91,61 @@ impl Svc {
         self.req(method, path, Some(&self.token), body).await
     }
 
-    pub async fn create(&self, spec: &Value) -> (String, Vec<(String, String)>) {
-        let (status, body) = self.op("POST", "/v1/instances", Some(spec)).await;
-        assert_eq!(status, 201, "create: {body}");
-        let id = body["id"].as_str().expect("id").to_string();
-        let keys = body["hosts"]
-            .as_array()
-            .expect("hosts")
-            .iter()
-            .map(|h| {
-                (
-                    h["name"].as_str().expect("name").to_string(),
-                    h["pairing_key"].as_str().expect("key").to_string(),
-                )
-            })
-            .collect();
-        (id, keys)
+    /// The typed operator client `ibkit deploy` uses (`ibkit-client`),
+    /// pinned like it, at `self.url` (the public URL in endpoint.json may
+    /// point elsewhere).
+    pub fn operator(&self) -> OperatorClient {
+        let mut endpoint =
+            ServiceEndpoint::from_serve_state(&self.cfg.state_dir).expect("endpoint.json");
+        endpoint.url = self.url.clone();
+        OperatorClient::new(&endpoint).expect("operator client")
     }
 
+    /// Creates an instance through the typed client; (id, [(host, key)]).
+    pub async fn create(&self, spec: &Value) -> (String, Vec<(String, String)>) {
+        let spec = serde_json::from_value(spec.clone()).expect("an instance spec");
+        let created = self
+            .operator()
+            .create_instance(&spec, &PairingKeyQuery::default())
+            .await
+            .expect("create");
+        let keys = created
+            .hosts
+            .into_iter()
+            .map(|h| (h.name.to_string(), h.pairing_key))
+            .collect();
+        (created.id.to_string(), keys)
+    }
+
+    /// The instance as the typed client decodes it, as JSON for the asserts.
     pub async fn instance(&self, id: &str) -> Value {
-        let (status, body) = self.op("GET", &format!("/v1/instances/{id}"), None).await;
-        assert_eq!(status, 200, "{body}");
-        body
+        let id = InstanceId::parse(id).expect("instance id");
+        let detail = self.operator().instance(&id).await.expect("instance");
+        serde_json::to_value(detail).expect("json")
     }
 
     pub async fn step(&self, id: &str, host: &str, group: &str, index: u64) -> Value {
-        let (status, body) = self
-            .op(
-                "GET",
-                &format!("/v1/instances/{id}/hosts/{host}/steps"),
-                None,
-            )
-            .await;
-        assert_eq!(status, 200, "{body}");
-        body.as_array()
-            .expect("array")
-            .iter()
+        let id = InstanceId::parse(id).expect("instance id");
+        let host = HostName::parse(host).expect("host name");
+        let steps = self.operator().steps(&id, &host).await.expect("steps");
+        steps
+            .into_iter()
+            .map(|s| serde_json::to_value(s).expect("json"))
             .find(|s| s["group"] == group && s["index"] == index)
-            .cloned()
             .unwrap_or_else(|| panic!("no step {host}/{group}/{index}"))
     }
 
+    /// Open recovery requests of an instance.
     pub async fn recovery(&self, id: &str) -> Vec<Value> {
-        let (status, body) = self
-            .op(
-                "GET",
-                &format!("/v1/recovery-requests?status=open&instance={id}"),
-                None,
-            )
-            .await;
-        assert_eq!(status, 200, "{body}");
-        body.as_array().cloned().expect("array")
+        let id = InstanceId::parse(id).expect("instance id");
+        let open = self
+            .operator()
+            .open_recovery_requests(&id)
+            .await
+            .expect("recovery requests");
+        open.into_iter()
+            .map(|r| serde_json::to_value(r).expect("json"))
+            .collect()
     }
 
     pub async fn pair(&self, id: &str, keys: &[(String, String)], host: &str) -> Agent {

@@ -1,0 +1,380 @@
+//! The operator side of `ibkit serve`'s API: its answer types and its
+//! endpoints ([`endpoint`]), owned here so the service that answers and
+//! every client that asks (`ibkit deploy`, the tests, `ibkit-client`)
+//! share one definition.
+//!
+//! Fields are added, never renamed or removed, without a new API version;
+//! clients ignore fields they do not know, so a newer service still works.
+
+pub mod endpoint;
+mod ids;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub use ids::{GroupName, HostName, IdError, InstanceId, RecoveryRequestId};
+
+use crate::InstanceSpec;
+use crate::wire::{InstanceStatus, StepStatus};
+
+/// Step counts by status.
+pub type StepCounts = BTreeMap<StepStatus, i64>;
+
+/// An instance in the list of `GET /v1/instances`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceSummary {
+    pub id: InstanceId,
+    pub name: String,
+    pub status: InstanceStatus,
+    /// Why the instance is `failed` (or `deleted`), or what it waits for.
+    pub status_reason: Option<String>,
+    /// Counts spec updates and redeploys, from 1.
+    pub generation: i64,
+    /// Unix time in milliseconds.
+    pub created_at: i64,
+    /// Unix time in milliseconds.
+    pub updated_at: i64,
+}
+
+/// `GET /v1/instances/{id}`: the instance with its spec, hosts and step counts.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceDetail {
+    pub id: InstanceId,
+    pub name: String,
+    pub status: InstanceStatus,
+    pub status_reason: Option<String>,
+    pub generation: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+    /// The instance's current spec.
+    pub spec: InstanceSpec,
+    pub hosts: Vec<HostView>,
+    /// Step counts of all hosts, every status present.
+    #[cfg_attr(feature = "openapi", schema(value_type = BTreeMap<String, i64>))]
+    pub steps: StepCounts,
+}
+
+/// Health of a host as the service judges it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HostHealth {
+    #[default]
+    Unknown,
+    Healthy,
+    Unhealthy,
+}
+
+impl HostHealth {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HostHealth::Unknown => "unknown",
+            HostHealth::Healthy => "healthy",
+            HostHealth::Unhealthy => "unhealthy",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "unknown" => HostHealth::Unknown,
+            "healthy" => HostHealth::Healthy,
+            "unhealthy" => HostHealth::Unhealthy,
+            _ => return None,
+        })
+    }
+}
+
+/// A host of an instance as the operator sees it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostView {
+    pub name: HostName,
+    /// The host holds a live credential.
+    pub paired: bool,
+    pub paired_at: Option<i64>,
+    pub last_heartbeat_at: Option<i64>,
+    pub agent_version: Option<String>,
+    pub health: HostHealth,
+    pub unhealthy_reason: Option<String>,
+    pub unhealthy_since: Option<i64>,
+    /// Since when the host's health checks count (its steps are done).
+    pub checks_active_since: Option<i64>,
+    /// When the host's current pairing key stops being accepted.
+    pub pairing_key_expires_at: Option<i64>,
+    /// When the current pairing key was used (keys are single-use).
+    pub pairing_key_used_at: Option<i64>,
+    /// Why the last pairing attempt for this host was refused (a reused or
+    /// expired key, a wrong key, an agent too old): a reused key means
+    /// someone else holds it.
+    pub last_pairing_refusal: Option<String>,
+    pub last_pairing_refusal_at: Option<i64>,
+    /// Step counts of this host by status (only statuses present).
+    #[cfg_attr(feature = "openapi", schema(value_type = BTreeMap<String, i64>))]
+    pub steps: StepCounts,
+}
+
+impl HostView {
+    /// Steps still `pending` or `running`.
+    pub fn steps_not_done(&self) -> i64 {
+        [StepStatus::Pending, StepStatus::Running]
+            .iter()
+            .filter_map(|s| self.steps.get(s))
+            .sum()
+    }
+}
+
+/// A host's pairing key and the command that installs its agent; in the
+/// answer of `POST /v1/instances` and of `…/pairing-key`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostPairing {
+    pub name: HostName,
+    /// Shown once: the service keeps only its hash. Single-use.
+    pub pairing_key: String,
+    /// Unix time in milliseconds after which the key is refused.
+    pub pairing_key_expires_at: i64,
+    /// `curl … | IBKIT_PAIRING_KEY='…' sh -s -- --instance … --host …`:
+    /// the key is in the installer's environment, not on a command line.
+    pub install_command: String,
+}
+
+impl std::fmt::Debug for HostPairing {
+    // The key is a secret: never in logs or panics.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostPairing")
+            .field("name", &self.name)
+            .field("pairing_key_expires_at", &self.pairing_key_expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `POST /v1/instances`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceCreated {
+    pub id: InstanceId,
+    pub name: String,
+    pub status: InstanceStatus,
+    pub hosts: Vec<HostPairing>,
+}
+
+/// `PUT` and `DELETE /v1/instances/{id}`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceStatusView {
+    pub id: InstanceId,
+    pub status: InstanceStatus,
+}
+
+/// `POST /v1/instances/{id}/redeploy`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Redeployed {
+    pub id: InstanceId,
+    pub status: InstanceStatus,
+    pub generation: i64,
+}
+
+/// One step of a host, with its last execution's log and results.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepView {
+    pub host: HostName,
+    pub group: GroupName,
+    pub index: u32,
+    /// The step hash (see `ibkit_api::step_hash`).
+    pub hash: String,
+    pub once: bool,
+    pub status: StepStatus,
+    pub exec_id: Option<String>,
+    pub dispatched_at: Option<i64>,
+    pub attempts: i64,
+    pub exit_code: Option<i64>,
+    pub signal: Option<i64>,
+    pub timed_out: bool,
+    pub halted: bool,
+    pub started_at_ms: Option<i64>,
+    pub finished_at_ms: Option<i64>,
+    pub log: Option<String>,
+    pub log_truncated_bytes: i64,
+    pub result: Option<String>,
+    pub result_truncated_bytes: i64,
+    /// The structured result; null when there is none, or when the listing
+    /// already parsed its share (then `structured_result_bytes` is set and
+    /// the result route has it).
+    pub structured_result: Option<serde_json::Value>,
+    /// Size of the stored structured result (compact JSON), if any.
+    pub structured_result_bytes: Option<i64>,
+    pub error: Option<String>,
+    /// The step succeeded on this host at least once.
+    pub ever_ok: bool,
+}
+
+/// `GET /v1/instances/{id}/results/{host}/{group}/{index}`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepResult {
+    pub status: StepStatus,
+    /// stdout of the step: the raw result.
+    pub raw: Option<String>,
+    /// The JSON object of its `structured_result_file`.
+    pub structured: Option<serde_json::Value>,
+}
+
+/// The latest result of one health check on a host.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HealthResultView {
+    pub check: String,
+    pub ok: bool,
+    pub detail: String,
+    /// When the agent ran the check (its clock).
+    pub at_ms: i64,
+    /// When the service received it.
+    pub received_at: i64,
+    pub last_ok_at: Option<i64>,
+}
+
+/// Open or resolved.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecoveryStatus {
+    Open,
+    Resolved,
+}
+
+impl RecoveryStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecoveryStatus::Open => "open",
+            RecoveryStatus::Resolved => "resolved",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "open" => RecoveryStatus::Open,
+            "resolved" => RecoveryStatus::Resolved,
+            _ => return None,
+        })
+    }
+}
+
+/// Why the service asks for a host's VM to be recreated.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecoveryKind {
+    /// The agent reported a failure it cannot recover from.
+    AgentFailed,
+    /// No heartbeat within the agent timeout.
+    AgentSilent,
+    /// A health check had no passing result within the health timeout.
+    HealthMissing,
+    /// A kind this client does not know (a newer service).
+    #[serde(other)]
+    Other,
+}
+
+impl RecoveryKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecoveryKind::AgentFailed => "agent_failed",
+            RecoveryKind::AgentSilent => "agent_silent",
+            RecoveryKind::HealthMissing => "health_missing",
+            RecoveryKind::Other => "other",
+        }
+    }
+
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "agent_failed" => RecoveryKind::AgentFailed,
+            "agent_silent" => RecoveryKind::AgentSilent,
+            "health_missing" => RecoveryKind::HealthMissing,
+            _ => RecoveryKind::Other,
+        }
+    }
+}
+
+/// The wire spelling, padded as asked (`{:<8}`).
+macro_rules! display_as_str {
+    ($($t:ty),*) => {$(
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.pad(self.as_str())
+            }
+        }
+    )*};
+}
+
+display_as_str!(
+    RecoveryKind,
+    RecoveryStatus,
+    HostHealth,
+    StepStatus,
+    InstanceStatus
+);
+
+/// A request to recreate a host's VM.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecoveryRequest {
+    pub id: RecoveryRequestId,
+    pub instance: InstanceId,
+    pub host: HostName,
+    pub kind: RecoveryKind,
+    pub reason: String,
+    pub created_at: i64,
+    pub status: RecoveryStatus,
+    pub resolved_at: Option<i64>,
+}
+
+/// `POST /v1/recovery-requests/{id}/resolve`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecoveryResolved {
+    pub id: RecoveryRequestId,
+    pub status: RecoveryStatus,
+}
+
+/// `?pairing_key_ttl=` of instance creation and key re-issue.
+#[cfg_attr(feature = "openapi", derive(utoipa::IntoParams))]
+#[cfg_attr(feature = "openapi", into_params(parameter_in = Query))]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PairingKeyQuery {
+    /// How long the pairing keys issued stay valid (`30m`, `2h`; at most
+    /// 30 days). On creation it is also the instance's lifetime for keys
+    /// re-issued later; default `--pairing-key-ttl` (1h).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pairing_key_ttl: Option<String>,
+}
+
+/// Filters of `GET /v1/recovery-requests`.
+#[cfg_attr(feature = "openapi", derive(utoipa::IntoParams))]
+#[cfg_attr(feature = "openapi", into_params(parameter_in = Query))]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecoveryQuery {
+    /// `open` or `resolved`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<RecoveryStatus>,
+    /// Only requests of this instance id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<InstanceId>,
+}
+
+/// The query of a route that takes no parameters: an unknown one is
+/// refused, never ignored.
+#[cfg_attr(feature = "openapi", derive(utoipa::IntoParams))]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoQuery {}
+
+/// The body of a route that takes none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct NoBody;
