@@ -8,6 +8,7 @@ use std::time::Instant;
 
 mod deploy_cmd;
 mod instance_cmd;
+mod package_cmd;
 mod service_args;
 
 use anyhow::{Context as _, Result, bail};
@@ -118,6 +119,8 @@ enum Command {
     /// Create instances in `ibkit serve` for agents you run yourself, and
     /// show an instance's status, hosts and steps.
     Instance(instance_cmd::InstanceArgs),
+    /// VK service packages: `package lint PATH` before upload.
+    Package(package_cmd::PackageArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -534,6 +537,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Serve(args) => serve(args),
         Command::Deploy(args) => deploy_cmd::deploy(args),
         Command::Instance(args) => instance_cmd::instance(args),
+        Command::Package(args) => package_cmd::package(args),
         Command::BootTest(args) => boot_test(args),
         Command::Rules { json } => {
             if json {

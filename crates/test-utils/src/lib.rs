@@ -438,3 +438,27 @@ pub fn debian_images() -> Result<[PathBuf; 3]> {
         Err(lines) => bail!("{} printed {} paths, not 3", script.display(), lines.len()),
     }
 }
+
+/// Copies the directory tree `from` to `to` (files and directories; a
+/// fixture to mutate in a test). Panics on I/O errors, like the rest of the
+/// scaffolding.
+pub fn copy_dir(from: &Path, to: &Path) {
+    let fail = |what: &str, p: &Path, e: std::io::Error| -> ! {
+        panic!("copy_dir: cannot {what} {}: {e}", p.display())
+    };
+    std::fs::create_dir_all(to).unwrap_or_else(|e| fail("create", to, e));
+    let entries = std::fs::read_dir(from).unwrap_or_else(|e| fail("read", from, e));
+    for e in entries {
+        let e = e.unwrap_or_else(|e| fail("read", from, e));
+        let dst = to.join(e.file_name());
+        let is_dir = e
+            .file_type()
+            .unwrap_or_else(|err| fail("stat", &e.path(), err))
+            .is_dir();
+        if is_dir {
+            copy_dir(&e.path(), &dst);
+        } else {
+            std::fs::copy(e.path(), &dst).unwrap_or_else(|err| fail("copy", &e.path(), err));
+        }
+    }
+}
