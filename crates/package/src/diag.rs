@@ -31,10 +31,29 @@ pub enum PkgRule {
     /// plans; no trial periods; `plan_updateable` consistent.
     #[serde(rename = "PKG-CONSISTENCY")]
     Consistency,
+    /// `plans/<PLAN>/deployment/*.tf` is HCL.
+    #[serde(rename = "PKG-TF-PARSE")]
+    TfParse,
+    /// Terraform variables: typed; one per plan option, of an option's
+    /// type; `instance_uuid` and `email` are strings.
+    #[serde(rename = "PKG-TF-VARIABLE")]
+    TfVariable,
+    /// Only resource and data types the platform supports.
+    #[serde(rename = "PKG-TF-RESOURCE")]
+    TfResource,
+    /// `ivkcs_agent_exec`: required fields and valid steps.
+    #[serde(rename = "PKG-TF-STEP")]
+    TfStep,
+    /// `ivkcs_agent_check`: valid health checks.
+    #[serde(rename = "PKG-TF-HEALTH")]
+    TfHealth,
+    /// Outputs carrying keys or passwords are `sensitive`.
+    #[serde(rename = "PKG-TF-SENSITIVE")]
+    TfSensitive,
 }
 
 impl PkgRule {
-    pub const ALL: [PkgRule; 8] = [
+    pub const ALL: [PkgRule; 14] = [
         PkgRule::Structure,
         PkgRule::Version,
         PkgRule::Service,
@@ -43,6 +62,12 @@ impl PkgRule {
         PkgRule::Display,
         PkgRule::Settings,
         PkgRule::Consistency,
+        PkgRule::TfParse,
+        PkgRule::TfVariable,
+        PkgRule::TfResource,
+        PkgRule::TfStep,
+        PkgRule::TfHealth,
+        PkgRule::TfSensitive,
     ];
 
     pub fn id(self) -> &'static str {
@@ -55,6 +80,12 @@ impl PkgRule {
             PkgRule::Display => "PKG-DISPLAY",
             PkgRule::Settings => "PKG-SETTINGS",
             PkgRule::Consistency => "PKG-CONSISTENCY",
+            PkgRule::TfParse => "PKG-TF-PARSE",
+            PkgRule::TfVariable => "PKG-TF-VARIABLE",
+            PkgRule::TfResource => "PKG-TF-RESOURCE",
+            PkgRule::TfStep => "PKG-TF-STEP",
+            PkgRule::TfHealth => "PKG-TF-HEALTH",
+            PkgRule::TfSensitive => "PKG-TF-SENSITIVE",
         }
     }
 
@@ -75,6 +106,14 @@ impl PkgRule {
             PkgRule::Consistency => {
                 "files agree: options shown and declared, billing rules, plan updates"
             }
+            PkgRule::TfParse => "each deployment/*.tf file is valid HCL",
+            PkgRule::TfVariable => {
+                "variables are typed; each plan option has a string, number or bool variable"
+            }
+            PkgRule::TfResource => "only resource and data types the platform supports",
+            PkgRule::TfStep => "each ivkcs_agent_exec has valid steps (ibkit's step validation)",
+            PkgRule::TfHealth => "each ivkcs_agent_check has valid health checks",
+            PkgRule::TfSensitive => "outputs with keys or passwords are sensitive",
         }
     }
 }

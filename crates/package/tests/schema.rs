@@ -1,6 +1,8 @@
 //! Schema and cross-file rules on small in-memory packages: a valid one is
 //! clean, and each broken variant yields exactly its rule's finding.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -216,15 +218,7 @@ fn expect_one(
     line: Option<u32>,
     words: &str,
 ) {
-    let d = run(pkg);
-    assert_eq!(d.len(), 1, "expected one finding, got {d:#?}");
-    let d = &d[0];
-    assert_eq!(
-        (d.rule, d.severity, d.file.as_str(), d.line),
-        (rule, sev, file, line),
-        "{d:#?}"
-    );
-    assert!(d.message.contains(words), "{:?} lacks {words:?}", d.message);
+    common::expect_single(run(pkg), rule, sev, file, line, words);
 }
 
 use PkgRule::*;
