@@ -3,9 +3,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::path::Path;
-
 use ibkit_package::lint::{cross, schema};
 use ibkit_package::{Diagnostic, PackageFiles, PkgRule, Severity};
 
@@ -707,31 +704,7 @@ fn consistency_rules() {
 /// docs) passes the schema and cross-file rules.
 #[test]
 fn grafana_example_is_clean() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/packages/grafana");
-    if !root.is_dir() {
-        return;
-    }
-    let mut files = BTreeMap::new();
-    let mut stack = vec![root.clone()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).expect("read_dir") {
-            let path = entry.expect("entry").path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                let rel = path.strip_prefix(&root).expect("under root");
-                let rel: Vec<_> = rel
-                    .components()
-                    .map(|c| c.as_os_str().to_string_lossy().into_owned())
-                    .collect();
-                files.insert(rel.join("/"), std::fs::read(&path).expect("read"));
-            }
-        }
-    }
-    let pkg = PackageFiles {
-        files,
-        zip_bytes: None,
-    };
+    let pkg = common::grafana();
     assert!(pkg.files.contains_key("service.yaml"));
     // Warnings too: the example is meant to be spotless.
     let d = run(&pkg);

@@ -6,11 +6,13 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+mod common;
+
 use ibkit_package::lint::structure;
 use ibkit_package::{Diagnostic, PackageFiles, PkgRule, Severity};
 
 fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/packages/grafana")
+    common::grafana_dir()
 }
 
 fn lint_dir(dir: &Path) -> Vec<Diagnostic> {

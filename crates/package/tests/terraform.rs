@@ -3,39 +3,11 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::path::Path;
-
 use ibkit_package::lint::{self, terraform};
 use ibkit_package::{Diagnostic, PackageFiles, PkgRule, Severity};
 
 const TF: &str = "plans/free/deployment/deploy.tf";
 const PLAN: &str = "plans/free/plan.yaml";
-
-fn grafana() -> PackageFiles {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/packages/grafana");
-    let mut files = BTreeMap::new();
-    let mut stack = vec![root.clone()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).expect("read_dir") {
-            let path = entry.expect("entry").path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                let rel = path.strip_prefix(&root).expect("under root");
-                let rel: Vec<_> = rel
-                    .components()
-                    .map(|c| c.as_os_str().to_string_lossy().into_owned())
-                    .collect();
-                files.insert(rel.join("/"), std::fs::read(&path).expect("read"));
-            }
-        }
-    }
-    PackageFiles {
-        files,
-        zip_bytes: None,
-    }
-}
 
 fn run(pkg: &PackageFiles) -> Vec<Diagnostic> {
     let mut out = Vec::new();
@@ -46,7 +18,7 @@ fn run(pkg: &PackageFiles) -> Vec<Diagnostic> {
 /// The example with `from` replaced by `to` in `file` (appended when
 /// `from` is empty).
 fn broken(file: &str, from: &str, to: &str) -> PackageFiles {
-    let mut pkg = grafana();
+    let mut pkg = common::grafana();
     let old = String::from_utf8(pkg.files[file].clone()).expect("utf-8");
     let text = if from.is_empty() {
         format!("{old}\n{to}")
@@ -82,7 +54,7 @@ use Severity::{Error, Warning};
 
 #[test]
 fn grafana_example_is_clean() {
-    let pkg = grafana();
+    let pkg = common::grafana();
     let all = lint::lint(&pkg);
     assert!(all.is_empty(), "{all:#?}");
     let tf = String::from_utf8(pkg.files[TF].clone()).expect("utf-8");

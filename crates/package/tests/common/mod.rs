@@ -1,6 +1,21 @@
-//! Assertions shared by the package lint tests.
+//! The example package and assertions shared by the package lint tests.
 
-use ibkit_package::{Diagnostic, PkgRule, Severity};
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use ibkit_package::{Diagnostic, PackageFiles, PkgRule, Severity};
+
+/// `examples/packages/grafana`, the package written from VK's docs.
+pub fn grafana_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/packages/grafana")
+}
+
+/// The example read the way `ibkit package lint` reads it.
+pub fn grafana() -> PackageFiles {
+    let dir = grafana_dir();
+    PackageFiles::open(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+}
 
 /// Exactly one finding, with this rule, severity, file and line, whose
 /// message contains `words`.
