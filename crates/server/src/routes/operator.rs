@@ -508,10 +508,12 @@ impl Serve for ep::ListSteps {
         _: NoQuery,
         _: NoBody,
     ) -> ApiResult<Vec<StepView>> {
+        let st = s.clone();
         s.db.read(move |c| {
             let (id, host) = (p.id.as_str(), p.host.as_str());
             store::hosts::ensure_exists(c, id, host)?;
-            let spec: InstanceSpec = serde_json::from_str(&store::instances::spec_json(c, id)?)?;
+            // The cached parse dispatch keeps (a listing is polled often).
+            let spec = dispatch::spec_of(&st, c, id)?;
             let order: Vec<&str> = spec.group_order().iter().map(|g| g.name.as_str()).collect();
             let mut budget = LISTING_STRUCTURED_BUDGET;
             let mut steps: Vec<StepView> = store::steps::list_for_host(c, id, host)?
