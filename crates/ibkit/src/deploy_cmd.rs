@@ -32,7 +32,7 @@ pub struct DeployArgs {
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
-enum Format {
+pub(crate) enum Format {
     Text,
     Json,
 }
@@ -106,7 +106,7 @@ enum DeployCommand {
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
-enum BackendKind {
+pub(crate) enum BackendKind {
     /// VMs on this machine (QEMU, a private bridge).
     Qemu,
     /// Nova servers on the cloud from clouds.yaml (--os-cloud).
@@ -167,7 +167,7 @@ pub struct QemuArgs {
 }
 
 #[derive(clap::Args)]
-struct Common {
+pub(crate) struct Common {
     /// Where deployments and the QEMU backend keep their state.
     #[arg(
         long,
@@ -175,7 +175,7 @@ struct Common {
         env = "IBKIT_DEPLOY_STATE",
         default_value = "/var/lib/ibkit/deploy"
     )]
-    state: PathBuf,
+    pub(crate) state: PathBuf,
     #[command(flatten)]
     service: ServiceArgs,
     /// The service as VMs reach it (default: the service's port on the
@@ -185,7 +185,7 @@ struct Common {
     /// Where new deployments run (default: qemu); commands on an existing
     /// deployment use the backend it was deployed on.
     #[arg(long, global = true, value_enum, env = "IBKIT_DEPLOY_BACKEND")]
-    backend: Option<BackendKind>,
+    pub(crate) backend: Option<BackendKind>,
     #[command(flatten)]
     qemu: QemuArgs,
     #[command(flatten)]
@@ -774,6 +774,61 @@ async fn run_async(a: DeployArgs) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `ibkit package deploy|status|outputs|down`: the same commands, on the
+/// manifest mapped from a package (one implementation, one set of records).
+pub(crate) enum Forward {
+    Up {
+        manifest: PathBuf,
+        watch: bool,
+        format: Format,
+    },
+    Status {
+        name: String,
+        format: Format,
+    },
+    Outputs {
+        name: String,
+        show_sensitive: bool,
+        format: Format,
+    },
+    Down {
+        name: String,
+        no_evidence: bool,
+    },
+}
+
+pub(crate) fn forward(common: Common, f: Forward) -> Result<ExitCode> {
+    let command = match f {
+        Forward::Up {
+            manifest,
+            watch,
+            format,
+        } => DeployCommand::Up {
+            manifest,
+            watch,
+            format,
+        },
+        Forward::Status { name, format } => DeployCommand::Status {
+            target: name,
+            format,
+        },
+        Forward::Outputs {
+            name,
+            show_sensitive,
+            format,
+        } => DeployCommand::Outputs {
+            target: name,
+            show_sensitive,
+            format,
+        },
+        Forward::Down { name, no_evidence } => DeployCommand::Down {
+            target: name,
+            no_evidence,
+        },
+    };
+    deploy(DeployArgs { command, common })
 }
 
 pub fn deploy(a: DeployArgs) -> Result<ExitCode> {

@@ -9,6 +9,7 @@ use std::time::Instant;
 mod deploy_cmd;
 mod instance_cmd;
 mod package_cmd;
+mod package_deploy;
 mod service_args;
 
 use anyhow::{Context as _, Result, bail};

@@ -11,10 +11,12 @@
 //! - [`lint`]: every rule, each problem with its file and line; one file
 //!   per group of rules (`structure`, `schema`, `cross`).
 
+pub mod deploy;
 pub mod diag;
 pub mod lint;
 pub mod render;
 pub mod source;
+pub mod tf;
 pub mod yaml;
 
 pub use diag::{Diagnostic, PkgRule, Severity};

@@ -102,16 +102,13 @@ impl PackageFiles {
         })
     }
 
-    /// The plan names: directories under `plans/`.
+    /// The plan names: directories under `plans/`. A file directly in
+    /// `plans/` (a stray `plans/README.md`) is no plan: PKG-STRUCTURE warns
+    /// about it, and nothing may take it for one.
     pub fn plans(&self) -> Vec<String> {
         let mut v: Vec<String> = self
             .under("plans", false)
-            .filter_map(|p| {
-                p.strip_prefix("plans/")?
-                    .split('/')
-                    .next()
-                    .map(str::to_string)
-            })
+            .filter_map(|p| Some(p.strip_prefix("plans/")?.split_once('/')?.0.to_string()))
             .filter(|p| !p.is_empty())
             .collect();
         v.dedup();

@@ -37,6 +37,17 @@ fn line_of(pkg: &PackageFiles, file: &str, needle: &str) -> Option<u32> {
     u32::try_from(i + 1).ok()
 }
 
+/// The line of the `n`th (from 0) line of `file` containing `needle`.
+fn nth_line_of(pkg: &PackageFiles, file: &str, needle: &str, n: usize) -> Option<u32> {
+    let text = String::from_utf8(pkg.files[file].clone()).expect("utf-8");
+    let (i, _) = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.contains(needle))
+        .nth(n)?;
+    u32::try_from(i + 1).ok()
+}
+
 #[track_caller]
 fn expect_one(
     pkg: &PackageFiles,
@@ -168,39 +179,59 @@ fn resource_rules() {
 #[test]
 fn step_rules() {
     let exec = "resource \"ivkcs_agent_exec\" \"start\"";
+    // Where the finding is: the resource's header (None) or step n's.
     let cases = [
-        ("  name  = \"start_grafana\"\n", "", "name is required"),
-        ("index   = 2", "index   = 1", "duplicate step index 1"),
-        ("index   = 2", "index   = 0", "must be 1 or more"),
+        (
+            "  name  = \"start_grafana\"\n",
+            "",
+            "name is required",
+            None,
+        ),
+        (
+            "index   = 2",
+            "index   = 1",
+            "duplicate step index 1",
+            Some(1),
+        ),
+        ("index   = 2", "index   = 0", "must be 1 or more", Some(1)),
         (
             "type    = \"bash\"\n    content = \"curl",
             "type    = \"perl\"\n    content = \"curl",
             "not bash or python",
+            Some(1),
         ),
         (
             "attempts      = 10",
             "attempts      = 0",
             "attempts: must be at least 1",
+            Some(1),
         ),
         (
             "attempt_pause = \"15s\"",
             "attempt_pause = \"15 parsecs\"",
             "attempt_pause",
+            Some(1),
         ),
         (
             "attempt_pause = \"15s\"",
             "retry_forever = true",
             "retry_forever",
+            Some(1),
         ),
         (
             "timeout  = \"10m\"",
             "timeout  = \"0s\"",
             "timeout: must be longer than 0s",
+            Some(0),
         ),
     ];
-    for (from, to, words) in cases {
+    for (from, to, words, step) in cases {
         let p = broken(TF, from, to);
-        expect_one(&p, TfStep, Error, TF, line_of(&p, TF, exec), words);
+        let line = match step {
+            None => line_of(&p, TF, exec),
+            Some(n) => nth_line_of(&p, TF, "  step {", n),
+        };
+        expect_one(&p, TfStep, Error, TF, line, words);
     }
     let p = broken(
         TF,
@@ -229,25 +260,39 @@ fn step_rules() {
 #[test]
 fn health_rules() {
     let check = "resource \"ivkcs_agent_check\" \"health\"";
+    // Findings about one check are at its block, the rest at the header.
+    let http = "  http_health {";
     let cases = [
-        ("    period     = \"1m\"\n", "", "period is required"),
-        ("protocol   = \"http\"", "protocol   = \"gopher\"", "gopher"),
-        ("method     = \"GET\"", "method     = \"FETCH\"", "FETCH"),
+        ("    period     = \"1m\"\n", "", "period is required", http),
+        (
+            "protocol   = \"http\"",
+            "protocol   = \"gopher\"",
+            "gopher",
+            http,
+        ),
+        (
+            "method     = \"GET\"",
+            "method     = \"FETCH\"",
+            "FETCH",
+            http,
+        ),
         (
             "period     = \"1m\"",
             "period     = \"0s\"",
             "period: must be longer than 0s",
+            http,
         ),
-        ("http_codes = [200]", "http_codes = []", "http_codes"),
+        ("http_codes = [200]", "http_codes = []", "http_codes", http),
         (
             "  uuid  = var.instance_uuid\n\n  http_health",
             "\n  http_health",
             "uuid is required",
+            check,
         ),
     ];
-    for (from, to, words) in cases {
+    for (from, to, words, at) in cases {
         let p = broken(TF, from, to);
-        expect_one(&p, TfHealth, Error, TF, line_of(&p, TF, check), words);
+        expect_one(&p, TfHealth, Error, TF, line_of(&p, TF, at), words);
     }
     let p = broken(
         TF,
@@ -259,7 +304,7 @@ fn health_rules() {
         TfHealth,
         Error,
         TF,
-        line_of(&p, TF, "\"port\" {"),
+        nth_line_of(&p, TF, "port_health {", 0),
         "port: must not be 0",
     );
     let p = broken(
@@ -272,7 +317,7 @@ fn health_rules() {
         TfHealth,
         Error,
         TF,
-        line_of(&p, TF, "\"s\" {"),
+        line_of(&p, TF, "script_health {"),
         "stop_signal",
     );
     // VK's own example: no port, computed protocol.

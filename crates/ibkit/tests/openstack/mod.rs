@@ -368,8 +368,14 @@ impl Env {
     }
 
     pub fn command(&self, args: &[&str]) -> Command {
+        self.command_of("deploy", args)
+    }
+
+    /// `ibkit SUBCOMMAND ARGS` on this cloud and service (`deploy`, or
+    /// `package` whose deploy commands take the same flags).
+    pub fn command_of(&self, subcommand: &str, args: &[&str]) -> Command {
         let mut cmd = Command::new(ibkit_bin());
-        cmd.arg("deploy")
+        cmd.arg(subcommand)
             .args(args)
             .arg("--state")
             .arg(self.state())
@@ -393,10 +399,21 @@ impl Env {
     /// Runs `ibkit deploy ARGS` (playing the guests meanwhile); killed
     /// after `timeout`.
     pub fn run(&mut self, args: &[&str], deployment: &str, timeout: Duration) -> Output {
-        let cmd = self.command(args);
+        self.run_of("deploy", args, deployment, timeout)
+    }
+
+    /// Runs `ibkit SUBCOMMAND ARGS` (playing the guests meanwhile).
+    pub fn run_of(
+        &mut self,
+        subcommand: &str,
+        args: &[&str],
+        deployment: &str,
+        timeout: Duration,
+    ) -> Output {
+        let cmd = self.command_of(subcommand, args);
         run_until(
             cmd,
-            &format!("ibkit deploy {args:?}"),
+            &format!("ibkit {subcommand} {args:?}"),
             timeout,
             Duration::from_millis(500),
             || self.play_guests(deployment),

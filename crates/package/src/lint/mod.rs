@@ -1,6 +1,7 @@
 //! Every package rule: [`structure`] (files, names, sizes), [`schema`]
 //! (each YAML file against its documented schema), [`cross`] (rules that
-//! need several files), [`terraform`] (the plans' `.tf` manifests). All findings at once, sorted by file and line.
+//! need several files), [`terraform`] (the plans' `.tf` manifests). All findings at once, sorted by file
+//! and line.
 
 pub mod cross;
 pub mod schema;

@@ -12,6 +12,9 @@
 //!   [`HealthCheck`] where the shapes line up.
 //! - PKG-TF-SENSITIVE: outputs carrying keys or passwords are `sensitive`.
 //!
+//! [`image_refs`] lists the images the manifests boot from, for
+//! `ibkit package lint --image KEY=PATH`.
+//!
 //! The manifest is parsed, never evaluated: a field whose value is not a
 //! literal (a reference, a template, a function call) is taken as present
 //! and its value is not checked.
@@ -149,7 +152,7 @@ fn check_plan(pkg: &PackageFiles, plan: &str, out: &mut Vec<Diagnostic>) {
             ));
             continue;
         };
-        match hcl::parse(src) {
+        match crate::tf::parse_body(src) {
             Ok(body) => Manifest { file, src, out }.check(&body, &mut vars),
             Err(e) => {
                 all_parsed = false;
@@ -163,17 +166,13 @@ fn check_plan(pkg: &PackageFiles, plan: &str, out: &mut Vec<Diagnostic>) {
     }
 }
 
-fn parse_error(file: &str, e: &hcl::Error) -> Diagnostic {
-    let (line, msg) = match e {
-        // The parser's own message, without the source excerpt and caret
-        // its Display adds.
-        hcl::Error::Parse(p) => (
-            u32::try_from(p.location().line()).ok(),
-            p.message().to_string(),
-        ),
-        e => (None, e.to_string()),
-    };
-    Diagnostic::error(PkgRule::TfParse, file, line, format!("syntax error: {msg}"))
+fn parse_error(file: &str, e: &crate::tf::ParseError) -> Diagnostic {
+    Diagnostic::error(
+        PkgRule::TfParse,
+        file,
+        e.line,
+        format!("syntax error: {}", e.message),
+    )
 }
 
 /// Every option of the plan (keys of `parameters_patch`, entries of
@@ -346,8 +345,9 @@ impl Manifest<'_> {
         let mut indexes = BTreeSet::new();
         for (i, step) in steps.iter().enumerate() {
             let sat = format!("{at}.step[{i}]");
+            let sline = nested_line(self.src, line, "step", i).or(line);
             for e in self.step(step.body(), &sat, &mut indexes) {
-                self.push(PkgRule::TfStep, line, e);
+                self.push(PkgRule::TfStep, sline, e);
             }
         }
     }
@@ -441,8 +441,13 @@ impl Manifest<'_> {
         for (i, check) in checks.iter().enumerate() {
             let kind = check.identifier();
             let cat = format!("{at}.{kind}[{i}]");
+            let nth = checks[..i]
+                .iter()
+                .filter(|c| c.identifier() == kind)
+                .count();
+            let cline = nested_line(self.src, line, kind, nth).or(line);
             for m in health(check.body(), kind, &hosts) {
-                self.push(PkgRule::TfHealth, line, format!("{cat}: {m}"));
+                self.push(PkgRule::TfHealth, cline, format!("{cat}: {m}"));
             }
         }
     }
@@ -652,6 +657,21 @@ fn literal(e: &Expression) -> Option<Json> {
     })
 }
 
+/// The 1-based line of the `nth` (from 0) nested block `ident {` below the
+/// header at line `after` (a step, a health check), searched for like
+/// [`block_line`] (a heredoc line that looks like a block header can
+/// mislead both); `None` when not found, e.g. a one-line block.
+fn nested_line(src: &str, after: Option<u32>, ident: &str, nth: usize) -> Option<u32> {
+    let re = regex::Regex::new(&format!(r"^[ \t]*{}[ \t]*\{{", regex::escape(ident))).ok()?;
+    let (i, _) = src
+        .lines()
+        .enumerate()
+        .skip(usize::try_from(after?).ok()?)
+        .filter(|(_, l)| re.is_match(l))
+        .nth(nth)?;
+    u32::try_from(i + 1).ok()
+}
+
 /// The 1-based line of a block's header (`resource "TYPE" "NAME" {`):
 /// hcl-rs keeps no positions, so the source is searched for it.
 pub fn block_line(src: &str, ident: &str, labels: &[&str]) -> Option<u32> {
@@ -664,4 +684,181 @@ pub fn block_line(src: &str, ident: &str, labels: &[&str]) -> Option<u32> {
     let re = regex::Regex::new(&pat).ok()?;
     let at = re.find(src)?.start();
     u32::try_from(src[..at].matches('\n').count() + 1).ok()
+}
+
+/// An image the plans' Terraform boots from, with the names
+/// `ibkit package lint --image KEY=PATH` may give it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageRef {
+    /// The `.tf` file and the line of the block that names the image.
+    pub file: String,
+    pub line: Option<u32>,
+    /// For `data "vkcs_images_image" "L"`: `L`,
+    /// `data.vkcs_images_image.L` and its literal `name`/`id`; for an
+    /// `image_id`, `image_name` or an image `block_device`'s `uuid`: the
+    /// literal value, or for `var.X`: `X`, `var.X` and X's literal default.
+    pub keys: Vec<String>,
+}
+
+/// Every image the plans' Terraform names, in file order. Files that do
+/// not parse are skipped (PKG-TF-PARSE reports them).
+pub fn image_refs(pkg: &PackageFiles) -> Vec<ImageRef> {
+    let mut refs: Vec<ImageRef> = Vec::new();
+    for plan in pkg.plans() {
+        let dir = format!("plans/{plan}/deployment");
+        let bodies: Vec<(&str, &str, Body)> = pkg
+            .under(&dir, true)
+            .filter(|p| p.ends_with(".tf"))
+            .filter_map(|f| {
+                let src = pkg.text(f)?.ok()?;
+                Some((f, src, crate::tf::parse_body(src).ok()?))
+            })
+            .collect();
+        // A variable may be declared in another file of the plan.
+        let defaults: BTreeMap<&str, Option<String>> = bodies
+            .iter()
+            .flat_map(|(_, _, b)| b.blocks())
+            .filter_map(|b| match (b.identifier(), b.labels()) {
+                ("variable", [name]) => Some((name.as_str(), body_str(b.body(), "default"))),
+                _ => None,
+            })
+            .collect();
+        for (file, src, body) in &bodies {
+            for block in body.blocks() {
+                let labels: Vec<&str> = block.labels().iter().map(|l| l.as_str()).collect();
+                let mut keys = Vec::new();
+                match (block.identifier(), labels.as_slice()) {
+                    ("data", ["vkcs_images_image", name]) => {
+                        keys.push(name.to_string());
+                        keys.push(format!("data.vkcs_images_image.{name}"));
+                        keys.extend(
+                            ["name", "id"]
+                                .iter()
+                                .filter_map(|k| body_str(block.body(), k)),
+                        );
+                    }
+                    ("resource", [_, _]) => {
+                        let b = block.body();
+                        let mut exprs: Vec<&Expression> = ["image_id", "image_name"]
+                            .iter()
+                            .filter_map(|k| attr(b, k))
+                            .collect();
+                        exprs.extend(
+                            b.blocks()
+                                .filter(|d| {
+                                    d.identifier() == "block_device"
+                                        && body_str(d.body(), "source_type").as_deref()
+                                            == Some("image")
+                                })
+                                .filter_map(|d| attr(d.body(), "uuid")),
+                        );
+                        for e in exprs {
+                            image_keys(e, &defaults, &mut keys);
+                        }
+                    }
+                    _ => continue,
+                }
+                let mut seen = BTreeSet::new();
+                keys.retain(|k| seen.insert(k.clone()));
+                if !keys.is_empty() && !refs.iter().any(|r| r.keys == keys) {
+                    refs.push(ImageRef {
+                        file: file.to_string(),
+                        line: block_line(src, block.identifier(), &labels),
+                        keys,
+                    });
+                }
+            }
+        }
+    }
+    refs
+}
+
+/// The names an image expression gives: a literal, or `var.X` (`X`,
+/// `var.X`, X's literal default). A data source's `.id` is named by the
+/// data block itself.
+fn image_keys(e: &Expression, defaults: &BTreeMap<&str, Option<String>>, keys: &mut Vec<String>) {
+    match e {
+        Expression::String(s) => keys.push(s.clone()),
+        Expression::Traversal(t) => {
+            if let (Expression::Variable(v), [hcl::TraversalOperator::GetAttr(name)]) =
+                (&t.expr, t.operators.as_slice())
+                && v.as_str() == "var"
+            {
+                keys.push(name.as_str().to_string());
+                keys.push(format!("var.{}", name.as_str()));
+                if let Some(Some(d)) = defaults.get(name.as_str()) {
+                    keys.push(d.clone());
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pkg(tf: &str) -> PackageFiles {
+        let mut p = PackageFiles::default();
+        p.files.insert(
+            "plans/free/deployment/main.tf".into(),
+            tf.as_bytes().to_vec(),
+        );
+        p
+    }
+
+    #[test]
+    fn image_names() {
+        let p = pkg(r#"
+variable "image" {
+  type    = string
+  default = "3f9c2b1e-0000-4000-8000-000000000001"
+}
+
+data "vkcs_images_image" "app" {
+  name = "grafana"
+}
+
+resource "vkcs_compute_instance" "vm" {
+  image_id = var.image
+  block_device {
+    source_type = "image"
+    uuid        = data.vkcs_images_image.app.id
+  }
+}
+
+resource "vkcs_compute_instance" "other" {
+  block_device {
+    source_type = "blank"
+    uuid        = "not-an-image"
+  }
+  block_device {
+    source_type = "image"
+    uuid        = "ubuntu-22.04"
+  }
+}
+"#);
+        let refs = image_refs(&p);
+        let keys: Vec<&[String]> = refs.iter().map(|r| r.keys.as_slice()).collect();
+        assert_eq!(
+            keys,
+            [
+                &["app", "data.vkcs_images_image.app", "grafana"][..],
+                &["image", "var.image", "3f9c2b1e-0000-4000-8000-000000000001"][..],
+                &["ubuntu-22.04"][..],
+            ]
+        );
+        assert_eq!(refs[0].line, Some(7));
+        assert_eq!(refs[2].line, Some(19));
+    }
+
+    #[test]
+    fn nested_lines() {
+        let src = "resource \"a\" \"b\" {\n  step {\n  }\n  step {\n  }\n}\n";
+        assert_eq!(nested_line(src, Some(1), "step", 0), Some(2));
+        assert_eq!(nested_line(src, Some(1), "step", 1), Some(4));
+        assert_eq!(nested_line(src, Some(1), "step", 2), None);
+        assert_eq!(nested_line(src, None, "step", 0), None);
+    }
 }
