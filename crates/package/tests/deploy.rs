@@ -358,3 +358,107 @@ fn a_missing_map_key_lists_every_problem_at_once() {
     let e = err(&pkg, &request("cluster", &[], &[]));
     assert!(e.contains("--map one=FILE") && e.contains("\"b b\""), "{e}");
 }
+
+#[test]
+fn reboot_and_sleep_become_ordered_groups() {
+    // VK's ivkcs_compute_instance_reboot example: a pause after the VM,
+    // the reboot, then the scripts.
+    let tf = r#"
+resource "vkcs_compute_instance" "compute" {
+  name     = "app"
+  image_id = "img"
+}
+resource "time_sleep" "before_reboot" {
+  create_duration = "30s"
+  depends_on      = [vkcs_compute_instance.compute]
+}
+resource "ivkcs_compute_instance_reboot" "reboot" {
+  instance   = vkcs_compute_instance.compute.id
+  depends_on = [time_sleep.before_reboot]
+}
+resource "ivkcs_agent_exec" "start" {
+  hosts = ["app"]
+  name  = "start"
+  step {
+    index   = 1
+    type    = "bash"
+    content = "uptime"
+  }
+  depends_on = [ivkcs_compute_instance_reboot.reboot]
+}
+"#;
+    let (_d, pkg) = with_tf(&kv_dir(), "cluster", tf);
+    let t = ok(&pkg, &request("cluster", &[], &[("img", "img.qcow2")]));
+    let g = |n: &str| {
+        t.manifest
+            .groups
+            .iter()
+            .find(|g| g.name == n)
+            .unwrap_or_else(|| panic!("no group {n}: {:#?}", t.manifest.groups))
+    };
+    assert_eq!(g("start").depends_on, ["reboot-reboot"]);
+    let reboot = g("reboot-reboot");
+    assert_eq!(reboot.hosts, ["app"]);
+    assert_eq!(reboot.depends_on, ["sleep-before_reboot"]);
+    assert!(reboot.steps[0].content.contains("systemctl reboot"));
+    assert!(reboot.steps[1].content.contains("boot_id"));
+    assert!(reboot.steps.iter().all(|s| s.options.once));
+    // The sleep runs before the reboot, on the rebooted host.
+    let sleep = g("sleep-before_reboot");
+    assert_eq!(sleep.steps[0].content, "sleep 30");
+    assert!(sleep.depends_on.is_empty());
+}
+
+#[test]
+fn file_and_templatefile_read_the_package_only() {
+    let tf = r#"
+resource "vkcs_compute_instance" "vm" {
+  name     = "vm"
+  image_id = "img"
+}
+resource "ivkcs_agent_exec" "x" {
+  name  = "g"
+  hosts = ["vm"]
+  step {
+    index   = 1
+    type    = "bash"
+    content = templatefile("${path.module}/scripts/init.sh.tpl", { who = "world", ports = [80, 443] })
+  }
+  step {
+    index   = 2
+    type    = "bash"
+    content = file("scripts/plain.sh")
+  }
+}
+"#;
+    let (dir, _) = with_tf(&kv_dir(), "cluster", tf);
+    let scripts = dir.path().join("plans/cluster/deployment/scripts");
+    std::fs::create_dir_all(&scripts).expect("mkdir");
+    std::fs::write(
+        scripts.join("init.sh.tpl"),
+        "#!/bin/bash\necho hello ${who}\n%{ for p in ports }open ${p}\n%{ endfor }",
+    )
+    .expect("write");
+    std::fs::write(
+        scripts.join("plain.sh"),
+        "#!/bin/bash\necho ${not_a_template}\n",
+    )
+    .expect("write");
+    let pkg = PackageFiles::open(dir.path()).expect("package");
+    let t = ok(&pkg, &request("cluster", &[], &[("img", "img.qcow2")]));
+    let steps = &t.manifest.groups[0].steps;
+    assert_eq!(
+        steps[0].content,
+        "#!/bin/bash\necho hello world\nopen 80\nopen 443\n"
+    );
+    assert_eq!(steps[1].content, "#!/bin/bash\necho ${not_a_template}\n");
+
+    // Outside the package: refused.
+    let (_d, pkg) = with_tf(
+        &kv_dir(),
+        "cluster",
+        "resource \"vkcs_compute_instance\" \"vm\" {\n  name     = \"vm\"\n  image_id = file(\"../../../../etc/passwd\")\n}\n",
+    );
+    let e = err(&pkg, &request("cluster", &[], &[("img", "img.qcow2")]));
+    assert!(e.contains("must stay inside the package"), "{e}");
+}

@@ -775,8 +775,7 @@ impl Mapper<'_> {
 
     fn groups(&mut self, hosts: &BTreeSet<String>) -> Vec<Json> {
         let mut out = Vec::new();
-        // Which hosts each sleep must run on: those of the groups after it.
-        let mut sleep_hosts: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        let sleep_hosts = self.sleep_hosts();
         let execs: Vec<(Resource, ResourceInstance)> = self
             .of_kind("ivkcs_agent_exec")
             .into_iter()
@@ -804,12 +803,6 @@ impl Mapper<'_> {
             let mut depends_on = BTreeSet::new();
             for a in &ancestors {
                 depends_on.extend(self.group_names(a));
-                if a.starts_with("time_sleep.") {
-                    sleep_hosts
-                        .entry(a.clone())
-                        .or_default()
-                        .extend(group_hosts.iter().cloned());
-                }
             }
             let mut steps = Vec::new();
             for st in list_of_maps(inst.get("step")) {
@@ -907,6 +900,55 @@ impl Mapper<'_> {
             }));
         }
         out
+    }
+
+    /// Which hosts each `time_sleep` runs on: those of the groups (script
+    /// groups, reboots, later sleeps) that wait for it.
+    fn sleep_hosts(&self) -> BTreeMap<String, BTreeSet<String>> {
+        let nodes: Vec<&Resource> = self
+            .cfg
+            .resources
+            .iter()
+            .filter(|r| !r.data && orders_groups(&r.kind))
+            .collect();
+        let own_hosts = |r: &Resource| -> BTreeSet<String> {
+            let instances = self.instances.get(&r.address()).into_iter().flatten();
+            match r.kind.as_str() {
+                "ivkcs_agent_exec" => instances.flat_map(|i| strings(i.get("hosts"))).collect(),
+                "ivkcs_compute_instance_reboot" => instances
+                    .filter_map(|i| {
+                        s(i.get("instance"))?
+                            .strip_prefix(provider::HOST_ID)
+                            .map(str::to_string)
+                    })
+                    .collect(),
+                _ => BTreeSet::new(),
+            }
+        };
+        let mut hosts: BTreeMap<String, BTreeSet<String>> =
+            nodes.iter().map(|r| (r.address(), own_hosts(r))).collect();
+        let ancestors: Vec<(String, BTreeSet<String>)> = nodes
+            .iter()
+            .map(|r| (r.address(), self.ordering_ancestors(r)))
+            .collect();
+        // Until nothing changes: a sleep before a sleep gets its hosts too.
+        for _ in 0..=nodes.len() {
+            let mut changed = false;
+            for (node, before) in &ancestors {
+                let mine = hosts.get(node).cloned().unwrap_or_default();
+                for a in before.iter().filter(|a| a.starts_with("time_sleep.")) {
+                    let theirs = hosts.entry(a.clone()).or_default();
+                    let n = theirs.len();
+                    theirs.extend(mine.iter().cloned());
+                    changed |= theirs.len() != n;
+                }
+            }
+            if !changed {
+                break;
+            }
+        }
+        hosts.retain(|a, h| a.starts_with("time_sleep.") && !h.is_empty());
+        hosts
     }
 
     /// A group whose steps read another group's result waits for it.
