@@ -25,19 +25,19 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Exponential backoff from 250 ms, capped.
 #[derive(Debug)]
-struct Backoff {
+pub(crate) struct Backoff {
     next: Duration,
     cap: Duration,
 }
 
 impl Backoff {
-    fn new(cap: Duration) -> Self {
+    pub(crate) fn new(cap: Duration) -> Self {
         Backoff {
             next: Duration::from_millis(250),
             cap,
         }
     }
-    fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.next = Duration::from_millis(250);
     }
     async fn wait_deliver(&mut self, err: &DeliverError) {
@@ -50,12 +50,18 @@ impl Backoff {
         }
     }
 
-    async fn wait(&mut self, err: &ApiError) {
-        let d = if matches!(err, ApiError::Unauthorized(_)) {
-            UNAUTHORIZED_BACKOFF
+    pub(crate) async fn wait(&mut self, err: &ApiError) {
+        if matches!(err, ApiError::Unauthorized(_)) {
+            self.next = (self.next * 2).min(self.cap);
+            tokio::time::sleep(UNAUTHORIZED_BACKOFF).await;
         } else {
-            self.next
-        };
+            self.pause().await;
+        }
+    }
+
+    /// The next pause, for a failure that is not the service's.
+    pub(crate) async fn pause(&mut self) {
+        let d = self.next;
         self.next = (self.next * 2).min(self.cap);
         tokio::time::sleep(d).await;
     }
@@ -232,6 +238,11 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()
                 let _ = tokio::time::timeout(every, hb_rx.changed()).await;
             }
         });
+    }
+
+    // The marketplace's billing token file, when the vendor asked for one.
+    if let Some(b) = cfg.billing_token.clone() {
+        tokio::spawn(crate::billing_token::run(b, api.clone()));
     }
 
     // Steps a previous agent left unfinished.

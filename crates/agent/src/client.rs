@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use ibkit_api::wire::{
-    ErrorBody, HealthReport, Heartbeat, PairRequest, PairResponse, Report, WorkResponse,
+    BillingToken, ErrorBody, HealthReport, Heartbeat, PairRequest, PairResponse, Report,
+    WorkResponse,
 };
 
 /// Extra time over the long-poll wait before the client gives up.
@@ -216,6 +217,26 @@ impl Api {
         )
         .await?;
         Ok(())
+    }
+
+    /// The instance's marketplace API key (`GET /v1/agent/billing-token`);
+    /// 404: the instance has no billing. A body that does not decode is
+    /// reported without serde's excerpt of it: it may hold the key.
+    pub async fn billing_token(&self) -> Result<BillingToken, ApiError> {
+        let resp =
+            Self::send(self.request(reqwest::Method::GET, "/v1/agent/billing-token")).await?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| ApiError::Unreachable(e.to_string()))?;
+        serde_json::from_slice(&bytes).map_err(|e| {
+            ApiError::Decode(format!(
+                "the billing token answer is not a BillingToken ({:?} error at line {} column {})",
+                e.classify(),
+                e.line(),
+                e.column()
+            ))
+        })
     }
 
     pub async fn health(&self, report: &HealthReport) -> Result<(), ApiError> {

@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use ibkit_api::Duration;
+use ibkit_support::posix::is_account_name;
 use serde::{Deserialize, Serialize};
 
 /// Default cap of a step's stdout and of its log, per attempt.
@@ -48,6 +49,87 @@ pub struct Config {
     /// Overrides the interval the service asks for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat_interval: Option<Duration>,
+    /// The marketplace's billing token file the agent keeps current (VK's
+    /// `ivkcs_user_data` `token_file_path`); see [`crate::billing_token`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub billing_token: Option<BillingTokenConfig>,
+}
+
+/// `[billing_token]`: where the instance's marketplace API key is kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BillingTokenConfig {
+    /// Absolute, without `.`/`..`; missing directories are created (0755).
+    pub path: PathBuf,
+    /// The file's owner and group: user and group names on the VM.
+    #[serde(default = "root")]
+    pub owner: String,
+    #[serde(default = "root")]
+    pub group: String,
+    /// Octal permission bits (`"0640"`); default 0640 when `group` is not
+    /// root (the group is there to read it), else 0600. Never more than
+    /// owner read-write and group read-write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// Fetch the key again when the service says (`refresh_after_ms`) and
+    /// replace the file when it changed; false: fetch once and keep.
+    #[serde(default)]
+    pub rotate: bool,
+}
+
+fn root() -> String {
+    "root".into()
+}
+
+/// The bits a token file may have: owner and group read-write.
+pub const BILLING_TOKEN_MODE_MASK: u32 = 0o660;
+
+impl BillingTokenConfig {
+    /// The file's permission bits (validated by [`Config::parse`]).
+    pub fn file_mode(&self) -> u32 {
+        match self.mode.as_deref().map(parse_mode) {
+            Some(Ok(m)) => m,
+            _ if self.group != "root" => 0o640,
+            _ => 0o600,
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        check_token_path(&self.path).map_err(|e| format!("billing_token.path: {e}"))?;
+        for (field, name) in [("owner", &self.owner), ("group", &self.group)] {
+            if !is_account_name(name) {
+                return Err(format!(
+                    "billing_token.{field} {name:?}: not a user or group name ([a-z_][a-z0-9_-]{{0,31}})"
+                ));
+            }
+        }
+        if let Some(m) = &self.mode {
+            parse_mode(m).map_err(|e| format!("billing_token.mode {m:?}: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// [`ibkit_support::posix::check_plain_file_path`] of a path.
+pub fn check_token_path(path: &Path) -> Result<(), String> {
+    let text = path.to_str().ok_or("not UTF-8")?;
+    ibkit_support::posix::check_plain_file_path(text)
+}
+
+/// `"0640"`, `"640"`, `"0o640"`: octal, within [`BILLING_TOKEN_MODE_MASK`],
+/// readable by its owner.
+pub fn parse_mode(s: &str) -> Result<u32, String> {
+    let digits = s.strip_prefix("0o").unwrap_or(s);
+    let m = u32::from_str_radix(digits, 8).map_err(|_| "not an octal mode".to_string())?;
+    if digits.is_empty() || m & !BILLING_TOKEN_MODE_MASK != 0 {
+        return Err(format!(
+            "at most {BILLING_TOKEN_MODE_MASK:04o} (owner and group read-write; nothing for others, no execute)"
+        ));
+    }
+    if m & 0o400 == 0 {
+        return Err("the owner must be able to read it".into());
+    }
+    Ok(m)
 }
 
 fn default_state_dir() -> PathBuf {
@@ -145,6 +227,9 @@ impl Config {
             return Err(ParseError::Invalid(format!(
                 "max_structured_result_bytes: must be between 2 and {MAX_STRUCTURED_RESULT_BYTES_LIMIT}"
             )));
+        }
+        if let Some(b) = &cfg.billing_token {
+            b.validate().map_err(ParseError::Invalid)?;
         }
         Ok(cfg)
     }
@@ -254,6 +339,58 @@ state_dir = "/var/lib/ibkit-agent"
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn billing_token_section() {
+        let base = "server_url = \"http://x\"\ninstance = \"i\"\nhost = \"h\"\n";
+        let cfg = Config::parse(&format!(
+            "{base}[billing_token]\npath = \"/opt/agent/xaas-secret-auth-token.key\"\nrotate = true\n"
+        ))
+        .expect("parses");
+        let b = cfg.billing_token.clone().expect("section");
+        assert_eq!((b.owner.as_str(), b.group.as_str()), ("root", "root"));
+        assert!(b.rotate);
+        assert_eq!(b.file_mode(), 0o600);
+        // Written back and read again: the same.
+        let again = Config::parse(&cfg.to_toml().expect("toml")).expect("round trip");
+        assert_eq!(again.billing_token, Some(b));
+        let with = |extra: &str| {
+            Config::parse(&format!(
+                "{base}[billing_token]\npath = \"/opt/t.key\"\n{extra}"
+            ))
+        };
+        let g = with("group = \"app\"\n").expect("group");
+        assert_eq!(g.billing_token.expect("b").file_mode(), 0o640);
+        let m = with("group = \"app\"\nmode = \"0660\"\n").expect("mode");
+        assert_eq!(m.billing_token.expect("b").file_mode(), 0o660);
+        for bad in [
+            "mode = \"0644\"\n",
+            "mode = \"0700\"\n",
+            "mode = \"0040\"\n",
+            "mode = \"rw\"\n",
+            "owner = \"Root\"\n",
+            "group = \"a b\"\n",
+            "owner = \"\"\n",
+            "colour = \"red\"\n",
+        ] {
+            assert!(with(bad).is_err(), "{bad}");
+        }
+        for bad in [
+            "t.key",
+            "/opt/../etc/t",
+            "/opt/./t",
+            "/",
+            "/opt/",
+            "//opt/t/..",
+        ] {
+            let r = Config::parse(&format!("{base}[billing_token]\npath = \"{bad}\"\n"));
+            assert!(
+                matches!(&r, Err(ParseError::Invalid(m)) if m.starts_with("billing_token.path")),
+                "{bad}: {:?}",
+                r.map(|_| ())
+            );
+        }
     }
 
     #[test]

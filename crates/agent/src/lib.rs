@@ -5,9 +5,11 @@
 //! semantics ([`executor`]), journals everything under its state directory
 //! ([`journal`]) so an agent restart or VM reboot loses nothing, delivers
 //! reports in order from an on-disk outbox ([`outbox`]) and runs health
-//! checks ([`health`]). See `docs/agent.md`.
+//! checks ([`health`]), and keeps the marketplace's billing token file
+//! current ([`billing_token`]). See `docs/agent.md`.
 
 pub mod agent;
+pub mod billing_token;
 pub mod client;
 pub mod config;
 pub mod executor;

@@ -20,7 +20,7 @@ pub mod wire;
 pub use duration::Duration;
 pub use health::{HealthCheck, HealthKind};
 pub use reference::{Reference, ReferenceTarget};
-pub use spec::{GroupSpec, HostSpec, InstanceSpec, SpecError};
+pub use spec::{BillingSpec, GroupSpec, HostSpec, InstanceSpec, SpecError};
 pub use step::{ScriptType, StepOptions, StepSpec, step_hash};
 pub use structured::StructuredJson;
 

@@ -29,6 +29,20 @@ pub struct InstanceSpec {
     /// --health-timeout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detection_timeout: Option<Duration>,
+    /// The marketplace's usage billing for this instance (postpaid
+    /// options); absent: the billing emulator refuses its pushes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub billing: Option<BillingSpec>,
+}
+
+/// Postpaid billing of an instance (VK: options with `resource_usages`).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BillingSpec {
+    /// The options (`param`s) usage may be pushed for: the names of the
+    /// options' YAML files.
+    pub params: Vec<String>,
 }
 
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -277,6 +291,55 @@ impl InstanceSpec {
                 ));
             }
         }
+        if let Some(b) = &self.billing {
+            b.validate()?;
+        }
+        Ok(())
+    }
+}
+
+/// Most options one instance may bill.
+pub const MAX_BILLING_PARAMS: usize = 100;
+
+impl BillingSpec {
+    /// Longest option name: VK names an option after its YAML file.
+    pub const MAX_PARAM_LEN: usize = 64;
+
+    /// Whether `name` may be a `param`: `[A-Za-z0-9_-]`, 1-64 characters.
+    pub fn is_valid_param(name: &str) -> bool {
+        !name.is_empty()
+            && name.len() <= Self::MAX_PARAM_LEN
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    }
+
+    /// Names valid and unique, at least one, at most [`MAX_BILLING_PARAMS`].
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if self.params.is_empty() || self.params.len() > MAX_BILLING_PARAMS {
+            return Err(err(
+                "billing.params",
+                format!("billing needs 1 to {MAX_BILLING_PARAMS} params"),
+            ));
+        }
+        let mut seen = BTreeSet::new();
+        for (i, p) in self.params.iter().enumerate() {
+            if !Self::is_valid_param(p) {
+                return Err(err(
+                    format!("billing.params[{i}]"),
+                    format!(
+                        "{p:?} is not a valid param ([A-Za-z0-9_-], 1-{} characters)",
+                        Self::MAX_PARAM_LEN
+                    ),
+                ));
+            }
+            if !seen.insert(p.as_str()) {
+                return Err(err(
+                    format!("billing.params[{i}]"),
+                    format!("duplicate param {p:?}"),
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -336,6 +399,18 @@ mod tests {
                 r#"{"name":"x","hosts":[{"name":"a"}],"detection_timeout":"24h1s"}"#,
                 "detection_timeout",
             ),
+            (
+                r#"{"name":"x","hosts":[{"name":"a"}],"billing":{"params":[]}}"#,
+                "billing.params",
+            ),
+            (
+                r#"{"name":"x","hosts":[{"name":"a"}],"billing":{"params":["cpu","a b"]}}"#,
+                "billing.params[1]",
+            ),
+            (
+                r#"{"name":"x","hosts":[{"name":"a"}],"billing":{"params":["cpu","cpu"]}}"#,
+                "billing.params[1]",
+            ),
         ];
         for (json, at) in cases {
             let e = spec(json).validate().expect_err(json);
@@ -377,6 +452,30 @@ mod tests {
         assert!(
             serde_json::from_str::<InstanceSpec>(
                 r#"{"name":"x","hosts":[{"name":"a"}],"detection_timeout":"soon"}"#
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn billing_params_are_option_names() {
+        let long = "p".repeat(64);
+        let s = spec(&format!(
+            r#"{{"name":"x","hosts":[{{"name":"a"}}],"billing":{{"params":["cpu_usage","ram-gb","{long}"]}}}}"#
+        ));
+        s.validate().expect("valid");
+        let too_long = spec(&format!(
+            r#"{{"name":"x","hosts":[{{"name":"a"}}],"billing":{{"params":["{long}p"]}}}}"#
+        ));
+        let e = too_long.validate().expect_err("65 characters");
+        assert_eq!(e.at, "billing.params[0]", "{e}");
+        // Absent stays absent on the wire.
+        let plain = spec(r#"{"name":"x","hosts":[{"name":"a"}]}"#);
+        let text = serde_json::to_string(&plain).expect("serialises");
+        assert!(!text.contains("billing"), "{text}");
+        assert!(
+            serde_json::from_str::<InstanceSpec>(
+                r#"{"name":"x","hosts":[{"name":"a"}],"billing":{"params":["a"],"price":1}}"#
             )
             .is_err()
         );

@@ -238,6 +238,37 @@ pub struct Ack {
     pub ok: bool,
 }
 
+/// `GET /v1/agent/billing-token` (agent → service): the instance's
+/// marketplace API access keys, for the token file the agent keeps current
+/// (VK's `ivkcs_user_data` `token_file_path`, `token_rotate`). The same
+/// shape as the marketplace's `GET …/v1-public/auth/key`, plus when to ask
+/// again.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BillingToken {
+    /// The marketplace's instance id (ibkit's instance id).
+    pub instance_uuid: String,
+    /// The newest key: what the token file holds.
+    pub key: String,
+    /// The previous key while it is still valid (the overlap of a
+    /// rotation); absent when there is only one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secondary_key: Option<String>,
+    /// Ask again after this long (milliseconds): before the newest key is
+    /// due to be replaced.
+    pub refresh_after_ms: u64,
+}
+
+impl std::fmt::Debug for BillingToken {
+    // The keys are secrets: never in logs or panics.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BillingToken")
+            .field("instance_uuid", &self.instance_uuid)
+            .field("refresh_after_ms", &self.refresh_after_ms)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A step's status as the service tracks it.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -16,10 +16,10 @@ use std::time::Duration;
 use ibkit_api::InstanceSpec;
 use ibkit_api::operator::endpoint::{self as ep, Endpoint, RequestBody as _};
 use ibkit_api::operator::{
-    GroupName, HealthResultView, HostName, HostPairing, InstanceCreated, InstanceDetail,
-    InstanceId, InstanceStatusView, InstanceSummary, NoBody, NoQuery, PairingKeyQuery,
-    RecoveryQuery, RecoveryRequest, RecoveryRequestId, RecoveryResolved, RecoveryStatus,
-    Redeployed, StepResult, StepView,
+    BillingPublicKey, GroupName, HealthResultView, HostName, HostPairing, InstanceBilling,
+    InstanceCreated, InstanceDetail, InstanceId, InstanceStatusView, InstanceSummary,
+    InstanceUsage, NoBody, NoQuery, PairingKeyQuery, RecoveryQuery, RecoveryRequest,
+    RecoveryRequestId, RecoveryResolved, RecoveryStatus, Redeployed, StepResult, StepView,
 };
 use ibkit_api::wire::ServiceInfo;
 pub use ibkit_support::secret::Secret;
@@ -323,6 +323,26 @@ impl OperatorClient {
             id: request.clone(),
         };
         self.call::<ep::ResolveRecoveryRequest>(&params, &NoQuery {}, &NoBody)
+            .await
+    }
+
+    /// The billing emulator's public key (secure push encryption and
+    /// answer signatures).
+    pub async fn billing_public_key(&self) -> Result<BillingPublicKey, ClientError> {
+        self.call::<ep::GetBillingPublicKey>(&ep::NoParams {}, &NoQuery {}, &NoBody)
+            .await
+    }
+
+    /// The instance's billing service token and current access keys
+    /// (asking may rotate them); 404 when it has no billing.
+    pub async fn instance_billing(&self, id: &InstanceId) -> Result<InstanceBilling, ClientError> {
+        self.call::<ep::GetInstanceBilling>(&instance(id), &NoQuery {}, &NoBody)
+            .await
+    }
+
+    /// The usage counted for the instance, per option and UTC day.
+    pub async fn instance_usage(&self, id: &InstanceId) -> Result<InstanceUsage, ClientError> {
+        self.call::<ep::GetInstanceUsage>(&instance(id), &NoQuery {}, &NoBody)
             .await
     }
 }

@@ -31,6 +31,9 @@
 //! cloud_config = """
 //! timezone: Europe/Berlin
 //! """                         # extra #cloud-config YAML, its own MIME part
+//! # The marketplace API key in a file the agent keeps current (VK's
+//! # token_file_path, token_file_owner, token_file_group, token_rotate).
+//! billing_token = { path = "/opt/agent/xaas-secret-auth-token.key", owner = "root", group = "root", rotate = true }
 //!
 //! [[hosts]]
 //! name = "replica"
@@ -73,6 +76,9 @@
 //! max_per_window = 3          # default 3 recoveries per host per window, then failed
 //! window = "1h"               # default 1h
 //! keep_evidence = true        # default true: keep the dead VM's serial log and disk
+//!
+//! [billing]
+//! params = ["storage"]        # postpaid options usage may be pushed for (VK: resource_usages)
 //! ```
 //!
 //! [`DeployManifest::validate`] reports every problem it finds, each with
@@ -84,8 +90,10 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use ibkit_api::reference::{self, ReferenceTarget};
+use ibkit_api::spec::MAX_BILLING_PARAMS;
 use ibkit_api::step::sha256_hex;
-use ibkit_api::{Duration, GroupSpec, HealthCheck, HostSpec, InstanceSpec};
+use ibkit_api::{BillingSpec, Duration, GroupSpec, HealthCheck, HostSpec, InstanceSpec};
+use ibkit_support::posix::{check_plain_file_path, is_account_name};
 use serde::{Deserialize, Serialize};
 
 /// Ports a host may open (each one a security group rule on OpenStack).
@@ -114,6 +122,10 @@ pub struct DeployManifest {
     pub outputs: Vec<OutputDef>,
     #[serde(default)]
     pub recovery: RecoveryPolicy,
+    /// `[billing]`: the instance's postpaid options (VK's plan
+    /// `resource_usages`), the usage the service accepts pushes for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub billing: Option<BillingSpec>,
     /// The directory relative image paths are resolved against.
     #[serde(skip)]
     base_dir: PathBuf,
@@ -209,6 +221,50 @@ pub struct UserDataSpec {
     pub per_once: Vec<String>,
     /// Extra `#cloud-config` YAML, passed through as its own MIME part.
     pub cloud_config: Option<String>,
+    /// The marketplace API key file the agent keeps current (VK's
+    /// `ivkcs_user_data` `token_file_*`, `token_rotate`). Absent from the
+    /// host's config hash when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub billing_token: Option<BillingTokenSpec>,
+}
+
+/// `billing_token = { path, owner, group, rotate }`: written into the
+/// agent's config as its `[billing_token]` table (the same keys).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BillingTokenSpec {
+    /// Absolute, without `.`/`..`; the agent creates missing directories.
+    pub path: String,
+    #[serde(default = "root_account")]
+    pub owner: String,
+    #[serde(default = "root_account")]
+    pub group: String,
+    /// Fetch a new key when the service says; false: fetch once.
+    #[serde(default)]
+    pub rotate: bool,
+}
+
+fn root_account() -> String {
+    "root".into()
+}
+
+impl BillingTokenSpec {
+    /// Every problem, each with its field (`path`, `owner`, `group`).
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        if let Err(e) = check_plain_file_path(&self.path) {
+            out.push(("path", e));
+        }
+        for (field, name) in [("owner", &self.owner), ("group", &self.group)] {
+            if !is_account_name(name) {
+                out.push((
+                    field,
+                    format!("{name:?} is not a user or group name ([a-z_][a-z0-9_-]{{0,31}})"),
+                ));
+            }
+        }
+        out
+    }
 }
 
 impl Default for UserDataSpec {
@@ -222,6 +278,7 @@ impl Default for UserDataSpec {
             per_instance: Vec::new(),
             per_once: Vec::new(),
             cloud_config: None,
+            billing_token: None,
         }
     }
 }
@@ -415,6 +472,7 @@ impl DeployManifest {
             health_checks: self.health_checks.clone(),
             // The service's monitor opens recovery requests after this.
             detection_timeout: Some(self.recovery.detection_timeout),
+            billing: self.billing.clone(),
         }
     }
 
@@ -426,6 +484,8 @@ impl DeployManifest {
         let mut errs = Errors::default();
         self.validate_instance(&mut errs);
         self.validate_hosts(&mut errs);
+        // Before the spec's check, whose first problem is then a duplicate.
+        self.validate_billing(&mut errs);
         if let Err(e) = self.to_instance_spec().validate() {
             let path = if e.at == "name" {
                 "instance.name".to_string()
@@ -603,6 +663,40 @@ impl DeployManifest {
         }
     }
 
+    /// Every problem of `[billing]` (the spec's own check stops at the
+    /// first).
+    fn validate_billing(&self, errs: &mut Errors) {
+        let Some(b) = &self.billing else { return };
+        if b.params.is_empty() {
+            errs.push(
+                "billing.params",
+                "name at least one option (leave [billing] out for none)",
+            );
+        } else if b.params.len() > MAX_BILLING_PARAMS {
+            errs.push(
+                "billing.params",
+                format!("at most {MAX_BILLING_PARAMS} options"),
+            );
+        }
+        let mut seen = BTreeSet::new();
+        for (i, p) in b.params.iter().enumerate() {
+            if !BillingSpec::is_valid_param(p) {
+                errs.push(
+                    format!("billing.params[{i}]"),
+                    format!(
+                        "{p:?} is not an option name ([A-Za-z0-9_-], 1-{} characters)",
+                        BillingSpec::MAX_PARAM_LEN
+                    ),
+                );
+            } else if !seen.insert(p.as_str()) {
+                errs.push(
+                    format!("billing.params[{i}]"),
+                    format!("duplicate option {p:?}"),
+                );
+            }
+        }
+    }
+
     fn validate_recovery(&self, errs: &mut Errors) {
         let r = &self.recovery;
         for (field, d) in [
@@ -686,6 +780,11 @@ fn validate_user_data(u: &UserDataSpec, at: &str, errs: &mut Errors) {
             errs.push(format!("{at}.cloud_config"), "must not be empty when set");
         } else if c.contains('\0') {
             errs.push(format!("{at}.cloud_config"), "must not contain NUL");
+        }
+    }
+    if let Some(b) = &u.billing_token {
+        for (field, message) in b.problems() {
+            errs.push(format!("{at}.billing_token.{field}"), message);
         }
     }
 }
@@ -858,6 +957,74 @@ packages = []
         ported.hosts[0].ports = vec![443];
         assert_eq!(Some(h), ported.host_config_hash("a"));
         assert_eq!(base.host_config_hash("nope"), None);
+    }
+
+    #[test]
+    fn billing_token_and_billing_params() {
+        let m = parse(&format!(
+            "{MINIMAL}[hosts.user_data]\nbilling_token = {{ path = \"/opt/agent/t.key\", rotate = true }}\n[billing]\nparams = [\"storage\", \"cpu_hours\"]\n"
+        ));
+        m.validate().expect("valid");
+        let b = m.hosts[0].user_data.billing_token.clone().expect("set");
+        assert_eq!(
+            (
+                b.path.as_str(),
+                b.owner.as_str(),
+                b.group.as_str(),
+                b.rotate
+            ),
+            ("/opt/agent/t.key", "root", "root", true)
+        );
+        assert_eq!(
+            m.to_instance_spec().billing,
+            Some(BillingSpec {
+                params: vec!["storage".into(), "cpu_hours".into()]
+            })
+        );
+        assert_eq!(parse(MINIMAL).to_instance_spec().billing, None);
+        // The token file is part of what the VM is made from.
+        assert_ne!(
+            m.host_config_hash("a"),
+            parse(MINIMAL).host_config_hash("a")
+        );
+
+        let m = parse(&format!(
+            "{MINIMAL}[hosts.user_data]\nbilling_token = {{ path = \"opt/../t\", owner = \"Root\", group = \"a b\" }}\n[billing]\nparams = [\"ok\", \"a b\", \"ok\", \"{}\"]\n",
+            "p".repeat(65)
+        ));
+        let errs = m.validate().expect_err("refused");
+        assert_eq!(
+            errs.paths(),
+            [
+                "hosts[0].user_data.billing_token.path",
+                "hosts[0].user_data.billing_token.owner",
+                "hosts[0].user_data.billing_token.group",
+                "billing.params[1]",
+                "billing.params[2]",
+                "billing.params[3]",
+            ],
+            "{errs}"
+        );
+        for bad in ["/opt/./t", "/opt/t/", "/"] {
+            let m = parse(&format!(
+                "{MINIMAL}[hosts.user_data]\nbilling_token = {{ path = \"{bad}\" }}\n"
+            ));
+            assert!(m.validate().is_err(), "{bad}");
+        }
+        let empty = parse(&format!("{MINIMAL}[billing]\nparams = []\n"));
+        assert_eq!(
+            empty.validate().expect_err("empty").paths(),
+            ["billing.params"]
+        );
+        assert!(
+            DeployManifest::parse(
+                &format!("{MINIMAL}[hosts.user_data]\nbilling_token = {{ path = \"/t\", mode = \"0600\" }}\n"),
+                Path::new("."),
+                "test"
+            )
+            .is_err(),
+            "unknown keys are refused"
+        );
     }
 
     #[test]

@@ -24,6 +24,9 @@
 //!         pair`, enables and (re)starts the unit.
 //!         Neither puts the key on a command line; the agent deletes the
 //!         key file once it paired.
+//!         billing_token set: its `[billing_token]` table is appended to
+//!         the agent's config (install_agent = true: after the installer
+//!         wrote it, then the unit is restarted to read it).
 //!         Runs once per instance (scripts-user, after the per-* scripts).
 //! part 3  text/cloud-config   vendor-cloud-config.yaml   (only if set)
 //!         the vendor's cloud_config as written, with
@@ -39,7 +42,7 @@
 use ibkit_api::is_valid_name;
 use serde_json::{Map, Value, json};
 
-use crate::manifest::{HostDef, UserDataSpec};
+use crate::manifest::{BillingTokenSpec, HostDef, UserDataSpec};
 
 /// The bootstrap script's file name in the MIME message.
 pub const AGENT_PART_FILENAME: &str = "ibkit-agent-bootstrap.sh";
@@ -332,7 +335,7 @@ for round in $(seq 1 "$rounds"); do
     # the service's public URL (a private bridge).
     if IBKIT_ROOT="$root" sh "$installer" --server-url "$service_url" --instance "$instance" \
         --host "$host" --pairing-key-file "$key_file" --memory-max "$memory_max"; then
-      log "the agent is installed, paired and running"
+@@billing token@@      log "the agent is installed, paired and running"
       exit 0
     fi
     log "the installer failed (round $round of $rounds)"
@@ -347,7 +350,35 @@ log "giving up: the agent is not installed"
 exit 1
 "#,
     );
-    s
+    let billing = match &spec.billing_token {
+        // The installer wrote the config and started the agent: add the
+        // table, then restart the agent so it reads it.
+        Some(b) => format!(
+            r#"      if ! printf '\n%s' {toml} >> "$root/etc/ibkit/agent.toml"; then
+        log "cannot add the billing token file to the agent's config"
+        exit 1
+      fi
+      if [ -z "${{IBKIT_NO_SYSTEMD:-}}" ]; then
+        systemctl restart ibkit-agent.service
+      fi
+      log "the agent keeps the billing token file "{path}
+"#,
+            toml = sq(&billing_token_toml(b)),
+            path = sq(&b.path),
+        ),
+        None => String::new(),
+    };
+    s.replace("@@billing token@@", &billing)
+}
+
+/// The agent config's `[billing_token]` table (the manifest's keys are
+/// the agent's).
+fn billing_token_toml(b: &BillingTokenSpec) -> String {
+    #[derive(serde::Serialize)]
+    struct Table<'a> {
+        billing_token: &'a BillingTokenSpec,
+    }
+    toml::to_string(&Table { billing_token: b }).unwrap_or_default()
 }
 
 /// Part 2 when the agent is baked into the image.
@@ -389,7 +420,7 @@ host = "$host"
 pairing_key_file = "$key_file"
 state_dir = "$state"
 CONFIG
-if [ -s "$state/credential" ] && ! cmp -s "$new_config" "$config"; then
+@@billing token@@if [ -s "$state/credential" ] && ! cmp -s "$new_config" "$config"; then
   # A credential of another deployment (or of the image build) would be
   # used instead of pairing: start from an empty state.
   if [ -z "${IBKIT_NO_SYSTEMD:-}" ]; then
@@ -449,6 +480,16 @@ log "ibkit-agent is running"
         ibkit_api::dist::agent_unit(&spec.agent_memory_max).trim_end(),
     )
     .replace("@MEMORY_MAX@", &spec.agent_memory_max)
+    .replace(
+        "@@billing token@@",
+        &match &spec.billing_token {
+            Some(b) => format!(
+                "printf '\\n%s' {} >> \"$new_config\" || exit 1\n",
+                sq(&billing_token_toml(b))
+            ),
+            None => String::new(),
+        },
+    )
 }
 
 /// Joins the parts under a boundary that none of them contains.
@@ -531,6 +572,164 @@ mod tests {
     fn openstack_size_limit() {
         assert!(fits_openstack(&vec![0; 49_149]));
         assert!(!fits_openstack(&vec![0; 49_152]));
+    }
+
+    /// A host with a billing token file, its path chosen to need quoting.
+    fn billing_host(install_agent: bool) -> (HostDef, AgentBootstrap) {
+        let mut spec = UserDataSpec {
+            install_agent,
+            ..UserDataSpec::default()
+        };
+        spec.billing_token = Some(BillingTokenSpec {
+            path: BILLING_PATH.into(),
+            owner: "app".into(),
+            group: "app-readers".into(),
+            rotate: true,
+        });
+        let host = HostDef {
+            name: "h1".into(),
+            image: "x.qcow2".into(),
+            flavor: crate::manifest::Flavor::default(),
+            os_flavor: None,
+            ports: Vec::new(),
+            user_data: spec,
+        };
+        let boot = AgentBootstrap {
+            service_url: "https://10.0.2.2:8443".into(),
+            cert_sha256_hex: String::new(),
+            curl_pin: String::new(),
+            instance_id: uuid::Uuid::nil(),
+            host: "h1".into(),
+            pairing_key: Secret::new("key-1"),
+        };
+        (host, boot)
+    }
+
+    const BILLING_PATH: &str = r#"/opt/agent dir/it's $HOME `x` "q" \.key"#;
+
+    /// Runs a bootstrap script below `root` with `bin` first in PATH, and
+    /// shellcheck on it when installed (Debian: shellcheck).
+    fn run_script(script: &str, root: &std::path::Path, bin: &std::path::Path) {
+        use std::process::{Command, Stdio};
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg(script)
+            .env("IBKIT_ROOT", root)
+            .env("IBKIT_NO_SYSTEMD", "1")
+            .env("IBKIT_RETRY_PAUSE", "0")
+            .env(
+                "PATH",
+                format!(
+                    "{}:{}",
+                    bin.display(),
+                    std::env::var("PATH").unwrap_or_default()
+                ),
+            )
+            .output()
+            .expect("bash");
+        assert!(
+            out.status.success(),
+            "{}\n{script}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if let Ok(mut child) = Command::new("shellcheck")
+            .args(["-s", "bash", "-S", "warning", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+        {
+            use std::io::Write as _;
+            if let Some(mut stdin) = child.stdin.take() {
+                stdin.write_all(script.as_bytes()).expect("write");
+            }
+            let out = child.wait_with_output().expect("shellcheck");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+    }
+
+    fn write_exe(path: &std::path::Path, text: &str) {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::write(path, text).expect("write");
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+
+    /// The `[billing_token]` table of the agent's config the script left.
+    fn billing_table(root: &std::path::Path) -> Option<toml::Table> {
+        let text = std::fs::read_to_string(root.join("etc/ibkit/agent.toml")).expect("config");
+        let parsed: toml::Table = toml::from_str(&text).expect("TOML");
+        assert_eq!(parsed["host"].as_str(), Some("h1"), "{text}");
+        parsed
+            .get("billing_token")
+            .and_then(|t| t.as_table())
+            .cloned()
+    }
+
+    fn expected_table() -> toml::Table {
+        let mut t = toml::Table::new();
+        t.insert("path".into(), BILLING_PATH.into());
+        t.insert("owner".into(), "app".into());
+        t.insert("group".into(), "app-readers".into());
+        t.insert("rotate".into(), true.into());
+        t
+    }
+
+    #[test]
+    fn baked_agent_config_gets_the_billing_token_table() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(root.join("usr/local/bin")).expect("mkdir");
+        write_exe(
+            &root.join("usr/local/bin/ibkit-agent"),
+            "#!/bin/bash\nexit 0\n",
+        );
+        let (host, boot) = billing_host(false);
+        run_script(
+            &baked_agent_script(&host.user_data, &boot),
+            &root,
+            dir.path(),
+        );
+        assert_eq!(billing_table(&root), Some(expected_table()));
+        // Without it: no table.
+        let (mut host, boot) = billing_host(false);
+        host.user_data.billing_token = None;
+        run_script(
+            &baked_agent_script(&host.user_data, &boot),
+            &root,
+            dir.path(),
+        );
+        assert_eq!(billing_table(&root), None);
+    }
+
+    #[test]
+    fn installed_agent_config_gets_the_billing_token_table() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let root = dir.path().join("root");
+        let bin = dir.path().join("bin");
+        std::fs::create_dir_all(&bin).expect("mkdir");
+        // curl "downloads" an installer that writes the config as
+        // install.sh does (replacing any earlier one).
+        write_exe(
+            &bin.join("curl"),
+            r#"#!/bin/bash
+if [ "${1:-}" = "--help" ]; then exit 0; fi
+out=''
+while [ $# -gt 0 ]; do case "$1" in -o) out="$2"; shift 2 ;; *) shift ;; esac; done
+cat > "$out" <<'EOF'
+mkdir -p "$IBKIT_ROOT/etc/ibkit"
+printf 'server_url = "https://x"\ninstance = "i"\nhost = "h1"\n' > "$IBKIT_ROOT/etc/ibkit/agent.toml"
+EOF
+"#,
+        );
+        let (host, boot) = billing_host(true);
+        run_script(&install_script(&host.user_data, &boot), &root, &bin);
+        assert_eq!(billing_table(&root), Some(expected_table()));
+        // Run again (the installer rewrites the config): one table.
+        run_script(&install_script(&host.user_data, &boot), &root, &bin);
+        assert_eq!(billing_table(&root), Some(expected_table()));
     }
 
     #[test]

@@ -170,6 +170,7 @@ fn write_agent_configs(
             max_output_bytes: ibkit_agent::config::DEFAULT_MAX_OUTPUT_BYTES,
             max_structured_result_bytes: ibkit_agent::config::DEFAULT_MAX_STRUCTURED_RESULT_BYTES,
             heartbeat_interval: None,
+            billing_token: None,
         };
         let path = dir.join(format!("{}.toml", h.name));
         let text = cfg

@@ -347,6 +347,11 @@ struct ServeArgs {
     /// larger one fails, saying so.
     #[arg(long, default_value_t = ibkit_api::structured::DEFAULT_MAX_STRUCTURED_BYTES)]
     max_structured_bytes: usize,
+    /// Lifetime of the billing emulator's access keys (secure usage push):
+    /// a new key is issued when the newest is half this old; each stays
+    /// valid until its own expiry.
+    #[arg(long, default_value = "24h")]
+    billing_key_ttl: ibkit_api::Duration,
     /// Agent binary downloads served at once; more are told to retry (503).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
     max_agent_downloads: u16,
@@ -367,6 +372,12 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
         || a.pairing_key_ttl.to_std() > ibkit_server::config::MAX_PAIRING_KEY_TTL
     {
         bail!("--pairing-key-ttl must be more than 0s and at most 30 days");
+    }
+    let billing_ttl = a.billing_key_ttl.to_std();
+    if !(ibkit_server::config::MIN_BILLING_KEY_TTL..=ibkit_server::config::MAX_BILLING_KEY_TTL)
+        .contains(&billing_ttl)
+    {
+        bail!("--billing-key-ttl must be between 2s and 365 days");
     }
     let tls = if a.insecure_http {
         TlsMode::InsecureHttp
@@ -390,6 +401,7 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
     cfg.pairing_key_ttl = a.pairing_key_ttl.to_std();
     cfg.max_structured_bytes = a.max_structured_bytes;
     cfg.max_agent_downloads = usize::from(a.max_agent_downloads);
+    cfg.billing_key_ttl = billing_ttl;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -462,3 +462,125 @@ resource "ivkcs_agent_exec" "x" {
     let e = err(&pkg, &request("cluster", &[], &[("img", "img.qcow2")]));
     assert!(e.contains("must stay inside the package"), "{e}");
 }
+
+/// VK's usage billing: `ivkcs_user_data` `token_file_*`/`token_rotate` →
+/// the host's billing token file; the plan's `resource_usages` → the
+/// instance's `[billing] params`.
+#[test]
+fn billing_token_file_and_postpaid_options_are_mapped() {
+    let tf = r#"
+variable "instance_uuid" {
+  type = string
+}
+resource "ivkcs_user_data" "init" {
+  uuid             = var.instance_uuid
+  hosts            = ["app", "db"]
+  target_os        = "almalinux9"
+  token_file_path  = "/opt/agent/xaas-secret-auth-token.key"
+  token_file_owner = "app"
+  token_file_group = "app-readers"
+  token_rotate     = true
+}
+resource "ivkcs_user_data" "plain" {
+  uuid             = var.instance_uuid
+  hosts            = ["web"]
+  target_os        = "almalinux9"
+  token_file_path  = "/var/lib/web/token"
+}
+resource "vkcs_compute_instance" "app" {
+  name      = "app"
+  image_id  = "img"
+  user_data = ivkcs_user_data.init.user_data[0]
+}
+resource "vkcs_compute_instance" "db" {
+  name      = "db"
+  image_id  = "img"
+  user_data = ivkcs_user_data.init.user_data[0]
+}
+resource "vkcs_compute_instance" "web" {
+  name      = "web"
+  image_id  = "img"
+  user_data = ivkcs_user_data.plain.user_data[0]
+}
+"#;
+    let (dir, _) = with_tf(&kv_dir(), "cluster", tf);
+    let plan = dir.path().join("plans/cluster/plan.yaml");
+    let text = std::fs::read_to_string(&plan).expect("plan.yaml");
+    std::fs::write(
+        &plan,
+        format!("{text}resource_usages:\n  - storage\n  - cpu_hours\n"),
+    )
+    .expect("write");
+    let pkg = PackageFiles::open(dir.path()).expect("package");
+    let t = ok(&pkg, &request("cluster", &[], &[("img", "img.qcow2")]));
+    let m = &t.manifest;
+    let host = |n: &str| m.host(n).unwrap_or_else(|| panic!("no host {n}"));
+    let b = host("app")
+        .user_data
+        .billing_token
+        .clone()
+        .expect("app's token file");
+    assert_eq!(
+        (
+            b.path.as_str(),
+            b.owner.as_str(),
+            b.group.as_str(),
+            b.rotate
+        ),
+        (
+            "/opt/agent/xaas-secret-auth-token.key",
+            "app",
+            "app-readers",
+            true
+        )
+    );
+    // Every host of the resource gets it.
+    assert_eq!(host("db").user_data.billing_token, Some(b));
+    // Owner and group are optional (root), token_rotate defaults to false.
+    let w = host("web")
+        .user_data
+        .billing_token
+        .clone()
+        .expect("web's token file");
+    assert_eq!(
+        (
+            w.path.as_str(),
+            w.owner.as_str(),
+            w.group.as_str(),
+            w.rotate
+        ),
+        ("/var/lib/web/token", "root", "root", false)
+    );
+    assert!(
+        !t.warnings.iter().any(|w| w.contains("token_file")),
+        "{:?}",
+        t.warnings
+    );
+    let billing = m.billing.clone().expect("[billing]");
+    assert_eq!(billing.params, ["storage", "cpu_hours"]);
+    assert_eq!(m.to_instance_spec().billing, Some(billing));
+    // What `ibkit deploy` reads back.
+    assert!(t.toml.contains("[billing]"), "{}", t.toml);
+    assert!(t.toml.contains("billing_token"), "{}", t.toml);
+
+    // The example's plan has no postpaid options: no billing.
+    let (_d, pkg) = with_tf(&kv_dir(), "cluster", tf);
+    let t = ok(&pkg, &request("cluster", &[], &[("img", "img.qcow2")]));
+    assert_eq!(t.manifest.billing, None);
+
+    // Values ibkit refuses are named with the resource.
+    let bad = tf
+        .replace("\"/opt/agent/xaas-secret-auth-token.key\"", "\"opt/../t\"")
+        .replace("= \"app-readers\"", "= \"App Readers\"");
+    let (_d, pkg) = with_tf(&kv_dir(), "cluster", &bad);
+    let e = err(&pkg, &request("cluster", &[], &[("img", "img.qcow2")]));
+    assert!(
+        e.contains("ivkcs_user_data.init: token_file_path: \"opt/../t\" is not absolute"),
+        "{e}"
+    );
+    assert!(
+        e.contains("ivkcs_user_data.init: token_file_group: \"App Readers\""),
+        "{e}"
+    );
+    assert_eq!(e.matches("token_file_path:").count(), 1, "once: {e}");
+}

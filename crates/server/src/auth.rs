@@ -35,8 +35,8 @@ pub fn digest_eq(a: &str, b: &str) -> bool {
             == 0
 }
 
-fn bearer(parts: &Parts) -> Option<&str> {
-    let v = parts.headers.get(axum::http::header::AUTHORIZATION)?;
+pub(crate) fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let v = headers.get(axum::http::header::AUTHORIZATION)?;
     let v = v.to_str().ok()?;
     let (scheme, token) = v.split_once(' ')?;
     scheme
@@ -55,7 +55,7 @@ impl FromRequestParts<Arc<AppState>> for Operator {
         parts: &mut Parts,
         state: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
-        let token = bearer(parts).ok_or_else(|| {
+        let token = bearer(&parts.headers).ok_or_else(|| {
             ApiError::unauthorized("operator token required (Authorization: Bearer TOKEN)")
         })?;
         if digest_eq(&hash_secret(token), &state.operator_token_hash) {
@@ -81,7 +81,7 @@ impl FromRequestParts<Arc<AppState>> for AgentAuth {
         parts: &mut Parts,
         state: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
-        let token = bearer(parts).ok_or_else(|| {
+        let token = bearer(&parts.headers).ok_or_else(|| {
             ApiError::unauthorized("agent credential required (Authorization: Bearer CREDENTIAL)")
         })?;
         let hash = hash_secret(token);

@@ -26,6 +26,17 @@ pub const DEFAULT_PAIRING_KEY_TTL: Duration = Duration::from_secs(3600);
 /// Longest pairing key lifetime an instance or a re-issued key may ask for.
 pub const MAX_PAIRING_KEY_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
+/// Default lifetime of a billing access key (`--billing-key-ttl`): a new
+/// key is issued when the newest is half this old, and each key is
+/// accepted until its own expiry, so clients have half a lifetime to
+/// switch.
+pub const DEFAULT_BILLING_KEY_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Bounds of `--billing-key-ttl`: half of it (the rotation period) must be
+/// at least a second; a year is VK's service token lifetime.
+pub const MIN_BILLING_KEY_TTL: Duration = Duration::from_secs(2);
+pub const MAX_BILLING_KEY_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
     pub listen: SocketAddr,
@@ -49,6 +60,8 @@ pub struct ServeConfig {
     pub max_structured_bytes: usize,
     /// Agent binary downloads served at once; more get 503 + Retry-After.
     pub max_agent_downloads: usize,
+    /// Lifetime of a billing access key (`--billing-key-ttl`).
+    pub billing_key_ttl: Duration,
 }
 
 impl ServeConfig {
@@ -75,6 +88,7 @@ impl ServeConfig {
             pairing_key_ttl: DEFAULT_PAIRING_KEY_TTL,
             max_structured_bytes: ibkit_api::structured::DEFAULT_MAX_STRUCTURED_BYTES,
             max_agent_downloads: 4,
+            billing_key_ttl: DEFAULT_BILLING_KEY_TTL,
         }
     }
 }
@@ -157,6 +171,7 @@ mod tests {
             groups: Vec::new(),
             health_checks: Vec::new(),
             detection_timeout: detection_timeout.map(|t| t.parse().expect("duration")),
+            billing: None,
         }
     }
 

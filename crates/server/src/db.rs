@@ -15,7 +15,10 @@ use crate::store::StoreError;
 /// 2: single-use pairing keys with an expiry and the last refused pairing
 /// (hosts), a per-instance pairing key lifetime (instances), report ids
 /// de-duplicated per (instance, host) (processed_reports).
-pub const SCHEMA_VERSION: i64 = 2;
+/// 3: the billing emulator's credentials, usage and pushed metric ids
+/// (billing_*): new tables only, which a schema-2 database gains as it is
+/// opened (`CREATE TABLE IF NOT EXISTS`); nothing else changes.
+pub const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS instances (
@@ -106,6 +109,35 @@ CREATE TABLE IF NOT EXISTS recovery_requests (
     resolved_at INTEGER
 );
 CREATE INDEX IF NOT EXISTS recovery_open ON recovery_requests(instance, host, status);
+CREATE TABLE IF NOT EXISTS billing_tokens (
+    instance TEXT PRIMARY KEY REFERENCES instances(id) ON DELETE CASCADE,
+    token_hash TEXT NOT NULL UNIQUE,
+    token TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS billing_keys (
+    key_hash TEXT PRIMARY KEY,
+    instance TEXT NOT NULL REFERENCES instances(id) ON DELETE CASCADE,
+    key TEXT,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS billing_keys_instance ON billing_keys(instance, created_at);
+CREATE TABLE IF NOT EXISTS billing_usage (
+    instance TEXT NOT NULL REFERENCES instances(id) ON DELETE CASCADE,
+    param TEXT NOT NULL,
+    day TEXT NOT NULL,
+    total REAL NOT NULL,
+    count INTEGER NOT NULL,
+    last_push_at INTEGER NOT NULL,
+    PRIMARY KEY (instance, param, day)
+);
+CREATE TABLE IF NOT EXISTS billing_metric_ids (
+    instance TEXT NOT NULL REFERENCES instances(id) ON DELETE CASCADE,
+    metric_id TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    PRIMARY KEY (instance, metric_id)
+);
 "#;
 
 fn open(path: &Path) -> anyhow::Result<Connection> {

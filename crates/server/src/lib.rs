@@ -3,6 +3,7 @@
 //! recovery requests. HTTPS + JSON, state in SQLite.
 
 pub mod auth;
+pub mod billing;
 pub mod config;
 pub mod db;
 pub mod dispatch;
@@ -64,6 +65,8 @@ pub struct AppState {
     report_slots: Mutex<HashMap<(String, String), Arc<tokio::sync::Semaphore>>>,
     watchers: Mutex<HashMap<String, HashMap<String, watch::Sender<u64>>>>,
     specs: Mutex<HashMap<String, Arc<InstanceSpec>>>,
+    /// The marketplace billing emulator (its key pair).
+    pub billing: billing::Billing,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -455,6 +458,11 @@ impl Server {
     /// Opens the state, binds the listener and starts serving.
     pub async fn start(cfg: ServeConfig) -> anyhow::Result<Server> {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        if !(config::MIN_BILLING_KEY_TTL..=config::MAX_BILLING_KEY_TTL)
+            .contains(&cfg.billing_key_ttl)
+        {
+            anyhow::bail!("the billing key lifetime must be between 2s and 365 days");
+        }
         prepare_private_dir(&cfg.state_dir)?;
         let tls = tls::load(&cfg.tls, &cfg.state_dir)?;
         let token_hash = operator_token_hash(&cfg)?;
@@ -505,6 +513,7 @@ impl Server {
             report_slots: Mutex::new(HashMap::new()),
             watchers: Mutex::new(HashMap::new()),
             specs: Mutex::new(HashMap::new()),
+            billing: billing::Billing::new(&cfg.state_dir),
             cfg,
         });
         let app = routes::router(state.clone());

@@ -5,12 +5,13 @@
 
 use ibkit_api::operator::endpoint::{Endpoint, RequestBody};
 use ibkit_api::operator::{
-    HealthResultView, HostPairing, InstanceCreated, InstanceDetail, InstanceStatusView,
-    InstanceSummary, NoBody, RecoveryRequest, RecoveryResolved, Redeployed, StepResult, StepView,
+    BillingPublicKey, HealthResultView, HostPairing, InstanceBilling, InstanceCreated,
+    InstanceDetail, InstanceStatusView, InstanceSummary, InstanceUsage, NoBody, RecoveryRequest,
+    RecoveryResolved, Redeployed, StepResult, StepView,
 };
 use ibkit_api::wire::{
-    Ack, ErrorBody, HealthReport, Heartbeat, PairRequest, PairResponse, Report, ReportAck,
-    ServiceInfo, WorkResponse,
+    Ack, BillingToken, ErrorBody, HealthReport, Heartbeat, PairRequest, PairResponse, Report,
+    ReportAck, ServiceInfo, WorkResponse,
 };
 use ibkit_api::{InstanceSpec, SpecError};
 use utoipa::openapi::path::{
@@ -18,13 +19,19 @@ use utoipa::openapi::path::{
 };
 use utoipa::openapi::request_body::RequestBodyBuilder;
 use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, SchemaFormat, Type};
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::security::{
+    ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+};
 use utoipa::openapi::{
     ComponentsBuilder, Content, InfoBuilder, OpenApiBuilder, PathsBuilder, Ref, RefOr, Required,
     ResponseBuilder, Schema,
 };
 use utoipa::{IntoParams, ToSchema};
 
+use crate::billing;
+use crate::billing::crypto::EncryptedRequest;
+use crate::billing::secure::{AuthKeyAnswer, SignedAnswer};
+use crate::billing::simple::{SimplePush, SimplePushAck};
 use crate::routes::agent::WorkQuery;
 use crate::routes::docs::Liveness;
 use crate::routes::{Auth, RouteInfo, SERVICE_ROUTES, endpoint_route};
@@ -64,6 +71,9 @@ named!(
     HealthResultView,
     RecoveryRequest,
     RecoveryResolved,
+    BillingPublicKey,
+    InstanceBilling,
+    InstanceUsage,
 );
 
 impl<T: Doc> Doc for Vec<T> {
@@ -110,6 +120,7 @@ fn status_text(status: u16) -> &'static str {
         400 => "400",
         404 => "404",
         409 => "409",
+        413 => "413",
         422 => "422",
         _ => "default",
     }
@@ -131,6 +142,16 @@ struct Shape {
 }
 
 const JSON: &str = "application/json";
+/// The refusals of a secure push besides 401.
+const SECURE_PUSH_ERRORS: &[(&str, &str)] = &[
+    (
+        "400",
+        "Bad base64, an RSA-OAEP field not for the marketplace's key, bad AES padding, \
+         a plaintext not in the expected shape, a stale timestamp (over 1h old or 5m ahead), \
+         more than 50 metrics, an unknown param, a bad value or metric id",
+    ),
+    ("413", "The body is over 64 KiB"),
+];
 const BAD_REQUEST: (&str, &str) = ("400", "The request is malformed or invalid");
 fn ok(schema: RefOr<Schema>, desc: &'static str) -> Shape {
     Shape {
@@ -238,6 +259,45 @@ fn shape(method: &str, path: &str) -> Option<Shape> {
                 BAD_REQUEST,
                 ("409", "The host has no health check of that name"),
             ]),
+        ("get", "/v1/agent/billing-token") => ok(
+            schema_ref::<BillingToken>(),
+            "The current access keys (rotated when due) and when to ask again",
+        )
+        .errors(&[("404", "The instance has no billing")]),
+        ("post", billing::SIMPLE_PUSH_PATH) => ok(
+            schema_ref::<SimplePushAck>(),
+            "The usages are counted (all or none)",
+        )
+        .body(
+            schema_ref::<SimplePush>(),
+            "Usages of the service token's instance",
+        )
+        .errors(&[
+            (
+                "400",
+                "Malformed body, unknown param, a value not finite or negative, a bad base_date",
+            ),
+            (
+                "413",
+                "The body is over 64 KiB (ibkit_server::billing::MAX_BODY_BYTES)",
+            ),
+        ]),
+        ("get", billing::AUTH_KEY_PATH) => ok(
+            schema_ref::<AuthKeyAnswer>(),
+            "The newest key, and the older one while it is valid (then switch to `key`)",
+        ),
+        ("post", billing::DECRYPT_PATH) => ok(
+            schema_ref::<SignedAnswer>(),
+            "The push decrypts and is valid; nothing is counted",
+        )
+        .body(schema_ref::<EncryptedRequest>(), "An encrypted push")
+        .errors(SECURE_PUSH_ERRORS),
+        ("post", billing::PUSH_PATH) => ok(
+            schema_ref::<SignedAnswer>(),
+            "The metrics are counted (a metric id counted before is acknowledged, not counted again)",
+        )
+        .body(schema_ref::<EncryptedRequest>(), "An encrypted push")
+        .errors(SECURE_PUSH_ERRORS),
         _ => return None,
     })
 }
@@ -302,6 +362,12 @@ fn schemas() -> Vec<(String, RefOr<Schema>)> {
     add::<Liveness>(&mut v);
     add::<ReportAck>(&mut v);
     add::<Ack>(&mut v);
+    add::<BillingToken>(&mut v);
+    add::<SimplePush>(&mut v);
+    add::<SimplePushAck>(&mut v);
+    add::<AuthKeyAnswer>(&mut v);
+    add::<EncryptedRequest>(&mut v);
+    add::<SignedAnswer>(&mut v);
     macro_rules! components {
         ($e:ty) => {
             <<$e as Endpoint>::Answer as Doc>::components(&mut v);
@@ -328,6 +394,8 @@ fn operation(route: &RouteInfo, shape: Option<Shape>) -> utoipa::openapi::path::
         )))
         .tag(if path.starts_with("/v1/agent") {
             "agent"
+        } else if path.starts_with("/marketplace") {
+            "billing"
         } else if auth == Auth::Operator {
             "operator"
         } else {
@@ -371,8 +439,20 @@ fn operation(route: &RouteInfo, shape: Option<Shape>) -> utoipa::openapi::path::
             op = op.response("400", error("Unknown query parameter"));
         }
     }
-    if auth != Auth::None {
-        op = op.response("401", error("Missing or wrong bearer token"));
+    match auth {
+        Auth::None => {}
+        Auth::ServiceToken => {
+            op = op.response(
+                "401",
+                error("Missing or unknown x-service-token, or a usage of another instance"),
+            );
+        }
+        Auth::BillingKey => {
+            op = op.response("401", error("Missing, unknown or expired access key"));
+        }
+        Auth::Agent | Auth::Operator => {
+            op = op.response("401", error("Missing or wrong bearer token"));
+        }
     }
     op.response("500", error("Internal error (database)"))
         .build()
@@ -424,6 +504,17 @@ pub fn document() -> utoipa::openapi::OpenApi {
                 .schemas_from_iter(schemas())
                 .security_scheme("operator", bearer("the operator token"))
                 .security_scheme("agent", bearer("a host credential from /v1/agent/pair"))
+                .security_scheme(
+                    "service_token",
+                    SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                        "x-service-token",
+                        "an instance's billing service token (GET /v1/instances/{id}/billing)",
+                    ))),
+                )
+                .security_scheme(
+                    "billing_key",
+                    bearer("an instance's billing access key (rotating; GET …/v1-public/auth/key)"),
+                )
                 .build(),
         ))
         .build()

@@ -234,6 +234,9 @@ async fn document_router_and_client_agree_route_by_route() {
             id: RecoveryRequestId::new_v4(),
         }
     );
+    check!(ep::GetBillingPublicKey, ep::NoParams {});
+    check!(ep::GetInstanceBilling, inst);
+    check!(ep::GetInstanceUsage, inst);
     // ...and nothing else: the list the router mounts is the list checked.
     let mut all = Vec::new();
     macro_rules! list {
@@ -248,7 +251,9 @@ async fn document_router_and_client_agree_route_by_route() {
         .expect("paths")
         .iter()
         .filter(|(p, _)| {
-            !p.starts_with("/v1/agent") && !matches!(p.as_str(), "/healthz" | "/v1/openapi.json")
+            !p.starts_with("/v1/agent")
+                && !p.starts_with("/marketplace/")
+                && !matches!(p.as_str(), "/healthz" | "/v1/openapi.json")
         })
         .map(|(_, ops)| ops.as_object().map_or(0, |o| o.len()))
         .sum();
@@ -307,6 +312,14 @@ async fn document_router_and_client_agree_route_by_route() {
         .await
         .expect("rekey");
     assert!(pairing.install_command.contains(id.as_str()));
+    // Billing: the key, and an instance without billing has no credentials
+    // but an (empty) usage.
+    let key = client.billing_public_key().await.expect("billing key");
+    assert!(key.public_key_pem.starts_with("-----BEGIN PUBLIC KEY-----"));
+    let e = client.instance_billing(&id).await.expect_err("no billing");
+    assert!(e.is_not_found(), "{e}");
+    let usage = client.instance_usage(&id).await.expect("usage");
+    assert!(usage.params.is_empty(), "{usage:?}");
     let deleted = client.delete_instance(&id).await.expect("delete");
     assert_eq!(deleted.status, ibkit_api::wire::InstanceStatus::Deleted);
     // Errors come back typed, with the service's message.

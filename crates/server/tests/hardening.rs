@@ -831,7 +831,7 @@ async fn a_schema_1_database_is_migrated_without_losing_data() {
     let version: i64 = c
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .expect("version");
-    assert_eq!(version, 2);
+    assert_eq!(version, ibkit_server::db::SCHEMA_VERSION);
     let rows: Vec<(String, String, String)> = c
         .prepare("SELECT instance, host, report_id FROM processed_reports ORDER BY report_id")
         .expect("prepare")

@@ -286,6 +286,30 @@ endpoint! {
     errors [BAD_REQUEST, NOT_FOUND]
 }
 
+endpoint! {
+    /// The billing emulator's public key (secure push).
+    GetBillingPublicKey: Get "/v1/billing/public-key",
+    params NoParams, query NoQuery, body NoBody => BillingPublicKey,
+    200 "The RSA public key pushes are encrypted to and answers signed with, as SPKI and PKCS#1 PEM",
+    errors [BAD_REQUEST]
+}
+
+endpoint! {
+    /// The instance's marketplace credentials (billing emulator).
+    GetInstanceBilling: Get "/v1/instances/{id}/billing",
+    params InstancePath, query NoQuery, body NoBody => InstanceBilling,
+    200 "The service token and the current access keys (rotated when due) and the billed options",
+    errors [BAD_REQUEST, (404, "No such instance, or it has no billing")]
+}
+
+endpoint! {
+    /// The usage pushed for an instance (billing emulator).
+    GetInstanceUsage: Get "/v1/instances/{id}/usage",
+    params InstancePath, query NoQuery, body NoBody => InstanceUsage,
+    200 "Per option: total, count, per UTC day, last push",
+    errors [BAD_REQUEST, NOT_FOUND]
+}
+
 /// Calls `$m!(Endpoint)` for every operator endpoint, in the order of the
 /// OpenAPI document: the one list the router, the document, the client
 /// tests and the agreement test iterate.
@@ -305,6 +329,9 @@ macro_rules! for_each_operator_endpoint {
         $m!($crate::operator::endpoint::GetStepResult);
         $m!($crate::operator::endpoint::ListRecoveryRequests);
         $m!($crate::operator::endpoint::ResolveRecoveryRequest);
+        $m!($crate::operator::endpoint::GetBillingPublicKey);
+        $m!($crate::operator::endpoint::GetInstanceBilling);
+        $m!($crate::operator::endpoint::GetInstanceUsage);
     };
 }
 
@@ -364,6 +391,9 @@ mod tests {
         };
         check::<GetService>(NoParams {});
         check::<GetInstance>(instance.clone());
+        check::<GetBillingPublicKey>(NoParams {});
+        check::<GetInstanceBilling>(instance.clone());
+        check::<GetInstanceUsage>(instance.clone());
         check::<Redeploy>(instance);
         check::<Rekey>(host_path.clone());
         check::<ListSteps>(host_path);

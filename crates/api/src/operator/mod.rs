@@ -341,6 +341,84 @@ pub struct RecoveryResolved {
     pub status: RecoveryStatus,
 }
 
+/// `GET /v1/billing/public-key`: the key the billing emulator's secure
+/// push encrypts to and signs its answers with (VK sends vendors the
+/// marketplace's by e-mail).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BillingPublicKey {
+    /// SubjectPublicKeyInfo PEM (`-----BEGIN PUBLIC KEY-----`): what
+    /// Python's `load_pem_public_key` and `openssl pkeyutl -pubin` read.
+    pub public_key_pem: String,
+    /// PKCS#1 PEM (`-----BEGIN RSA PUBLIC KEY-----`): what VK's Go example
+    /// parses (`x509.ParsePKCS1PublicKey`).
+    pub rsa_public_key_pem: String,
+}
+
+/// `GET /v1/instances/{id}/billing`: the instance's marketplace
+/// credentials, as the vendor's application would hold them.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceBilling {
+    /// `x-service-token` of the simple push (`…/api/v1-public/usages`).
+    pub service_token: String,
+    /// The newest access key of the secure push (`Authorization: Bearer`);
+    /// asking may rotate it, as `GET …/v1-public/auth/key` does.
+    pub key: String,
+    /// The previous key while it is still valid (rotation overlap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secondary_key: Option<String>,
+    /// Unix time in milliseconds when `key` stops being accepted.
+    pub key_expires_at: i64,
+    /// The options usage may be pushed for.
+    pub params: Vec<String>,
+}
+
+impl std::fmt::Debug for InstanceBilling {
+    // Tokens and keys are secrets: never in logs or panics.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InstanceBilling")
+            .field("key_expires_at", &self.key_expires_at)
+            .field("params", &self.params)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Usage of one option on one UTC day.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DayUsage {
+    /// `2024-03-20` (UTC, from the push's `base_date`).
+    pub day: String,
+    /// Sum of the values pushed.
+    pub total: f64,
+    /// Number of values pushed.
+    pub count: i64,
+}
+
+/// Usage of one option of an instance.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ParamUsage {
+    pub param: String,
+    pub total: f64,
+    pub count: i64,
+    /// Per UTC day, oldest first.
+    pub days: Vec<DayUsage>,
+    /// Unix time in milliseconds of the last push counted (none yet: null).
+    pub last_push_at: Option<i64>,
+}
+
+/// `GET /v1/instances/{id}/usage`: what the billing emulator counted.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceUsage {
+    pub id: InstanceId,
+    /// Every option the spec bills, in its order (also those without usage
+    /// yet), then options counted before the spec dropped them, by name.
+    pub params: Vec<ParamUsage>,
+}
+
 /// `?pairing_key_ttl=` of instance creation and key re-issue.
 #[cfg_attr(feature = "openapi", derive(utoipa::IntoParams))]
 #[cfg_attr(feature = "openapi", into_params(parameter_in = Query))]

@@ -7,12 +7,13 @@
 //! | `vkcs_compute_instance` | a host (image and flavor via `--map` or the backend) |
 //! | `vkcs_blockstorage_volume` booted from | the host's disk size |
 //! | security group rules (ingress TCP) | the host's open ports |
-//! | `ivkcs_user_data` | the host's user data (agent, keys, packages) |
+//! | `ivkcs_user_data` | the host's user data (agent, keys, packages, billing token file) |
 //! | `ivkcs_agent_exec` | a script group; `depends_on` → group order |
 //! | `ivkcs_agent_check` | health checks |
 //! | `data.ivkcs_agent_script_result` | result references |
 //! | `time_sleep`, `ivkcs_compute_instance_reboot` | groups that wait / reboot |
 //! | `random_*`, `ivkcs_ssh_keypair` | generated once, kept with the deployment |
+//! | plan `resource_usages` (postpaid options) | `[billing] params` |
 //! | `ivkcs_dns`, `ivkcs_s3`, `ivkcs_cert`, `ivkcs_monitoring_user` | not emulated: a warning |
 //!
 //! See `docs/packages.md` for the whole table and the reasons.
@@ -135,7 +136,11 @@ fn translate_here(
             Err(e) => m.errors.push(e.to_string()),
         }
     }
-    let json = m.manifest(&settings_max_attempts(pkg, &req.plan), &outputs, pkg);
+    let mut json = m.manifest(&settings_max_attempts(pkg, &req.plan), &outputs, pkg);
+    let params = resource_usages(pkg, &req.plan);
+    if !params.is_empty() {
+        json["billing"] = json!({ "params": params });
+    }
     if !m.errors.is_empty() {
         return Err(DeployError::Mapping(m.errors));
     }
@@ -234,6 +239,27 @@ fn settings_max_attempts(pkg: &PackageFiles, plan: &str) -> u32 {
         Some(crate::yaml::Value::Str(s)) if s == "no" => 1,
         _ => 3,
     }
+}
+
+/// `plans/<PLAN>/plan.yaml` `resource_usages`: the plan's postpaid
+/// options, whose usage the application pushes (VK: ibplan).
+fn resource_usages(pkg: &PackageFiles, plan: &str) -> Vec<String> {
+    let path = format!("plans/{plan}/plan.yaml");
+    let Some(Ok(text)) = pkg.text(&path) else {
+        return Vec::new();
+    };
+    let Ok(root) = crate::yaml::parse(text) else {
+        return Vec::new();
+    };
+    root.get("resource_usages")
+        .and_then(|e| e.value.as_seq())
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|n| n.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 struct Mapper<'a> {
@@ -704,13 +730,71 @@ impl Mapper<'_> {
                 serde_json::to_string(&json!({"ca_certs": {"trusted": cas}})).unwrap_or_default();
             ud["cloud_config"] = Json::String(format!("#cloud-config\n{yaml}\n"));
         }
-        for k in ["ssh_private_key", "ssh_public_key", "token_file_path"] {
+        if let Some(b) = self.billing_token(&src) {
+            ud["billing_token"] = b;
+        }
+        for k in ["ssh_private_key", "ssh_public_key"] {
             if src.get(k).is_some() {
                 self.warnings
                     .push(format!("{}: {k} is not emulated yet", src.address));
             }
         }
         ud
+    }
+
+    /// `token_file_path`, `token_file_owner`, `token_file_group`,
+    /// `token_rotate` → the host's `billing_token` (the agent keeps the
+    /// marketplace API key in that file).
+    fn billing_token(&mut self, src: &ResourceInstance) -> Option<Json> {
+        // One resource may configure several hosts: each problem once.
+        let once = |list: &mut Vec<String>, msg: String| {
+            if !list.contains(&msg) {
+                list.push(msg);
+            }
+        };
+        let rotate = match src.get("token_rotate") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(Value::String(t)) if t == "true" || t == "false" => t == "true",
+            Some(other) => {
+                once(
+                    &mut self.errors,
+                    format!(
+                        "{}: token_rotate must be a bool, not {}",
+                        src.address,
+                        other.to_json()
+                    ),
+                );
+                false
+            }
+        };
+        let Some(path) = s(src.get("token_file_path")) else {
+            for k in ["token_file_owner", "token_file_group", "token_rotate"] {
+                if src.get(k).is_some_and(|v| !matches!(v, Value::Null)) {
+                    once(
+                        &mut self.warnings,
+                        format!("{}: {k} without token_file_path is ignored", src.address),
+                    );
+                }
+            }
+            return None;
+        };
+        let spec = ibkit_deploy::manifest::BillingTokenSpec {
+            path,
+            // Optional in VK; the file is root's then.
+            owner: s(src.get("token_file_owner")).unwrap_or_else(|| "root".into()),
+            group: s(src.get("token_file_group")).unwrap_or_else(|| "root".into()),
+            rotate,
+        };
+        for (field, why) in spec.problems() {
+            let attr = match field {
+                "path" => "token_file_path",
+                "owner" => "token_file_owner",
+                _ => "token_file_group",
+            };
+            once(&mut self.errors, format!("{}: {attr}: {why}", src.address));
+        }
+        serde_json::to_value(&spec).ok()
     }
 
     /// Resource address → the resources it waits for (explicit

@@ -1,4 +1,5 @@
-//! Agent endpoints: pairing, long-polled work, reports, heartbeats, health.
+//! Agent endpoints: pairing, long-polled work, reports, heartbeats, health,
+//! the billing token.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,8 +9,8 @@ use axum::extract::{FromRequest as _, Request, State};
 use axum::http::StatusCode;
 use ibkit_api::StructuredJson;
 use ibkit_api::wire::{
-    Ack, HealthReport, Heartbeat, PairRequest, PairResponse, Report, ReportAck, ReportEvent,
-    StepStatus, WorkResponse,
+    Ack, BillingToken, HealthReport, Heartbeat, PairRequest, PairResponse, Report, ReportAck,
+    ReportEvent, StepStatus, WorkResponse,
 };
 use ibkit_support::clock::{format_utc_ms as when, now_ms};
 use serde::Deserialize;
@@ -394,4 +395,15 @@ pub async fn health(
             .unwrap_or_default(),
     );
     Ok(Json(Ack { ok: true }))
+}
+
+/// The instance's marketplace access keys (rotated when due) for the token
+/// file the agent keeps; 404 when the instance has no billing.
+pub async fn billing_token(
+    State(s): State<Arc<AppState>>,
+    auth: AgentAuth,
+) -> ApiResult<Json<BillingToken>> {
+    crate::billing::agent_token(&s, &auth.instance)
+        .await
+        .map(Json)
 }

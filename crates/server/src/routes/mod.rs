@@ -2,7 +2,7 @@
 //! `ibkit_api::operator::endpoint`, implemented in [`operator`] and mounted
 //! from the same list ([`ibkit_api::for_each_operator_endpoint`]) that
 //! builds the OpenAPI document; [`SERVICE_ROUTES`] lists the others (agent,
-//! installer, docs). [`routes`] is every route, as the tests check it.
+//! installer, docs, the billing emulator's marketplace API). [`routes`] is every route, as the tests check it.
 
 pub mod agent;
 pub mod docs;
@@ -15,8 +15,8 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{MethodFilter, get, on, post};
 use ibkit_api::operator::endpoint::{Endpoint, Method};
 
-use crate::AppState;
 use crate::error::ApiError;
+use crate::{AppState, billing};
 use operator::Serve;
 
 /// Who may call a route.
@@ -25,6 +25,10 @@ pub enum Auth {
     None,
     Agent,
     Operator,
+    /// The billing emulator's simple push: `x-service-token`.
+    ServiceToken,
+    /// The billing emulator's secure push: a rotating access key (Bearer).
+    BillingKey,
 }
 
 impl Auth {
@@ -33,6 +37,8 @@ impl Auth {
             Auth::None => "none",
             Auth::Agent => "agent",
             Auth::Operator => "operator",
+            Auth::ServiceToken => "service_token",
+            Auth::BillingKey => "billing_key",
         }
     }
 }
@@ -91,6 +97,36 @@ pub const SERVICE_ROUTES: &[RouteInfo] = &[
         "/v1/agent/health",
         Auth::Agent,
         "One health check result",
+    ),
+    route(
+        "get",
+        "/v1/agent/billing-token",
+        Auth::Agent,
+        "The instance's billing access keys, for the agent's token file",
+    ),
+    route(
+        "post",
+        billing::SIMPLE_PUSH_PATH,
+        Auth::ServiceToken,
+        "Billing emulator: simple usage push (VK marketplace API)",
+    ),
+    route(
+        "get",
+        billing::AUTH_KEY_PATH,
+        Auth::BillingKey,
+        "Billing emulator: the current access keys, rotated when due",
+    ),
+    route(
+        "post",
+        billing::DECRYPT_PATH,
+        Auth::BillingKey,
+        "Billing emulator: decrypt and check an encrypted push (counts nothing)",
+    ),
+    route(
+        "post",
+        billing::PUSH_PATH,
+        Auth::BillingKey,
+        "Billing emulator: secure (encrypted) usage push",
     ),
 ];
 
@@ -155,7 +191,24 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(agent::report).layer(DefaultBodyLimit::max(ibkit_api::wire::MAX_REPORT_BYTES)),
         )
         .route("/v1/agent/heartbeat", post(agent::heartbeat))
-        .route("/v1/agent/health", post(agent::health));
+        .route("/v1/agent/health", post(agent::health))
+        .route("/v1/agent/billing-token", get(agent::billing_token))
+        .route(billing::AUTH_KEY_PATH, get(billing::secure::auth_key));
+    // Pushes take at most 64 KiB (413 beyond).
+    let push_limit = || DefaultBodyLimit::max(billing::MAX_BODY_BYTES);
+    router = router
+        .route(
+            billing::SIMPLE_PUSH_PATH,
+            post(billing::simple::push).layer(push_limit()),
+        )
+        .route(
+            billing::DECRYPT_PATH,
+            post(billing::secure::decrypt).layer(push_limit()),
+        )
+        .route(
+            billing::PUSH_PATH,
+            post(billing::secure::push).layer(push_limit()),
+        );
     macro_rules! mount {
         ($e:ty) => {
             router = mount::<$e>(router);

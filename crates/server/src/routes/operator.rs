@@ -1,4 +1,5 @@
-//! Operator endpoints: instances, hosts, steps, results, recovery requests.
+//! Operator endpoints: instances, hosts, steps, results, recovery requests,
+//! the billing emulator's key, credentials and usage.
 //! Each is an [`Endpoint`] of `ibkit_api::operator::endpoint` implemented
 //! here ([`Serve`]); the router and the OpenAPI document are derived from
 //! the same list, and storage is [`crate::store`]'s.
@@ -13,9 +14,10 @@ use axum::http::StatusCode;
 use axum::http::request::Parts;
 use ibkit_api::operator::endpoint::{self as ep, Endpoint, RequestBody};
 use ibkit_api::operator::{
-    HealthResultView, HostPairing, InstanceCreated, InstanceDetail, InstanceId, InstanceStatusView,
-    InstanceSummary, NoBody, NoQuery, PairingKeyQuery, RecoveryQuery, RecoveryRequest,
-    RecoveryResolved, RecoveryStatus, Redeployed, StepCounts, StepResult, StepView,
+    BillingPublicKey, DayUsage, HealthResultView, HostPairing, InstanceBilling, InstanceCreated,
+    InstanceDetail, InstanceId, InstanceStatusView, InstanceSummary, InstanceUsage, NoBody,
+    NoQuery, PairingKeyQuery, ParamUsage, RecoveryQuery, RecoveryRequest, RecoveryResolved,
+    RecoveryStatus, Redeployed, StepCounts, StepResult, StepView,
 };
 use ibkit_api::wire::{InstanceStatus, ServiceInfo, StepStatus};
 use ibkit_api::{InstanceSpec, StructuredJson};
@@ -25,7 +27,7 @@ use serde::de::DeserializeOwned;
 use crate::auth::{Operator, hash_secret, new_secret};
 use crate::error::{ApiError, ApiResult};
 use crate::store::{self, StepKey, steps::Scope};
-use crate::{ApiJson, ApiQuery, AppState, dispatch};
+use crate::{ApiJson, ApiQuery, AppState, billing, dispatch};
 
 /// An operator endpoint the service answers: `serve` gets the parsed path
 /// parameters, query and body and returns the endpoint's answer type.
@@ -182,6 +184,7 @@ impl Serve for ep::CreateInstance {
             .map(|h| (h.to_string(), new_secret("pk_")))
             .collect();
         let st = s.clone();
+        let billing_ttl = billing::key_ttl_ms(&s);
         let (id2, keys2, spec2) = (id.clone(), keys.clone(), spec.clone());
         let status =
             s.db.write(move |c| {
@@ -191,6 +194,9 @@ impl Serve for ep::CreateInstance {
                     store::hosts::insert(&tx, &id2, h, &hash_secret(k), expires_at)?;
                 }
                 store::steps::insert_all(&tx, id2.as_str(), &spec2)?;
+                if spec2.billing.is_some() {
+                    billing::current_keys(&tx, id2.as_str(), billing_ttl, now_ms())?;
+                }
                 st.cache_spec(id2.as_str(), Arc::new(spec2));
                 dispatch::recompute_status(&st, &tx, id2.as_str())?;
                 let status = store::instances::existing_status(&tx, id2.as_str())?;
@@ -285,6 +291,7 @@ impl Serve for ep::UpdateInstance {
         valid(&spec)?;
         let st = s.clone();
         let id = p.id.to_string();
+        let billing_ttl = billing::key_ttl_ms(&s);
         let status =
             s.db.write(move |c| {
                 let tx = c.transaction()?;
@@ -292,6 +299,10 @@ impl Serve for ep::UpdateInstance {
                 let old = dispatch::spec_of(&st, &tx, &id)?;
                 apply_update(&tx, &id, &old, &spec)?;
                 store::instances::store_spec(&tx, &id, &spec, now_ms())?;
+                // An instance that starts billing gets its credentials now.
+                if spec.billing.is_some() {
+                    billing::current_keys(&tx, &id, billing_ttl, now_ms())?;
+                }
                 st.cache_spec(&id, Arc::new(spec));
                 dispatch::recompute_status(&st, &tx, &id)?;
                 let status = store::instances::existing_status(&tx, &id)?;
@@ -625,5 +636,86 @@ impl Serve for ep::ResolveRecoveryRequest {
             id: p.id,
             status: RecoveryStatus::Resolved,
         })
+    }
+}
+
+impl Serve for ep::GetBillingPublicKey {
+    async fn serve(
+        s: Arc<AppState>,
+        _: ep::NoParams,
+        _: NoQuery,
+        _: NoBody,
+    ) -> ApiResult<BillingPublicKey> {
+        let key = s.billing.key().await?;
+        Ok(BillingPublicKey {
+            public_key_pem: key.spki_pem.clone(),
+            rsa_public_key_pem: key.pkcs1_pem.clone(),
+        })
+    }
+}
+
+impl Serve for ep::GetInstanceBilling {
+    async fn serve(
+        s: Arc<AppState>,
+        p: ep::InstancePath,
+        _: NoQuery,
+        _: NoBody,
+    ) -> ApiResult<InstanceBilling> {
+        let (spec, token, keys) = billing::credentials(&s, p.id.as_str()).await?;
+        Ok(InstanceBilling {
+            service_token: token.expose().to_string(),
+            key: keys.key.expose().to_string(),
+            secondary_key: keys.secondary.map(|k| k.expose().to_string()),
+            key_expires_at: keys.key_expires_at,
+            params: spec
+                .billing
+                .as_ref()
+                .map(|b| b.params.clone())
+                .unwrap_or_default(),
+        })
+    }
+}
+
+impl Serve for ep::GetInstanceUsage {
+    async fn serve(
+        s: Arc<AppState>,
+        p: ep::InstancePath,
+        _: NoQuery,
+        _: NoBody,
+    ) -> ApiResult<InstanceUsage> {
+        let st = s.clone();
+        s.db.read(move |c| {
+            let id = p.id;
+            store::instances::existing_status(c, id.as_str())?;
+            let spec = dispatch::spec_of(&st, c, id.as_str())?;
+            let mut by_param: BTreeMap<String, ParamUsage> = BTreeMap::new();
+            for (param, day, total, count, last) in store::billing::usage(c, id.as_str())? {
+                let u = by_param.entry(param.clone()).or_insert_with(|| ParamUsage {
+                    param,
+                    total: 0.0,
+                    count: 0,
+                    days: Vec::new(),
+                    last_push_at: None,
+                });
+                u.total += total;
+                u.count += count;
+                u.last_push_at = Some(u.last_push_at.map_or(last, |l| l.max(last)));
+                u.days.push(DayUsage { day, total, count });
+            }
+            // The spec's options first, in its order, then any it dropped.
+            let mut params = Vec::new();
+            for name in spec.billing.iter().flat_map(|b| &b.params) {
+                params.push(by_param.remove(name).unwrap_or_else(|| ParamUsage {
+                    param: name.clone(),
+                    total: 0.0,
+                    count: 0,
+                    days: Vec::new(),
+                    last_push_at: None,
+                }));
+            }
+            params.extend(by_param.into_values());
+            Ok::<_, ApiError>(InstanceUsage { id, params })
+        })
+        .await
     }
 }

@@ -1,10 +1,11 @@
 //! The service's storage: every SQL statement about instances, hosts,
-//! steps, health results, reports and recovery requests lives in this
+//! steps, health results, reports, recovery requests and billing lives in this
 //! module, one file per table, with typed rows and its own error type.
 //! Routes, dispatch and the monitor call these functions inside the
 //! connection or transaction [`crate::db::Db`] gives them; statuses go in
 //! and out as the enums of `ibkit_api`, never as string literals.
 
+pub mod billing;
 pub mod health;
 pub mod hosts;
 pub mod instances;
