@@ -36,7 +36,8 @@ bench() {
     end=$(date +%s%N)
     times+=($(((end - start) / 1000)))
   done
-  rss=$( { /usr/bin/time -f '%M' "$@" >/dev/null 2>/dev/null; } 2>&1 | tail -n 1)
+  /usr/bin/time -f '%M' -o "$work/rss" "$@" >/dev/null 2>&1 || true
+  rss=$(tail -n 1 "$work/rss")
   printf '%s\n' "${times[@]}" | python3 -c '
 import sys
 name, rss = sys.argv[1], int(sys.argv[2])
