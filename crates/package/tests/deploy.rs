@@ -584,3 +584,43 @@ resource "vkcs_compute_instance" "web" {
     );
     assert_eq!(e.matches("token_file_path:").count(), 1, "once: {e}");
 }
+
+#[test]
+fn each_instance_of_a_counted_sleep_is_its_own_group() {
+    let tf = r#"
+resource "vkcs_compute_instance" "vm" {
+  name     = "vm"
+  image_id = "img"
+}
+resource "time_sleep" "wait" {
+  count           = 2
+  create_duration = "${count.index + 1}s"
+  depends_on      = [vkcs_compute_instance.vm]
+}
+resource "ivkcs_agent_exec" "x" {
+  name  = "g"
+  hosts = ["vm"]
+  step {
+    index   = 1
+    type    = "bash"
+    content = "true"
+  }
+  depends_on = [time_sleep.wait]
+}
+"#;
+    let (_d, pkg) = with_tf(&kv_dir(), "cluster", tf);
+    let t = ok(&pkg, &request("cluster", &[], &[("img", "img.qcow2")]));
+    let sleeps: Vec<(&str, &str)> = t
+        .manifest
+        .groups
+        .iter()
+        .filter(|g| g.name.starts_with("sleep-"))
+        .map(|g| (g.name.as_str(), g.steps[0].content.as_str()))
+        .collect();
+    assert_eq!(
+        sleeps,
+        [("sleep-wait-0-", "sleep 1"), ("sleep-wait-1-", "sleep 2")]
+    );
+    let g = t.manifest.groups.iter().find(|g| g.name == "g").expect("g");
+    assert_eq!(g.depends_on, ["sleep-wait-0-", "sleep-wait-1-"]);
+}

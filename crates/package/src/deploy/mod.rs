@@ -341,6 +341,15 @@ impl Mapper<'_> {
             .collect()
     }
 
+    /// [`Self::of_kind`], owned: for the mapping steps that record errors
+    /// and warnings while they walk the instances.
+    fn owned_of_kind(&self, kind: &str) -> Vec<(Resource, ResourceInstance)> {
+        self.of_kind(kind)
+            .into_iter()
+            .map(|(r, i)| (r.clone(), i.clone()))
+            .collect()
+    }
+
     fn manifest(
         &mut self,
         max_attempts: &u32,
@@ -479,11 +488,8 @@ impl Mapper<'_> {
     }
 
     fn hosts(&mut self) -> Vec<Json> {
-        let computes: Vec<(Resource, ResourceInstance)> = self
-            .of_kind("vkcs_compute_instance")
-            .into_iter()
-            .map(|(r, i)| (r.clone(), i.clone()))
-            .collect();
+        let computes: Vec<(Resource, ResourceInstance)> =
+            self.owned_of_kind("vkcs_compute_instance");
         if computes.is_empty() {
             self.errors
                 .push("no vkcs_compute_instance: nothing to deploy".into());
@@ -849,22 +855,22 @@ impl Mapper<'_> {
             .get(address)
             .into_iter()
             .flatten()
-            .map(|i| match r.kind.as_str() {
-                "ivkcs_agent_exec" => s(i.get("name")).unwrap_or_else(|| safe_name(&i.address)),
-                "time_sleep" => safe_name(&format!("sleep-{}{}", r.name, i.key.suffix())),
-                _ => safe_name(&format!("reboot-{}{}", r.name, i.key.suffix())),
-            })
+            .map(|i| group_name(r, i))
+            .collect()
+    }
+
+    /// The groups a group-ordering resource waits for.
+    fn group_dependencies(&self, r: &Resource) -> BTreeSet<String> {
+        self.ordering_ancestors(r)
+            .iter()
+            .flat_map(|a| self.group_names(a))
             .collect()
     }
 
     fn groups(&mut self, hosts: &BTreeSet<String>) -> Vec<Json> {
         let mut out = Vec::new();
         let sleep_hosts = self.sleep_hosts();
-        let execs: Vec<(Resource, ResourceInstance)> = self
-            .of_kind("ivkcs_agent_exec")
-            .into_iter()
-            .map(|(r, i)| (r.clone(), i.clone()))
-            .collect();
+        let execs = self.owned_of_kind("ivkcs_agent_exec");
         let mut seen_names = BTreeSet::new();
         for (r, inst) in &execs {
             let at = format!("{} ({})", inst.address, r.origin);
@@ -883,11 +889,7 @@ impl Mapper<'_> {
                     ));
                 }
             }
-            let ancestors = self.ordering_ancestors(r);
-            let mut depends_on = BTreeSet::new();
-            for a in &ancestors {
-                depends_on.extend(self.group_names(a));
-            }
+            let depends_on = self.group_dependencies(r);
             let mut steps = Vec::new();
             for st in list_of_maps(inst.get("step")) {
                 let mut j = Map::new();
@@ -907,12 +909,7 @@ impl Mapper<'_> {
             out.push(json!({"name": name, "hosts": group_hosts, "depends_on": depends_on, "steps": steps}));
         }
         // Sleeps and reboots that groups wait for.
-        for (r, inst) in self
-            .of_kind("time_sleep")
-            .into_iter()
-            .map(|(r, i)| (r.clone(), i.clone()))
-            .collect::<Vec<_>>()
-        {
+        for (r, inst) in self.owned_of_kind("time_sleep") {
             let Some(on) = sleep_hosts.get(&r.address()).cloned() else {
                 self.warnings.push(format!(
                     "{} ({}): no script group waits for it, so it has no effect here",
@@ -923,16 +920,8 @@ impl Mapper<'_> {
             let secs = s(inst.get("create_duration"))
                 .and_then(|d| d.parse::<ibkit_api::Duration>().ok())
                 .map_or(0, |d| d.to_std().as_secs());
-            let depends_on: BTreeSet<String> = self
-                .ordering_ancestors(&r)
-                .iter()
-                .flat_map(|a| self.group_names(a))
-                .collect();
-            let name = self
-                .group_names(&r.address())
-                .into_iter()
-                .next()
-                .unwrap_or_default();
+            let depends_on = self.group_dependencies(&r);
+            let name = group_name(&r, &inst);
             out.push(json!({
                 "name": name,
                 "hosts": on,
@@ -941,31 +930,16 @@ impl Mapper<'_> {
                            "options": {"timeout": format!("{}s", secs + 60), "once": true}}]
             }));
         }
-        for (r, inst) in self
-            .of_kind("ivkcs_compute_instance_reboot")
-            .into_iter()
-            .map(|(r, i)| (r.clone(), i.clone()))
-            .collect::<Vec<_>>()
-        {
+        for (r, inst) in self.owned_of_kind("ivkcs_compute_instance_reboot") {
             let at = format!("{} ({})", inst.address, r.origin);
-            let Some(host) = s(inst.get("instance"))
-                .and_then(|i| i.strip_prefix(provider::HOST_ID).map(str::to_string))
-            else {
+            let Some(host) = rebooted_host(&inst) else {
                 self.errors.push(format!(
                     "{at}: instance must be a vkcs_compute_instance's id"
                 ));
                 continue;
             };
-            let depends_on: BTreeSet<String> = self
-                .ordering_ancestors(&r)
-                .iter()
-                .flat_map(|a| self.group_names(a))
-                .collect();
-            let name = self
-                .group_names(&r.address())
-                .into_iter()
-                .next()
-                .unwrap_or_default();
+            let depends_on = self.group_dependencies(&r);
+            let name = group_name(&r, &inst);
             let mark = format!("/var/lib/ibkit-reboot-{name}");
             out.push(json!({
                 "name": name,
@@ -999,13 +973,7 @@ impl Mapper<'_> {
             let instances = self.instances.get(&r.address()).into_iter().flatten();
             match r.kind.as_str() {
                 "ivkcs_agent_exec" => instances.flat_map(|i| strings(i.get("hosts"))).collect(),
-                "ivkcs_compute_instance_reboot" => instances
-                    .filter_map(|i| {
-                        s(i.get("instance"))?
-                            .strip_prefix(provider::HOST_ID)
-                            .map(str::to_string)
-                    })
-                    .collect(),
+                "ivkcs_compute_instance_reboot" => instances.filter_map(rebooted_host).collect(),
                 _ => BTreeSet::new(),
             }
         };
@@ -1076,11 +1044,7 @@ impl Mapper<'_> {
 
     fn checks(&mut self, hosts: &BTreeSet<String>) -> Vec<Json> {
         let mut out = Vec::new();
-        let all: Vec<(Resource, ResourceInstance)> = self
-            .of_kind("ivkcs_agent_check")
-            .into_iter()
-            .map(|(r, i)| (r.clone(), i.clone()))
-            .collect();
+        let all = self.owned_of_kind("ivkcs_agent_check");
         for (r, inst) in all {
             let at = format!("{} ({})", inst.address, r.origin);
             let check_hosts = strings(inst.get("hosts"));
@@ -1166,6 +1130,24 @@ impl Mapper<'_> {
             .max(health);
         (format!("{attempt}s"), format!("{health}s"))
     }
+}
+
+/// The group an instance of a group-ordering resource becomes (its own
+/// name for an `ivkcs_agent_exec`; `sleep-NAME[KEY]`, `reboot-NAME[KEY]`).
+fn group_name(r: &Resource, i: &ResourceInstance) -> String {
+    match r.kind.as_str() {
+        "ivkcs_agent_exec" => s(i.get("name")).unwrap_or_else(|| safe_name(&i.address)),
+        "time_sleep" => safe_name(&format!("sleep-{}{}", r.name, i.key.suffix())),
+        _ => safe_name(&format!("reboot-{}{}", r.name, i.key.suffix())),
+    }
+}
+
+/// The host an `ivkcs_compute_instance_reboot` reboots (its `instance` is
+/// a `vkcs_compute_instance`'s id).
+fn rebooted_host(i: &ResourceInstance) -> Option<String> {
+    s(i.get("instance"))?
+        .strip_prefix(provider::HOST_ID)
+        .map(str::to_string)
 }
 
 /// VK's flavor names: `STD2-2-4`, `Basic-1-2-20` → (vCPUs, MiB).

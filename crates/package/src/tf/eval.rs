@@ -406,20 +406,7 @@ impl<'a, P: Provider> Evaluator<'a, P> {
                     continue;
                 };
                 let items = self.eval(&fe, scope)?;
-                let pairs: Vec<(Value, Value)> = match items {
-                    Value::List(l) => l
-                        .into_iter()
-                        .enumerate()
-                        .map(|(i, v)| (Value::Number(i as f64), v))
-                        .collect(),
-                    Value::Map(m) => m.into_iter().map(|(k, v)| (Value::String(k), v)).collect(),
-                    other => {
-                        return Err(EvalError::msg(format!(
-                            "dynamic {label:?}: for_each is {}",
-                            describe(&other)
-                        )));
-                    }
-                };
+                let pairs = items.into_pairs(&format!("dynamic {label:?} for_each"))?;
                 for (k, v) in pairs {
                     let mut it = BTreeMap::new();
                     it.insert("key".to_string(), k);
@@ -557,20 +544,7 @@ impl<'a, P: Provider> Evaluator<'a, P> {
             Expression::Operation(op) => self.operation(op, scope)?,
             Expression::ForExpr(f) => {
                 let coll = self.eval(&f.collection_expr, scope)?;
-                let pairs: Vec<(Value, Value)> = match coll {
-                    Value::List(l) => l
-                        .into_iter()
-                        .enumerate()
-                        .map(|(i, v)| (Value::Number(i as f64), v))
-                        .collect(),
-                    Value::Map(m) => m.into_iter().map(|(k, v)| (Value::String(k), v)).collect(),
-                    other => {
-                        return Err(EvalError::msg(format!(
-                            "for: cannot iterate over {}",
-                            describe(&other)
-                        )));
-                    }
-                };
+                let pairs = coll.into_pairs("for")?;
                 let mut list = Vec::new();
                 let mut map: BTreeMap<String, Value> = BTreeMap::new();
                 for (k, v) in pairs {
@@ -728,22 +702,7 @@ impl<'a, P: Provider> Evaluator<'a, P> {
                     }
                     Directive::For(d) => {
                         let coll = self.eval(&d.collection_expr, scope)?;
-                        let pairs: Vec<(Value, Value)> = match coll {
-                            Value::List(l) => l
-                                .into_iter()
-                                .enumerate()
-                                .map(|(i, v)| (Value::Number(i as f64), v))
-                                .collect(),
-                            Value::Map(m) => {
-                                m.into_iter().map(|(k, v)| (Value::String(k), v)).collect()
-                            }
-                            other => {
-                                return Err(EvalError::msg(format!(
-                                    "%{{ for }}: cannot iterate over {}",
-                                    describe(&other)
-                                )));
-                            }
-                        };
+                        let pairs = coll.into_pairs("%{ for }")?;
                         for (k, v) in pairs {
                             let mut s = scope.with(d.value_var.as_str(), v);
                             if let Some(kv) = &d.key_var {

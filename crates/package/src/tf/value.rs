@@ -126,6 +126,24 @@ impl Value {
         }
     }
 
+    /// What iterating over a collection gives (`for`, `%{ for }`,
+    /// `dynamic`): index and element of a list, key and value of a map.
+    /// `what` names the construct in the error.
+    pub fn into_pairs(self, what: &str) -> Result<Vec<(Value, Value)>, EvalError> {
+        match self {
+            Value::List(l) => Ok(l
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| (Value::Number(i as f64), v))
+                .collect()),
+            Value::Map(m) => Ok(m.into_iter().map(|(k, v)| (Value::String(k), v)).collect()),
+            other => Err(EvalError::msg(format!(
+                "{what}: cannot iterate over {}",
+                describe(&other)
+            ))),
+        }
+    }
+
     /// JSON, as `jsonencode` and the deploy mapping see it.
     pub fn to_json(&self) -> Json {
         match self {
