@@ -11,7 +11,7 @@ use std::time::Duration;
 use ibkit_deploy::qemu_backend::force_cleanup;
 use serde_json::Value;
 
-use crate::serve::{Service, ibkit_bin, run_until, wait_every};
+use crate::serve::{Service, ibkit_in, run_until, wait_every};
 
 pub fn debian_image() -> PathBuf {
     let [qcow2, _, _] = ibkit_test_utils::debian_images().expect("the Debian 12 test image");
@@ -76,15 +76,8 @@ impl Env {
     /// `ibkit SUBCOMMAND ARGS` with this environment's state, service and
     /// network (`deploy`, or `package` whose deploy commands share them).
     pub fn command_of(&self, subcommand: &str, args: &[&str]) -> Command {
-        let mut cmd = Command::new(ibkit_bin());
-        cmd.arg(subcommand)
-            .args(args)
-            .arg("--state")
-            .arg(self.state())
-            .arg("--serve-state")
-            .arg(self.dir.path().join("serve"))
-            .args(["--bridge", self.bridge, "--network", self.network])
-            .env("IBKIT_LOG", "warn");
+        let mut cmd = ibkit_in(self.dir.path(), subcommand, args);
+        cmd.args(["--bridge", self.bridge, "--network", self.network]);
         cmd
     }
 

@@ -24,7 +24,7 @@ use ibkit_deploy::openstack::{CloudApi, ConfigSources, load_cloud};
 use reqwest::Method;
 use serde_json::Value;
 
-use crate::serve::{Service, ibkit_bin, run_until};
+use crate::serve::{Service, ibkit_in, run_until};
 
 pub const USER_CLOUD: &str = "ibkit-aio";
 pub const ADMIN_CLOUD: &str = "ibkit-aio-admin";
@@ -374,17 +374,10 @@ impl Env {
     /// `ibkit SUBCOMMAND ARGS` on this cloud and service (`deploy`, or
     /// `package` whose deploy commands take the same flags).
     pub fn command_of(&self, subcommand: &str, args: &[&str]) -> Command {
-        let mut cmd = Command::new(ibkit_bin());
-        cmd.arg(subcommand)
-            .args(args)
-            .arg("--state")
-            .arg(self.state())
-            .arg("--serve-state")
-            .arg(self.dir.path().join("serve"))
-            .args(["--backend", "openstack", "--os-cloud", USER_CLOUD])
+        let mut cmd = ibkit_in(self.dir.path(), subcommand, args);
+        cmd.args(["--backend", "openstack", "--os-cloud", USER_CLOUD])
             .args(&self.extra)
-            .env("OS_CLIENT_CONFIG_FILE", clouds_file())
-            .env("IBKIT_LOG", "warn");
+            .env("OS_CLIENT_CONFIG_FILE", clouds_file());
         cmd
     }
 

@@ -18,6 +18,21 @@ pub fn ibkit_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_ibkit"))
 }
 
+/// `ibkit SUBCOMMAND ARGS` on a test directory's state: deployments in
+/// `DIR/deploy`, the service's in `DIR/serve` (the deploy harnesses add
+/// their backend's flags).
+pub fn ibkit_in(dir: &Path, subcommand: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(ibkit_bin());
+    cmd.arg(subcommand)
+        .args(args)
+        .arg("--state")
+        .arg(dir.join("deploy"))
+        .arg("--serve-state")
+        .arg(dir.join("serve"))
+        .env("IBKIT_LOG", "warn");
+    cmd
+}
+
 /// The agent binary: the portable release build when scripts/test.sh made
 /// one (`IBKIT_AGENT_BINARY`), else the debug build next to `ibkit`.
 pub fn agent_bin() -> PathBuf {
