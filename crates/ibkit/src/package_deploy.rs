@@ -38,6 +38,9 @@ pub fn package_dir(state: &Path, name: &str) -> PathBuf {
 }
 
 pub fn deploy(o: DeployOptions, common: Common) -> Result<ExitCode> {
+    // The kept values are secrets: their directory is this user's only,
+    // as everything `ibkit deploy` creates (it sets the same umask).
+    ibkit_server::set_private_umask();
     let pkg = PackageFiles::open(&o.path).map_err(|e| anyhow::anyhow!("{e}"))?;
     let lint_errors = ibkit_package::lint::lint(&pkg)
         .iter()

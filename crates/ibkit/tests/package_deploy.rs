@@ -105,6 +105,13 @@ fn kv_cluster_package_deploys_unmodified_recovers_and_goes_down() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o077, 0, "generated.json holds secrets: {mode:o}");
+    let dir_mode = std::fs::metadata(&kept).expect("stat").permissions().mode();
+    assert_eq!(
+        dir_mode & 0o077,
+        0,
+        "{} is not private: {dir_mode:o}",
+        kept.display()
+    );
 
     // Outputs: the API on the primary's bridge address, the replica's
     // join answer, the generated password and key.
