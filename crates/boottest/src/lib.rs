@@ -17,11 +17,13 @@
 //! | `run` | the course: VMs, SSH, restarts |
 //! | `gather` | facts read from a booted guest and its network capture |
 //! | [`health`] | probing the manifest's `[health]` check |
+//! | `billing` | the marketplace's billing emulator wired to the app, pushes watched |
 //! | [`guest`] | parsers for guest output |
 //! | [`observe`] | the observations |
 //! | [`checks`] | one file per rule |
 //! | [`report`] | the report and its boot section |
 
+mod billing;
 pub mod checks;
 mod error;
 mod gather;

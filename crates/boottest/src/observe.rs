@@ -5,6 +5,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use ibkit_rules::billing::BillingManifest;
+
+pub use crate::billing::{BillingObs, SetupRun};
 use crate::guest::{Listener, SerialSummary, ShadowSummary};
 use crate::health::HealthSpec;
 
@@ -32,6 +35,10 @@ pub struct Observations {
     /// OS-NO-FIXED-MAC findings of the offline check, shown when the live
     /// network check fails (they usually say why).
     pub offline_fixed_mac: Vec<String>,
+    /// The manifest's `[billing]` (None: no such table).
+    pub billing_spec: Option<BillingManifest>,
+    /// The billing watch on the first VM (when the plan bills).
+    pub billing: Option<BillingObs>,
 }
 
 /// One VM's boot.

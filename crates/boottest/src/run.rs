@@ -121,6 +121,8 @@ struct Plan {
     image_size: u64,
     /// The image's `/etc/shadow`, name → hash.
     image_shadow: std::collections::BTreeMap<String, String>,
+    /// The manifest's `[billing]`.
+    billing: Option<ibkit_rules::billing::BillingManifest>,
 }
 
 impl Plan {
@@ -266,6 +268,7 @@ pub(crate) async fn run_course(
         opts: opts.clone(),
         image_size,
         image_shadow,
+        billing: opts.manifest.as_ref().and_then(|m| m.billing.clone()),
     });
 
     let mut obs = Observations {
@@ -278,6 +281,7 @@ pub(crate) async fn run_course(
             .map(|m| m.ports.iter().map(|p| p.to_string()).collect())
             .unwrap_or_default(),
         app_units: plan.app_units.clone(),
+        billing_spec: plan.billing.clone(),
         ..Default::default()
     };
     let mut notes = Vec::new();
@@ -302,6 +306,7 @@ pub(crate) async fn run_course(
                 if slot == 0 {
                     obs.first = Some(r.boot);
                     obs.hard_reset = r.hard;
+                    obs.billing = r.billing;
                 } else {
                     obs.flavor = Some(r.boot);
                     obs.soft_reboot = r.soft;
@@ -324,6 +329,7 @@ struct VmRun {
     boot: BootObs,
     soft: Option<RestartObs>,
     hard: Option<RestartObs>,
+    billing: Option<crate::billing::BillingObs>,
     info: VmInfo,
     notes: Vec<String>,
 }
@@ -376,6 +382,7 @@ async fn first_vm(plan: &Plan) -> Result<VmRun, BootTestError> {
         clock.now_s() - started,
     );
     let mut hard = None;
+    let mut billing = None;
     if let Some(session) = session {
         let t = clock.now_s();
         let (g, wait) =
@@ -392,6 +399,11 @@ async fn first_vm(plan: &Plan) -> Result<VmRun, BootTestError> {
         if let Some(g) = boot.guest.as_mut() {
             read_listeners(&session, g).await;
         }
+        if let Some(spec) = plan.billing.as_ref().filter(|b| b.bills()) {
+            let t = clock.now_s();
+            billing = Some(crate::billing::watch(&plan.work, &session, spec, clock).await);
+            clock.record(&format!("{label}: billing watch"), t, clock.now_s() - t);
+        }
         // The forced reset happens here while the flavor VM reboots cleanly:
         // this VM is ready later (it has more to read) and a reset is quicker
         // than a clean reboot, so the two finish close together.
@@ -403,6 +415,7 @@ async fn first_vm(plan: &Plan) -> Result<VmRun, BootTestError> {
         boot,
         soft: None,
         hard,
+        billing,
         info,
         notes,
     })
@@ -479,6 +492,7 @@ async fn flavor_vm(plan: &Plan) -> Result<VmRun, BootTestError> {
         boot,
         soft,
         hard: None,
+        billing: None,
         info,
         notes,
     })

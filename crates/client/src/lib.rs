@@ -16,10 +16,11 @@ use std::time::Duration;
 use ibkit_api::InstanceSpec;
 use ibkit_api::operator::endpoint::{self as ep, Endpoint, RequestBody as _};
 use ibkit_api::operator::{
-    BillingPublicKey, GroupName, HealthResultView, HostName, HostPairing, InstanceBilling,
-    InstanceCreated, InstanceDetail, InstanceId, InstanceStatusView, InstanceSummary,
-    InstanceUsage, NoBody, NoQuery, PairingKeyQuery, RecoveryQuery, RecoveryRequest,
-    RecoveryRequestId, RecoveryResolved, RecoveryStatus, Redeployed, StepResult, StepView,
+    BillingPublicKey, CreateInstanceQuery, GroupName, HealthResultView, HostName, HostPairing,
+    InstanceBilling, InstanceCreated, InstanceDetail, InstanceId, InstanceStatusView,
+    InstanceSummary, InstanceUsage, NoBody, NoQuery, PairingKeyQuery, RecoveryQuery,
+    RecoveryRequest, RecoveryRequestId, RecoveryResolved, RecoveryStatus, Redeployed, StepResult,
+    StepView,
 };
 use ibkit_api::wire::ServiceInfo;
 pub use ibkit_support::secret::Secret;
@@ -214,7 +215,7 @@ impl OperatorClient {
     pub async fn create_instance(
         &self,
         spec: &InstanceSpec,
-        query: &PairingKeyQuery,
+        query: &CreateInstanceQuery,
     ) -> Result<InstanceCreated, ClientError> {
         self.call::<ep::CreateInstance>(&ep::NoParams {}, query, spec)
             .await

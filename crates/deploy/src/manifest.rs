@@ -9,6 +9,7 @@
 //! ```toml
 //! [instance]
 //! name = "pgcluster"          # [A-Za-z0-9_-]{1,63}; names the VMs
+//! # id = "0c943e02-…"         # optional: the service's instance id (a package's instance_uuid)
 //! max_attempts = 3            # default 3: a failed deployment is retried,
 //!                             # each attempt recreating the VMs
 //! attempt_timeout = "30m"     # default 30m: one attempt, groups + health
@@ -136,6 +137,11 @@ pub struct DeployManifest {
 #[serde(deny_unknown_fields)]
 pub struct InstanceSettings {
     pub name: String,
+    /// The service's instance id to create it under (a package's
+    /// marketplace `instance_uuid`, which its billing pushes name); default:
+    /// the service picks one. Only the first `up` uses it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<ibkit_api::operator::InstanceId>,
     /// Attempts of a deployment before it is `failed`; each recreates the VMs.
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
@@ -721,6 +727,23 @@ impl DeployManifest {
                 "must be at least 1 (use enabled = false to turn recovery off)",
             );
         }
+        // A check must pass at least twice per detection_timeout: with one
+        // pass per detection_timeout, one late result (a busy VM, the
+        // agent's own scheduling) already reads as "health missing" and
+        // recreates a healthy VM.
+        for (i, c) in self.health_checks.iter().enumerate() {
+            if r.detection_timeout > Duration::ZERO
+                && c.period.to_std() * 2 > r.detection_timeout.to_std()
+            {
+                errs.push(
+                    format!("health_checks[{i}].period"),
+                    format!(
+                        "{} (check {:?}) leaves no slack before recovery.detection_timeout ({}): one late result would open a recovery; use a period of at most half of it",
+                        c.period, c.name, r.detection_timeout
+                    ),
+                );
+            }
+        }
     }
 }
 
@@ -1045,5 +1068,24 @@ packages = []
             "{errs}"
         );
         assert!(errs.contains("hosts[0].os_flavor"), "{errs}");
+    }
+
+    #[test]
+    fn a_check_must_run_twice_per_detection_timeout() {
+        let with = |period: &str, detection: &str| {
+            parse(&format!(
+                "{MINIMAL}[[health_checks]]\nname = \"ssh\"\nkind = \"port_health\"\nport = 22\nperiod = \"{period}\"\n[recovery]\ndetection_timeout = \"{detection}\"\n"
+            ))
+            .validate()
+        };
+        // The example's old pair: one pass per detection_timeout, no slack.
+        let e = with("30s", "30s").expect_err("no slack").to_string();
+        assert!(
+            e.contains("health_checks[0].period: 30s (check \"ssh\") leaves no slack"),
+            "{e}"
+        );
+        assert!(with("10s", "30s").is_ok());
+        assert!(with("15s", "30s").is_ok());
+        assert!(with("16s", "30s").is_err());
     }
 }

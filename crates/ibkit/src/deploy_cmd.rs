@@ -73,6 +73,14 @@ enum DeployCommand {
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
     },
+    /// Usage the app pushed to the marketplace emulator: totals per option
+    /// and day, pushes refused with their reason, keys used.
+    Usage {
+        /// Deployment name, or its manifest.
+        target: String,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
     /// Delete the VMs and the instance.
     Down {
         /// Deployment name, or its manifest.
@@ -453,6 +461,77 @@ fn fmt_ms(ms: u64) -> String {
     ibkit_support::clock::format_utc(ms / 1000)
 }
 
+/// APP-BILLING judged on the deployment's life so far: boot-test's
+/// judgement over the emulator's record (the watch began with the first
+/// access key).
+fn billing_verdict(u: &ibkit_api::operator::InstanceUsage) -> ibkit_rules::Outcome {
+    let now = ibkit_support::clock::now_ms();
+    let since = u.keys.first().map_or(now, |k| k.created_at);
+    let params: Vec<String> = u.params.iter().map(|p| p.param.clone()).collect();
+    ibkit_boottest::checks::app_billing::judge(&ibkit_boottest::checks::app_billing::Watch {
+        params: &params,
+        token_file: None,
+        usage: u,
+        watched_s: (now.saturating_sub(since)) as f64 / 1000.0,
+        ended_at: now,
+        place: "ibkit serve's billing emulator",
+    })
+}
+
+/// `ibkit deploy usage`: totals per option and day, then the pushes
+/// refused (newest last), the keys and APP-BILLING's verdict.
+fn usage_text(u: &ibkit_api::operator::InstanceUsage, verdict: &ibkit_rules::Outcome) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    if u.params.is_empty() {
+        out.push_str("no postpaid option: the manifest has no [billing] params\n");
+    }
+    for p in &u.params {
+        let _ = writeln!(out, "{}: {} ({} values)", p.param, p.total, p.count);
+        for d in &p.days {
+            let _ = writeln!(out, "  {}  {} ({} values)", d.day, d.total, d.count);
+        }
+    }
+    let accepted = u.pushes.iter().filter(|p| p.status == 200).count();
+    let refused: Vec<_> = u.pushes.iter().filter(|p| p.status != 200).collect();
+    let _ = writeln!(
+        out,
+        "pushes: {accepted} accepted, {} refused (the newest {} are kept)",
+        refused.len(),
+        ibkit_api::operator::MAX_PUSH_LOG
+    );
+    for p in refused.iter().rev().take(10).rev() {
+        let _ = writeln!(
+            out,
+            "  refused {} {} HTTP {}: {}",
+            ibkit_support::clock::format_utc_ms(p.at),
+            p.scheme.as_str(),
+            p.status,
+            p.error.as_deref().unwrap_or("")
+        );
+    }
+    if !u.keys.is_empty() {
+        let used = u.keys_used();
+        let _ = writeln!(
+            out,
+            "access keys: {} issued, {} used by accepted secure pushes",
+            u.keys.len(),
+            used.len()
+        );
+    }
+    let _ = writeln!(out, "APP-BILLING: {}", verdict.status().as_str());
+    for f in &verdict.findings {
+        let _ = writeln!(out, "  {}", f.message);
+    }
+    for e in &verdict.evidence {
+        let _ = writeln!(out, "  {}", e.detail);
+    }
+    for why in &verdict.unverified {
+        let _ = writeln!(out, "  {why}");
+    }
+    out
+}
+
 fn status_text(s: &StatusView) -> String {
     let mut out = format!(
         "{}  {}  (instance {})\n",
@@ -653,6 +732,29 @@ async fn run_async(a: DeployArgs) -> Result<ExitCode> {
                 ExitCode::SUCCESS
             })
         }
+        DeployCommand::Usage { target, format } => {
+            let name = resolve_name(&target)?;
+            let ctl = controller(c, Some(&name)).await?;
+            let usage = ctl.usage(&name).await?;
+            let verdict = billing_verdict(&usage);
+            if format == Format::Json {
+                let mut v = serde_json::to_value(&usage)?;
+                v["app_billing"] = serde_json::json!({
+                    "status": verdict.status(),
+                    "findings": verdict.findings,
+                    "evidence": verdict.evidence,
+                    "unverified": verdict.unverified,
+                });
+                print_json(&v)?;
+            } else {
+                crate::write_stdout(&usage_text(&usage, &verdict))?;
+            }
+            Ok(if verdict.status() == ibkit_rules::Status::Fail {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
         DeployCommand::Down {
             target,
             no_evidence,
@@ -776,7 +878,7 @@ async fn run_async(a: DeployArgs) -> Result<ExitCode> {
     }
 }
 
-/// `ibkit package deploy|status|outputs|down`: the same commands, on the
+/// `ibkit package deploy|status|outputs|usage|down`: the same commands, on the
 /// manifest mapped from a package (one implementation, one set of records).
 pub(crate) enum Forward {
     Up {
@@ -791,6 +893,10 @@ pub(crate) enum Forward {
     Outputs {
         name: String,
         show_sensitive: bool,
+        format: Format,
+    },
+    Usage {
+        name: String,
         format: Format,
     },
     Down {
@@ -823,6 +929,10 @@ pub(crate) fn forward(common: Common, f: Forward) -> Result<ExitCode> {
             show_sensitive,
             format,
         },
+        Forward::Usage { name, format } => DeployCommand::Usage {
+            target: name,
+            format,
+        },
         Forward::Down { name, no_evidence } => DeployCommand::Down {
             target: name,
             no_evidence,
@@ -841,4 +951,75 @@ pub fn deploy(a: DeployArgs) -> Result<ExitCode> {
         .context("cannot start the async runtime")?;
     // The QEMU processes are daemons on purpose: they outlive this command.
     rt.block_on(run_async(a))
+}
+
+#[cfg(test)]
+mod tests {
+    use ibkit_api::operator::{
+        AccessKeyView, InstanceId, InstanceUsage, ParamUsage, PushRecord, PushScheme,
+    };
+
+    use super::{billing_verdict, usage_text};
+
+    fn usage(pushes: Vec<PushRecord>) -> InstanceUsage {
+        InstanceUsage {
+            id: InstanceId::new_v4(),
+            params: vec![ParamUsage {
+                param: "requests".into(),
+                total: 3.0,
+                count: 3,
+                days: vec![],
+                last_push_at: None,
+            }],
+            pushes,
+            keys: vec![AccessKeyView {
+                created_at: ibkit_support::clock::now_ms() - 10_000,
+                expires_at: ibkit_support::clock::now_ms() + 20_000,
+            }],
+        }
+    }
+
+    fn push(status: u16, error: Option<&str>) -> PushRecord {
+        PushRecord {
+            at: 1_700_000_000_000,
+            scheme: PushScheme::Simple,
+            status,
+            metrics: 1,
+            counted: u32::from(status == 200),
+            key_created_at: None,
+            error: error.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn usage_shows_totals_refusals_and_the_verdict() {
+        let ok = usage(vec![push(200, None), push(200, None)]);
+        let v = billing_verdict(&ok);
+        assert_eq!(v.status(), ibkit_rules::Status::Pass);
+        let text = usage_text(&ok, &v);
+        assert!(text.starts_with("requests: 3 (3 values)\n"), "{text}");
+        assert!(text.contains("pushes: 2 accepted, 0 refused"), "{text}");
+        assert!(text.contains("APP-BILLING: pass"), "{text}");
+
+        let bad = usage(vec![
+            push(200, None),
+            push(400, Some("usages[0]: unknown param \"cpu\"")),
+        ]);
+        let v = billing_verdict(&bad);
+        assert_eq!(v.status(), ibkit_rules::Status::Fail);
+        let text = usage_text(&bad, &v);
+        assert!(
+            text.contains(
+                "refused 2023-11-14T22:13:20Z simple HTTP 400: usages[0]: unknown param \"cpu\""
+            ),
+            "{text}"
+        );
+        assert!(text.contains("APP-BILLING: fail"), "{text}");
+
+        let mut none = usage(vec![]);
+        none.params.clear();
+        let v = billing_verdict(&none);
+        assert_eq!(v.status(), ibkit_rules::Status::Unknown);
+        assert!(usage_text(&none, &v).starts_with("no postpaid option"));
+    }
 }

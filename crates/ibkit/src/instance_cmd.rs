@@ -11,8 +11,8 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Subcommand, ValueEnum};
 use ibkit_api::InstanceSpec;
 use ibkit_api::operator::{
-    GroupName, HostHealth, HostName, InstanceCreated, InstanceDetail, InstanceId, PairingKeyQuery,
-    StepView,
+    CreateInstanceQuery, GroupName, HostHealth, HostName, InstanceCreated, InstanceDetail,
+    InstanceId, StepView,
 };
 use ibkit_api::wire::{InstanceStatus, StepStatus};
 use ibkit_client::OperatorClient;
@@ -84,7 +84,7 @@ async fn run(a: InstanceArgs) -> Result<ExitCode> {
             let parsed: InstanceSpec = serde_json::from_str(&text)
                 .with_context(|| format!("{} is not an instance spec", spec.display()))?;
             let created = client
-                .create_instance(&parsed, &PairingKeyQuery::default())
+                .create_instance(&parsed, &CreateInstanceQuery::default())
                 .await?;
             if let Some(dir) = &agent_configs {
                 write_agent_configs(dir, &endpoint, &created)?;

@@ -93,6 +93,15 @@ enum PackageCommand {
         #[command(flatten)]
         deploy: DeployFlags,
     },
+    /// Usage a package deployment pushed to the billing emulator (as
+    /// `ibkit deploy usage`).
+    Usage {
+        name: String,
+        #[arg(long, value_enum, default_value = "text")]
+        format: crate::deploy_cmd::Format,
+        #[command(flatten)]
+        deploy: DeployFlags,
+    },
     /// Delete a package deployment's VMs, instance and generated values.
     Down {
         name: String,
@@ -154,6 +163,11 @@ pub fn package(args: PackageArgs) -> Result<ExitCode> {
                 format,
             },
         ),
+        PackageCommand::Usage {
+            name,
+            format,
+            deploy,
+        } => forward(deploy.common, Forward::Usage { name, format }),
         PackageCommand::Down {
             name,
             no_evidence,

@@ -55,15 +55,30 @@ struct Run {
     report: Value,
     stdout: String,
     stderr: String,
+    /// The manifest declared postpaid options (APP-BILLING is judged).
+    bills: bool,
 }
 
+/// The example's manifest: the app without billing (APP-BILLING unknown).
+const APP: &str = "examples/debian12/ibkit.toml";
+/// The example's manifest with its postpaid options and the setup that
+/// points the image's billing client at the emulator.
+const BILLED_APP: &str = "examples/debian12/ibkit-billing.toml";
+
 fn boot_test(name: &str, format: &str, dir: &Path) -> Run {
+    boot_test_with(name, &workspace().join(APP), format, dir)
+}
+
+fn boot_test_with(name: &str, manifest: &Path, format: &str, dir: &Path) -> Run {
     let json = dir.join("report.json");
+    let bills = std::fs::read_to_string(manifest)
+        .expect("manifest")
+        .contains("[billing]");
     let out = Command::new(env!("CARGO_BIN_EXE_ibkit"))
         .arg("boot-test")
         .arg(image(name))
         .arg("--manifest")
-        .arg(workspace().join("examples/debian12/ibkit.toml"))
+        .arg(manifest)
         .arg("--format")
         .arg(format)
         .arg("--report-json")
@@ -83,6 +98,7 @@ fn boot_test(name: &str, format: &str, dir: &Path) -> Run {
         report,
         stdout: String::from_utf8_lossy(&out.stdout).to_string(),
         stderr,
+        bills,
     }
 }
 
@@ -99,6 +115,7 @@ const RULES: &[&str] = &[
     "OS-CONSOLE-LOG",
     "OS-NO-FIXED-MAC",
     "KERNEL-VIRTIO",
+    "APP-BILLING",
 ];
 
 fn statuses(r: &Run) -> BTreeMap<String, String> {
@@ -115,12 +132,16 @@ fn statuses(r: &Run) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// Every rule passes except `exceptions`, which have exactly these statuses.
+/// Every rule passes except `exceptions`, which have exactly these
+/// statuses, and APP-BILLING, which is `unknown` unless the manifest bills.
 fn expect(r: &Run, exceptions: &[(&str, &str)]) {
     let got = statuses(r);
     let mut want = BTreeMap::new();
     for id in RULES {
         want.insert(id.to_string(), "pass".to_string());
+    }
+    if !r.bills {
+        want.insert("APP-BILLING".to_string(), "unknown".to_string());
     }
     for (id, s) in exceptions {
         want.insert(id.to_string(), s.to_string());
@@ -134,15 +155,24 @@ fn expect(r: &Run, exceptions: &[(&str, &str)]) {
     );
 }
 
-fn finding_messages(r: &Run, id: &str) -> Vec<String> {
+/// Rule `id`'s `list` items (`evidence`, `findings`), their `field` text.
+fn rule_texts(r: &Run, id: &str, list: &str, field: &str) -> Vec<String> {
     r.report["results"]
         .as_array()
         .into_iter()
         .flatten()
         .filter(|x| x["id"] == id)
-        .flat_map(|x| x["findings"].as_array().cloned().unwrap_or_default())
-        .filter_map(|f| f["message"].as_str().map(str::to_string))
+        .flat_map(|x| x[list].as_array().cloned().unwrap_or_default())
+        .filter_map(|e| e[field].as_str().map(str::to_string))
         .collect()
+}
+
+fn evidence(r: &Run, id: &str) -> Vec<String> {
+    rule_texts(r, id, "evidence", "detail")
+}
+
+fn finding_messages(r: &Run, id: &str) -> Vec<String> {
+    rule_texts(r, id, "findings", "message")
 }
 
 /// No QEMU or virtiofsd of this run is left: their command lines name the work directory.
@@ -166,7 +196,7 @@ fn no_vm_left(r: &Run, dir: &Path) {
 #[test]
 fn clean_image_passes_everything() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let r = boot_test("clean", "junit", dir.path());
+    let r = boot_test_with("clean", &workspace().join(BILLED_APP), "junit", dir.path());
     expect(&r, &[]);
     assert_eq!(r.code, 0, "exit code; stderr:\n{}", r.stderr);
     // JUnit on stdout, one test case per rule.
@@ -178,18 +208,27 @@ fn clean_image_passes_everything() {
     assert!(boot["steps"].as_array().is_some_and(|s| s.len() >= 8));
     assert_eq!(boot["vms"].as_array().map(Vec::len), Some(2));
     // Evidence is specific: the flavor VM grew its root and used the config drive.
-    let flavor: Vec<String> = r.report["results"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|x| x["id"] == "APP-FLAVOR" || x["id"] == "APP-NET")
-        .flat_map(|x| x["evidence"].as_array().cloned().unwrap_or_default())
-        .filter_map(|e| e["detail"].as_str().map(str::to_string))
-        .collect();
+    let mut flavor = evidence(&r, "APP-FLAVOR");
+    flavor.extend(evidence(&r, "APP-NET"));
     assert!(flavor.iter().any(|d| d.contains("grew")), "{flavor:?}");
     assert!(
         flavor.iter().any(|d| d.contains("config drive")),
         "{flavor:?}"
+    );
+    // APP-BILLING: the image's client pushed both ways, through a rotation
+    // that expired the first key.
+    let billing = evidence(&r, "APP-BILLING");
+    assert!(
+        billing
+            .iter()
+            .any(|d| d.contains("(simple and secure), none refused")),
+        "{billing:?}"
+    );
+    assert!(
+        billing
+            .iter()
+            .any(|d| d.contains("later pushes used the new keys")),
+        "{billing:?}"
     );
     no_vm_left(&r, dir.path());
 }
@@ -224,14 +263,35 @@ fn console_not_on_serial_fails_console_log() {
     no_vm_left(&r, dir.path());
 }
 
+/// Also a broken billing client: the app pushes an option its plan does
+/// not have (one VM run proves both, sparing a boot).
 #[test]
-fn extra_port_fails_app_ports() {
+fn extra_port_fails_app_ports_and_a_wrong_option_fails_billing() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let r = boot_test("extra-port", "json", dir.path());
-    expect(&r, &[("APP-PORTS", "fail")]);
+    let billed = std::fs::read_to_string(workspace().join(BILLED_APP)).expect("manifest");
+    let broken = billed
+        .replace("PARAMS=requests=1 cpu_hours=0.5", "PARAMS=requests=1 cpu=1")
+        .replace(
+            "deployment_guide = \"docs/deployment.md\"",
+            &format!(
+                "deployment_guide = {:?}",
+                workspace().join("examples/debian12/docs/deployment.md")
+            ),
+        );
+    assert_ne!(broken, billed);
+    let manifest = dir.path().join("ibkit.toml");
+    std::fs::write(&manifest, broken).expect("write");
+    let r = boot_test_with("extra-port", &manifest, "json", dir.path());
+    expect(&r, &[("APP-PORTS", "fail"), ("APP-BILLING", "fail")]);
     assert_eq!(r.code, 1);
     let m = finding_messages(&r, "APP-PORTS");
     assert!(m.iter().any(|m| m.contains("9090/tcp")), "{m:?}");
+    let m = finding_messages(&r, "APP-BILLING");
+    assert!(
+        m.iter()
+            .any(|m| m.contains("refused with HTTP 400") && m.contains("unknown param \"cpu\"")),
+        "{m:?}"
+    );
     no_vm_left(&r, dir.path());
 }
 

@@ -34,6 +34,58 @@ use deploy_env::{Env, outputs, wait_recovered};
 use ibkit_test_utils::{is_root, link_exists};
 use serde_json::Value;
 
+/// The example with the marketplace's billing: a postpaid option, the
+/// agent's token file on the primary (VK's path, rotated) and a step that
+/// points the image's client (`ibkit-example-billing`, on a 10 s timer) at
+/// the service's emulator, as a vendor's script would.
+fn with_billing(env: &Env, example: &str) -> String {
+    let token_file = "/opt/agent/xaas-secret-auth-token.key";
+    let ca = std::fs::read_to_string(env.service.state.join("tls/cert.pem")).expect("cert");
+    let (st, key) = env.service.get("/v1/billing/public-key");
+    assert_eq!(st, 200, "{key}");
+    let public = key["public_key_pem"].as_str().expect("pem");
+    let with_token = example.replacen(
+        "install_agent = true\n",
+        &format!(
+            "install_agent = true\nbilling_token = {{ path = \"{token_file}\", rotate = true }}\n"
+        ),
+        1,
+    );
+    assert_ne!(with_token, example, "the primary's user data moved");
+    format!(
+        r#"{with_token}
+[billing]
+params = ["requests"]
+
+[[groups]]
+name = "billing"
+hosts = ["primary"]
+depends_on = ["init"]
+
+[[groups.steps]]
+index = 1
+type = "bash"
+content = """
+set -eu
+mkdir -p /etc/ibkit-example
+cat > /etc/ibkit-example/ca.pem <<'PEM'
+{ca}PEM
+cat > /etc/ibkit-example/marketplace.pem <<'PEM'
+{public}PEM
+cat > /etc/ibkit-example/billing.env <<'ENV'
+URL={url}
+CA_FILE=/etc/ibkit-example/ca.pem
+SCHEME=secure
+TOKEN_FILE={token_file}
+PUBLIC_KEY=/etc/ibkit-example/marketplace.pem
+PARAMS=requests=1
+ENV
+"""
+"#,
+        url = env.guest_service_url(),
+    )
+}
+
 #[test]
 fn two_host_example_runs_and_a_killed_replica_is_recreated_alone() {
     assert!(is_root(), "this test needs root (bridge, taps, dnsmasq)");
@@ -42,7 +94,8 @@ fn two_host_example_runs_and_a_killed_replica_is_recreated_alone() {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/deploy/two-host.toml"),
     )
     .expect("the example");
-    let manifest = env.manifest("two-host.toml", &example);
+    let billed = with_billing(&env, &example);
+    let manifest = env.manifest("two-host.toml", &billed);
     let manifest_arg = manifest.to_str().expect("utf-8 path");
     let t = Instant::now();
 
@@ -95,6 +148,46 @@ fn two_host_example_runs_and_a_killed_replica_is_recreated_alone() {
     let join = env.service.step(&id, "replica", "join", 1);
     assert_eq!(join["status"], "ok", "{join:#}");
     assert_eq!(join["structured_result"]["joined"], "replica", "{join:#}");
+
+    // Billing: the agent keeps the primary's token file current and the
+    // image's own client pushes on its timer; after more than a key's
+    // life (20 s) the pushes went on with newer keys.
+    std::thread::sleep(Duration::from_secs(45));
+    let usage = env.json(&["usage", name, "--format", "json"]);
+    assert_eq!(usage["app_billing"]["status"], "pass", "{usage:#}");
+    let requests = &usage["params"][0];
+    assert_eq!(requests["param"], "requests", "{usage:#}");
+    assert!(
+        requests["total"].as_f64().is_some_and(|t| t >= 3.0),
+        "{usage:#}"
+    );
+    let keys_used: std::collections::BTreeSet<i64> = usage["pushes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["status"] == 200)
+        .filter_map(|p| p["key_created_at"].as_i64())
+        .collect();
+    assert!(
+        keys_used.len() >= 2,
+        "the token file never rotated: {usage:#}"
+    );
+    let counted: u64 = usage["pushes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["counted"].as_u64())
+        .sum();
+    assert_eq!(
+        requests["count"].as_u64(),
+        Some(counted),
+        "every counted push is in the totals: {usage:#}"
+    );
+    eprintln!(
+        "[deploy test] billing: {} pushes, {} keys used",
+        usage["pushes"].as_array().map_or(0, Vec::len),
+        keys_used.len()
+    );
 
     // Kill the replica's QEMU: the service's recovery rounds find it.
     let primary_pid = env.qemu_pid(name, "primary-a1").expect("primary QEMU");
@@ -223,11 +316,11 @@ fn two_host_example_runs_and_a_killed_replica_is_recreated_alone() {
         exec("primary", "init", 2),
         exec("replica", "join", 1),
     ];
-    let changed = example.replace(
+    let changed = billed.replace(
         "chmod 0755 /usr/local/bin/demo-primary",
         "chmod 0755 /usr/local/bin/demo-primary # v2",
     );
-    assert_ne!(changed, example);
+    assert_ne!(changed, billed);
     let _ = env.manifest("two-host.toml", &changed);
     let t = Instant::now();
     let out = env.run(

@@ -201,6 +201,12 @@ fn kv_cluster_maps_hosts_groups_order_and_result_references() {
     let m = &t.manifest;
     let uuid = &t.generated.instance_uuid;
     let short = &uuid[..8];
+    // The service's instance is created under the marketplace's uuid, so
+    // the app's billing pushes name an instance the service knows.
+    assert_eq!(
+        m.instance.id.as_ref().map(|i| i.as_str()),
+        Some(uuid.as_str())
+    );
     let names: Vec<&str> = m.hosts.iter().map(|h| h.name.as_str()).collect();
     assert_eq!(
         names,

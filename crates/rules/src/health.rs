@@ -169,13 +169,11 @@ impl HealthSpec {
         if checks.is_empty() {
             return Err("[health]: give at least one of http, port, script".into());
         }
-        let timeout = match raw.timeout {
-            Some(t) => t
-                .parse::<ibkit_api::Duration>()
-                .map_err(|e| format!("[health] timeout {t:?}: {e}"))?
-                .to_std(),
-            None => DEFAULT_HEALTH_TIMEOUT,
-        };
+        let timeout = crate::manifest::duration_or(
+            "[health] timeout",
+            raw.timeout.as_deref(),
+            DEFAULT_HEALTH_TIMEOUT,
+        )?;
         Ok(HealthSpec { checks, timeout })
     }
 }

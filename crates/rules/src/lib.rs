@@ -11,6 +11,7 @@
 //! - [`engine`]: run the catalogue over an inspected image into a [`Report`];
 //!   [`summary`]: describe an image without running any rule.
 
+pub mod billing;
 pub mod context;
 pub mod engine;
 pub mod facts;

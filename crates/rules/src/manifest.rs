@@ -16,15 +16,36 @@
 //!
 //! [health]                               # used by boot-test
 //! http = { port = 8080, path = "/healthz" }
+//!
+//! [billing]                              # used by boot-test (APP-BILLING)
+//! params = ["requests"]
 //! ```
 //!
-//! `[health]` is checked when the manifest is read (see [`crate::health`]).
+//! `[health]` and `[billing]` are checked when the manifest is read (see
+//! [`crate::health`], [`crate::billing`]).
 
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use crate::billing::BillingManifest;
 pub use crate::health::{DEFAULT_HEALTH_TIMEOUT, HealthSpec};
+
+/// A manifest's duration field (`30s`, `2m`), or `default` when absent;
+/// the error names the field (`[health] timeout "soon": …`).
+pub(crate) fn duration_or(
+    field: &str,
+    text: Option<&str>,
+    default: std::time::Duration,
+) -> Result<std::time::Duration, String> {
+    match text {
+        Some(t) => t
+            .parse::<ibkit_api::Duration>()
+            .map(ibkit_api::Duration::to_std)
+            .map_err(|e| format!("{field} {t:?}: {e}")),
+        None => Ok(default),
+    }
+}
 
 /// Transport protocol of a port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -94,6 +115,8 @@ struct RawManifest {
     docs: Option<RawDocs>,
     #[serde(default)]
     health: Option<toml::Value>,
+    #[serde(default)]
+    billing: Option<toml::Value>,
 }
 
 #[derive(Deserialize)]
@@ -141,6 +164,8 @@ pub struct Manifest {
     pub user_guide: Option<PathBuf>,
     /// The `[health]` check (used by boot-test), validated at load.
     pub health: Option<HealthSpec>,
+    /// The `[billing]` table (boot-test's APP-BILLING), validated at load.
+    pub billing: Option<BillingManifest>,
 }
 
 /// Why a manifest could not be used.
@@ -220,6 +245,11 @@ impl Manifest {
             }
         }
         let health = raw.health.as_ref().map(HealthSpec::from_toml).transpose()?;
+        let billing = raw
+            .billing
+            .as_ref()
+            .map(BillingManifest::from_toml)
+            .transpose()?;
         let docs = raw.docs.unwrap_or(RawDocs {
             deployment_guide: None,
             user_guide: None,
@@ -234,6 +264,7 @@ impl Manifest {
             deployment_guide: docs.deployment_guide.map(PathBuf::from),
             user_guide: docs.user_guide.map(PathBuf::from),
             health,
+            billing,
         })
     }
 }

@@ -18,7 +18,7 @@ use crate::store::StoreError;
 /// 3: the billing emulator's credentials, usage and pushed metric ids
 /// (billing_*): new tables only, which a schema-2 database gains as it is
 /// opened (`CREATE TABLE IF NOT EXISTS`); nothing else changes.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS instances (
@@ -132,6 +132,17 @@ CREATE TABLE IF NOT EXISTS billing_usage (
     last_push_at INTEGER NOT NULL,
     PRIMARY KEY (instance, param, day)
 );
+CREATE TABLE IF NOT EXISTS billing_pushes (
+    instance TEXT NOT NULL REFERENCES instances(id) ON DELETE CASCADE,
+    at INTEGER NOT NULL,
+    scheme TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    metrics INTEGER NOT NULL,
+    counted INTEGER NOT NULL,
+    key_created_at INTEGER,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS billing_pushes_instance ON billing_pushes(instance, at);
 CREATE TABLE IF NOT EXISTS billing_metric_ids (
     instance TEXT NOT NULL REFERENCES instances(id) ON DELETE CASCADE,
     metric_id TEXT NOT NULL,

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use common::{Svc, config, tmp};
-use ibkit_api::operator::{InstanceBilling, InstanceId, InstanceUsage, ParamUsage};
+use ibkit_api::operator::{InstanceBilling, InstanceId, InstanceUsage, ParamUsage, PushScheme};
 use ibkit_support::clock::{format_utc_ms, now_ms};
 use serde_json::{Value, json};
 
@@ -444,7 +444,36 @@ async fn simple_push_counts_per_day_and_refuses_what_it_must() {
     assert_eq!(st, 413, "{answer}");
     assert!(error_of(&answer).contains("over 64 KiB"), "{answer}");
     let u2 = usage(&svc, &a).await;
-    assert_eq!(u2, u, "a refused push changed the usage");
+    assert_eq!(u2.params, u.params, "a refused push changed the usage");
+    // The log: the three accepted pushes, then every refusal whose token
+    // named instance a (the 413 is refused before the token is read).
+    let accepted: Vec<(u16, u32, u32)> = u
+        .pushes
+        .iter()
+        .map(|p| (p.status, p.metrics, p.counted))
+        .collect();
+    assert_eq!(accepted, [(200, 3, 3), (200, 1, 1), (200, 1, 1)]);
+    let refused: Vec<(u16, &str)> = u2.pushes[3..]
+        .iter()
+        .map(|p| (p.status, p.error.as_deref().unwrap_or("")))
+        .collect();
+    assert_eq!(refused.len(), 8, "{refused:?}");
+    assert!(
+        refused.contains(&(
+            400,
+            "usages[0]: unknown param \"gpu\"; this instance bills [\"cpu\", \"ram\"]"
+        )),
+        "{refused:?}"
+    );
+    assert!(
+        refused.iter().all(|(st, e)| *st >= 400 && !e.is_empty()),
+        "{refused:?}"
+    );
+    assert!(
+        u2.pushes
+            .iter()
+            .all(|p| p.scheme == PushScheme::Simple && p.key_created_at.is_none())
+    );
     assert_eq!(param(&usage(&svc, &b).await, "cpu").count, 0);
 
     // An instance without billing has no credentials (404) and no agent
@@ -830,6 +859,31 @@ async fn rotation_in_the_middle_loses_no_usage() {
     .await;
     assert_eq!(st, 401, "{answer}");
     assert!(error_of(&answer).contains("expired at"), "{answer}");
+    // A push with it is refused and logged for the instance, naming the
+    // key by its issue time; the accepted pushes used every key in turn.
+    let (st, answer) = secure(&svc, PUSH, &first_key, &json!({})).await;
+    assert_eq!(st, 401, "{answer}");
+    let u = usage(&svc, &id).await;
+    let last = u.pushes.last().expect("logged");
+    assert_eq!(
+        (last.scheme, last.status, last.key_created_at),
+        (
+            PushScheme::Secure,
+            401,
+            u.keys.first().map(|k| k.created_at)
+        )
+    );
+    assert!(
+        last.error
+            .as_deref()
+            .is_some_and(|e| e.contains("expired at"))
+    );
+    let used = u.keys_used();
+    assert!(
+        used.len() >= 3 && u.keys.len() >= used.len(),
+        "{used:?} {:?}",
+        u.keys
+    );
 }
 
 /// The agent's route and auth/key share the rotation: a new key after half
@@ -1067,4 +1121,72 @@ async fn garbage_never_panics_nor_500s() {
     let (st, _) = raw(&svc, "GET", "/healthz", &[], None).await;
     assert_eq!(st, 200);
     eprintln!("{} bodies; errors: {statuses:#?}", bodies.len());
+}
+
+/// The example image's own client (`ibkit-example-billing`, which its
+/// timer runs) against the real service: both schemes accepted from one
+/// configuration, and a wrong option refused and logged for the instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_images_client_pushes_both_schemes() {
+    let dir = tmp();
+    let svc = Svc::start(config(dir.path())).await;
+    let (id, creds) = billed(&svc, "img", &["requests", "cpu_hours"]).await;
+    let f = client_files(&svc, &creds.key).await;
+    let service_token = dir.path().join("service-token");
+    std::fs::write(&service_token, &creds.service_token).expect("write");
+    let client = example("../../scripts/debian-image/rootfs/usr/local/bin/ibkit-example-billing");
+    let conf = dir.path().join("billing.env");
+    let run_with = |params: &str| {
+        std::fs::write(
+            &conf,
+            format!(
+                "# as the boot-test manifest's setup writes it\nURL={}\nCA_FILE={}\nSCHEME=secure simple\n\
+                 TOKEN_FILE={}\nPUBLIC_KEY={}\nSERVICE_TOKEN_FILE={}\nINSTANCE_UUID={id}\nPARAMS={params}\n",
+                svc.url,
+                f.cert.display(),
+                f.token.display(),
+                f.public_pem.display(),
+                service_token.display()
+            ),
+        )
+        .expect("write conf");
+        let mut cmd = tokio::process::Command::new(&client);
+        cmd.env("IBKIT_EXAMPLE_BILLING_CONF", &conf);
+        run(cmd)
+    };
+    let r = run_with("requests=1 cpu_hours=0.5").await;
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let u = usage(&svc, &id).await;
+    assert_eq!(param(&u, "requests").total, 2.0, "{u:?}");
+    assert_eq!(param(&u, "cpu_hours").total, 1.0, "{u:?}");
+    let schemes: Vec<(PushScheme, u16)> = u.pushes.iter().map(|p| (p.scheme, p.status)).collect();
+    assert_eq!(
+        schemes,
+        [
+            (PushScheme::Secure, 200),
+            (PushScheme::Secure, 200),
+            (PushScheme::Simple, 200)
+        ]
+    );
+    // A broken client: an option the plan does not have.
+    let r = run_with("requests=1 cpu=1").await;
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("unknown param"), "{}", r.stderr);
+    let u = usage(&svc, &id).await;
+    let refused: Vec<(PushScheme, u16)> = u
+        .pushes
+        .iter()
+        .filter(|p| p.status != 200)
+        .map(|p| (p.scheme, p.status))
+        .collect();
+    assert_eq!(
+        refused,
+        [(PushScheme::Secure, 400), (PushScheme::Simple, 400)]
+    );
+    // Without its configuration the client does nothing (the image's default).
+    std::fs::remove_file(&conf).expect("rm");
+    let mut cmd = tokio::process::Command::new(&client);
+    cmd.env("IBKIT_EXAMPLE_BILLING_CONF", &conf);
+    let r = run(cmd).await;
+    assert_eq!((r.code, r.stderr.as_str()), (0, ""));
 }

@@ -14,7 +14,8 @@ use std::time::Duration;
 use common::{Svc, config, tmp};
 use ibkit_api::operator::endpoint::{self as ep, Endpoint, RequestBody};
 use ibkit_api::operator::{
-    GroupName, HostName, InstanceDetail, InstanceId, PairingKeyQuery, RecoveryRequestId,
+    CreateInstanceQuery, GroupName, HostName, InstanceDetail, InstanceId, PairingKeyQuery,
+    RecoveryRequestId,
 };
 use ibkit_client::{OperatorClient, ServiceEndpoint};
 use serde_json::{Value, json};
@@ -273,8 +274,9 @@ async fn document_router_and_client_agree_route_by_route() {
     let created = client
         .create_instance(
             &spec,
-            &PairingKeyQuery {
+            &CreateInstanceQuery {
                 pairing_key_ttl: Some("10m".into()),
+                id: None,
             },
         )
         .await

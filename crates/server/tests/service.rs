@@ -1482,3 +1482,44 @@ async fn installer_server_url_overrides_the_public_url() {
         assert!(!root.exists(), "{bad}: the installer went on");
     }
 }
+
+/// `POST /v1/instances?id=`: a package deployment creates its instance
+/// under the marketplace's instance_uuid; an id is never given twice, not
+/// even after a delete, and a malformed one is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_can_be_created_under_a_chosen_id() {
+    let dir = tmp();
+    let svc = Svc::start(config(dir.path())).await;
+    let spec = json!({"name": "pkg", "hosts": [{"name": "h"}]});
+    let id = "0c943e02-dff0-4932-897c-a38dafe66930";
+    let (st, body) = svc
+        .op("POST", &format!("/v1/instances?id={id}"), Some(&spec))
+        .await;
+    assert_eq!(st, 201, "{body}");
+    assert_eq!(body["id"], id);
+    let (st, body) = svc.op("GET", &format!("/v1/instances/{id}"), None).await;
+    assert_eq!((st, body["name"].as_str()), (200, Some("pkg")));
+    let (st, body) = svc
+        .op("POST", &format!("/v1/instances?id={id}"), Some(&spec))
+        .await;
+    assert_eq!(st, 409, "{body}");
+    assert!(
+        body["error"].as_str().is_some_and(|e| e.contains(id)),
+        "{body}"
+    );
+    let (st, _) = svc.op("DELETE", &format!("/v1/instances/{id}"), None).await;
+    assert_eq!(st, 200);
+    let (st, _) = svc
+        .op("POST", &format!("/v1/instances?id={id}"), Some(&spec))
+        .await;
+    assert_eq!(st, 409, "a deleted instance's id is not reused");
+    for bad in ["0C943E02-DFF0-4932-897C-A38DAFE66930", "42", "..%2F"] {
+        let (st, body) = svc
+            .op("POST", &format!("/v1/instances?id={bad}"), Some(&spec))
+            .await;
+        assert_eq!(st, 400, "{bad}: {body}");
+    }
+    let (st, body) = svc.op("GET", "/v1/instances", None).await;
+    assert_eq!(st, 200);
+    assert_eq!(body.as_array().map(Vec::len), Some(1), "{body}");
+}

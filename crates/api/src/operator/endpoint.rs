@@ -197,9 +197,10 @@ endpoint! {
 endpoint! {
     /// Create an instance from an InstanceSpec.
     CreateInstance: Post "/v1/instances",
-    params NoParams, query PairingKeyQuery, body InstanceSpec => InstanceCreated,
+    params NoParams, query CreateInstanceQuery, body InstanceSpec => InstanceCreated,
     201 "The instance, with a pairing key and install command per host",
-    errors [(400, "The spec is malformed or invalid (the message names where)")]
+    errors [(400, "The spec is malformed or invalid (the message names where)"),
+            (409, "An instance already has the id asked for")]
 }
 
 endpoint! {

@@ -417,6 +417,90 @@ pub struct InstanceUsage {
     /// Every option the spec bills, in its order (also those without usage
     /// yet), then options counted before the spec dropped them, by name.
     pub params: Vec<ParamUsage>,
+    /// The pushes of this instance, accepted and refused, oldest first
+    /// (the newest [`MAX_PUSH_LOG`] are kept).
+    #[serde(default)]
+    pub pushes: Vec<PushRecord>,
+    /// The access keys issued to it, oldest first (no secrets): which one
+    /// a push used shows whether the app followed a rotation.
+    #[serde(default)]
+    pub keys: Vec<AccessKeyView>,
+}
+
+impl InstanceUsage {
+    /// Issue times of the access keys the accepted pushes used: more than
+    /// one means the app followed a rotation.
+    pub fn keys_used(&self) -> std::collections::BTreeSet<i64> {
+        self.pushes
+            .iter()
+            .filter(|p| p.status == 200)
+            .filter_map(|p| p.key_created_at)
+            .collect()
+    }
+}
+
+/// How many pushes of an instance the service remembers.
+pub const MAX_PUSH_LOG: usize = 200;
+
+/// The billing scheme a push used.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PushScheme {
+    /// `POST …/api/v1-public/usages` with `x-service-token`.
+    Simple,
+    /// `POST …/v1-public/metrics/push` (counted).
+    Secure,
+    /// `POST …/v1-public/metrics/decrypt` (checked, not counted).
+    Decrypt,
+}
+
+impl PushScheme {
+    /// The name stored and shown (`simple`, `secure`, `decrypt`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PushScheme::Simple => "simple",
+            PushScheme::Secure => "secure",
+            PushScheme::Decrypt => "decrypt",
+        }
+    }
+
+    /// The scheme of a stored name.
+    pub fn parse(text: &str) -> Option<Self> {
+        [PushScheme::Simple, PushScheme::Secure, PushScheme::Decrypt]
+            .into_iter()
+            .find(|s| s.as_str() == text)
+    }
+}
+
+/// One push the emulator answered, once its credential named the instance.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PushRecord {
+    /// Unix time in milliseconds.
+    pub at: i64,
+    pub scheme: PushScheme,
+    /// The HTTP status answered (200 accepted).
+    pub status: u16,
+    /// Metrics or usages in the push (0 when it could not be read).
+    pub metrics: u32,
+    /// Values counted (re-sent metric ids are not counted again).
+    pub counted: u32,
+    /// `created_at` of the access key a secure push used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_created_at: Option<i64>,
+    /// Why it was refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// An access key issued to an instance, without the key.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessKeyView {
+    /// Unix time in milliseconds.
+    pub created_at: i64,
+    pub expires_at: i64,
 }
 
 /// `?pairing_key_ttl=` of instance creation and key re-issue.
@@ -430,6 +514,23 @@ pub struct PairingKeyQuery {
     /// re-issued later; default `--pairing-key-ttl` (1h).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pairing_key_ttl: Option<String>,
+}
+
+/// The query of instance creation: `?pairing_key_ttl=` and `?id=`.
+#[cfg_attr(feature = "openapi", derive(utoipa::IntoParams))]
+#[cfg_attr(feature = "openapi", into_params(parameter_in = Query))]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateInstanceQuery {
+    /// As [`PairingKeyQuery::pairing_key_ttl`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pairing_key_ttl: Option<String>,
+    /// Create the instance under this id (a package's marketplace
+    /// `instance_uuid`, which its billing pushes name); default: a new
+    /// random one. 409 when an instance (even a deleted one) has it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", param(value_type = Option<String>))]
+    pub id: Option<InstanceId>,
 }
 
 /// Filters of `GET /v1/recovery-requests`.

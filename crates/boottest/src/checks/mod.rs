@@ -11,6 +11,7 @@ use crate::observe::{BootObs, GuestObs, HealthObs, Observations};
 mod app_autostart;
 mod app_autostart_hard;
 mod app_autostart_soft;
+pub mod app_billing;
 mod app_flavor;
 mod app_kvm;
 mod app_net;
@@ -80,6 +81,10 @@ pub const ALL: &[LiveCheck] = &[
     LiveCheck {
         id: RuleId::KERNEL_VIRTIO,
         check: kernel_virtio::check,
+    },
+    LiveCheck {
+        id: RuleId::APP_BILLING,
+        check: app_billing::check,
     },
 ];
 

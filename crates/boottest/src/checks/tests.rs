@@ -7,6 +7,9 @@ use super::ALL;
 use crate::guest::{Listener, SerialSummary, ShadowIssue, ShadowSummary};
 use crate::health::HealthSpec;
 use crate::observe::*;
+use ibkit_api::operator::{
+    AccessKeyView, InstanceId, InstanceUsage, ParamUsage, PushRecord, PushScheme,
+};
 
 fn listener(proto: &str, addr: &str, port: u16, p: &str) -> Listener {
     Listener {
@@ -168,7 +171,189 @@ fn clean() -> Observations {
             3_900_000_000,
         )),
         offline_fixed_mac: vec![],
+        billing_spec: Some(billing_spec()),
+        billing: Some(billing_watch(vec![
+            push(PushScheme::Secure, 10_000, 200, Some(KEY1), None),
+            push(PushScheme::Simple, 20_000, 200, None, None),
+            push(PushScheme::Secure, 50_000, 200, Some(KEY3), None),
+        ])),
     }
+}
+
+const KEY1: i64 = 1_000;
+const KEY2: i64 = 16_000;
+const KEY3: i64 = 31_000;
+
+fn billing_spec() -> ibkit_rules::billing::BillingManifest {
+    ibkit_rules::billing::BillingManifest::from_toml(
+        &toml::from_str::<toml::Value>("params = [\"requests\"]").expect("toml"),
+    )
+    .expect("billing")
+}
+
+fn push(
+    scheme: PushScheme,
+    at: i64,
+    status: u16,
+    key_created_at: Option<i64>,
+    error: Option<&str>,
+) -> PushRecord {
+    PushRecord {
+        at,
+        scheme,
+        status,
+        metrics: 1,
+        counted: u32::from(status == 200),
+        key_created_at,
+        error: error.map(str::to_string),
+    }
+}
+
+/// A 75 s watch with keys issued every 15 s, living 30 s.
+fn billing_watch(pushes: Vec<PushRecord>) -> BillingObs {
+    BillingObs {
+        url: "https://10.0.2.2:40000".into(),
+        setup: Some(SetupRun {
+            exit_code: Some(0),
+            output_tail: String::new(),
+        }),
+        watched_s: 75.0,
+        ended_at: 76_000,
+        token_writes: 3,
+        usage: Some(InstanceUsage {
+            id: InstanceId::parse("0c943e02-dff0-4932-897c-a38dafe66930").expect("id"),
+            params: vec![ParamUsage {
+                param: "requests".into(),
+                total: 3.0,
+                count: 3,
+                days: vec![],
+                last_push_at: Some(50_000),
+            }],
+            pushes,
+            keys: [KEY1, KEY2, KEY3]
+                .into_iter()
+                .map(|c| AccessKeyView {
+                    created_at: c,
+                    expires_at: c + 30_000,
+                })
+                .collect(),
+        }),
+        error: None,
+    }
+}
+
+fn billing_verdict(o: &Observations) -> (Status, Vec<String>) {
+    let c = ALL
+        .iter()
+        .find(|c| c.id == ibkit_rules::RuleId::APP_BILLING)
+        .expect("APP-BILLING is live");
+    let out = (c.check)(o);
+    (
+        out.status(),
+        out.findings.iter().map(|f| f.message.clone()).collect(),
+    )
+}
+
+#[test]
+fn billing_without_postpaid_options_is_unknown() {
+    let mut o = clean();
+    o.billing_spec = None;
+    o.billing = None;
+    assert_eq!(
+        not_passing(&o),
+        vec![("APP-BILLING", Status::Unknown)],
+        "only billing is unverified"
+    );
+    o.billing_spec = Some(ibkit_rules::billing::BillingManifest {
+        params: vec![],
+        ..billing_spec()
+    });
+    assert_eq!(billing_verdict(&o).0, Status::Unknown);
+}
+
+#[test]
+fn a_refused_push_fails_billing_and_is_quoted() {
+    let mut o = clean();
+    let msg = "usages[0]: unknown param \"cpu\"; this instance bills [\"requests\"]";
+    if let Some(u) = o.billing.as_mut().and_then(|b| b.usage.as_mut()) {
+        u.pushes
+            .push(push(PushScheme::Simple, 60_000, 400, None, Some(msg)));
+    }
+    let (status, findings) = billing_verdict(&o);
+    assert_eq!(status, Status::Fail);
+    assert_eq!(
+        findings,
+        [format!("a simple push was refused with HTTP 400: {msg}")]
+    );
+    assert_eq!(not_passing(&o), vec![("APP-BILLING", Status::Fail)]);
+}
+
+#[test]
+fn pushes_that_never_follow_the_rotation_fail() {
+    let mut o = clean();
+    o.billing = Some(billing_watch(vec![
+        push(PushScheme::Secure, 10_000, 200, Some(KEY1), None),
+        push(PushScheme::Secure, 25_000, 200, Some(KEY1), None),
+    ]));
+    let (status, findings) = billing_verdict(&o);
+    assert_eq!(status, Status::Fail);
+    assert!(
+        findings[0].contains("every accepted push used the first key"),
+        "{findings:?}"
+    );
+    // A push with the expired key is refused: quoted too.
+    o.billing = Some(billing_watch(vec![
+        push(PushScheme::Secure, 10_000, 200, Some(KEY1), None),
+        push(
+            PushScheme::Secure,
+            40_000,
+            401,
+            Some(KEY1),
+            Some("the access key expired at …"),
+        ),
+    ]));
+    let (status, findings) = billing_verdict(&o);
+    assert_eq!(status, Status::Fail);
+    assert!(
+        findings.iter().any(|f| f.contains("HTTP 401")),
+        "{findings:?}"
+    );
+}
+
+#[test]
+fn no_push_or_a_failed_setup_fails() {
+    let mut o = clean();
+    o.billing = Some(billing_watch(vec![push(
+        PushScheme::Decrypt,
+        10_000,
+        200,
+        Some(KEY1),
+        None,
+    )]));
+    let (status, findings) = billing_verdict(&o);
+    assert_eq!(status, Status::Fail);
+    assert!(
+        findings[0].starts_with("no usage push was accepted in 75 s"),
+        "{findings:?}"
+    );
+    if let Some(b) = o.billing.as_mut() {
+        b.setup = Some(SetupRun {
+            exit_code: Some(3),
+            output_tail: "no such file".into(),
+        });
+    }
+    let (status, findings) = billing_verdict(&o);
+    assert_eq!(status, Status::Fail);
+    assert_eq!(
+        findings,
+        ["the manifest's billing setup failed (exit 3): no such file"]
+    );
+    // The emulator itself failing is not the app's fault: unknown.
+    o.billing = Some(BillingObs {
+        error: Some("the billing emulator did not start: port".into()),
+        ..BillingObs::default()
+    });
+    assert_eq!(billing_verdict(&o).0, Status::Unknown);
 }
 
 fn verdicts(o: &Observations) -> Vec<(&'static str, Status)> {

@@ -1,7 +1,7 @@
 //! `status` and `outputs`: the record with what the service and the
 //! backend say now, and the outputs rendered from the service's results.
 
-use ibkit_api::operator::{GroupName, HostHealth, HostName, InstanceId, StepCounts};
+use ibkit_api::operator::{GroupName, HostHealth, HostName, InstanceId, InstanceUsage, StepCounts};
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -68,6 +68,17 @@ impl<B: ComputeBackend> Controller<B> {
             vms,
             service,
         })
+    }
+
+    /// What the service's billing emulator counted for the deployment's
+    /// instance: totals, pushes accepted and refused, keys issued.
+    pub async fn usage(&self, name: &str) -> Result<InstanceUsage, DeployError> {
+        let record = self.store.load(name)?;
+        self.check_backend(&record)?;
+        if record.status == DeployStatus::Deleted {
+            return Err(DeployError::Refused(format!("{name} is deleted")));
+        }
+        Ok(self.client.instance_usage(&record.instance_id).await?)
     }
 
     /// The outputs, rendered from the results the service holds.

@@ -1,7 +1,7 @@
 //! `up`: creating or updating the instance in the service, (re)creating
 //! the VMs and waiting for `running`, attempt after attempt.
 
-use ibkit_api::operator::{HostHealth, PairingKeyQuery};
+use ibkit_api::operator::{CreateInstanceQuery, HostHealth};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::Duration;
@@ -59,7 +59,13 @@ impl<B: ComputeBackend> Controller<B> {
                 self.say(&format!("creating instance {name} in the service"));
                 let created = self
                     .client
-                    .create_instance(&spec, &PairingKeyQuery::default())
+                    .create_instance(
+                        &spec,
+                        &CreateInstanceQuery {
+                            id: manifest.instance.id.clone(),
+                            ..CreateInstanceQuery::default()
+                        },
+                    )
                     .await?;
                 let keys: HashMap<String, Secret> = created
                     .hosts

@@ -21,6 +21,11 @@ pub fn debian_image() -> PathBuf {
 /// A service, a deploy state directory and a bridge of their own; whatever
 /// is left (QEMU, dnsmasq, taps, bridge) is removed on drop, also
 /// after a failure (the state directory is then kept for a look).
+/// The host's address on the test network (`10.78.0.1/24` → `10.78.0.1`).
+pub fn bridge_ip(network: &str) -> String {
+    network.split('/').next().unwrap_or(network).to_string()
+}
+
 pub struct Env {
     pub dir: tempfile::TempDir,
     pub service: Service,
@@ -48,6 +53,12 @@ impl Env {
                 format!("https://127.0.0.1:{port}"),
                 "--monitor-interval".into(),
                 "2s".into(),
+                // The example image's billing client checks the name the
+                // VMs use; keys rotate within a test (every 10 s).
+                "--tls-san".into(),
+                bridge_ip(network),
+                "--billing-key-ttl".into(),
+                "20s".into(),
                 // Recovery inside the service (as `ibkit deploy watch`).
                 "--recover-deployments".into(),
                 dir.path().join("deploy").display().to_string(),
@@ -67,6 +78,15 @@ impl Env {
 
     pub fn state(&self) -> PathBuf {
         self.dir.path().join("deploy")
+    }
+
+    /// The service as the VMs reach it: the bridge's address.
+    pub fn guest_service_url(&self) -> String {
+        format!(
+            "https://{}:{}",
+            bridge_ip(self.network),
+            self.service.addr.port()
+        )
     }
 
     pub fn command(&self, args: &[&str]) -> Command {

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ibkit_api::operator::{HostName, InstanceId, PairingKeyQuery};
+use ibkit_api::operator::{CreateInstanceQuery, HostName, InstanceId};
 use ibkit_client::{ClientError, OperatorClient, Secret, ServiceEndpoint};
 use serde_json::{Value, json};
 
@@ -288,7 +288,7 @@ impl Service {
         let created = self.call(
             "create",
             self.operator
-                .create_instance(&spec, &PairingKeyQuery::default()),
+                .create_instance(&spec, &CreateInstanceQuery::default()),
         );
         let keys = created
             .hosts

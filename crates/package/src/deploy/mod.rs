@@ -111,6 +111,12 @@ fn translate_here(
         None => Generated::new()?,
     };
     let inputs = inputs(pkg, &cfg, req, &generated)?;
+    // The service's instance is the marketplace's: created under the
+    // package's instance_uuid, which the app's billing pushes name.
+    let instance_uuid = match inputs.get("instance_uuid") {
+        Some(Value::String(given)) => given.clone(),
+        _ => generated.instance_uuid.clone(),
+    };
     let provider = PackageProvider { generated };
     let mut ev = Evaluator::new(&cfg, Some(pkg), &inputs, provider)?;
     let mut m = Mapper {
@@ -137,6 +143,13 @@ fn translate_here(
         }
     }
     let mut json = m.manifest(&settings_max_attempts(pkg, &req.plan), &outputs, pkg);
+    if ibkit_api::operator::InstanceId::parse(&instance_uuid).is_ok() {
+        json["instance"]["id"] = json!(instance_uuid);
+    } else {
+        m.warnings.push(format!(
+            "instance_uuid {instance_uuid:?} is not a lower-case UUID: the service picks the instance's id, and billing pushes naming {instance_uuid:?} will be refused"
+        ));
+    }
     let params = resource_usages(pkg, &req.plan);
     if !params.is_empty() {
         json["billing"] = json!({ "params": params });

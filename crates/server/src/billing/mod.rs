@@ -20,6 +20,7 @@ use std::sync::Arc;
 use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
 use ibkit_api::InstanceSpec;
+use ibkit_api::operator::{PushRecord, PushScheme};
 use ibkit_api::wire::{BillingToken, InstanceStatus};
 use ibkit_support::clock::{format_utc_ms, now_ms};
 use ibkit_support::secret::Secret;
@@ -317,6 +318,38 @@ pub fn day_of(base_date: Option<&str>, now: i64) -> ApiResult<String> {
         None => now,
     };
     Ok(format_utc_ms(ms).chars().take(10).collect())
+}
+
+/// Logs a push for its instance: `Ok((metrics, counted))` or the error
+/// answered. A failure to log is itself only logged: the push's answer
+/// stands.
+pub async fn log_push(
+    s: &Arc<AppState>,
+    inst: &str,
+    scheme: PushScheme,
+    key_created_at: Option<i64>,
+    outcome: &ApiResult<(usize, usize)>,
+) {
+    let (status, metrics, counted, error) = match outcome {
+        Ok((n, c)) => (StatusCode::OK, *n, *c, None),
+        Err(e) => (e.status, 0, 0, Some(e.message.clone())),
+    };
+    let record = PushRecord {
+        at: now_ms(),
+        scheme,
+        status: status.as_u16(),
+        metrics: u32::try_from(metrics).unwrap_or(u32::MAX),
+        counted: u32::try_from(counted).unwrap_or(u32::MAX),
+        key_created_at,
+        error,
+    };
+    let id = inst.to_string();
+    let logged =
+        s.db.write(move |c| Ok::<_, ApiError>(store::billing::log_push(c, &id, &record)?))
+            .await;
+    if let Err(e) = logged {
+        tracing::warn!("billing: cannot log a push of instance {inst}: {e}");
+    }
 }
 
 /// Counts `usages` on `day` in one transaction; a metric id counted before

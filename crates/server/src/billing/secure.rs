@@ -17,6 +17,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse as _, Response};
 use base64::Engine as _;
 use ibkit_api::InstanceSpec;
+use ibkit_api::operator::PushScheme;
 use ibkit_support::clock::{format_utc_ms, now_ms};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -32,6 +33,8 @@ use crate::{AppState, store};
 pub struct KeyAuth {
     pub instance: String,
     pub spec: Arc<InstanceSpec>,
+    /// When the key used was issued.
+    pub key_created_at: i64,
 }
 
 impl FromRequestParts<Arc<AppState>> for KeyAuth {
@@ -41,35 +44,58 @@ impl FromRequestParts<Arc<AppState>> for KeyAuth {
         parts: &mut Parts,
         state: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
-        KeyAuth::check(state, &parts.headers).await
+        KeyAuth::check(state, &parts.headers, None).await
     }
 }
 
 impl KeyAuth {
     /// The instance of the request's access key: 401 when the key is
-    /// missing, unknown or expired, or its instance no longer bills.
-    pub async fn check(state: &Arc<AppState>, headers: &HeaderMap) -> ApiResult<Self> {
+    /// missing, unknown or expired, or its instance no longer bills. An
+    /// expired key of a push (`scheme`) is logged for its instance: an app
+    /// that missed a rotation shows in its usage.
+    pub async fn check(
+        state: &Arc<AppState>,
+        headers: &HeaderMap,
+        scheme: Option<PushScheme>,
+    ) -> ApiResult<Self> {
         let key = bearer(headers).ok_or_else(|| {
             ApiError::unauthorized("access key required (Authorization: Bearer KEY)")
         })?;
         let hash = hash_secret(key);
         let st = state.clone();
-        state
+        let (owner, spec) = state
             .db
             .read(move |c| {
-                let (instance, expires_at) = store::billing::key_owner(c, &hash)?
+                let owner = store::billing::key_owner(c, &hash)?
                     .ok_or_else(|| ApiError::unauthorized("unknown access key"))?;
-                if expires_at <= now_ms() {
-                    return Err(ApiError::unauthorized(format!(
-                        "the access key expired at {}: use the newest key (the token file, \
-                         or GET auth/key with a key still valid)",
-                        format_utc_ms(expires_at)
-                    )));
-                }
-                let spec = super::billing_spec(&st, c, &instance)?;
-                Ok(KeyAuth { instance, spec })
+                let spec = super::billing_spec(&st, c, &owner.instance)?;
+                Ok::<_, ApiError>((owner, spec))
             })
-            .await
+            .await?;
+        let now = now_ms();
+        if owner.expires_at <= now {
+            let e = ApiError::unauthorized(format!(
+                "the access key expired at {}: use the newest key (the token file, \
+                 or GET auth/key with a key still valid)",
+                format_utc_ms(owner.expires_at)
+            ));
+            if let Some(scheme) = scheme {
+                super::log_push(
+                    state,
+                    &owner.instance,
+                    scheme,
+                    Some(owner.created_at),
+                    &Err(e.clone()),
+                )
+                .await;
+            }
+            return Err(e);
+        }
+        Ok(KeyAuth {
+            instance: owner.instance,
+            spec,
+            key_created_at: owner.created_at,
+        })
     }
 }
 
@@ -256,14 +282,43 @@ pub fn signed_answer(key: &MarketplaceKey, ids: Vec<Value>, now: i64) -> ApiResu
 }
 
 /// Authenticates, then decrypts and checks a push off the async threads;
-/// counts it when `count`.
+/// counts it when `count`. Every push whose key names an instance is
+/// logged for it, accepted or refused.
 async fn handle(
     s: Arc<AppState>,
     headers: HeaderMap,
     body: PushBody,
     count: bool,
 ) -> ApiResult<Response> {
-    let auth = KeyAuth::check(&s, &headers).await?;
+    let scheme = if count {
+        PushScheme::Secure
+    } else {
+        PushScheme::Decrypt
+    };
+    let auth = KeyAuth::check(&s, &headers, Some(scheme)).await?;
+    let outcome = decrypt_and_count(&s, &auth, body, count).await;
+    super::log_push(
+        &s,
+        &auth.instance,
+        scheme,
+        Some(auth.key_created_at),
+        &outcome
+            .as_ref()
+            .map(|(n, c, _)| (*n, *c))
+            .map_err(Clone::clone),
+    )
+    .await;
+    outcome.map(|(_, _, answer)| answer)
+}
+
+/// The push after its key: decrypted, checked, counted when `count`;
+/// (metrics, counted, the signed answer).
+async fn decrypt_and_count(
+    s: &Arc<AppState>,
+    auth: &KeyAuth,
+    body: PushBody,
+    count: bool,
+) -> ApiResult<(usize, usize, Response)> {
     let req: EncryptedRequest = body.parse()?;
     let key = s.billing.key().await?;
     let (k, spec) = (key.clone(), auth.spec.clone());
@@ -276,8 +331,9 @@ async fn handle(
     .map_err(|e| ApiError::internal(format!("billing decryption task failed: {e}")))??;
     let decrypt_ms = started.elapsed().as_secs_f64() * 1000.0;
     let n = checked.usages.len();
+    let mut counted = 0;
     if count {
-        let counted = super::record(&s, &auth.instance, checked.day, checked.usages).await?;
+        counted = super::record(s, &auth.instance, checked.day, checked.usages).await?;
         tracing::info!(
             "billing: secure push for instance {}: {n} metrics, {counted} counted ({decrypt_ms:.1} ms to decrypt)",
             auth.instance
@@ -288,7 +344,7 @@ async fn handle(
             auth.instance
         );
     }
-    signed_answer(&key, checked.ids, now_ms())
+    Ok((n, counted, signed_answer(&key, checked.ids, now_ms())?))
 }
 
 /// `POST …/v1-public/metrics/decrypt`: checks a push, counts nothing.

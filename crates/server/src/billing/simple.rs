@@ -7,6 +7,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use ibkit_api::InstanceSpec;
+use ibkit_api::operator::PushScheme;
 use ibkit_support::clock::now_ms;
 use serde::{Deserialize, Serialize};
 
@@ -84,7 +85,8 @@ pub struct SimplePushAck {
     pub accepted: usize,
 }
 
-/// `POST …/api/v1-public/usages`: counts the usages, all or none.
+/// `POST …/api/v1-public/usages`: counts the usages, all or none. A push
+/// whose token names an instance is logged for it, accepted or refused.
 pub async fn push(
     State(s): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -92,6 +94,17 @@ pub async fn push(
 ) -> ApiResult<Json<SimplePushAck>> {
     // The body is read first (see PushBody), parsed after the token.
     let auth = ServiceToken::check(&s, &headers).await?;
+    let outcome = count(&s, &auth, body).await;
+    super::log_push(&s, &auth.instance, PushScheme::Simple, None, &outcome).await;
+    outcome.map(|(_, accepted)| Json(SimplePushAck { accepted }))
+}
+
+/// The push after its token: checked whole, then counted; (usages, counted).
+async fn count(
+    s: &Arc<AppState>,
+    auth: &ServiceToken,
+    body: PushBody,
+) -> ApiResult<(usize, usize)> {
     let body: SimplePush = body.parse()?;
     if body.usages.is_empty() {
         return Err(ApiError::bad_request("usages is empty"));
@@ -110,6 +123,7 @@ pub async fn push(
         super::check_usage(&auth.spec, &format!("usages[{i}]"), &u.param, u.value)?;
     }
     let day = super::day_of(body.base_date.as_deref(), now_ms())?;
+    let n = body.usages.len();
     let usages: Vec<Usage> = body
         .usages
         .into_iter()
@@ -119,10 +133,10 @@ pub async fn push(
             id: None,
         })
         .collect();
-    let accepted = super::record(&s, &auth.instance, day, usages).await?;
+    let accepted = super::record(s, &auth.instance, day, usages).await?;
     tracing::info!(
         "billing: simple push for instance {}: {accepted} usages",
         auth.instance
     );
-    Ok(Json(SimplePushAck { accepted }))
+    Ok((n, accepted))
 }

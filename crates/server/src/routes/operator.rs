@@ -14,10 +14,11 @@ use axum::http::StatusCode;
 use axum::http::request::Parts;
 use ibkit_api::operator::endpoint::{self as ep, Endpoint, RequestBody};
 use ibkit_api::operator::{
-    BillingPublicKey, DayUsage, HealthResultView, HostPairing, InstanceBilling, InstanceCreated,
-    InstanceDetail, InstanceId, InstanceStatusView, InstanceSummary, InstanceUsage, NoBody,
-    NoQuery, PairingKeyQuery, ParamUsage, RecoveryQuery, RecoveryRequest, RecoveryResolved,
-    RecoveryStatus, Redeployed, StepCounts, StepResult, StepView,
+    BillingPublicKey, CreateInstanceQuery, DayUsage, HealthResultView, HostPairing,
+    InstanceBilling, InstanceCreated, InstanceDetail, InstanceId, InstanceStatusView,
+    InstanceSummary, InstanceUsage, NoBody, NoQuery, PairingKeyQuery, ParamUsage, RecoveryQuery,
+    RecoveryRequest, RecoveryResolved, RecoveryStatus, Redeployed, StepCounts, StepResult,
+    StepView,
 };
 use ibkit_api::wire::{InstanceStatus, ServiceInfo, StepStatus};
 use ibkit_api::{InstanceSpec, StructuredJson};
@@ -108,8 +109,8 @@ fn install_command(s: &AppState, id: &str, host: &str, key: &str) -> String {
 }
 
 /// `?pairing_key_ttl=` in milliseconds, checked.
-fn pairing_key_ttl(q: &PairingKeyQuery) -> ApiResult<Option<i64>> {
-    let Some(text) = &q.pairing_key_ttl else {
+fn pairing_key_ttl(ttl: Option<&String>) -> ApiResult<Option<i64>> {
+    let Some(text) = ttl else {
         return Ok(None);
     };
     let d: ibkit_api::Duration = text
@@ -172,13 +173,13 @@ impl Serve for ep::CreateInstance {
     async fn serve(
         s: Arc<AppState>,
         _: ep::NoParams,
-        q: PairingKeyQuery,
+        q: CreateInstanceQuery,
         spec: InstanceSpec,
     ) -> ApiResult<InstanceCreated> {
         valid(&spec)?;
-        let ttl = pairing_key_ttl(&q)?;
+        let ttl = pairing_key_ttl(q.pairing_key_ttl.as_ref())?;
         let expires_at = now_ms().saturating_add(ttl.unwrap_or(ms(s.cfg.pairing_key_ttl)));
-        let id = InstanceId::new_v4();
+        let id = q.id.unwrap_or_else(InstanceId::new_v4);
         let keys: Vec<(String, String)> = spec
             .host_names()
             .map(|h| (h.to_string(), new_secret("pk_")))
@@ -189,6 +190,11 @@ impl Serve for ep::CreateInstance {
         let status =
             s.db.write(move |c| {
                 let tx = c.transaction()?;
+                if store::instances::status(&tx, id2.as_str())?.is_some() {
+                    return Err(ApiError::conflict(format!(
+                        "an instance with id {id2} exists (or existed): ids are never reused"
+                    )));
+                }
                 store::instances::insert(&tx, &id2, &spec2, ttl, now_ms())?;
                 for (h, k) in &keys2 {
                     store::hosts::insert(&tx, &id2, h, &hash_secret(k), expires_at)?;
@@ -479,7 +485,7 @@ impl Serve for ep::Rekey {
         q: PairingKeyQuery,
         _: NoBody,
     ) -> ApiResult<HostPairing> {
-        let ttl = pairing_key_ttl(&q)?;
+        let ttl = pairing_key_ttl(q.pairing_key_ttl.as_ref())?;
         let key = new_secret("pk_");
         let st = s.clone();
         let (id, host, kh) = (p.id.to_string(), p.host.to_string(), hash_secret(&key));
@@ -714,7 +720,14 @@ impl Serve for ep::GetInstanceUsage {
                 }));
             }
             params.extend(by_param.into_values());
-            Ok::<_, ApiError>(InstanceUsage { id, params })
+            let pushes = store::billing::pushes(c, id.as_str())?;
+            let keys = store::billing::key_history(c, id.as_str())?;
+            Ok::<_, ApiError>(InstanceUsage {
+                id,
+                params,
+                pushes,
+                keys,
+            })
         })
         .await
     }

@@ -10,6 +10,7 @@
 //! only (0600, in a 0700 directory); a key's plaintext is dropped once it
 //! expires, its hash kept to tell "expired" from "unknown".
 
+use ibkit_api::operator::{AccessKeyView, MAX_PUSH_LOG, PushRecord};
 use ibkit_support::secret::Secret;
 use rusqlite::{Connection, OptionalExtension as _, params};
 
@@ -61,14 +62,91 @@ pub fn token_owner(c: &Connection, token_hash: &str) -> StoreResult<Option<Strin
     .optional()?)
 }
 
-/// The instance an access key belongs to and when the key expires.
-pub fn key_owner(c: &Connection, key_hash: &str) -> StoreResult<Option<(String, i64)>> {
+/// The owner of an access key.
+#[derive(Debug, Clone)]
+pub struct KeyOwner {
+    pub instance: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+}
+
+/// The instance an access key belongs to, when it was issued and when it
+/// expires.
+pub fn key_owner(c: &Connection, key_hash: &str) -> StoreResult<Option<KeyOwner>> {
     Ok(c.query_row(
-        "SELECT instance, expires_at FROM billing_keys WHERE key_hash = ?1",
+        "SELECT instance, created_at, expires_at FROM billing_keys WHERE key_hash = ?1",
         params![key_hash],
-        |r| Ok((r.get(0)?, r.get(1)?)),
+        |r| {
+            Ok(KeyOwner {
+                instance: r.get(0)?,
+                created_at: r.get(1)?,
+                expires_at: r.get(2)?,
+            })
+        },
     )
     .optional()?)
+}
+
+/// Every key issued to the instance, oldest first, without the keys.
+pub fn key_history(c: &Connection, inst: &str) -> StoreResult<Vec<AccessKeyView>> {
+    let mut stmt = c.prepare_cached(
+        "SELECT created_at, expires_at FROM billing_keys
+         WHERE instance = ?1 ORDER BY created_at, rowid",
+    )?;
+    let rows = stmt.query_map(params![inst], |r| {
+        Ok(AccessKeyView {
+            created_at: r.get(0)?,
+            expires_at: r.get(1)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Logs a push the instance's credential was accepted for, keeping the
+/// newest [`MAX_PUSH_LOG`] of the instance.
+pub fn log_push(c: &Connection, inst: &str, p: &PushRecord) -> StoreResult<()> {
+    c.execute(
+        "INSERT INTO billing_pushes
+           (instance, at, scheme, status, metrics, counted, key_created_at, error)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            inst,
+            p.at,
+            p.scheme.as_str(),
+            p.status,
+            p.metrics,
+            p.counted,
+            p.key_created_at,
+            p.error
+        ],
+    )?;
+    c.execute(
+        "DELETE FROM billing_pushes WHERE instance = ?1 AND rowid NOT IN
+           (SELECT rowid FROM billing_pushes WHERE instance = ?1
+            ORDER BY at DESC, rowid DESC LIMIT ?2)",
+        params![inst, MAX_PUSH_LOG as i64],
+    )?;
+    Ok(())
+}
+
+/// The instance's logged pushes, oldest first.
+pub fn pushes(c: &Connection, inst: &str) -> StoreResult<Vec<PushRecord>> {
+    let mut stmt = c.prepare_cached(
+        "SELECT at, scheme, status, metrics, counted, key_created_at, error
+         FROM billing_pushes WHERE instance = ?1 ORDER BY at, rowid",
+    )?;
+    let rows = stmt.query_map(params![inst], |r| {
+        Ok(PushRecord {
+            at: r.get(0)?,
+            scheme: super::col(r, 1)?,
+            status: r.get(2)?,
+            metrics: r.get(3)?,
+            counted: r.get(4)?,
+            key_created_at: r.get(5)?,
+            error: r.get(6)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// The instance's keys valid at `now`, newest first.

@@ -14,7 +14,8 @@ pub mod reports;
 pub mod steps;
 
 use ibkit_api::operator::{
-    GroupName, HostHealth, HostName, InstanceId, RecoveryKind, RecoveryRequestId, RecoveryStatus,
+    GroupName, HostHealth, HostName, InstanceId, PushScheme, RecoveryKind, RecoveryRequestId,
+    RecoveryStatus,
 };
 use ibkit_api::wire::{InstanceStatus, StepStatus};
 
@@ -64,6 +65,7 @@ text_value!(InstanceId, |s| InstanceId::parse(s).ok());
 text_value!(HostName, |s| HostName::parse(s).ok());
 text_value!(GroupName, |s| GroupName::parse(s).ok());
 text_value!(RecoveryRequestId, |s| RecoveryRequestId::parse(s).ok());
+text_value!(PushScheme, PushScheme::parse);
 
 /// Column `i` of a row as a [`TextValue`].
 pub fn col<T: TextValue>(row: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<T> {

@@ -8,7 +8,7 @@ pub mod attack;
 use std::path::Path;
 use std::time::Duration;
 
-use ibkit_api::operator::{HostName, InstanceId, PairingKeyQuery};
+use ibkit_api::operator::{CreateInstanceQuery, HostName, InstanceId};
 use ibkit_client::{OperatorClient, ServiceEndpoint};
 use ibkit_server::{ServeConfig, Server};
 use serde_json::{Value, json};
@@ -106,7 +106,7 @@ impl Svc {
         let spec = serde_json::from_value(spec.clone()).expect("an instance spec");
         let created = self
             .operator()
-            .create_instance(&spec, &PairingKeyQuery::default())
+            .create_instance(&spec, &CreateInstanceQuery::default())
             .await
             .expect("create");
         let keys = created
