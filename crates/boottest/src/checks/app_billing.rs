@@ -13,7 +13,7 @@ use ibkit_rules::{Evidence, Outcome};
 use super::unreachable;
 use crate::observe::Observations;
 
-/// Refusals quoted in a failure.
+/// Kinds of refusal (scheme, status, reason) quoted in a failure.
 const QUOTED: usize = 5;
 
 pub fn check(o: &Observations) -> Outcome {
@@ -91,11 +91,28 @@ pub fn judge(w: &Watch<'_>) -> Outcome {
     let counted = |p: &&PushRecord| p.status == 200 && p.scheme != PushScheme::Decrypt;
     let accepted: Vec<&PushRecord> = usage.pushes.iter().filter(counted).collect();
     let refused: Vec<&PushRecord> = usage.pushes.iter().filter(|p| p.status != 200).collect();
-    for p in refused.iter().take(QUOTED) {
+    // An app that pushes every 10 s repeats the same mistake: quote each
+    // kind of refusal once, with how often it happened.
+    let mut kinds: Vec<(&PushRecord, usize)> = Vec::new();
+    for p in &refused {
+        match kinds
+            .iter_mut()
+            .find(|(k, _)| k.scheme == p.scheme && k.status == p.status && k.error == p.error)
+        {
+            Some((_, n)) => *n += 1,
+            None => kinds.push((p, 1)),
+        }
+    }
+    for (p, n) in kinds.iter().take(QUOTED) {
+        let times = if *n > 1 {
+            format!(" ({n} times)")
+        } else {
+            String::new()
+        };
         out.fail(
             "push-refused",
             format!(
-                "a {} push was refused with HTTP {}: {}",
+                "a {} push was refused with HTTP {}{times}: {}",
                 p.scheme.as_str(),
                 p.status,
                 p.error.as_deref().unwrap_or("no reason given")
@@ -103,10 +120,11 @@ pub fn judge(w: &Watch<'_>) -> Outcome {
             Evidence::note(w.place),
         );
     }
-    if refused.len() > QUOTED {
+    let unquoted: usize = kinds.iter().skip(QUOTED).map(|(_, n)| n).sum();
+    if unquoted > 0 {
         out.fail(
             "push-refused",
-            format!("{} more pushes were refused", refused.len() - QUOTED),
+            format!("{unquoted} more pushes were refused, for other reasons"),
             Evidence::note(w.place),
         );
     }

@@ -301,22 +301,57 @@ fn pushes_that_never_follow_the_rotation_fail() {
         findings[0].contains("every accepted push used the first key"),
         "{findings:?}"
     );
-    // A push with the expired key is refused: quoted too.
+    // Pushes with the expired key are refused: each kind quoted once, with
+    // how often it happened.
+    let expired = "the access key expired at …";
+    let wrong = "the body does not decrypt";
     o.billing = Some(billing_watch(vec![
         push(PushScheme::Secure, 10_000, 200, Some(KEY1), None),
-        push(
-            PushScheme::Secure,
-            40_000,
-            401,
-            Some(KEY1),
-            Some("the access key expired at …"),
-        ),
+        push(PushScheme::Secure, 20_000, 403, None, Some(wrong)),
+        push(PushScheme::Secure, 40_000, 401, Some(KEY1), Some(expired)),
+        push(PushScheme::Secure, 50_000, 403, None, Some(wrong)),
+        push(PushScheme::Secure, 60_000, 401, Some(KEY1), Some(expired)),
     ]));
     let (status, findings) = billing_verdict(&o);
     assert_eq!(status, Status::Fail);
-    assert!(
-        findings.iter().any(|f| f.contains("HTTP 401")),
+    assert_eq!(
+        findings[..2],
+        [
+            format!("a secure push was refused with HTTP 403 (2 times): {wrong}"),
+            format!("a secure push was refused with HTTP 401 (2 times): {expired}"),
+        ],
         "{findings:?}"
+    );
+}
+
+#[test]
+fn refusals_beyond_the_quoted_kinds_are_counted() {
+    let mut o = clean();
+    let mut pushes = vec![push(PushScheme::Simple, 1_000, 200, None, None)];
+    for i in 0..8 {
+        let reason = format!("usages[0]: unknown param \"p{i}\"");
+        pushes.push(push(
+            PushScheme::Simple,
+            2_000 + i,
+            400,
+            None,
+            Some(&reason),
+        ));
+        pushes.push(push(
+            PushScheme::Simple,
+            3_000 + i,
+            400,
+            None,
+            Some(&reason),
+        ));
+    }
+    o.billing = Some(billing_watch(pushes));
+    let (status, findings) = billing_verdict(&o);
+    assert_eq!(status, Status::Fail);
+    assert_eq!(findings.len(), 6, "{findings:?}");
+    assert_eq!(
+        findings[5], "6 more pushes were refused, for other reasons",
+        "three unquoted kinds, twice each"
     );
 }
 
