@@ -16,11 +16,11 @@ use std::time::Duration;
 use ibkit_api::InstanceSpec;
 use ibkit_api::operator::endpoint::{self as ep, Endpoint, RequestBody as _};
 use ibkit_api::operator::{
-    BillingPublicKey, CreateInstanceQuery, GroupName, HealthResultView, HostName, HostPairing,
-    InstanceBilling, InstanceCreated, InstanceDetail, InstanceId, InstanceStatusView,
-    InstanceSummary, InstanceUsage, NoBody, NoQuery, PairingKeyQuery, RecoveryQuery,
-    RecoveryRequest, RecoveryRequestId, RecoveryResolved, RecoveryStatus, Redeployed, StepResult,
-    StepView,
+    BillingPublicKey, CreateInstanceQuery, DeploymentStored, DeploymentTimeline, GroupName,
+    HealthResultView, HostName, HostPairing, InstanceBilling, InstanceCreated, InstanceDetail,
+    InstanceId, InstanceStatusView, InstanceSummary, InstanceUsage, NoBody, NoQuery,
+    PairingKeyQuery, RecoveryQuery, RecoveryRequest, RecoveryRequestId, RecoveryResolved,
+    RecoveryStatus, Redeployed, StepResult, StepView,
 };
 use ibkit_api::wire::ServiceInfo;
 pub use ibkit_support::secret::Secret;
@@ -344,6 +344,22 @@ impl OperatorClient {
     /// The usage counted for the instance, per option and UTC day.
     pub async fn instance_usage(&self, id: &InstanceId) -> Result<InstanceUsage, ClientError> {
         self.call::<ep::GetInstanceUsage>(&instance(id), &NoQuery {}, &NoBody)
+            .await
+    }
+
+    /// Publishes the deployment controller's timeline of the instance.
+    pub async fn put_deployment(
+        &self,
+        id: &InstanceId,
+        timeline: &DeploymentTimeline,
+    ) -> Result<DeploymentStored, ClientError> {
+        self.call::<ep::PutDeployment>(&instance(id), &NoQuery {}, timeline)
+            .await
+    }
+
+    /// The instance's last published deployment timeline (404 when none).
+    pub async fn deployment(&self, id: &InstanceId) -> Result<DeploymentTimeline, ClientError> {
+        self.call::<ep::GetDeployment>(&instance(id), &NoQuery {}, &NoBody)
             .await
     }
 }

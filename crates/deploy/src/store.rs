@@ -16,8 +16,13 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
+use ibkit_api::operator::{
+    DeployAttemptView, DeploymentTimeline, HostName, MAX_TIMELINE_ENTRIES, MAX_TIMELINE_TEXT,
+    Milestone, VmRecoveryView,
+};
 use ibkit_support::clock::unix_ms;
 use ibkit_support::fs::write_atomic;
+use ibkit_support::text::tail_bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::manifest::{DeployManifest, ManifestError};
@@ -81,6 +86,16 @@ pub enum AttemptKind {
     Update,
     /// A failed attempt retried: every VM recreated.
     Retry,
+}
+
+impl AttemptKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptKind::Create => "create",
+            AttemptKind::Update => "update",
+            AttemptKind::Retry => "retry",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -230,6 +245,67 @@ impl DeploymentRecord {
             name: self.name.clone(),
             source: Box::new(e),
         })
+    }
+
+    /// The copy of this record's attempts and recoveries the controller
+    /// publishes to the service (the console shows it): the newest
+    /// entries and the tails of long texts, within the API's limits.
+    pub fn timeline(&self) -> DeploymentTimeline {
+        fn text(t: &str) -> String {
+            tail_bytes(t, MAX_TIMELINE_TEXT).to_string()
+        }
+        fn ms(v: u64) -> i64 {
+            i64::try_from(v).unwrap_or(i64::MAX)
+        }
+        fn milestones(m: &[(String, u64)]) -> Vec<Milestone> {
+            m.iter()
+                .take(64)
+                .map(|(name, at)| Milestone {
+                    name: text(name),
+                    at: ms(*at),
+                })
+                .collect()
+        }
+        fn newest<T>(v: &[T]) -> &[T] {
+            &v[v.len().saturating_sub(MAX_TIMELINE_ENTRIES)..]
+        }
+        DeploymentTimeline {
+            deployment: self.name.clone(),
+            backend: text(&self.backend.to_string()),
+            status: self.status.as_str().to_string(),
+            status_reason: self.status_reason.as_deref().map(text),
+            attempts: newest(&self.attempts)
+                .iter()
+                .map(|a| DeployAttemptView {
+                    number: a.number,
+                    kind: a.kind.as_str().to_string(),
+                    started_at: ms(a.started_ms),
+                    ended_at: a.ended_ms.map(ms),
+                    outcome: a.outcome.map(|o| o.as_str().to_string()),
+                    failure: a.failure.as_deref().map(text),
+                    milestones: milestones(&a.milestones),
+                })
+                .collect(),
+            recoveries: newest(&self.recoveries)
+                .iter()
+                .filter_map(|r| {
+                    Some(VmRecoveryView {
+                        // Names come from the validated manifest.
+                        host: HostName::parse(&r.host).ok()?,
+                        kind: text(&r.kind),
+                        reason: text(&r.reason),
+                        detected_at: ms(r.detected_ms),
+                        recreated_at: r.recreated_ms.map(ms),
+                        recovered_at: r.recovered_ms.map(ms),
+                        old_vm: r.old_vm.as_deref().map(text),
+                        new_vm: r.new_vm.as_deref().map(text),
+                        failure: r.failure.as_deref().map(text),
+                        milestones: milestones(&r.milestones),
+                    })
+                })
+                .collect(),
+            published_at: ms(unix_ms()),
+        }
     }
 
     pub fn current_attempt_mut(&mut self) -> Option<&mut Attempt> {
@@ -405,6 +481,53 @@ mod tests {
             created_ms: 1,
             updated_ms: 1,
         }
+    }
+
+    /// A long-lived deployment publishes within the API's limits: the
+    /// newest entries, the tail of a long failure (where the error is).
+    #[test]
+    fn the_published_timeline_keeps_the_newest_entries_and_text_tails() {
+        let mut r = record("demo");
+        let long_failure = format!("{}the step failed: exit 3", "log line\n".repeat(3000));
+        r.attempts = (1..=60)
+            .map(|n| Attempt {
+                number: n,
+                kind: if n == 1 {
+                    AttemptKind::Create
+                } else {
+                    AttemptKind::Retry
+                },
+                started_ms: u64::from(n) * 1000,
+                ended_ms: Some(u64::from(n) * 1000 + 500),
+                outcome: Some(DeployStatus::Failed),
+                failure: Some(long_failure.clone()),
+                milestones: vec![("vms_created".into(), u64::from(n) * 1000 + 10)],
+            })
+            .collect();
+        r.recoveries = vec![RecoveryEvent {
+            host: "a".into(),
+            kind: "vm_stopped".into(),
+            reason: "the VM stopped".into(),
+            detected_ms: 5,
+            recreated_ms: Some(6),
+            recovered_ms: None,
+            old_vm: Some("a-a1".into()),
+            new_vm: Some("a-a2".into()),
+            evidence: vec![],
+            failure: None,
+            milestones: vec![("recreated".into(), 6)],
+        }];
+        let t = r.timeline();
+        assert_eq!(t.problem(), None);
+        assert_eq!(t.attempts.len(), MAX_TIMELINE_ENTRIES);
+        assert_eq!(t.attempts[0].number, 11);
+        assert_eq!(t.attempts[0].kind, "retry");
+        assert_eq!(t.attempts[0].outcome.as_deref(), Some("failed"));
+        let failure = t.attempts[49].failure.as_deref().unwrap_or("");
+        assert!(failure.len() <= MAX_TIMELINE_TEXT && failure.ends_with("exit 3"));
+        assert_eq!(t.recoveries[0].host.as_str(), "a");
+        assert_eq!(t.recoveries[0].milestones[0].name, "recreated");
+        assert_eq!(t.backend, "the local QEMU backend");
     }
 
     #[test]

@@ -222,6 +222,23 @@ fn two_host_example_runs_and_a_killed_replica_is_recreated_alone() {
     for p in &evidence {
         assert!(Path::new(p).exists(), "{p} missing");
     }
+    // The controller published its timeline to the service (the console
+    // shows it): the first attempt reached running, the recovery its
+    // milestones.
+    let (code, timeline) = env.service.get(&format!("/v1/instances/{id}/deployment"));
+    assert_eq!(code, 200, "{timeline:#}");
+    assert_eq!(timeline["deployment"], name, "{timeline:#}");
+    assert_eq!(
+        timeline["attempts"][0]["outcome"], "running",
+        "{timeline:#}"
+    );
+    let published = &timeline["recoveries"][0];
+    assert_eq!(published["host"], "replica", "{timeline:#}");
+    let reached: Vec<&str> = published["milestones"]
+        .as_array()
+        .map(|m| m.iter().filter_map(|m| m["name"].as_str()).collect())
+        .unwrap_or_default();
+    assert!(reached.contains(&"recreated"), "{timeline:#}");
     // Only the replica was recreated: the primary's QEMU never stopped.
     assert_eq!(env.qemu_pid(name, "primary-a1"), Some(primary_pid));
     let vms: Vec<String> = status["vms"]

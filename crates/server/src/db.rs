@@ -18,7 +18,9 @@ use crate::store::StoreError;
 /// 3: the billing emulator's credentials, usage and pushed metric ids
 /// (billing_*): new tables only, which a schema-2 database gains as it is
 /// opened (`CREATE TABLE IF NOT EXISTS`); nothing else changes.
-pub const SCHEMA_VERSION: i64 = 4;
+/// 5: the deployment controller's published timeline (deployments): a new
+/// table only.
+pub const SCHEMA_VERSION: i64 = 5;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS instances (
@@ -148,6 +150,11 @@ CREATE TABLE IF NOT EXISTS billing_metric_ids (
     metric_id TEXT NOT NULL,
     at INTEGER NOT NULL,
     PRIMARY KEY (instance, metric_id)
+);
+CREATE TABLE IF NOT EXISTS deployments (
+    instance TEXT PRIMARY KEY REFERENCES instances(id) ON DELETE CASCADE,
+    timeline_json TEXT NOT NULL,
+    stored_at INTEGER NOT NULL
 );
 "#;
 

@@ -5,9 +5,9 @@
 
 use ibkit_api::operator::endpoint::{Endpoint, RequestBody};
 use ibkit_api::operator::{
-    BillingPublicKey, HealthResultView, HostPairing, InstanceBilling, InstanceCreated,
-    InstanceDetail, InstanceStatusView, InstanceSummary, InstanceUsage, NoBody, RecoveryRequest,
-    RecoveryResolved, Redeployed, StepResult, StepView,
+    BillingPublicKey, DeploymentStored, DeploymentTimeline, HealthResultView, HostPairing,
+    InstanceBilling, InstanceCreated, InstanceDetail, InstanceStatusView, InstanceSummary,
+    InstanceUsage, NoBody, RecoveryRequest, RecoveryResolved, Redeployed, StepResult, StepView,
 };
 use ibkit_api::wire::{
     Ack, BillingToken, ErrorBody, HealthReport, Heartbeat, PairRequest, PairResponse, Report,
@@ -74,6 +74,8 @@ named!(
     BillingPublicKey,
     InstanceBilling,
     InstanceUsage,
+    DeploymentTimeline,
+    DeploymentStored,
 );
 
 impl<T: Doc> Doc for Vec<T> {

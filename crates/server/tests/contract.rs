@@ -238,6 +238,8 @@ async fn document_router_and_client_agree_route_by_route() {
     check!(ep::GetBillingPublicKey, ep::NoParams {});
     check!(ep::GetInstanceBilling, inst);
     check!(ep::GetInstanceUsage, inst);
+    check!(ep::PutDeployment, inst);
+    check!(ep::GetDeployment, inst);
     // ...and nothing else: the list the router mounts is the list checked.
     let mut all = Vec::new();
     macro_rules! list {

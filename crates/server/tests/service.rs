@@ -1523,3 +1523,80 @@ async fn an_instance_can_be_created_under_a_chosen_id() {
     assert_eq!(st, 200);
     assert_eq!(body.as_array().map(Vec::len), Some(1), "{body}");
 }
+
+/// The deployment controller's timeline: stored per instance, replaced on
+/// each publish, kept across a restart, refused over the limits with the
+/// limit named, and 404 before any publish or for an unknown instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_published_deployment_timeline_is_kept_replaced_and_bounded() {
+    let dir = tmp();
+    let mut svc = Svc::start(config(dir.path())).await;
+    let (id, _) = svc.create(&two_host_spec()).await;
+    let path = format!("/v1/instances/{id}/deployment");
+
+    let (status, body) = svc.op("GET", &path, None).await;
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("no deployment controller"),
+        "{body}"
+    );
+
+    let attempt = |n: u32, outcome: Option<&str>| {
+        json!({"number": n, "kind": if n == 1 { "create" } else { "retry" },
+               "started_at": 1000 * i64::from(n), "ended_at": outcome.map(|_| 1000 * i64::from(n) + 500),
+               "outcome": outcome, "failure": outcome.filter(|o| *o == "failed").map(|_| "step base/1 failed"),
+               "milestones": [{"name": "vms_created", "at": 1000 * i64::from(n) + 10}]})
+    };
+    let timeline = json!({
+        "deployment": "order", "backend": "the local QEMU backend",
+        "status": "running", "status_reason": null,
+        "attempts": [attempt(1, Some("failed")), attempt(2, Some("running"))],
+        "recoveries": [{"host": "b", "kind": "vm_stopped", "reason": "the VM stopped",
+            "detected_at": 5000, "recreated_at": 6000, "recovered_at": 9000,
+            "old_vm": "b-a1", "new_vm": "b-a2", "failure": null,
+            "milestones": [{"name": "recreated", "at": 6000}, {"name": "running", "at": 9000}]}],
+        "published_at": 9500,
+    });
+    let (status, body) = svc.op("PUT", &path, Some(&timeline)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["id"], id.as_str());
+    let (status, got) = svc.op("GET", &path, None).await;
+    assert_eq!(status, 200, "{got}");
+    assert_eq!(got, timeline);
+
+    // Over the limits: refused, naming which, and the stored copy stays.
+    let mut too_many = timeline.clone();
+    too_many["attempts"] = Value::Array((1..=51).map(|n| attempt(n, None)).collect());
+    let (status, body) = svc.op("PUT", &path, Some(&too_many)).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap_or("").contains("51 attempts"),
+        "{body}"
+    );
+    let mut long = timeline.clone();
+    long["status_reason"] = json!("x".repeat(9000));
+    let (status, body) = svc.op("PUT", &path, Some(&long)).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap_or("").contains("9000 bytes"),
+        "{body}"
+    );
+    assert_eq!(svc.op("GET", &path, None).await.1, timeline);
+
+    // A later publish replaces it; a restart keeps it.
+    let mut later = timeline.clone();
+    later["status"] = json!("failed");
+    assert_eq!(svc.op("PUT", &path, Some(&later)).await.0, 200);
+    svc.restart().await;
+    assert_eq!(svc.op("GET", &path, None).await.1, later);
+
+    let other = format!("/v1/instances/{}/deployment", uuid_like());
+    assert_eq!(svc.op("PUT", &other, Some(&timeline)).await.0, 404);
+}
+
+fn uuid_like() -> String {
+    "00000000-0000-4000-8000-000000000001".to_string()
+}

@@ -51,6 +51,12 @@ impl RequestBody for NoBody {
     }
 }
 
+impl RequestBody for DeploymentTimeline {
+    fn absent() -> Option<Self> {
+        None
+    }
+}
+
 impl RequestBody for InstanceSpec {
     fn absent() -> Option<Self> {
         None
@@ -311,6 +317,23 @@ endpoint! {
     errors [BAD_REQUEST, NOT_FOUND]
 }
 
+endpoint! {
+    /// Publish the deployment controller's timeline (attempts, recoveries).
+    PutDeployment: Put "/v1/instances/{id}/deployment",
+    params InstancePath, query NoQuery, body DeploymentTimeline => DeploymentStored,
+    200 "The timeline is stored (it replaces the one published before)",
+    errors [(400, "The timeline is malformed or over a limit (the message names which)"),
+            NOT_FOUND, CONFLICT]
+}
+
+endpoint! {
+    /// The deployment controller's last published timeline.
+    GetDeployment: Get "/v1/instances/{id}/deployment",
+    params InstancePath, query NoQuery, body NoBody => DeploymentTimeline,
+    200 "The attempts and VM recoveries as `ibkit deploy` last published them",
+    errors [BAD_REQUEST, (404, "No such instance, or no deployment controller published a timeline for it")]
+}
+
 /// Calls `$m!(Endpoint)` for every operator endpoint, in the order of the
 /// OpenAPI document: the one list the router, the document, the client
 /// tests and the agreement test iterate.
@@ -333,6 +356,8 @@ macro_rules! for_each_operator_endpoint {
         $m!($crate::operator::endpoint::GetBillingPublicKey);
         $m!($crate::operator::endpoint::GetInstanceBilling);
         $m!($crate::operator::endpoint::GetInstanceUsage);
+        $m!($crate::operator::endpoint::PutDeployment);
+        $m!($crate::operator::endpoint::GetDeployment);
     };
 }
 

@@ -333,6 +333,146 @@ pub struct RecoveryRequest {
     pub resolved_at: Option<i64>,
 }
 
+/// `PUT`/`GET /v1/instances/{id}/deployment`: what the deployment
+/// controller (`ibkit deploy`) did to run the instance — its attempts and
+/// VM recoveries with their milestones. The controller owns this record
+/// (it lives in its state directory) and publishes a copy after each
+/// change, so the console can show it; the service only stores and
+/// validates it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeploymentTimeline {
+    /// The deployment's name in `ibkit deploy`.
+    pub deployment: String,
+    /// Where its VMs run, in words ("the local QEMU backend", "OpenStack cloud X").
+    pub backend: String,
+    /// `applying`, `running`, `failed` or `deleted`.
+    pub status: String,
+    pub status_reason: Option<String>,
+    /// Oldest first; the newest [`MAX_TIMELINE_ENTRIES`] are kept.
+    pub attempts: Vec<DeployAttemptView>,
+    /// Oldest first; the newest [`MAX_TIMELINE_ENTRIES`] are kept.
+    pub recoveries: Vec<VmRecoveryView>,
+    /// Unix time in milliseconds the controller published this copy.
+    pub published_at: i64,
+}
+
+/// How many attempts and recoveries a published timeline may hold.
+pub const MAX_TIMELINE_ENTRIES: usize = 50;
+/// The longest text (a failure, a reason) a timeline may hold; the
+/// publisher keeps the tail, where the error is.
+pub const MAX_TIMELINE_TEXT: usize = 8 * 1024;
+
+/// A stage reached, in milliseconds since the epoch.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Milestone {
+    /// `vms_created`, `HOST.paired`, `HOST.steps_done`, `steps_done`,
+    /// `health_passed`; for a recovery `recreated`, `paired`, `steps_done`,
+    /// `running`.
+    pub name: String,
+    pub at: i64,
+}
+
+/// One attempt of `ibkit deploy up` to bring the instance to `running`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeployAttemptView {
+    /// 1, 2, … over the deployment's life.
+    pub number: u32,
+    /// `create`, `update` or `retry`.
+    pub kind: String,
+    pub started_at: i64,
+    pub ended_at: Option<i64>,
+    /// `running` or `failed`; none while in progress.
+    pub outcome: Option<String>,
+    pub failure: Option<String>,
+    pub milestones: Vec<Milestone>,
+}
+
+/// One VM found dead and recreated by the controller.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VmRecoveryView {
+    pub host: HostName,
+    /// `vm_stopped`, `vm_missing`, or the service's recovery kind.
+    pub kind: String,
+    pub reason: String,
+    pub detected_at: i64,
+    pub recreated_at: Option<i64>,
+    /// When the instance was `running` again.
+    pub recovered_at: Option<i64>,
+    pub old_vm: Option<String>,
+    pub new_vm: Option<String>,
+    pub failure: Option<String>,
+    pub milestones: Vec<Milestone>,
+}
+
+impl DeploymentTimeline {
+    /// Why the timeline may not be stored (limits on counts and text), or
+    /// `None`.
+    pub fn problem(&self) -> Option<String> {
+        let texts = [&self.deployment, &self.backend, &self.status]
+            .into_iter()
+            .chain(self.status_reason.iter())
+            .chain(self.attempts.iter().flat_map(|a| {
+                [&a.kind]
+                    .into_iter()
+                    .chain(a.outcome.iter())
+                    .chain(a.failure.iter())
+                    .chain(a.milestones.iter().map(|m| &m.name))
+            }))
+            .chain(self.recoveries.iter().flat_map(|r| {
+                [&r.kind, &r.reason]
+                    .into_iter()
+                    .chain(r.old_vm.iter())
+                    .chain(r.new_vm.iter())
+                    .chain(r.failure.iter())
+                    .chain(r.milestones.iter().map(|m| &m.name))
+            }));
+        if self.attempts.len() > MAX_TIMELINE_ENTRIES {
+            return Some(format!(
+                "{} attempts: at most {MAX_TIMELINE_ENTRIES} may be published",
+                self.attempts.len()
+            ));
+        }
+        if self.recoveries.len() > MAX_TIMELINE_ENTRIES {
+            return Some(format!(
+                "{} recoveries: at most {MAX_TIMELINE_ENTRIES} may be published",
+                self.recoveries.len()
+            ));
+        }
+        let milestones = self
+            .attempts
+            .iter()
+            .map(|a| a.milestones.len())
+            .chain(self.recoveries.iter().map(|r| r.milestones.len()))
+            .max()
+            .unwrap_or(0);
+        if milestones > 64 {
+            return Some(format!("{milestones} milestones in one entry: at most 64"));
+        }
+        for t in texts {
+            if t.len() > MAX_TIMELINE_TEXT {
+                return Some(format!(
+                    "a text of {} bytes: at most {MAX_TIMELINE_TEXT}",
+                    t.len()
+                ));
+            }
+        }
+        None
+    }
+}
+
+/// `PUT /v1/instances/{id}/deployment`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeploymentStored {
+    pub id: InstanceId,
+    /// Unix time in milliseconds the service stored it.
+    pub stored_at: i64,
+}
+
 /// `POST /v1/recovery-requests/{id}/resolve`.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

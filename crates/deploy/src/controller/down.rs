@@ -57,7 +57,7 @@ impl<B: ComputeBackend> Controller<B> {
         }
         record.status = DeployStatus::Deleted;
         record.status_reason = Some("deleted by `ibkit deploy down`".into());
-        self.store.save(&mut record)?;
+        self.save(&mut record).await?;
         Ok(record)
     }
 }

@@ -84,6 +84,9 @@ pub struct Controller<B: ComputeBackend> {
     pub poll: Duration,
 }
 
+/// How long a timeline publish may hold up the controller.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Timestamps of an attempt or a recovery, for "where the time goes".
 fn mark(milestones: &mut Vec<(String, u64)>, what: impl Into<String>) {
     let what = what.into();
@@ -97,6 +100,27 @@ fn secs(ms: u64) -> f64 {
 }
 
 impl<B: ComputeBackend> Controller<B> {
+    /// Saves the record, then publishes its timeline to the service so the
+    /// console shows attempts and recoveries. The record on disk is the
+    /// truth: a failed publish is logged and the next save publishes again.
+    async fn save(&self, record: &mut DeploymentRecord) -> Result<(), StoreError> {
+        self.store.save(record)?;
+        let timeline = record.timeline();
+        let publish = self.client.put_deployment(&record.instance_id, &timeline);
+        match tokio::time::timeout(PUBLISH_TIMEOUT, publish).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(
+                deployment = %record.name,
+                "could not publish the deployment timeline to the service: {e}"
+            ),
+            Err(_) => tracing::warn!(
+                deployment = %record.name,
+                "publishing the deployment timeline timed out after {PUBLISH_TIMEOUT:?}"
+            ),
+        }
+        Ok(())
+    }
+
     /// Asks the service for its certificate pins (over the pinned,
     /// authenticated connection) so that VMs can trust it too.
     pub async fn new(
@@ -267,7 +291,7 @@ impl<B: ComputeBackend> Controller<B> {
             addresses,
             created_ms: unix_ms(),
         });
-        self.store.save(record)?;
+        self.save(record).await?;
         Ok((old_id, evidence))
     }
 }

@@ -132,7 +132,7 @@ impl<B: ComputeBackend> Controller<B> {
                 });
                 record.status = DeployStatus::Applying;
                 record.status_reason = Some(format!("recovering host {host}: {reason}"));
-                self.store.save(record)?;
+                self.save(record).await?;
             }
             Action::GiveUp { host, reason } => {
                 self.say(&format!("host {host}: {reason}"));
@@ -158,7 +158,7 @@ impl<B: ComputeBackend> Controller<B> {
                 }
                 record.status = DeployStatus::Failed;
                 record.status_reason = Some(format!("host {host}: {reason}"));
-                self.store.save(record)?;
+                self.save(record).await?;
             }
             Action::Recreate { host } => {
                 for r in requests.iter().filter(|r| r.host == host) {
@@ -189,7 +189,7 @@ impl<B: ComputeBackend> Controller<B> {
                             ev.evidence = evidence;
                             mark(&mut ev.milestones, "recreated");
                         }
-                        self.store.save(record)?;
+                        self.save(record).await?;
                     }
                     Err(e) => {
                         // Counted as a recovery: a backend that keeps failing
@@ -202,7 +202,7 @@ impl<B: ComputeBackend> Controller<B> {
                             ev.failure = Some(format!("recreating the VM failed: {e}"));
                         }
                         self.say(&format!("host {host}: recreating the VM failed: {e}"));
-                        self.store.save(record)?;
+                        self.save(record).await?;
                     }
                 }
             }
@@ -221,7 +221,7 @@ impl<B: ComputeBackend> Controller<B> {
                         },
                         secs(took)
                     ));
-                    self.store.save(record)?;
+                    self.save(record).await?;
                 }
             }
             Action::Recovered { host } => {
@@ -244,7 +244,7 @@ impl<B: ComputeBackend> Controller<B> {
                     record.status = DeployStatus::Running;
                     record.status_reason = None;
                 }
-                self.store.save(record)?;
+                self.save(record).await?;
             }
         }
         Ok(())

@@ -92,7 +92,7 @@ impl<B: ComputeBackend> Controller<B> {
                     created_ms: now,
                     updated_ms: now,
                 };
-                self.store.save(&mut record)?;
+                self.save(&mut record).await?;
                 let all: Vec<String> = manifest.hosts.iter().map(|h| h.name.clone()).collect();
                 (record, keys, all, AttemptKind::Create)
             }
@@ -147,7 +147,7 @@ impl<B: ComputeBackend> Controller<B> {
                         recreate.push(h.name.clone());
                     }
                 }
-                self.store.save(&mut record)?;
+                self.save(&mut record).await?;
                 (record, HashMap::new(), recreate, AttemptKind::Update)
             }
         };
@@ -166,7 +166,7 @@ impl<B: ComputeBackend> Controller<B> {
             });
             record.status = DeployStatus::Applying;
             record.status_reason = Some(format!("attempt {number} ({run} of {max} in this run)"));
-            self.store.save(&mut record)?;
+            self.save(&mut record).await?;
             self.say(&format!(
                 "deployment attempt {number} ({run} of {max}): {}",
                 match kind {
@@ -198,7 +198,7 @@ impl<B: ComputeBackend> Controller<B> {
                     for h in record.hosts.values_mut() {
                         h.history.healthy();
                     }
-                    self.store.save(&mut record)?;
+                    self.save(&mut record).await?;
                     return Ok(record);
                 }
                 Err(reason) => {
@@ -209,7 +209,7 @@ impl<B: ComputeBackend> Controller<B> {
                     }
                     self.say(&format!("deployment attempt {number} failed: {reason}"));
                     record.status_reason = Some(reason);
-                    self.store.save(&mut record)?;
+                    self.save(&mut record).await?;
                     keys.clear();
                     recreate = manifest.hosts.iter().map(|h| h.name.clone()).collect();
                     kind = AttemptKind::Retry;
@@ -219,7 +219,7 @@ impl<B: ComputeBackend> Controller<B> {
         record.status = DeployStatus::Failed;
         let last = record.status_reason.take().unwrap_or_default();
         record.status_reason = Some(format!("{max} attempt(s) failed; the last: {last}"));
-        self.store.save(&mut record)?;
+        self.save(&mut record).await?;
         Ok(record)
     }
 
@@ -245,7 +245,7 @@ impl<B: ComputeBackend> Controller<B> {
         if let Some(a) = record.current_attempt_mut() {
             mark(&mut a.milestones, "vms_created");
         }
-        let _ = self.store.save(record);
+        let _ = self.save(record).await;
         self.wait_running(record, manifest, started).await
     }
     /// Polls until the service says `running`; `Err` is why not.

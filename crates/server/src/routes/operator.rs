@@ -14,11 +14,11 @@ use axum::http::StatusCode;
 use axum::http::request::Parts;
 use ibkit_api::operator::endpoint::{self as ep, Endpoint, RequestBody};
 use ibkit_api::operator::{
-    BillingPublicKey, CreateInstanceQuery, DayUsage, HealthResultView, HostPairing,
-    InstanceBilling, InstanceCreated, InstanceDetail, InstanceId, InstanceStatusView,
-    InstanceSummary, InstanceUsage, NoBody, NoQuery, PairingKeyQuery, ParamUsage, RecoveryQuery,
-    RecoveryRequest, RecoveryResolved, RecoveryStatus, Redeployed, StepCounts, StepResult,
-    StepView,
+    BillingPublicKey, CreateInstanceQuery, DayUsage, DeploymentStored, DeploymentTimeline,
+    HealthResultView, HostPairing, InstanceBilling, InstanceCreated, InstanceDetail, InstanceId,
+    InstanceStatusView, InstanceSummary, InstanceUsage, NoBody, NoQuery, PairingKeyQuery,
+    ParamUsage, RecoveryQuery, RecoveryRequest, RecoveryResolved, RecoveryStatus, Redeployed,
+    StepCounts, StepResult, StepView,
 };
 use ibkit_api::wire::{InstanceStatus, ServiceInfo, StepStatus};
 use ibkit_api::{InstanceSpec, StructuredJson};
@@ -727,6 +727,55 @@ impl Serve for ep::GetInstanceUsage {
                 params,
                 pushes,
                 keys,
+            })
+        })
+        .await
+    }
+}
+
+impl Serve for ep::PutDeployment {
+    /// Stored whatever the instance's status (`ibkit deploy down` publishes
+    /// the final timeline of a deleted instance too).
+    async fn serve(
+        s: Arc<AppState>,
+        p: ep::InstancePath,
+        _: NoQuery,
+        timeline: DeploymentTimeline,
+    ) -> ApiResult<DeploymentStored> {
+        if let Some(problem) = timeline.problem() {
+            return Err(ApiError::bad_request(format!(
+                "deployment timeline refused: {problem}"
+            )));
+        }
+        let now = now_ms();
+        let id = p.id.clone();
+        s.db.write(move |c| {
+            store::instances::existing_status(c, id.as_str())?;
+            store::deployments::put(c, id.as_str(), &timeline, now)?;
+            Ok::<_, ApiError>(())
+        })
+        .await?;
+        Ok(DeploymentStored {
+            id: p.id,
+            stored_at: now,
+        })
+    }
+}
+
+impl Serve for ep::GetDeployment {
+    async fn serve(
+        s: Arc<AppState>,
+        p: ep::InstancePath,
+        _: NoQuery,
+        _: NoBody,
+    ) -> ApiResult<DeploymentTimeline> {
+        let id = p.id;
+        s.db.read(move |c| {
+            store::instances::existing_status(c, id.as_str())?;
+            store::deployments::get(c, id.as_str())?.ok_or_else(|| {
+                ApiError::not_found(format!(
+                    "no deployment controller published a timeline for instance {id}"
+                ))
             })
         })
         .await

@@ -1,11 +1,13 @@
 //! The service's storage: every SQL statement about instances, hosts,
-//! steps, health results, reports, recovery requests and billing lives in this
+//! steps, health results, reports, recovery requests, billing and the
+//! deployment controller's published timelines lives in this
 //! module, one file per table, with typed rows and its own error type.
 //! Routes, dispatch and the monitor call these functions inside the
 //! connection or transaction [`crate::db::Db`] gives them; statuses go in
 //! and out as the enums of `ibkit_api`, never as string literals.
 
 pub mod billing;
+pub mod deployments;
 pub mod health;
 pub mod hosts;
 pub mod instances;
