@@ -179,6 +179,14 @@ pub struct Section {
     pub body: String,
 }
 
+/// A step as the instance page lists it: without its log (which may be
+/// many MiB), with the log's size.
+pub struct StepRow {
+    pub view: StepView,
+    /// `None`: no log yet.
+    pub log_bytes: Option<u64>,
+}
+
 /// What the instance page shows; the service fills it through the same
 /// store functions as the operator endpoints.
 pub struct InstanceView {
@@ -186,7 +194,7 @@ pub struct InstanceView {
     /// Health check results by host name.
     pub checks: BTreeMap<String, Vec<HealthResultView>>,
     /// Steps by host name, in dispatch order.
-    pub steps: BTreeMap<String, Vec<StepView>>,
+    pub steps: BTreeMap<String, Vec<StepRow>>,
     /// The instance's recovery requests, oldest first.
     pub recovery: Vec<RecoveryRequest>,
 }
@@ -353,7 +361,7 @@ fn checks_table(checks: &[HealthResultView], now: i64) -> String {
     t
 }
 
-fn steps_table(id: &str, steps: &[StepView]) -> String {
+fn steps_table(id: &str, steps: &[StepRow]) -> String {
     if steps.is_empty() {
         return "<p class=\"hint\">No steps.</p>".into();
     }
@@ -362,7 +370,7 @@ fn steps_table(id: &str, steps: &[StepView]) -> String {
          <th>Attempts</th><th>Exit</th><th>Duration</th><th>Started</th><th>Finished</th>\
          <th>Log</th><th>Result</th><th>Error</th></tr></thead><tbody>",
     );
-    for s in steps {
+    for StepRow { view: s, log_bytes } in steps {
         let exit = match (s.exit_code, s.signal) {
             _ if s.timed_out => "timed out".to_string(),
             (_, Some(sig)) => format!("signal {sig}"),
@@ -378,12 +386,12 @@ fn steps_table(id: &str, steps: &[StepView]) -> String {
             (Some(a), Some(b)) => duration(b.saturating_sub(a)),
             _ => "–".into(),
         };
-        let log = match &s.log {
-            Some(l) => {
+        let log = match log_bytes {
+            Some(n) => {
                 let mut link = format!(
                     "<a class=\"log\" href=\"{}\">log</a> {}",
                     esc(&log_url(id, s, 1)),
-                    bytes(l.len() as u64)
+                    bytes(*n)
                 );
                 if s.log_truncated_bytes > 0 {
                     let _ = write!(
@@ -576,4 +584,15 @@ pub fn result_page(
         true,
         &body,
     )
+}
+
+/// A page for an error (an unknown instance or step, a database error):
+/// the message is escaped like everything else.
+pub fn error_page(status: u16, message: &str) -> String {
+    let body = format!(
+        "<h1>Error {status}</h1><p class=\"error\">{}</p><p><a href=\"{}\">← instances</a></p>",
+        esc(message),
+        paths::LIST
+    );
+    layout(&format!("Error {status}"), true, &body)
 }
