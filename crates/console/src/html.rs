@@ -23,10 +23,12 @@ pub fn esc(text: &str) -> String {
 }
 
 /// A log or result as text safe in a `<pre>`: escaped, and every control
-/// character except newline and tab shown as a visible symbol (ESC as `␛`,
-/// so an ANSI colour sequence reads `␛[31m` instead of driving anything;
-/// C1 controls and DEL as `\u{…}`). A carriage return is shown too: a
-/// progress bar's thousand `\r` redraws stay readable.
+/// character except newline and tab shown in caret notation as `cat -v`
+/// does (ESC as `^[`, so an ANSI colour sequence reads `^[[31m` instead of
+/// driving anything; CR as `^M`, so a progress bar's redraws stay
+/// readable; DEL as `^?`), and C1 controls and bidirectional overrides as
+/// `\u{…}` (they could reorder what the operator reads). Plain ASCII, so
+/// no font lacks a glyph for it.
 pub fn log_text(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + text.len() / 16);
     for c in text.chars() {
@@ -35,9 +37,11 @@ pub fn log_text(text: &str) -> String {
             '&' => out.push_str("&amp;"),
             '<' => out.push_str("&lt;"),
             '>' => out.push_str("&gt;"),
-            // U+2400.. are the "control pictures" of C0 controls.
-            '\u{0}'..='\u{1f}' => out.push(char::from_u32(0x2400 + c as u32).unwrap_or('?')),
-            '\u{7f}' => out.push('\u{2421}'),
+            '\u{0}'..='\u{1f}' => {
+                out.push('^');
+                out.push(char::from(b'@' + c as u8));
+            }
+            '\u{7f}' => out.push_str("^?"),
             '\u{80}'..='\u{9f}' | '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' => {
                 let _ = write!(out, "\\u{{{:x}}}", c as u32);
             }
@@ -130,10 +134,7 @@ mod tests {
     #[test]
     fn log_controls_become_visible_symbols() {
         let shown = log_text("\u{1b}[31mred\u{1b}[0m\r\n<b>\tok\u{7}\u{85}\u{202e}");
-        assert_eq!(
-            shown,
-            "\u{241b}[31mred\u{241b}[0m\u{240d}\n&lt;b&gt;\tok\u{2407}\\u{85}\\u{202e}"
-        );
+        assert_eq!(shown, "^[[31mred^[[0m^M\n&lt;b&gt;\tok^G\\u{85}\\u{202e}");
         assert!(!shown.contains('\u{1b}'));
     }
 

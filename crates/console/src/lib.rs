@@ -296,11 +296,7 @@ fn hosts_table(hosts: &[HostView], now: i64) -> String {
     );
     for h in hosts {
         let agent = if h.paired {
-            format!(
-                "{} since {}",
-                badge("paired"),
-                time_or_dash(h.paired_at)
-            )
+            format!("{} since {}", badge("paired"), time_or_dash(h.paired_at))
         } else {
             let mut s = format!(
                 "{} key expires {}",
@@ -509,7 +505,13 @@ impl StepRef<'_> {
 
 /// One page of a step's log: `text` is the page's text ([`log::page_text`]),
 /// `total` the log's size in bytes.
-pub fn log_page(step: &StepRef<'_>, status: StepStatus, page: u64, total: u64, text: &str) -> String {
+pub fn log_page(
+    step: &StepRef<'_>,
+    status: StepStatus,
+    page: u64,
+    total: u64,
+    text: &str,
+) -> String {
     let pages = log::pages(total);
     let link = |p: u64, label: &str, rel: &str| {
         if (1..=pages).contains(&p) && p != page {
@@ -529,7 +531,7 @@ pub fn log_page(step: &StepRef<'_>, status: StepStatus, page: u64, total: u64, t
     );
     let body = format!(
         "{back}<h1>Log of {host}/{group}/{index} {status}</h1>\
-         <p class=\"hint\">{total} in all; this page from byte {start}. Control characters are shown as symbols (␛ is ESC).</p>\
+         <p class=\"hint\">{total} in all; this page from byte {start}. Control characters are shown as <code>cat -v</code> does (<code>^[</code> is ESC).</p>\
          {nav}<pre class=\"log\" id=\"log\">{text}</pre>{nav}",
         back = step.heading(),
         host = esc(step.host),
@@ -539,7 +541,11 @@ pub fn log_page(step: &StepRef<'_>, status: StepStatus, page: u64, total: u64, t
         total = bytes(total),
         text = html::log_text(text),
     );
-    layout(&format!("Log {}/{}/{}", step.host, step.group, step.index), true, &body)
+    layout(
+        &format!("Log {}/{}/{}", step.host, step.group, step.index),
+        true,
+        &body,
+    )
 }
 
 /// How much of a result the result page shows; the API has all of it.
@@ -564,7 +570,10 @@ pub fn result_page(
         } else {
             String::new()
         };
-        format!("<pre class=\"log\">{}</pre>{more}", html::log_text(&text[..end]))
+        format!(
+            "<pre class=\"log\">{}</pre>{more}",
+            html::log_text(&text[..end])
+        )
     };
     let raw = raw.map_or_else(|| "<p class=\"hint\">None.</p>".to_string(), shown);
     let structured = structured.map_or_else(

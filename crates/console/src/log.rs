@@ -30,8 +30,7 @@ pub fn page_text(read: &[u8], first_page: bool) -> String {
     let is_continuation = |b: u8| b & 0xC0 == 0x80;
     let mut start = 0;
     if !first_page {
-        while start < read.len() && start < OVERLAP_BYTES as usize && is_continuation(read[start])
-        {
+        while start < read.len() && start < OVERLAP_BYTES as usize && is_continuation(read[start]) {
             start += 1;
         }
     }
@@ -77,6 +76,9 @@ mod tests {
 
     #[test]
     fn invalid_utf8_is_replaced_not_trusted() {
-        assert_eq!(page_text(b"ok \xff\xfe end", true), "ok \u{fffd}\u{fffd} end");
+        assert_eq!(
+            page_text(b"ok \xff\xfe end", true),
+            "ok \u{fffd}\u{fffd} end"
+        );
     }
 }

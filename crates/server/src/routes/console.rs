@@ -19,9 +19,7 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Form, Router};
 use ibkit_api::operator::endpoint::{self as ep};
-use ibkit_api::operator::{
-    GroupName, HostName, InstanceId, NoBody, NoQuery, RecoveryQuery,
-};
+use ibkit_api::operator::{GroupName, HostName, InstanceId, NoBody, NoQuery, RecoveryQuery};
 use ibkit_console::{self as console, paths};
 use ibkit_support::clock::now_ms;
 use serde::Deserialize;
@@ -283,11 +281,7 @@ async fn login(State(s): State<Arc<AppState>>, Form(form): Form<LoginForm>) -> R
             ""
         }
     );
-    (
-        [(header::SET_COOKIE, cookie)],
-        Redirect::to(paths::LIST),
-    )
-        .into_response()
+    ([(header::SET_COOKIE, cookie)], Redirect::to(paths::LIST)).into_response()
 }
 
 async fn logout(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response {
@@ -299,11 +293,7 @@ async fn logout(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response 
         console::SESSION_COOKIE,
         console::BASE
     );
-    (
-        [(header::SET_COOKIE, cookie)],
-        Redirect::to(paths::LOGIN),
-    )
-        .into_response()
+    ([(header::SET_COOKIE, cookie)], Redirect::to(paths::LOGIN)).into_response()
 }
 
 /// The list's rows: `GET /v1/instances`' answer with each one's host count.
@@ -350,9 +340,8 @@ async fn instance_view(s: &Arc<AppState>, id: InstanceId) -> ApiResult<console::
     .await?;
     let st = s.clone();
     let hosts: Vec<String> = detail.hosts.iter().map(|h| h.name.to_string()).collect();
-    let (checks, steps, recovery) = s
-        .db
-        .read(move |c| {
+    let (checks, steps, recovery) =
+        s.db.read(move |c| {
             let spec = dispatch::spec_of(&st, c, id.as_str())?;
             let order: Vec<&str> = spec.group_order().iter().map(|g| g.name.as_str()).collect();
             let mut checks = BTreeMap::new();
@@ -420,9 +409,7 @@ async fn instance_live(
 }
 
 /// A step's path parameters, checked like the API's.
-fn step_path(
-    (id, host, group, index): (String, String, String, u32),
-) -> ApiResult<ep::StepPath> {
+fn step_path((id, host, group, index): (String, String, String, u32)) -> ApiResult<ep::StepPath> {
     let not_found = |what: &str, e: String| ApiError::not_found(format!("no {what}: {e}"));
     Ok(ep::StepPath {
         id: instance_id(&id)?,
@@ -445,15 +432,14 @@ async fn log(
 ) -> PageResult {
     let p = step_path(p)?;
     let page = q.page.unwrap_or(1);
-    let (offset, len) = console::log::range(page)
-        .ok_or_else(|| ApiError::bad_request("pages count from 1"))?;
+    let (offset, len) =
+        console::log::range(page).ok_or_else(|| ApiError::bad_request("pages count from 1"))?;
     let key = (p.host.to_string(), p.group.to_string(), p.index);
     let id = p.id.to_string();
     let k = key.clone();
-    let found = s
-        .db
-        .read(move |c| Ok::<_, ApiError>(store::steps::log_range(c, &id, &k, offset, len)?))
-        .await?;
+    let found =
+        s.db.read(move |c| Ok::<_, ApiError>(store::steps::log_range(c, &id, &k, offset, len)?))
+            .await?;
     let (status, log) = found.ok_or_else(|| {
         ApiError::not_found(format!(
             "no step {}/{}/{} in instance {}",

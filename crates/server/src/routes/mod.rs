@@ -139,7 +139,12 @@ pub const SERVICE_ROUTES: &[RouteInfo] = &[
 pub const CONSOLE_ROUTES: &[RouteInfo] = {
     use ibkit_console::paths;
     &[
-        route("get", paths::LIST, Auth::Operator, "Console: the instance list"),
+        route(
+            "get",
+            paths::LIST,
+            Auth::Operator,
+            "Console: the instance list",
+        ),
         route(
             "get",
             paths::LIST_LIVE,
@@ -156,14 +161,24 @@ pub const CONSOLE_ROUTES: &[RouteInfo] = {
         route("post", paths::LOGOUT, Auth::None, "Console: log out"),
         route("get", paths::SCRIPT, Auth::None, "Console: its script"),
         route("get", paths::STYLE, Auth::None, "Console: its style sheet"),
-        route("get", paths::INSTANCE, Auth::Operator, "Console: an instance"),
+        route(
+            "get",
+            paths::INSTANCE,
+            Auth::Operator,
+            "Console: an instance",
+        ),
         route(
             "get",
             paths::INSTANCE_LIVE,
             Auth::Operator,
             "Console: an instance's live part",
         ),
-        route("get", paths::LOG, Auth::Operator, "Console: a step's log, paged"),
+        route(
+            "get",
+            paths::LOG,
+            Auth::Operator,
+            "Console: a step's log, paged",
+        ),
         route(
             "get",
             paths::RESULT,

@@ -230,7 +230,11 @@ type StepRow = (StepView, Option<String>, Option<i64>);
 fn list(c: &Connection, inst: &str, host: &str, logs: Logs) -> StoreResult<Vec<StepRow>> {
     let columns = VIEW_COLUMNS.replace(
         "{log}",
-        if logs == Logs::Included { "log" } else { "NULL" },
+        if logs == Logs::Included {
+            "log"
+        } else {
+            "NULL"
+        },
     );
     let mut stmt = c.prepare_cached(&format!(
         "SELECT {columns} FROM steps WHERE instance = ?1 AND host = ?2 ORDER BY grp, idx"
