@@ -605,3 +605,104 @@ pub fn error_page(status: u16, message: &str) -> String {
     );
     layout(&format!("Error {status}"), true, &body)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const HOSTILE: &str = "<script>alert(1)</script><img src=x onerror=alert(2)>\"'";
+
+    /// An instance whose every vendor-controlled string is markup.
+    fn hostile_view() -> InstanceView {
+        let step: StepView = serde_json::from_value(json!({
+            "host": "a", "group": "g", "index": 1, "hash": "h", "once": false,
+            "status": "failed", "exec_id": "e", "dispatched_at": 1, "attempts": 2,
+            "exit_code": 7, "signal": null, "timed_out": false, "halted": false,
+            "started_at_ms": 1000, "finished_at_ms": 4000, "log": null,
+            "log_truncated_bytes": 0, "result": "TOP-SECRET-RESULT",
+            "result_truncated_bytes": 0, "structured_result": null,
+            "structured_result_bytes": null, "error": HOSTILE, "ever_ok": false
+        }))
+        .expect("a step view");
+        let detail: InstanceDetail = serde_json::from_value(json!({
+            "id": "00000000-0000-4000-8000-000000000001", "name": HOSTILE,
+            "status": "failed", "status_reason": HOSTILE, "generation": 1,
+            "created_at": 0, "updated_at": 0,
+            "spec": {"name": "x", "hosts": [{"name": "a"}]},
+            "hosts": [{"name": "a", "paired": false, "paired_at": null,
+                "last_heartbeat_at": null, "agent_version": HOSTILE, "health": "unhealthy",
+                "unhealthy_reason": HOSTILE, "unhealthy_since": 5,
+                "checks_active_since": null, "pairing_key_expires_at": 9,
+                "pairing_key_used_at": null, "last_pairing_refusal": HOSTILE,
+                "last_pairing_refusal_at": 9, "steps": {"failed": 1}}],
+            "steps": {"failed": 1}
+        }))
+        .expect("an instance detail");
+        let check: HealthResultView = serde_json::from_value(json!({
+            "check": "web", "ok": false, "detail": HOSTILE, "at_ms": 1,
+            "received_at": 1, "last_ok_at": null
+        }))
+        .expect("a health result");
+        let recovery: RecoveryRequest = serde_json::from_value(json!({
+            "id": "00000000-0000-4000-8000-000000000002",
+            "instance": "00000000-0000-4000-8000-000000000001", "host": "a",
+            "kind": "agent_failed", "reason": HOSTILE, "created_at": 1,
+            "status": "open", "resolved_at": null
+        }))
+        .expect("a recovery request");
+        InstanceView {
+            detail,
+            checks: BTreeMap::from([("a".to_string(), vec![check])]),
+            steps: BTreeMap::from([(
+                "a".to_string(),
+                vec![StepRow {
+                    view: step,
+                    log_bytes: Some(300 << 10),
+                }],
+            )]),
+            recovery: vec![recovery],
+        }
+    }
+
+    #[test]
+    fn vendor_text_is_escaped_everywhere_on_the_instance_page() {
+        let v = hostile_view();
+        let sections = instance_sections(&v, 10_000);
+        let page = instance_page(&v.detail, &sections);
+        assert!(
+            !page.contains("<img") && !page.contains("<script>"),
+            "{page}"
+        );
+        // Only the page's own script tag.
+        assert_eq!(page.matches("<script").count(), 1, "{page}");
+        // name, reason, agent version, unhealthy reason, refusal, check
+        // detail, step error, recovery reason, and the title.
+        let escaped = "&lt;script&gt;alert(1)&lt;/script&gt;&lt;img src=x onerror=alert(2)&gt;";
+        assert!(page.matches(escaped).count() >= 9, "{page}");
+        // The result is masked; its size and a reveal link are shown.
+        assert!(!page.contains("TOP-SECRET-RESULT"));
+        assert!(page.contains("raw 17 B") && page.contains("/results/a/g/1"));
+        assert!(page.contains("/logs/a/g/1?page=1") && page.contains("300.0 KiB"));
+        // Each section is swappable on its own.
+        let ids: Vec<&str> = sections.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(ids, ["summary", "hosts", "host-a", "recovery"]);
+    }
+
+    #[test]
+    fn log_pages_link_only_to_pages_that_exist() {
+        let step = StepRef {
+            instance: "i",
+            host: "a",
+            group: "g",
+            index: 1,
+        };
+        let total = 3 * log::PAGE_BYTES - 10;
+        let first = log_page(&step, StepStatus::Ok, 1, total, "x");
+        assert!(first.contains("page 1 of 3") && first.contains("?page=2"));
+        assert!(!first.contains("?page=0") && !first.contains("rel=\"prev\""));
+        let last = log_page(&step, StepStatus::Ok, 3, total, "<b>");
+        assert!(last.contains("?page=2") && !last.contains("?page=4"));
+        assert!(last.contains("&lt;b&gt;") && !last.contains("<b>"));
+    }
+}
