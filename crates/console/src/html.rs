@@ -107,7 +107,7 @@ pub fn bytes(n: u64) -> String {
     }
 }
 
-/// A status word as a badge; `kind` picks its colour (the word itself is
+/// A status word as a badge, coloured by what it means (the word itself is
 /// one of the API's fixed enum spellings, escaped anyway).
 pub fn badge(word: &str) -> String {
     let class = match word {
