@@ -45,6 +45,12 @@ pub(crate) fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
+/// Whether `token` is the operator token (compared as digests, without an
+/// early exit): the API's bearer check and the console's login share it.
+pub fn is_operator_token(state: &AppState, token: &str) -> bool {
+    digest_eq(&hash_secret(token), &state.operator_token_hash)
+}
+
 /// An operator request (valid operator token).
 pub struct Operator;
 
@@ -58,7 +64,7 @@ impl FromRequestParts<Arc<AppState>> for Operator {
         let token = bearer(&parts.headers).ok_or_else(|| {
             ApiError::unauthorized("operator token required (Authorization: Bearer TOKEN)")
         })?;
-        if digest_eq(&hash_secret(token), &state.operator_token_hash) {
+        if is_operator_token(state, token) {
             Ok(Operator)
         } else {
             Err(ApiError::unauthorized("invalid operator token"))

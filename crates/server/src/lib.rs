@@ -67,6 +67,8 @@ pub struct AppState {
     specs: Mutex<HashMap<String, Arc<InstanceSpec>>>,
     /// The marketplace billing emulator (its key pair).
     pub billing: billing::Billing,
+    /// The web console's browser sessions (in memory: a restart logs out).
+    pub console_sessions: routes::console::Sessions,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -514,6 +516,7 @@ impl Server {
             watchers: Mutex::new(HashMap::new()),
             specs: Mutex::new(HashMap::new()),
             billing: billing::Billing::new(&cfg.state_dir),
+            console_sessions: routes::console::Sessions::default(),
             cfg,
         });
         let app = routes::router(state.clone());

@@ -3,8 +3,11 @@
 //! from the same list ([`ibkit_api::for_each_operator_endpoint`]) that
 //! builds the OpenAPI document; [`SERVICE_ROUTES`] lists the others (agent,
 //! installer, docs, the billing emulator's marketplace API). [`routes`] is every route, as the tests check it.
+//! [`CONSOLE_ROUTES`] are the web console's HTML pages ([`console`]): not
+//! API, so not in the OpenAPI document.
 
 pub mod agent;
+pub mod console;
 pub mod docs;
 pub mod operator;
 
@@ -130,6 +133,61 @@ pub const SERVICE_ROUTES: &[RouteInfo] = &[
     ),
 ];
 
+/// The web console's routes ([`console`]): HTML for a browser, behind the
+/// operator token or a console session; left out of the OpenAPI document
+/// (they are not API), and the console's tests check each is routed.
+pub const CONSOLE_ROUTES: &[RouteInfo] = {
+    use ibkit_console::paths;
+    &[
+        route(
+            "get",
+            paths::LIST,
+            Auth::Operator,
+            "Console: the instance list",
+        ),
+        route(
+            "get",
+            paths::LIST_LIVE,
+            Auth::Operator,
+            "Console: the instance list's live part",
+        ),
+        route("get", paths::LOGIN, Auth::None, "Console: the login form"),
+        route(
+            "post",
+            paths::LOGIN,
+            Auth::None,
+            "Console: log in with the operator token",
+        ),
+        route("post", paths::LOGOUT, Auth::None, "Console: log out"),
+        route("get", paths::SCRIPT, Auth::None, "Console: its script"),
+        route("get", paths::STYLE, Auth::None, "Console: its style sheet"),
+        route(
+            "get",
+            paths::INSTANCE,
+            Auth::Operator,
+            "Console: an instance",
+        ),
+        route(
+            "get",
+            paths::INSTANCE_LIVE,
+            Auth::Operator,
+            "Console: an instance's live part",
+        ),
+        route(
+            "get",
+            paths::LOG,
+            Auth::Operator,
+            "Console: a step's log, paged",
+        ),
+        route(
+            "get",
+            paths::RESULT,
+            Auth::Operator,
+            "Console: a step's result, revealed",
+        ),
+    ]
+};
+
 const fn route(
     method: &'static str,
     path: &'static str,
@@ -216,6 +274,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     }
     ibkit_api::for_each_operator_endpoint!(mount);
     router
+        .merge(console::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(1 << 20))

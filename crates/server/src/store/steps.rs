@@ -181,10 +181,20 @@ pub fn failed(c: &Connection, inst: &str, limit: Option<u32>) -> StoreResult<Vec
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// The columns of a [`StepView`] row; `{log}` is the log column or `NULL`
+/// (listings that show only its size), and the last column is the log's
+/// size in bytes.
 const VIEW_COLUMNS: &str =
     "host, grp, idx, hash, once, status, exec_id, dispatched_at, attempts, exit_code,
-    signal, timed_out, halted, started_at_ms, finished_at_ms, log, log_truncated_bytes, result,
-    result_truncated_bytes, error, ever_ok, structured_result";
+    signal, timed_out, halted, started_at_ms, finished_at_ms, {log}, log_truncated_bytes, result,
+    result_truncated_bytes, error, ever_ok, structured_result, length(CAST(log AS BLOB))";
+
+/// Whether a step listing carries the logs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Logs {
+    Included,
+    SizeOnly,
+}
 
 /// The steps of a host in (group, index) order, each with its stored
 /// structured result text (the view's `structured_result` is left empty:
@@ -194,8 +204,40 @@ pub fn list_for_host(
     inst: &str,
     host: &str,
 ) -> StoreResult<Vec<(StepView, Option<String>)>> {
+    Ok(list(c, inst, host, Logs::Included)?
+        .into_iter()
+        .map(|(view, structured, _)| (view, structured))
+        .collect())
+}
+
+/// [`list_for_host`] without the logs (`log` is `None`), each step with its
+/// log's size in bytes instead: the console's instance page, polled every
+/// few seconds, does not read many MiB of logs each time.
+pub fn list_for_host_log_sizes(
+    c: &Connection,
+    inst: &str,
+    host: &str,
+) -> StoreResult<Vec<(StepView, Option<i64>)>> {
+    Ok(list(c, inst, host, Logs::SizeOnly)?
+        .into_iter()
+        .map(|(view, _, log_bytes)| (view, log_bytes))
+        .collect())
+}
+
+/// A step row: the view, its structured result text, its log's size.
+type StepRow = (StepView, Option<String>, Option<i64>);
+
+fn list(c: &Connection, inst: &str, host: &str, logs: Logs) -> StoreResult<Vec<StepRow>> {
+    let columns = VIEW_COLUMNS.replace(
+        "{log}",
+        if logs == Logs::Included {
+            "log"
+        } else {
+            "NULL"
+        },
+    );
     let mut stmt = c.prepare_cached(&format!(
-        "SELECT {VIEW_COLUMNS} FROM steps WHERE instance = ?1 AND host = ?2 ORDER BY grp, idx"
+        "SELECT {columns} FROM steps WHERE instance = ?1 AND host = ?2 ORDER BY grp, idx"
     ))?;
     let rows = stmt.query_map(params![inst, host], |r| {
         let structured: Option<String> = r.get(21)?;
@@ -226,9 +268,37 @@ pub fn list_for_host(
             error: r.get(19)?,
             ever_ok: r.get(20)?,
         };
-        Ok((view, structured))
+        Ok((view, structured, r.get(22)?))
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// A byte range of a step's log: (status, the bytes, the log's size); the
+/// bytes and size are `None` when the step has no log.
+pub type LogRange = (StepStatus, Option<(Vec<u8>, i64)>);
+
+/// `len` bytes of a step's log from byte `offset` (the console pages a log
+/// of many MiB without reading it all into the page); `None`: no such step.
+pub fn log_range(
+    c: &Connection,
+    inst: &str,
+    key: &StepKey,
+    offset: u64,
+    len: u64,
+) -> StoreResult<Option<LogRange>> {
+    // substr() of a BLOB counts bytes, from 1.
+    let from = i64::try_from(offset).unwrap_or(i64::MAX).saturating_add(1);
+    let len = i64::try_from(len).unwrap_or(i64::MAX);
+    Ok(c.prepare_cached(
+        "SELECT status, substr(CAST(log AS BLOB), ?5, ?6), length(CAST(log AS BLOB)) FROM steps
+         WHERE instance = ?1 AND host = ?2 AND grp = ?3 AND idx = ?4",
+    )?
+    .query_row(params![inst, key.0, key.1, key.2, from, len], |r| {
+        let bytes: Option<Vec<u8>> = r.get(1)?;
+        let total: Option<i64> = r.get(2)?;
+        Ok((col(r, 0)?, bytes.zip(total)))
+    })
+    .optional()?)
 }
 
 /// (status, raw result, structured result text) of one step.
