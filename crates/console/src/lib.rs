@@ -15,7 +15,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use ibkit_api::operator::{
-    HealthResultView, HostView, InstanceDetail, InstanceSummary, RecoveryRequest, StepView,
+    DeploymentTimeline, HealthResultView, HostView, InstanceDetail, InstanceSummary, Milestone,
+    RecoveryRequest, StepView,
 };
 use ibkit_api::wire::StepStatus;
 
@@ -197,6 +198,9 @@ pub struct InstanceView {
     pub steps: BTreeMap<String, Vec<StepRow>>,
     /// The instance's recovery requests, oldest first.
     pub recovery: Vec<RecoveryRequest>,
+    /// What `ibkit deploy` last published (attempts, VM recoveries); none
+    /// for an instance no deployment controller runs.
+    pub deployment: Option<DeploymentTimeline>,
 }
 
 /// The sections of the instance page, in order. A new part (e.g. deploy
@@ -242,6 +246,11 @@ pub fn instance_sections(v: &InstanceView, now: i64) -> Vec<Section> {
         id: "recovery".into(),
         title: "Recovery requests".into(),
         body: recovery_table(&v.recovery),
+    });
+    out.push(Section {
+        id: "deployment".into(),
+        title: "Deployment".into(),
+        body: deployment_section(v.deployment.as_ref()),
     });
     out
 }
@@ -476,6 +485,98 @@ fn recovery_table(list: &[RecoveryRequest]) -> String {
     t
 }
 
+/// The deployment controller's attempts and VM recoveries, each with its
+/// milestones as offsets from its start ("where the time went").
+fn deployment_section(t: Option<&DeploymentTimeline>) -> String {
+    let Some(t) = t else {
+        return "<p class=\"hint\">No deployment controller published a timeline \
+                (the instance was not created by <code>ibkit deploy</code>, or it has not \
+                published yet).</p>"
+            .into();
+    };
+    let mut out = format!(
+        "<dl><dt>Deployment</dt><dd>{}</dd><dt>Backend</dt><dd>{}</dd>\
+         <dt>Status</dt><dd>{}</dd><dt>Reason</dt><dd>{}</dd><dt>Published</dt><dd>{}</dd></dl>",
+        esc(&t.deployment),
+        esc(&t.backend),
+        badge(&t.status),
+        esc(t.status_reason.as_deref().unwrap_or("–")),
+        time(t.published_at),
+    );
+    out.push_str("<h3>Attempts</h3>");
+    if t.attempts.is_empty() {
+        out.push_str("<p class=\"hint\">No attempts yet.</p>");
+    } else {
+        out.push_str(
+            "<table><thead><tr><th>#</th><th>Kind</th><th>Outcome</th><th>Started</th>\
+             <th>Took</th><th>Milestones</th><th>Failure</th></tr></thead><tbody>",
+        );
+        for a in &t.attempts {
+            let _ = write!(
+                out,
+                "<tr data-attempt=\"{n}\"><td>{n}</td><td>{kind}</td><td>{outcome}</td><td>{start}</td>\
+                 <td>{took}</td><td>{milestones}</td><td><pre class=\"cell\">{failure}</pre></td></tr>",
+                n = a.number,
+                kind = esc(&a.kind),
+                outcome = badge(a.outcome.as_deref().unwrap_or("applying")),
+                start = time(a.started_at),
+                took = a.ended_at.map_or_else(|| "–".into(), |e| duration(e - a.started_at)),
+                milestones = milestone_list(&a.milestones, a.started_at),
+                failure = esc(a.failure.as_deref().unwrap_or("")),
+            );
+        }
+        out.push_str("</tbody></table>");
+    }
+    out.push_str("<h3>VM recoveries</h3>");
+    if t.recoveries.is_empty() {
+        out.push_str("<p class=\"hint\">No VM was recreated.</p>");
+        return out;
+    }
+    out.push_str(
+        "<table><thead><tr><th>Host</th><th>Kind</th><th>Reason</th><th>Detected</th>\
+         <th>VM</th><th>Back in</th><th>Milestones</th><th>Failure</th></tr></thead><tbody>",
+    );
+    for r in &t.recoveries {
+        let _ = write!(
+            out,
+            "<tr data-vm-recovery=\"{host}\"><td>{host}</td><td>{kind}</td><td>{reason}</td>\
+             <td>{detected}</td><td>{old} → {new}</td><td>{back}</td><td>{milestones}</td>\
+             <td>{failure}</td></tr>",
+            host = esc(r.host.as_str()),
+            kind = esc(&r.kind),
+            reason = esc(&r.reason),
+            detected = time(r.detected_at),
+            old = esc(r.old_vm.as_deref().unwrap_or("–")),
+            new = esc(r.new_vm.as_deref().unwrap_or("–")),
+            back = r
+                .recovered_at
+                .map_or_else(|| "–".into(), |e| duration(e - r.detected_at)),
+            milestones = milestone_list(&r.milestones, r.detected_at),
+            failure = esc(r.failure.as_deref().unwrap_or("")),
+        );
+    }
+    out.push_str("</tbody></table>");
+    out
+}
+
+/// `name +12s` for each milestone, from `start`.
+fn milestone_list(list: &[Milestone], start: i64) -> String {
+    if list.is_empty() {
+        return "–".into();
+    }
+    let items: Vec<String> = list
+        .iter()
+        .map(|m| {
+            format!(
+                "<li>{} <span class=\"hint\">+{}</span></li>",
+                esc(&m.name),
+                duration(m.at.saturating_sub(start))
+            )
+        })
+        .collect();
+    format!("<ul class=\"milestones\">{}</ul>", items.concat())
+}
+
 /// Where a step is: for the log and result pages' headings and links.
 pub struct StepRef<'a> {
     pub instance: &'a str,
@@ -662,6 +763,20 @@ mod tests {
                 }],
             )]),
             recovery: vec![recovery],
+            deployment: Some(
+                serde_json::from_value(json!({
+                    "deployment": HOSTILE, "backend": HOSTILE, "status": "failed",
+                    "status_reason": HOSTILE, "published_at": 9000,
+                    "attempts": [{"number": 1, "kind": "create", "started_at": 1000,
+                        "ended_at": 61_000, "outcome": "failed", "failure": HOSTILE,
+                        "milestones": [{"name": HOSTILE, "at": 13_000}]}],
+                    "recoveries": [{"host": "a", "kind": HOSTILE, "reason": HOSTILE,
+                        "detected_at": 5000, "recreated_at": 6000, "recovered_at": 9000,
+                        "old_vm": HOSTILE, "new_vm": "a-a2", "failure": HOSTILE,
+                        "milestones": [{"name": "recreated", "at": 6000}]}],
+                }))
+                .expect("a deployment timeline"),
+            ),
         }
     }
 
@@ -677,16 +792,20 @@ mod tests {
         // Only the page's own script tag.
         assert_eq!(page.matches("<script").count(), 1, "{page}");
         // name, reason, agent version, unhealthy reason, refusal, check
-        // detail, step error, recovery reason, and the title.
+        // detail, step error, recovery reason, the title, and the
+        // deployment timeline's nine texts.
         let escaped = "&lt;script&gt;alert(1)&lt;/script&gt;&lt;img src=x onerror=alert(2)&gt;";
-        assert!(page.matches(escaped).count() >= 9, "{page}");
+        assert!(page.matches(escaped).count() >= 18, "{page}");
+        // Milestones as offsets from the start of their attempt/recovery.
+        assert!(page.contains("+12s") && page.contains("+1s"), "{page}");
+        assert!(page.contains("1m 0s"), "the attempt took 60 s: {page}");
         // The result is masked; its size and a reveal link are shown.
         assert!(!page.contains("TOP-SECRET-RESULT"));
         assert!(page.contains("raw 17 B") && page.contains("/results/a/g/1"));
         assert!(page.contains("/logs/a/g/1?page=1") && page.contains("300.0 KiB"));
         // Each section is swappable on its own.
         let ids: Vec<&str> = sections.iter().map(|s| s.id.as_str()).collect();
-        assert_eq!(ids, ["summary", "hosts", "host-a", "recovery"]);
+        assert_eq!(ids, ["summary", "hosts", "host-a", "recovery", "deployment"]);
     }
 
     #[test]

@@ -340,7 +340,7 @@ async fn instance_view(s: &Arc<AppState>, id: InstanceId) -> ApiResult<console::
     .await?;
     let st = s.clone();
     let hosts: Vec<String> = detail.hosts.iter().map(|h| h.name.to_string()).collect();
-    let (checks, steps, recovery) =
+    let (checks, steps, recovery, deployment) =
         s.db.read(move |c| {
             let spec = dispatch::spec_of(&st, c, id.as_str())?;
             let order: Vec<&str> = spec.group_order().iter().map(|g| g.name.as_str()).collect();
@@ -372,10 +372,11 @@ async fn instance_view(s: &Arc<AppState>, id: InstanceId) -> ApiResult<console::
                 c,
                 &RecoveryQuery {
                     status: None,
-                    instance: Some(id),
+                    instance: Some(id.clone()),
                 },
             )?;
-            Ok::<_, ApiError>((checks, steps, recovery))
+            let deployment = store::deployments::get(c, id.as_str())?;
+            Ok::<_, ApiError>((checks, steps, recovery, deployment))
         })
         .await?;
     Ok(console::InstanceView {
@@ -383,6 +384,7 @@ async fn instance_view(s: &Arc<AppState>, id: InstanceId) -> ApiResult<console::
         checks,
         steps,
         recovery,
+        deployment,
     })
 }
 
