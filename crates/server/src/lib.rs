@@ -431,6 +431,14 @@ fn metrics_token_hash(cfg: &ServeConfig) -> anyhow::Result<Option<String>> {
     };
     let token = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read the metrics token file {}", path.display()))?;
+    if let Ok(m) = std::fs::metadata(path)
+        && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o077 != 0
+    {
+        tracing::warn!(
+            "the metrics token file {} is readable by group or others",
+            path.display()
+        );
+    }
     let token = token.trim();
     if token.is_empty() {
         anyhow::bail!("the metrics token file {} is empty", path.display());

@@ -243,7 +243,8 @@ impl Metrics {
             .inc();
     }
 
-    fn http_request(&self, route: &str, method: &Method, status: u16) {
+    /// One answered request (the layer [`count_requests`] calls it).
+    pub fn http_request(&self, route: &str, method: &Method, status: u16) {
         // Only the standard methods are labels; anything else is "other",
         // so a client cannot mint label values.
         let method = match *method {
@@ -310,4 +311,74 @@ pub async fn render(s: &Arc<AppState>) -> Result<String, ApiError> {
     prometheus::TextEncoder::new()
         .encode_to_string(&families)
         .map_err(|e| ApiError::internal(format!("cannot encode the metrics: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ibkit_api::wire::StepOutcome as Outcome;
+
+    fn finished(status: FinalStatus, timed_out: bool, started: i64, ended: i64) -> ReportEvent {
+        ReportEvent::Finished(Box::new(Outcome {
+            status,
+            attempts: 1,
+            exit_code: None,
+            signal: None,
+            timed_out,
+            halted: false,
+            started_at_ms: started,
+            finished_at_ms: ended,
+            log: String::new(),
+            log_truncated_bytes: 0,
+            result: String::new(),
+            result_truncated_bytes: 0,
+            structured_result: None,
+            error: None,
+        }))
+    }
+
+    #[test]
+    fn outcomes_and_durations_of_finished_steps() {
+        let of =
+            |e: &ReportEvent, refused| FinishedStep::of(e, refused).map(|f| (f.outcome, f.seconds));
+        let ok = finished(FinalStatus::Ok, false, 1_000, 3_500);
+        assert_eq!(of(&ok, false), Some((StepOutcome::Ok, 2.5)));
+        assert_eq!(of(&ok, true), Some((StepOutcome::Refused, 2.5)));
+        let failed = finished(FinalStatus::Failed, false, 0, 10);
+        assert_eq!(of(&failed, false), Some((StepOutcome::Failed, 0.01)));
+        let timeout = finished(FinalStatus::Failed, true, 0, 0);
+        assert_eq!(of(&timeout, false), Some((StepOutcome::Timeout, 0.0)));
+        // A VM clock stepping back: zero, never a negative observation.
+        let back = finished(FinalStatus::Ok, false, 5_000, 1_000);
+        assert_eq!(of(&back, false), Some((StepOutcome::Ok, 0.0)));
+        let running = ReportEvent::Running {
+            attempt: 1,
+            started_at_ms: 1,
+        };
+        assert_eq!(of(&running, false), None);
+    }
+
+    #[test]
+    fn methods_and_unmatched_paths_stay_bounded() {
+        let m = Metrics::new();
+        let odd = Method::from_bytes(b"BREW").expect("an extension method");
+        m.http_request("unmatched", &odd, 404);
+        m.http_request("unmatched", &Method::GET, 999);
+        let text = prometheus::TextEncoder::new()
+            .encode_to_string(&m.registry.gather())
+            .expect("encodes");
+        assert!(
+            text.contains(
+                r#"ibkit_http_requests_total{method="other",route="unmatched",status="4xx"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"ibkit_http_requests_total{method="GET",route="unmatched",status="5xx"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("BREW"), "{text}");
+    }
 }
