@@ -326,6 +326,10 @@ struct ServeArgs {
     /// Operator token file (default STATE/operator-token, generated if missing).
     #[arg(long)]
     operator_token_file: Option<PathBuf>,
+    /// A file holding a token that opens GET /metrics and nothing else, for
+    /// a Prometheus server (the operator token opens it too).
+    #[arg(long)]
+    metrics_token_file: Option<PathBuf>,
     /// The agent binary served to VMs (default: ibkit-agent next to ibkit).
     #[arg(long)]
     agent_binary: Option<PathBuf>,
@@ -393,6 +397,7 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
     cfg.tls = tls;
     cfg.public_url = a.public_url;
     cfg.operator_token_file = a.operator_token_file;
+    cfg.metrics_token_file = a.metrics_token_file;
     cfg.agent_binary = a.agent_binary;
     cfg.heartbeat_interval = a.heartbeat_interval.to_std();
     cfg.agent_timeout = a.agent_timeout.to_std();

@@ -72,6 +72,35 @@ impl FromRequestParts<Arc<AppState>> for Operator {
     }
 }
 
+/// A metrics scrape: the operator token, or the metrics token
+/// (`--metrics-token-file`) that opens `/metrics` and nothing else.
+pub struct MetricsReader;
+
+impl FromRequestParts<Arc<AppState>> for MetricsReader {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        let token = bearer(&parts.headers).ok_or_else(|| {
+            ApiError::unauthorized(
+                "metrics token or operator token required (Authorization: Bearer TOKEN)",
+            )
+        })?;
+        let hash = hash_secret(token);
+        let metrics = state
+            .metrics_token_hash
+            .as_deref()
+            .is_some_and(|h| digest_eq(&hash, h));
+        if metrics || digest_eq(&hash, &state.operator_token_hash) {
+            Ok(MetricsReader)
+        } else {
+            Err(ApiError::unauthorized("invalid metrics or operator token"))
+        }
+    }
+}
+
 /// An agent request: the credential names its instance and host.
 #[derive(Debug, Clone)]
 pub struct AgentAuth {

@@ -46,6 +46,9 @@ pub struct ServeConfig {
     pub public_url: Option<String>,
     /// Default `STATE/operator-token`, generated on first start.
     pub operator_token_file: Option<PathBuf>,
+    /// A token that opens `/metrics` only (for a Prometheus server); the
+    /// operator token opens it too.
+    pub metrics_token_file: Option<PathBuf>,
     /// Default `ibkit-agent` next to the current executable.
     pub agent_binary: Option<PathBuf>,
     pub heartbeat_interval: Duration,
@@ -80,6 +83,7 @@ impl ServeConfig {
             },
             public_url: None,
             operator_token_file: None,
+            metrics_token_file: None,
             agent_binary: None,
             heartbeat_interval: Duration::from_secs(30),
             agent_timeout: Duration::from_secs(300),

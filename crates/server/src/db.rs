@@ -175,6 +175,8 @@ pub struct Db {
     writer: Arc<Mutex<Connection>>,
     readers: Vec<Arc<Mutex<Connection>>>,
     next: AtomicUsize,
+    /// Where write latencies go (`ibkit_db_write_duration_seconds`).
+    write_seconds: Option<prometheus::Histogram>,
 }
 
 /// Creates the database file readable by its owner only, and narrows an
@@ -265,7 +267,14 @@ impl Db {
             writer: Arc::new(Mutex::new(w)),
             readers,
             next: AtomicUsize::new(0),
+            write_seconds: None,
         })
+    }
+
+    /// Times every write from now on into `h`: all changes go through
+    /// [`Db::write`], so this is the one place they are timed.
+    pub fn time_writes(&mut self, h: prometheus::Histogram) {
+        self.write_seconds = Some(h);
     }
 
     /// Runs `f` on the writer connection in a blocking thread.
@@ -276,6 +285,7 @@ impl Db {
         F: FnOnce(&mut Connection) -> Result<T, E> + Send + 'static,
     {
         let w = self.writer.clone();
+        let _timer = self.write_seconds.as_ref().map(|h| h.start_timer());
         tokio::task::spawn_blocking(move || f(&mut lock(&w)))
             .await
             .map_err(|e| E::from(StoreError::Task(e.to_string())))?

@@ -8,6 +8,7 @@ pub mod config;
 pub mod db;
 pub mod dispatch;
 pub mod error;
+pub mod metrics;
 pub mod monitor;
 pub mod openapi;
 pub mod routes;
@@ -54,6 +55,10 @@ pub struct AppState {
     /// curl's pin, when the certificate is self-signed.
     pub curl_pin: Option<String>,
     pub operator_token_hash: String,
+    /// SHA-256 of the token that opens `/metrics` only (`--metrics-token-file`).
+    pub metrics_token_hash: Option<String>,
+    /// The counters and histograms of `/metrics` (this service's own).
+    pub metrics: metrics::Metrics,
     pub started_at_ms: i64,
     pub agent_binary: PathBuf,
     pub heartbeats: Mutex<HashMap<(String, String), Seen>>,
@@ -420,6 +425,29 @@ fn operator_token_hash(cfg: &ServeConfig) -> anyhow::Result<String> {
     Ok(auth::hash_secret(&token))
 }
 
+/// The metrics token's hash, when `--metrics-token-file` is given. Never
+/// generated: without the file only the operator token opens `/metrics`.
+fn metrics_token_hash(cfg: &ServeConfig) -> anyhow::Result<Option<String>> {
+    let Some(path) = &cfg.metrics_token_file else {
+        return Ok(None);
+    };
+    let token = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the metrics token file {}", path.display()))?;
+    if let Ok(m) = std::fs::metadata(path)
+        && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o077 != 0
+    {
+        tracing::warn!(
+            "the metrics token file {} is readable by group or others",
+            path.display()
+        );
+    }
+    let token = token.trim();
+    if token.is_empty() {
+        anyhow::bail!("the metrics token file {} is empty", path.display());
+    }
+    Ok(Some(auth::hash_secret(token)))
+}
+
 /// `--public-url`, checked: it is pasted into the installer and the install
 /// command, so only characters that need no shell quoting (the installer's
 /// own rule for `--server-url`).
@@ -468,7 +496,10 @@ impl Server {
         prepare_private_dir(&cfg.state_dir)?;
         let tls = tls::load(&cfg.tls, &cfg.state_dir)?;
         let token_hash = operator_token_hash(&cfg)?;
-        let db = Db::open(&cfg.state_dir.join("ibkit.db"), 4, cfg.pairing_key_ttl)?;
+        let metrics_token_hash = metrics_token_hash(&cfg)?;
+        let metrics = metrics::Metrics::new();
+        let mut db = Db::open(&cfg.state_dir.join("ibkit.db"), 4, cfg.pairing_key_ttl)?;
+        db.time_writes(metrics.db_write_seconds());
         let listener = std::net::TcpListener::bind(cfg.listen)
             .with_context(|| format!("cannot listen on {}", cfg.listen))?;
         let local_addr = listener.local_addr()?;
@@ -507,6 +538,8 @@ impl Server {
                 .filter(|t| t.self_signed)
                 .map(|t| t.curl_pin.clone()),
             operator_token_hash: token_hash,
+            metrics_token_hash,
+            metrics,
             started_at_ms: ibkit_support::clock::now_ms(),
             agent_binary,
             heartbeats: Mutex::new(HashMap::new()),

@@ -53,6 +53,7 @@ pub async fn check(s: &Arc<AppState>) -> Result<(), ApiError> {
 fn round(s: &AppState, c: &mut rusqlite::Connection) -> StoreResult<()> {
     let now = now_ms();
     let tx = c.transaction()?;
+    let mut opened = Vec::new();
     let instances = store::instances::live_ids(&tx)?;
     for inst in instances {
         let spec = dispatch::spec_of(s, &tx, &inst)?;
@@ -136,6 +137,7 @@ fn round(s: &AppState, c: &mut rusqlite::Connection) -> StoreResult<()> {
                 Some((kind, reason)) => {
                     store::hosts::mark_unhealthy(&tx, &inst, &h.name, &reason, now)?;
                     if store::recovery::open_once(&tx, &inst, &h.name, kind, &reason, now)? {
+                        opened.push(kind);
                         tracing::warn!(
                             "host {} of instance {inst} needs recovery: {reason}",
                             h.name
@@ -150,6 +152,10 @@ fn round(s: &AppState, c: &mut rusqlite::Connection) -> StoreResult<()> {
         }
     }
     tx.commit()?;
+    // Counted once committed: a rolled-back round opened nothing.
+    for kind in opened {
+        s.metrics.recovery_opened(kind);
+    }
     Ok(())
 }
 

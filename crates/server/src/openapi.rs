@@ -189,6 +189,11 @@ impl Shape {
 fn shape(method: &str, path: &str) -> Option<Shape> {
     Some(match (method, path) {
         ("get", "/healthz") => ok(schema_ref::<Liveness>(), "The service is up"),
+        ("get", crate::metrics::PATH) => ok(
+            ObjectBuilder::new().schema_type(Type::String).into(),
+            "The metrics in the Prometheus text format 0.0.4 (docs/metrics.md)",
+        )
+        .content_type(prometheus::TEXT_FORMAT),
         ("get", "/v1/openapi.json") => ok(
             ObjectBuilder::new()
                 .description(Some("An OpenAPI 3.1 document"))
@@ -406,6 +411,13 @@ fn operation(route: &RouteInfo, shape: Option<Shape>) -> utoipa::openapi::path::
     if auth != Auth::None {
         op = op.security(SecurityRequirement::new::<_, _, &str>(auth.as_str(), []));
     }
+    // Either token opens /metrics (two requirements: one or the other).
+    if auth == Auth::Metrics {
+        op = op.security(SecurityRequirement::new::<_, _, &str>(
+            Auth::Operator.as_str(),
+            [],
+        ));
+    }
     let error = |desc: &str| {
         ResponseBuilder::new()
             .description(desc)
@@ -452,7 +464,7 @@ fn operation(route: &RouteInfo, shape: Option<Shape>) -> utoipa::openapi::path::
         Auth::BillingKey => {
             op = op.response("401", error("Missing, unknown or expired access key"));
         }
-        Auth::Agent | Auth::Operator => {
+        Auth::Agent | Auth::Operator | Auth::Metrics => {
             op = op.response("401", error("Missing or wrong bearer token"));
         }
     }
@@ -506,6 +518,10 @@ pub fn document() -> utoipa::openapi::OpenApi {
                 .schemas_from_iter(schemas())
                 .security_scheme("operator", bearer("the operator token"))
                 .security_scheme("agent", bearer("a host credential from /v1/agent/pair"))
+                .security_scheme(
+                    "metrics",
+                    bearer("the metrics token (ibkit serve --metrics-token-file); opens /metrics only"),
+                )
                 .security_scheme(
                     "service_token",
                     SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
@@ -563,7 +579,10 @@ mod tests {
             let op = &doc["paths"][path][method];
             assert!(op.is_object(), "{method} {path} not documented");
             let responses = op["responses"].as_object().expect("responses");
-            let raw = matches!(path, "/v1/agent/install.sh" | "/v1/agent/binary");
+            let raw = matches!(
+                path,
+                "/v1/agent/install.sh" | "/v1/agent/binary" | crate::metrics::PATH
+            );
             let json_ok = responses.iter().any(|(status, r)| {
                 status.starts_with('2') && r["content"]["application/json"]["schema"].is_object()
             });

@@ -162,6 +162,7 @@ pub struct WorkQuery {
 }
 
 async fn compute_work(s: &Arc<AppState>, auth: &AgentAuth) -> ApiResult<WorkResponse> {
+    let _timer = s.metrics.time_work_answer();
     let st = s.clone();
     let a = auth.clone();
     let (next, checks, spec) =
@@ -205,26 +206,36 @@ pub async fn work(
     auth: AgentAuth,
     ApiQuery(q): ApiQuery<WorkQuery>,
 ) -> ApiResult<Json<WorkResponse>> {
+    let started = std::time::Instant::now();
+    let answer = long_poll(&s, &auth, &q).await;
+    let handed_out = matches!(&answer, Ok(resp) if resp.work.is_some());
+    s.metrics.long_poll_done(started, handed_out);
+    answer.map(Json)
+}
+
+/// Answers at once when there is a step or the agent's config is stale,
+/// else when something changes for the host or the wait ends.
+async fn long_poll(s: &Arc<AppState>, auth: &AgentAuth, q: &WorkQuery) -> ApiResult<WorkResponse> {
     let wait = Duration::from_millis(q.wait_ms.min(60_000));
     let deadline = tokio::time::Instant::now() + wait;
     // Subscribe before reading, so a change in between is not lost.
     let mut rx = s.subscribe(&auth.instance, &auth.host);
     rx.borrow_and_update();
     loop {
-        let resp = compute_work(&s, &auth).await?;
+        let resp = compute_work(s, auth).await?;
         if resp.work.is_some()
             || q.config_rev.as_deref() != Some(resp.config_rev.as_str())
             || tokio::time::Instant::now() >= deadline
         {
-            return Ok(Json(resp));
+            return Ok(resp);
         }
         tokio::select! {
             r = rx.changed() => {
                 if r.is_err() {
-                    return Ok(Json(resp));
+                    return Ok(resp);
                 }
             }
-            _ = tokio::time::sleep_until(deadline) => return Ok(Json(resp)),
+            _ = tokio::time::sleep_until(deadline) => return Ok(resp),
         }
     }
 }
@@ -246,6 +257,7 @@ pub async fn report(
     auth: AgentAuth,
     req: Request,
 ) -> ApiResult<Json<ReportAck>> {
+    let _timer = s.metrics.time_report();
     // Report bodies in memory at once are bounded (per host and overall)
     // before a byte of this one is read.
     let declared = req
@@ -270,6 +282,8 @@ pub async fn report(
             .and_then(|j| check_structured(j, s.cfg.max_structured_bytes).err()),
         ReportEvent::Running { .. } => None,
     };
+    let finished_step =
+        crate::metrics::FinishedStep::of(&report.event, structured_refused.is_some());
     let st = s.clone();
     let a = auth.clone();
     let applied =
@@ -336,6 +350,9 @@ pub async fn report(
             duplicate: Some(true),
         }));
     };
+    if applied && let Some(step) = finished_step {
+        s.metrics.step_finished(step);
+    }
     if applied && finished {
         if consumed {
             s.notify_instance(&auth.instance);

@@ -32,6 +32,8 @@ pub enum Auth {
     ServiceToken,
     /// The billing emulator's secure push: a rotating access key (Bearer).
     BillingKey,
+    /// `/metrics`: the metrics token or the operator token (Bearer).
+    Metrics,
 }
 
 impl Auth {
@@ -42,6 +44,7 @@ impl Auth {
             Auth::Operator => "operator",
             Auth::ServiceToken => "service_token",
             Auth::BillingKey => "billing_key",
+            Auth::Metrics => "metrics",
         }
     }
 }
@@ -58,6 +61,12 @@ pub struct RouteInfo {
 /// The routes that are not operator endpoints.
 pub const SERVICE_ROUTES: &[RouteInfo] = &[
     route("get", "/healthz", Auth::None, "Liveness of the service"),
+    route(
+        "get",
+        crate::metrics::PATH,
+        Auth::Metrics,
+        "Prometheus metrics (text format 0.0.4)",
+    ),
     route(
         "get",
         "/v1/openapi.json",
@@ -239,6 +248,7 @@ fn mount<E: Serve>(router: Router<Arc<AppState>>) -> Router<Arc<AppState>> {
 pub fn router(state: Arc<AppState>) -> Router {
     let mut router = Router::new()
         .route("/healthz", get(docs::healthz))
+        .route(crate::metrics::PATH, get(crate::metrics::scrape))
         .route("/v1/openapi.json", get(docs::openapi))
         .route("/v1/agent/install.sh", get(docs::install_sh))
         .route("/v1/agent/binary", get(docs::binary))
@@ -278,6 +288,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(1 << 20))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::metrics::count_requests,
+        ))
         .with_state(state)
 }
 

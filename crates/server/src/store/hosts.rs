@@ -260,3 +260,50 @@ pub fn mark_healthy(c: &Connection, inst: &str, host: &str) -> StoreResult<()> {
     )?;
     Ok(())
 }
+
+/// The hosts of live instances as the metrics count them.
+pub struct HostCounts {
+    pub by_health: Vec<(HostHealth, u64)>,
+    /// Hosts with a valid agent credential.
+    pub paired: u64,
+}
+
+/// How many hosts of live instances have each health, and how many are paired.
+pub fn counts(c: &Connection) -> StoreResult<HostCounts> {
+    let mut stmt = c.prepare_cached(
+        "SELECT h.health, COUNT(*), SUM(h.credential_hash IS NOT NULL)
+         FROM hosts h JOIN instances i ON i.id = h.instance
+         WHERE i.status != ?1 GROUP BY h.health",
+    )?;
+    let rows = stmt.query_map(params![InstanceStatus::Deleted.as_str()], |r| {
+        Ok((
+            col::<HostHealth>(r, 0)?,
+            r.get::<_, u64>(1)?,
+            r.get::<_, u64>(2)?,
+        ))
+    })?;
+    let mut counts = HostCounts {
+        by_health: Vec::new(),
+        paired: 0,
+    };
+    for row in rows {
+        let (health, n, paired) = row?;
+        counts.by_health.push((health, n));
+        counts.paired += paired;
+    }
+    Ok(counts)
+}
+
+/// (instance, host, last heartbeat or pairing time as stored) of every
+/// paired host of a live instance.
+pub fn paired_last_seen(c: &Connection) -> StoreResult<Vec<(String, String, i64)>> {
+    let mut stmt = c.prepare_cached(
+        "SELECT h.instance, h.name, MAX(COALESCE(h.paired_at, 0), COALESCE(h.last_heartbeat_at, 0))
+         FROM hosts h JOIN instances i ON i.id = h.instance
+         WHERE i.status != ?1 AND h.credential_hash IS NOT NULL",
+    )?;
+    let rows = stmt.query_map(params![InstanceStatus::Deleted.as_str()], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}

@@ -177,3 +177,10 @@ pub fn set_status(
     )?;
     Ok(())
 }
+
+/// How many instances have each status (statuses with none are absent).
+pub fn count_by_status(c: &Connection) -> StoreResult<Vec<(InstanceStatus, u64)>> {
+    let mut stmt = c.prepare_cached("SELECT status, COUNT(*) FROM instances GROUP BY status")?;
+    let rows = stmt.query_map([], |r| Ok((col(r, 0)?, r.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}

@@ -88,3 +88,14 @@ pub fn open_once(
     )?;
     Ok(true)
 }
+
+/// How many requests of each kind are open (kinds with none are absent).
+pub fn open_by_kind(c: &Connection) -> StoreResult<Vec<(RecoveryKind, u64)>> {
+    let mut stmt = c.prepare_cached(
+        "SELECT kind, COUNT(*) FROM recovery_requests WHERE status = ?1 GROUP BY kind",
+    )?;
+    let rows = stmt.query_map(params![RecoveryStatus::Open.as_str()], |r| {
+        Ok((col(r, 0)?, r.get(1)?))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
