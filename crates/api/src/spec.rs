@@ -90,6 +90,20 @@ impl InstanceSpec {
         self.groups.iter().find(|g| g.name == name)
     }
 
+    /// Sorts a host's steps (anything with a group and an index) into the
+    /// order they are dispatched: by [`Self::group_order`], then index;
+    /// steps of groups the spec no longer has come last.
+    pub fn sort_in_dispatch_order<T>(&self, items: &mut [T], key: impl Fn(&T) -> (&str, u32)) {
+        let order: Vec<&str> = self.group_order().iter().map(|g| g.name.as_str()).collect();
+        items.sort_by_key(|item| {
+            let (group, index) = key(item);
+            (
+                order.iter().position(|o| *o == group).unwrap_or(usize::MAX),
+                index,
+            )
+        });
+    }
+
     /// Groups in an order where every group comes after its dependencies;
     /// among independent groups the spec's order is kept.
     pub fn group_order(&self) -> Vec<&GroupSpec> {

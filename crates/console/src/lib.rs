@@ -520,7 +520,9 @@ fn deployment_section(t: Option<&DeploymentTimeline>) -> String {
                 kind = esc(&a.kind),
                 outcome = badge(a.outcome.as_deref().unwrap_or("applying")),
                 start = time(a.started_at),
-                took = a.ended_at.map_or_else(|| "–".into(), |e| duration(e - a.started_at)),
+                took = a
+                    .ended_at
+                    .map_or_else(|| "–".into(), |e| duration(e - a.started_at)),
                 milestones = milestone_list(&a.milestones, a.started_at),
                 failure = esc(a.failure.as_deref().unwrap_or("")),
             );
@@ -805,7 +807,10 @@ mod tests {
         assert!(page.contains("/logs/a/g/1?page=1") && page.contains("300.0 KiB"));
         // Each section is swappable on its own.
         let ids: Vec<&str> = sections.iter().map(|s| s.id.as_str()).collect();
-        assert_eq!(ids, ["summary", "hosts", "host-a", "recovery", "deployment"]);
+        assert_eq!(
+            ids,
+            ["summary", "hosts", "host-a", "recovery", "deployment"]
+        );
     }
 
     #[test]

@@ -833,6 +833,54 @@ async fn console_in_headless_chromium_shows_a_failure_and_its_recovery_live() {
         tab.eval("window.__consoleMarker").await,
         json!("still not reloaded")
     );
+    // The deployment controller publishes its timeline after recreating
+    // b's VM (as `ibkit deploy` does after every change): it appears on
+    // the open page too.
+    let now = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_millis(),
+    )
+    .expect("ms");
+    let timeline = json!({
+        "deployment": "shop", "backend": "the local QEMU backend", "status": "running",
+        "status_reason": null, "published_at": now,
+        "attempts": [{"number": 1, "kind": "create", "started_at": now - 95_000,
+            "ended_at": now - 30_000, "outcome": "running", "failure": null,
+            "milestones": [{"name": "vms_created", "at": now - 93_000},
+                           {"name": "a.paired", "at": now - 60_000},
+                           {"name": "b.paired", "at": now - 58_000},
+                           {"name": "steps_done", "at": now - 35_000},
+                           {"name": "health_passed", "at": now - 30_000}]}],
+        "recoveries": [{"host": "b", "kind": "agent_failed",
+            "reason": "agent reported a failure: step app/1 failed: exit code 7",
+            "detected_at": now - 12_000, "recreated_at": now - 9_000, "recovered_at": now - 1_000,
+            "old_vm": "shop.b-a1", "new_vm": "shop.b-a2", "failure": null,
+            "milestones": [{"name": "recreated", "at": now - 9_000},
+                           {"name": "paired", "at": now - 4_000},
+                           {"name": "steps_done", "at": now - 2_000},
+                           {"name": "running", "at": now - 1_000}]}],
+    });
+    let (st, body) = svc
+        .op(
+            "PUT",
+            &format!("/v1/instances/{id}/deployment"),
+            Some(&timeline),
+        )
+        .await;
+    assert_eq!(st, 200, "{body}");
+    tab.wait_for(
+        "document.querySelector('#deployment tr[data-vm-recovery=\"b\"]') && \
+         document.querySelector('#deployment tr[data-attempt=\"1\"]')",
+        "the published deployment timeline",
+    )
+    .await;
+    assert!(tab.text("#deployment").await.contains("shop.b-a2"));
+    assert_eq!(
+        tab.eval("window.__consoleMarker").await,
+        json!("still not reloaded")
+    );
     // docs/console.png is checked in: rewritten when missing or asked for
     // (IBKIT_BLESS=1, as for docs/api/openapi.json), so that a test run
     // does not leave the tree dirty with new timestamps.

@@ -343,7 +343,6 @@ async fn instance_view(s: &Arc<AppState>, id: InstanceId) -> ApiResult<console::
     let (checks, steps, recovery, deployment) =
         s.db.read(move |c| {
             let spec = dispatch::spec_of(&st, c, id.as_str())?;
-            let order: Vec<&str> = spec.group_order().iter().map(|g| g.name.as_str()).collect();
             let mut checks = BTreeMap::new();
             let mut steps = BTreeMap::new();
             for h in hosts {
@@ -357,15 +356,7 @@ async fn instance_view(s: &Arc<AppState>, id: InstanceId) -> ApiResult<console::
                         })
                         .collect();
                 // Dispatch order, as `GET …/steps` lists them.
-                rows.sort_by_key(|r| {
-                    (
-                        order
-                            .iter()
-                            .position(|o| *o == r.view.group.as_str())
-                            .unwrap_or(usize::MAX),
-                        r.view.index,
-                    )
-                });
+                spec.sort_in_dispatch_order(&mut rows, |r| (r.view.group.as_str(), r.view.index));
                 steps.insert(h, rows);
             }
             let recovery = store::recovery::list(

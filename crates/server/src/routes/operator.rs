@@ -531,7 +531,6 @@ impl Serve for ep::ListSteps {
             store::hosts::ensure_exists(c, id, host)?;
             // The cached parse dispatch keeps (a listing is polled often).
             let spec = dispatch::spec_of(&st, c, id)?;
-            let order: Vec<&str> = spec.group_order().iter().map(|g| g.name.as_str()).collect();
             let mut budget = LISTING_STRUCTURED_BUDGET;
             let mut steps: Vec<StepView> = store::steps::list_for_host(c, id, host)?
                 .into_iter()
@@ -547,15 +546,7 @@ impl Serve for ep::ListSteps {
                     view
                 })
                 .collect();
-            steps.sort_by_key(|v| {
-                (
-                    order
-                        .iter()
-                        .position(|o| *o == v.group.as_str())
-                        .unwrap_or(usize::MAX),
-                    v.index,
-                )
-            });
+            spec.sort_in_dispatch_order(&mut steps, |v| (v.group.as_str(), v.index));
             Ok::<_, ApiError>(steps)
         })
         .await
