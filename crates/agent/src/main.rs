@@ -169,3 +169,30 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The package's unit differs from the installer's only in the two
+    /// lines the package must change.
+    #[test]
+    fn the_packaged_unit_is_the_installers_with_the_cap_and_the_packaged_path() {
+        let packaged = super::packaged_unit().expect("unit");
+        let installer = ibkit_api::dist::AGENT_UNIT;
+        let differing: Vec<(&str, &str)> = installer
+            .lines()
+            .zip(packaged.lines())
+            .filter(|(a, b)| a != b)
+            .collect();
+        assert_eq!(
+            differing,
+            [
+                (
+                    "ExecStart=/usr/local/bin/ibkit-agent run --config /etc/ibkit/agent.toml",
+                    "ExecStart=/usr/bin/ibkit-agent run --config /etc/ibkit/agent.toml"
+                ),
+                ("MemoryMax=@MEMORY_MAX@", "MemoryMax=512M"),
+            ]
+        );
+        assert_eq!(installer.lines().count(), packaged.lines().count());
+    }
+}
