@@ -225,6 +225,10 @@ fn listing(root: &Path) -> BTreeSet<String> {
     out
 }
 
+/// Where the test puts the agent package for `ibkit serve --agent-deb`
+/// (readable under the unit's ProtectSystem=strict).
+const SERVED_DEB: &str = "/usr/share/ibkit-test/ibkit-agent.deb";
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -368,9 +372,12 @@ fn packages_install_run_as_their_user_and_purge_without_a_trace() {
     sys.wait_active("ibkit-agent", "inactive");
 
     // The service was started on install; now on a port of our choosing,
-    // set in its conffile.
+    // serving the agent package, both set in its conffile.
     sys.wait_active("ibkit-serve", "active");
     let port = free_port();
+    let served_deb = sys.path(SERVED_DEB);
+    std::fs::create_dir_all(served_deb.parent().expect("parent")).expect("mkdir");
+    std::fs::copy(&agent_deb, &served_deb).expect("copy the served deb");
     let env = sys.path("/etc/ibkit/serve.env");
     let conf = std::fs::read_to_string(&env).expect("serve.env");
     assert!(
@@ -381,7 +388,7 @@ fn packages_install_run_as_their_user_and_purge_without_a_trace() {
         &env,
         conf.replace(
             "--listen 0.0.0.0:8443",
-            &format!("--listen 127.0.0.1:{port}"),
+            &format!("--listen 127.0.0.1:{port} --agent-deb {SERVED_DEB}"),
         ),
     )
     .expect("edit serve.env");
@@ -389,18 +396,19 @@ fn packages_install_run_as_their_user_and_purge_without_a_trace() {
     sys.wait_active("ibkit-serve", "active");
     let cert_path = sys.path("/var/lib/ibkit/tls/cert.pem");
     let deadline = Instant::now() + Duration::from_secs(30);
-    let health = loop {
+    let (client, health) = loop {
         let attempt = std::fs::read(&cert_path).ok().and_then(|pem| {
             let client = reqwest::blocking::Client::builder()
                 .add_root_certificate(reqwest::Certificate::from_pem(&pem).ok()?)
-                .timeout(Duration::from_secs(5))
+                .timeout(Duration::from_secs(30))
                 .build()
                 .ok()?;
             let r = client
                 .get(format!("https://127.0.0.1:{port}/healthz"))
                 .send()
                 .ok()?;
-            Some((r.status().as_u16(), r.text().ok()?))
+            let answer = (r.status().as_u16(), r.text().ok()?);
+            Some((client, answer))
         });
         if let Some(answer) = attempt {
             break answer;
@@ -414,6 +422,25 @@ fn packages_install_run_as_their_user_and_purge_without_a_trace() {
     };
     assert_eq!(health.0, 200, "{}", health.1);
     assert!(health.1.contains("\"ok\""), "{}", health.1);
+    // A VM gets the agent package from the service and installs it with
+    // dpkg (here over the installed one: the same version, reinstalled).
+    let r = client
+        .get(format!("https://127.0.0.1:{port}/v1/agent/ibkit-agent.deb"))
+        .send()
+        .expect("download the agent package");
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()[reqwest::header::CONTENT_TYPE],
+        "application/vnd.debian.binary-package"
+    );
+    let downloaded = r.bytes().expect("body");
+    assert!(
+        downloaded == std::fs::read(&agent_deb).expect("read deb"),
+        "the served package is the built one"
+    );
+    std::fs::write(sys.path("/root/downloaded.deb"), &downloaded).expect("write");
+    sys.ok(&["dpkg", "-i", "/root/downloaded.deb"]);
+    std::fs::remove_file(sys.path("/root/downloaded.deb")).expect("rm");
     // Checked once it answers: right after a (re)start, the main PID is
     // systemd's own child still setting up, as root, until it execs.
     let pid = sys.ok(&[
@@ -469,6 +496,8 @@ fn packages_install_run_as_their_user_and_purge_without_a_trace() {
     for gone in ["/var/lib/ibkit", "/var/lib/ibkit-agent", "/etc/ibkit"] {
         assert!(!sys.path(gone).exists(), "{gone} is left after purge");
     }
+    // Ours, not the package's.
+    std::fs::remove_dir_all(served_deb.parent().expect("parent")).expect("rm served deb");
     let after = listing(&root);
     let added: Vec<_> = after.difference(&before).collect();
     let removed: Vec<_> = before.difference(&after).collect();
