@@ -30,6 +30,13 @@ enum Command {
         #[arg(long, default_value = "/etc/ibkit/agent.toml")]
         config: PathBuf,
     },
+    /// Man pages, shell completions and the packaged systemd unit (the
+    /// Debian package runs this at build time).
+    #[command(hide = true)]
+    Generate {
+        #[command(subcommand)]
+        what: Generate,
+    },
     /// Internal: run one attempt of a step (started by the agent).
     #[command(name = "__step-runner", hide = true)]
     StepRunner { dir: PathBuf },
@@ -41,6 +48,43 @@ enum Command {
     /// without a service, print the outcome as JSON (tests).
     #[command(name = "__exec-local", hide = true)]
     ExecLocal { state_dir: PathBuf, work: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum Generate {
+    #[command(flatten)]
+    Docs(ibkit_clidoc::Generate),
+    /// Print the systemd unit the Debian package installs.
+    SystemdUnit,
+}
+
+/// The platform's memory cap for the agent (install.sh's `--memory-max`
+/// default).
+const PLATFORM_MEMORY_MAX: &str = "512M";
+
+/// Where the installer puts the agent, and where the package does (Debian
+/// packages never install into /usr/local).
+const INSTALLER_BINARY: &str = "/usr/local/bin/ibkit-agent";
+const PACKAGED_BINARY: &str = "/usr/bin/ibkit-agent";
+
+/// The installer's unit (one text, `ibkit_api::dist::AGENT_UNIT`) with the
+/// platform's memory cap and the packaged binary's path.
+fn packaged_unit() -> anyhow::Result<String> {
+    let unit = ibkit_api::dist::agent_unit(PLATFORM_MEMORY_MAX);
+    if !unit.contains(&format!("ExecStart={INSTALLER_BINARY} ")) {
+        anyhow::bail!("the agent unit no longer starts {INSTALLER_BINARY}; update packaged_unit()");
+    }
+    Ok(unit.replace(INSTALLER_BINARY, PACKAGED_BINARY))
+}
+
+fn generate(what: &Generate) -> anyhow::Result<()> {
+    match what {
+        Generate::Docs(docs) => {
+            ibkit_clidoc::generate(docs, <Cli as clap::CommandFactory>::command())?
+        }
+        Generate::SystemdUnit => print!("{}", packaged_unit()?),
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -59,6 +103,15 @@ fn main() -> ExitCode {
                 u8::try_from(ibkit_agent::runner::read_structured_main(path, *max_bytes))
                     .unwrap_or(1),
             );
+        }
+        Command::Generate { what } => {
+            return match generate(what) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("ibkit-agent: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
         }
         _ => {}
     }
@@ -103,7 +156,9 @@ fn main() -> ExitCode {
                 println!("{}", serde_json::to_string(&outcome)?);
                 Ok(())
             }
-            Command::StepRunner { .. } | Command::ReadStructured { .. } => Ok(()),
+            Command::StepRunner { .. }
+            | Command::ReadStructured { .. }
+            | Command::Generate { .. } => Ok(()),
         }
     });
     match result {
@@ -112,5 +167,32 @@ fn main() -> ExitCode {
             eprintln!("ibkit-agent: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The package's unit differs from the installer's only in the two
+    /// lines the package must change.
+    #[test]
+    fn the_packaged_unit_is_the_installers_with_the_cap_and_the_packaged_path() {
+        let packaged = super::packaged_unit().expect("unit");
+        let installer = ibkit_api::dist::AGENT_UNIT;
+        let differing: Vec<(&str, &str)> = installer
+            .lines()
+            .zip(packaged.lines())
+            .filter(|(a, b)| a != b)
+            .collect();
+        assert_eq!(
+            differing,
+            [
+                (
+                    "ExecStart=/usr/local/bin/ibkit-agent run --config /etc/ibkit/agent.toml",
+                    "ExecStart=/usr/bin/ibkit-agent run --config /etc/ibkit/agent.toml"
+                ),
+                ("MemoryMax=@MEMORY_MAX@", "MemoryMax=512M"),
+            ]
+        );
+        assert_eq!(installer.lines().count(), packaged.lines().count());
     }
 }

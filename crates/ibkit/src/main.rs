@@ -122,6 +122,12 @@ enum Command {
     Instance(instance_cmd::InstanceArgs),
     /// VK service packages: `package lint PATH` before upload.
     Package(package_cmd::PackageArgs),
+    /// Man pages and shell completions (the Debian package runs this at build time).
+    #[command(hide = true)]
+    Generate {
+        #[command(subcommand)]
+        what: ibkit_clidoc::Generate,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -333,6 +339,10 @@ struct ServeArgs {
     /// The agent binary served to VMs (default: ibkit-agent next to ibkit).
     #[arg(long)]
     agent_binary: Option<PathBuf>,
+    /// The agent's Debian package, served at /v1/agent/ibkit-agent.deb
+    /// (default: none, that URL answers 404).
+    #[arg(long, value_name = "FILE")]
+    agent_deb: Option<PathBuf>,
     #[arg(long, default_value = "30s")]
     heartbeat_interval: ibkit_api::Duration,
     /// A paired agent silent this long gets a recovery request.
@@ -399,6 +409,7 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
     cfg.operator_token_file = a.operator_token_file;
     cfg.metrics_token_file = a.metrics_token_file;
     cfg.agent_binary = a.agent_binary;
+    cfg.agent_deb = a.agent_deb;
     cfg.heartbeat_interval = a.heartbeat_interval.to_std();
     cfg.agent_timeout = a.agent_timeout.to_std();
     cfg.health_timeout = a.health_timeout.to_std();
@@ -557,6 +568,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Instance(args) => instance_cmd::instance(args),
         Command::Package(args) => package_cmd::package(args),
         Command::BootTest(args) => boot_test(args),
+        Command::Generate { what } => {
+            ibkit_clidoc::generate(&what, <Cli as clap::CommandFactory>::command())?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Rules { json } => {
             if json {
                 let v: Vec<_> = catalogue()

@@ -51,6 +51,9 @@ pub struct ServeConfig {
     pub metrics_token_file: Option<PathBuf>,
     /// Default `ibkit-agent` next to the current executable.
     pub agent_binary: Option<PathBuf>,
+    /// The agent's Debian package, served at `/v1/agent/ibkit-agent.deb`
+    /// (`--agent-deb`); none by default (that route answers 404).
+    pub agent_deb: Option<PathBuf>,
     pub heartbeat_interval: Duration,
     pub agent_timeout: Duration,
     pub health_timeout: Duration,
@@ -85,6 +88,7 @@ impl ServeConfig {
             operator_token_file: None,
             metrics_token_file: None,
             agent_binary: None,
+            agent_deb: None,
             heartbeat_interval: Duration::from_secs(30),
             agent_timeout: Duration::from_secs(300),
             health_timeout: Duration::from_secs(300),

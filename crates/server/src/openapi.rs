@@ -220,6 +220,24 @@ fn shape(method: &str, path: &str) -> Option<Shape> {
                 "Too many downloads at once (--max-agent-downloads): retry after Retry-After seconds",
             ),
         ]),
+        ("get", crate::routes::docs::AGENT_DEB_PATH) => ok(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .content_media_type("application/vnd.debian.binary-package")
+                .into(),
+            "The ibkit-agent Debian package (install with apt install ./ibkit-agent.deb)",
+        )
+        .content_type("application/vnd.debian.binary-package")
+        .errors(&[
+            (
+                "404",
+                "The service serves no agent package (--agent-deb), or its file is missing",
+            ),
+            (
+                "503",
+                "Too many downloads at once (--max-agent-downloads): retry after Retry-After seconds",
+            ),
+        ]),
         ("post", "/v1/agent/pair") => ok(
             schema_ref::<PairResponse>(),
             "The host's credential (shown once)",
@@ -581,7 +599,10 @@ mod tests {
             let responses = op["responses"].as_object().expect("responses");
             let raw = matches!(
                 path,
-                "/v1/agent/install.sh" | "/v1/agent/binary" | crate::metrics::PATH
+                "/v1/agent/install.sh"
+                    | "/v1/agent/binary"
+                    | crate::metrics::PATH
+                    | crate::routes::docs::AGENT_DEB_PATH
             );
             let json_ok = responses.iter().any(|(status, r)| {
                 status.starts_with('2') && r["content"]["application/json"]["schema"].is_object()

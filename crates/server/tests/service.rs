@@ -1600,3 +1600,62 @@ async fn a_published_deployment_timeline_is_kept_replaced_and_bounded() {
 fn uuid_like() -> String {
     "00000000-0000-4000-8000-000000000001".to_string()
 }
+
+/// `GET /v1/agent/ibkit-agent.deb` streams the `--agent-deb` file with
+/// Debian's media type, to anyone (a VM's package manager has no token);
+/// without `--agent-deb`, or with its file gone, it is a 404 saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_package_is_downloadable_without_a_token() {
+    let dir = common::tmp();
+    let state = dir.path().join("state");
+    let unconfigured = Svc::start(common::config(&state)).await;
+    let (st, body) = unconfigured
+        .req("GET", "/v1/agent/ibkit-agent.deb", None, None)
+        .await;
+    assert_eq!(st, 404, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .expect("error")
+            .contains("--agent-deb"),
+        "{body}"
+    );
+    drop(unconfigured);
+
+    // Bytes no text decoder would keep intact, larger than one stream chunk.
+    let deb = dir.path().join("ibkit-agent_0.1.0_amd64.deb");
+    let bytes: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&deb, &bytes).expect("write deb");
+    let mut cfg = common::config(&dir.path().join("state2"));
+    cfg.agent_deb = Some(deb.clone());
+    let svc = Svc::start(cfg).await;
+    let r = svc
+        .client
+        .get(format!("{}/v1/agent/ibkit-agent.deb", svc.url))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()[reqwest::header::CONTENT_TYPE],
+        "application/vnd.debian.binary-package"
+    );
+    assert_eq!(
+        r.headers()[reqwest::header::CONTENT_LENGTH],
+        bytes.len().to_string().as_str()
+    );
+    assert!(r.bytes().await.expect("body") == bytes, "the file's bytes");
+
+    std::fs::remove_file(&deb).expect("rm deb");
+    let (st, body) = svc
+        .req("GET", "/v1/agent/ibkit-agent.deb", None, None)
+        .await;
+    assert_eq!(st, 404, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .expect("error")
+            .contains("ibkit-agent_0.1.0_amd64.deb is not available"),
+        "{body}"
+    );
+}

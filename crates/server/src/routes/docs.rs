@@ -1,4 +1,5 @@
-//! Unauthenticated documents: liveness, OpenAPI, installer, agent binary.
+//! Unauthenticated documents: liveness, OpenAPI, installer, agent binary
+//! and package.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -53,10 +54,40 @@ pub async fn install_sh(State(s): State<Arc<AppState>>) -> Response {
 /// it for others after this (its connection costs only its buffers).
 const DOWNLOAD_SLOT_HOLD: Duration = Duration::from_secs(600);
 
-/// The agent binary, streamed from disk (the file is never read whole),
-/// at most `--max-agent-downloads` at once; more get 503 + Retry-After
-/// (curl's `--retry` honours it) instead of queueing without bound.
+/// The path of the agent's Debian package.
+pub const AGENT_DEB_PATH: &str = "/v1/agent/ibkit-agent.deb";
+
+/// Debian's media type for a binary package.
+const DEB_CONTENT_TYPE: &str = "application/vnd.debian.binary-package";
+
+/// The agent binary (`--agent-binary`), streamed by [`download`].
 pub async fn binary(State(s): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    let path = s.agent_binary.clone();
+    download(&s, "the agent binary", &path, "application/octet-stream").await
+}
+
+/// The agent's Debian package (`--agent-deb`), streamed by [`download`],
+/// so a VM installs the agent with its package manager.
+pub async fn agent_deb(State(s): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    let Some(path) = s.cfg.agent_deb.clone() else {
+        return Err(ApiError::not_found(
+            "this service serves no agent package (start it with --agent-deb FILE)",
+        ));
+    };
+    download(&s, "the agent package", &path, DEB_CONTENT_TYPE).await
+}
+
+/// A file the agents download, streamed from disk (the file is never read
+/// whole), at most `--max-agent-downloads` at once (all such files count
+/// together); more get 503 + Retry-After (curl's `--retry` honours it)
+/// instead of queueing without bound. A missing or non-regular file is a
+/// 404 naming `what` and `path`.
+async fn download(
+    s: &AppState,
+    what: &str,
+    path: &std::path::Path,
+    content_type: &'static str,
+) -> Result<Response, ApiError> {
     let Ok(permit) = s.downloads.clone().try_acquire_owned() else {
         let mut r = ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -71,19 +102,14 @@ pub async fn binary(State(s): State<Arc<AppState>>) -> Result<Response, ApiError
         return Ok(r);
     };
     let unavailable = |e: std::io::Error| {
-        ApiError::not_found(format!(
-            "the agent binary {} is not available: {e}",
-            s.agent_binary.display()
-        ))
+        ApiError::not_found(format!("{what} {} is not available: {e}", path.display()))
     };
-    let file = tokio::fs::File::open(&s.agent_binary)
-        .await
-        .map_err(unavailable)?;
+    let file = tokio::fs::File::open(path).await.map_err(unavailable)?;
     let meta = file.metadata().await.map_err(unavailable)?;
     if !meta.is_file() {
         return Err(ApiError::not_found(format!(
-            "the agent binary {} is not a regular file",
-            s.agent_binary.display()
+            "{what} {} is not a regular file",
+            path.display()
         )));
     }
     let slot = Arc::new(Mutex::new(Some(permit)));
@@ -100,10 +126,7 @@ pub async fn binary(State(s): State<Arc<AppState>>) -> Result<Response, ApiError
     let reader = SlotReader { file, _slot: slot };
     Ok((
         [
-            (
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/octet-stream"),
-            ),
+            (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
             (header::CONTENT_LENGTH, HeaderValue::from(meta.len())),
         ],
         Body::from_stream(ReaderStream::with_capacity(reader, 64 << 10)),

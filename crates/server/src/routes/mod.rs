@@ -81,6 +81,12 @@ pub const SERVICE_ROUTES: &[RouteInfo] = &[
     ),
     route("get", "/v1/agent/binary", Auth::None, "The agent binary"),
     route(
+        "get",
+        docs::AGENT_DEB_PATH,
+        Auth::None,
+        "The agent's Debian package (ibkit serve --agent-deb)",
+    ),
+    route(
         "post",
         "/v1/agent/pair",
         Auth::None,
@@ -252,6 +258,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/openapi.json", get(docs::openapi))
         .route("/v1/agent/install.sh", get(docs::install_sh))
         .route("/v1/agent/binary", get(docs::binary))
+        .route(docs::AGENT_DEB_PATH, get(docs::agent_deb))
         .route("/v1/agent/pair", post(agent::pair))
         .route("/v1/agent/work", get(agent::work))
         .route(
