@@ -51,6 +51,12 @@ echo "test: building the portable agent (glibc 2.28, cargo-zigbuild)" >&2
 IBKIT_AGENT_BINARY="$(./scripts/build-agent.sh)"
 export IBKIT_AGENT_BINARY
 
+echo "test: the Debian packages (cargo-deb; the portable agent above, ibkit's dev build) and a throwaway Debian 12 root to install them in (cached by content)" >&2
+IBKIT_DEBS="$(./scripts/build-debs.sh --profile dev)"
+export IBKIT_DEBS
+IBKIT_DEB_ROOT="$(./scripts/build-deb-root.sh)"
+export IBKIT_DEB_ROOT
+
 echo "test: cargo test (workspace)" >&2
 cargo build --workspace --bins
 
