@@ -163,7 +163,10 @@ fn openstack_deploy_recover_down_and_gc() {
             .map(str::to_string)
             .unwrap_or_else(|| flavor_name(&s["flavor"]["id"]));
         assert_eq!(flavor, expect_flavor, "{host}");
-        let user_data = env.cloud.user_data(s["id"].as_str().unwrap_or_default());
+        let user_data = env
+            .cloud
+            .user_data(s["id"].as_str().unwrap_or_default())
+            .expect("the server just listed");
         assert!(
             base64::engine::general_purpose::STANDARD
                 .encode(&user_data)

@@ -156,14 +156,26 @@ impl Cloud {
         out
     }
 
-    pub fn user_data(&self, server_id: &str) -> Vec<u8> {
-        let s = self.get(Api::Compute, &format!("/servers/{server_id}"));
+    /// The server's user data; `None` once the server is gone (a `down`
+    /// or `gc` deleted it after it was listed: the guest player races them).
+    pub fn user_data(&self, server_id: &str) -> Option<Vec<u8>> {
+        let path = format!("/servers/{server_id}");
+        let s = match self
+            .rt
+            .block_on(self.admin.call(Api::Compute, Method::GET, &path, None))
+        {
+            Ok(v) => v.unwrap_or(Value::Null),
+            Err(e) if e.to_string().contains("HTTP 404") => return None,
+            Err(_) => self.get(Api::Compute, &path),
+        };
         let b64 = s["server"]["OS-EXT-SRV-ATTR:user_data"]
             .as_str()
             .expect("the admin reads the user data back (microversion >= 2.3)");
-        base64::engine::general_purpose::STANDARD
-            .decode(b64)
-            .expect("base64 user data")
+        Some(
+            base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .expect("base64 user data"),
+        )
     }
 }
 
@@ -211,8 +223,11 @@ impl Guests {
             if s["status"] != "ACTIVE" || self.agents.contains_key(&id) {
                 continue;
             }
+            let Some(user_data) = cloud.user_data(&id) else {
+                continue;
+            };
             let root = self.dir.join(&id);
-            let script = bootstrap_part(&cloud.user_data(&id));
+            let script = bootstrap_part(&user_data);
             let out = Command::new("bash")
                 .arg("-c")
                 .arg(&script)
