@@ -9,7 +9,7 @@
 //! - `/run/ibkit-billing/{ca.pem, marketplace.pem, service-token,
 //!   instance-uuid}`;
 //! - in `setup`'s environment: `IBKIT_BILLING_URL` (the emulator through
-//!   the VM's user network, `https://10.0.2.2:PORT`), `IBKIT_BILLING_CA_FILE`,
+//!   a guest forward, `https://10.0.2.100`), `IBKIT_BILLING_CA_FILE`,
 //!   `IBKIT_BILLING_PUBLIC_KEY_FILE`, `IBKIT_BILLING_TOKEN_FILE`,
 //!   `IBKIT_BILLING_SERVICE_TOKEN_FILE`, `IBKIT_INSTANCE_UUID` and
 //!   `IBKIT_BILLING_PARAMS` (space-separated).
@@ -18,6 +18,7 @@
 //! old one refused once it expires. A watch longer than the TTL therefore
 //! catches a client that read the key once and never again.
 
+use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -28,6 +29,7 @@ use ibkit_rules::billing::BillingManifest;
 use ibkit_server::{ServeConfig, Server, TlsMode};
 use ibkit_support::secret::Secret;
 use ibkit_support::text::tail_lines;
+use ibkit_vm::GuestForward;
 use ibkit_vm::ssh::SshSession;
 use serde::{Deserialize, Serialize};
 
@@ -36,8 +38,10 @@ use crate::run::Clock;
 
 /// Lifetime of the emulator's access keys during a boot test.
 pub const KEY_TTL: Duration = Duration::from_secs(30);
-/// The host's loopback as the guest's user network shows it.
-const HOST_FROM_GUEST: &str = "10.0.2.2";
+/// Where the guest reaches the emulator (a guest forward to its port on
+/// the host's loopback): the one address a restricted guest can reach.
+const GUEST_ADDR: Ipv4Addr = GuestForward::DEFAULT_ADDR;
+const GUEST_PORT: u16 = 443;
 /// Where the guest gets the emulator's certificate, key and credentials.
 const GUEST_DIR: &str = "/run/ibkit-billing";
 /// How often the rotation is followed (the agent asks when told to; this
@@ -71,38 +75,65 @@ pub struct SetupRun {
     pub output_tail: String,
 }
 
-/// Runs the emulator, wires the guest to it, watches the pushes for
+/// The marketplace's emulator, started before the first VM so that the
+/// guest's forward to it exists from boot (a restricted guest network
+/// reaches nothing else).
+pub(crate) struct Emulator {
+    server: Result<Server, String>,
+}
+
+impl Emulator {
+    pub(crate) async fn start(state: &Path) -> Emulator {
+        let mut cfg = ServeConfig::new(state);
+        cfg.listen = ([127, 0, 0, 1], 0).into();
+        cfg.tls = TlsMode::Generated {
+            extra_sans: vec![GUEST_ADDR.to_string()],
+        };
+        cfg.billing_key_ttl = KEY_TTL;
+        Emulator {
+            server: Server::start(cfg).await.map_err(|e| format!("{e:#}")),
+        }
+    }
+
+    /// The guest's way to the emulator: `https://10.0.2.100` leads to its
+    /// port on the host's loopback. None when it did not start.
+    pub(crate) fn guest_forward(&self) -> Option<GuestForward> {
+        let server = self.server.as_ref().ok()?;
+        Some(GuestForward {
+            guest_addr: GUEST_ADDR,
+            guest_port: GUEST_PORT,
+            host_port: server.local_addr.port(),
+        })
+    }
+
+    pub(crate) async fn shutdown(self) {
+        if let Ok(server) = self.server {
+            server.shutdown().await;
+        }
+    }
+}
+
+/// Wires the guest to the emulator and watches the pushes for
 /// `spec.watch`. Never fails: what went wrong is in `error`.
 pub(crate) async fn watch(
-    work: &Path,
+    emulator: &Emulator,
     session: &SshSession,
     spec: &BillingManifest,
     clock: &Clock,
 ) -> BillingObs {
     let mut obs = BillingObs::default();
-    let server = match start_emulator(&work.join("billing-emulator")).await {
+    let server = match &emulator.server {
         Ok(s) => s,
         Err(e) => {
             obs.error = Some(format!("the billing emulator did not start: {e}"));
             return obs;
         }
     };
-    obs.url = format!("https://{HOST_FROM_GUEST}:{}", server.local_addr.port());
-    if let Err(e) = run_watch(&server, session, spec, clock, &mut obs).await {
+    obs.url = format!("https://{GUEST_ADDR}");
+    if let Err(e) = run_watch(server, session, spec, clock, &mut obs).await {
         obs.error = Some(e);
     }
-    server.shutdown().await;
     obs
-}
-
-async fn start_emulator(state: &Path) -> Result<Server, String> {
-    let mut cfg = ServeConfig::new(state);
-    cfg.listen = ([127, 0, 0, 1], 0).into();
-    cfg.tls = TlsMode::Generated {
-        extra_sans: vec![HOST_FROM_GUEST.to_string()],
-    };
-    cfg.billing_key_ttl = KEY_TTL;
-    Server::start(cfg).await.map_err(|e| format!("{e:#}"))
 }
 
 async fn run_watch(

@@ -57,6 +57,10 @@ pub struct Options {
     pub health_timeout: Option<Duration>,
     /// Boot the second VM while the first is being tested (2+ cores).
     pub parallel: bool,
+    /// Let the guests reach the host's loopback and every address the host
+    /// reaches (QEMU's unrestricted user network). Off by default: the
+    /// image is untrusted, and only the billing emulator is forwarded in.
+    pub open_network: bool,
     /// Cache for the KVM probe result.
     pub cache_dir: PathBuf,
 }
@@ -88,6 +92,7 @@ impl Options {
             silent_network_timeout: Duration::from_secs(200),
             health_timeout: None,
             parallel: true,
+            open_network: false,
             cache_dir,
         }
     }

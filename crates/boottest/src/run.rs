@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use ibkit_vm::qemu::{Forward, MacAddr, Proto, Vm, VmConfig};
+use ibkit_vm::qemu::{Forward, GuestForward, MacAddr, Proto, Vm, VmConfig};
 use ibkit_vm::ssh::{self, SshKey, SshSession};
 use ibkit_vm::{Accel, AccelChoice};
 
@@ -123,6 +123,9 @@ struct Plan {
     image_shadow: std::collections::BTreeMap<String, String>,
     /// The manifest's `[billing]`.
     billing: Option<ibkit_rules::billing::BillingManifest>,
+    /// The first VM's ways out of its restricted network (the billing
+    /// emulator's).
+    guest_forwards: Vec<GuestForward>,
 }
 
 impl Plan {
@@ -253,6 +256,22 @@ pub(crate) async fn run_course(
             add(Proto::Tcp, port);
         }
     }
+    let billing = opts.manifest.as_ref().and_then(|m| m.billing.clone());
+    let emulator = match billing.as_ref().filter(|b| b.bills()) {
+        Some(_) => Some(crate::billing::Emulator::start(&work.join("billing-emulator")).await),
+        None => None,
+    };
+    let guest_forwards: Vec<GuestForward> = emulator
+        .iter()
+        .filter_map(crate::billing::Emulator::guest_forward)
+        .collect();
+    clock.say(&if opts.open_network {
+        "guests' network: open (the host's loopback and every address it reaches)".to_string()
+    } else if guest_forwards.is_empty() {
+        "guests' network: restricted (nothing outside the VM)".to_string()
+    } else {
+        "guests' network: restricted (only the billing emulator, https://10.0.2.100)".to_string()
+    });
     let plan = Arc::new(Plan {
         work: work.to_path_buf(),
         key,
@@ -268,7 +287,8 @@ pub(crate) async fn run_course(
         opts: opts.clone(),
         image_size,
         image_shadow,
-        billing: opts.manifest.as_ref().and_then(|m| m.billing.clone()),
+        billing,
+        guest_forwards,
     });
 
     let mut obs = Observations {
@@ -290,7 +310,7 @@ pub(crate) async fn run_course(
     let flavor_plan = plan.clone();
     let flavor_task = async move { flavor_vm(&flavor_plan).await };
     let first_plan = plan.clone();
-    let first_task = async move { first_vm(&first_plan).await };
+    let first_task = async { first_vm(&first_plan, emulator.as_ref()).await };
     let (first, flavor) = if opts.parallel {
         tokio::join!(first_task, flavor_task)
     } else {
@@ -318,6 +338,9 @@ pub(crate) async fn run_course(
             )),
         }
     }
+    if let Some(e) = emulator {
+        e.shutdown().await;
+    }
     Ok(CourseResult {
         observations: obs,
         vms,
@@ -334,7 +357,10 @@ struct VmRun {
     notes: Vec<String>,
 }
 
-async fn first_vm(plan: &Plan) -> Result<VmRun, BootTestError> {
+async fn first_vm(
+    plan: &Plan,
+    emulator: Option<&crate::billing::Emulator>,
+) -> Result<VmRun, BootTestError> {
     let clock = &plan.clock;
     let label = "first boot";
     let dir = plan.work.join("vm1-first");
@@ -350,7 +376,7 @@ async fn first_vm(plan: &Plan) -> Result<VmRun, BootTestError> {
         ibkit_vm::seed::nocloud_files(&instance, "ibkit-boottest-1", &user_data(&plan.key), None);
     ibkit_vm::seed::write_vfat("cidata", &files, &seed)
         .map_err(|e| BootTestError::Setup(format!("NoCloud seed: {e}")))?;
-    let cfg = vm_config(
+    let mut cfg = vm_config(
         plan,
         "first",
         &dir,
@@ -360,6 +386,7 @@ async fn first_vm(plan: &Plan) -> Result<VmRun, BootTestError> {
         seed,
         Some(share),
     );
+    cfg.guest_forwards = plan.guest_forwards.clone();
     let started = clock.now_s();
     clock.say(&format!(
         "{label}: starting QEMU ({}, {} vCPU, {} MiB, MAC {mac})",
@@ -399,9 +426,11 @@ async fn first_vm(plan: &Plan) -> Result<VmRun, BootTestError> {
         if let Some(g) = boot.guest.as_mut() {
             read_listeners(&session, g).await;
         }
-        if let Some(spec) = plan.billing.as_ref().filter(|b| b.bills()) {
+        if let (Some(spec), Some(emulator)) =
+            (plan.billing.as_ref().filter(|b| b.bills()), emulator)
+        {
             let t = clock.now_s();
-            billing = Some(crate::billing::watch(&plan.work, &session, spec, clock).await);
+            billing = Some(crate::billing::watch(emulator, &session, spec, clock).await);
             clock.record(&format!("{label}: billing watch"), t, clock.now_s() - t);
         }
         // The forced reset happens here while the flavor VM reboots cleanly:
@@ -529,6 +558,8 @@ fn vm_config(
         drives: vec![seed],
         share_dir: share,
         forwards: plan.forwards.clone(),
+        restrict_network: !plan.opts.open_network,
+        guest_forwards: Vec::new(),
         machine: None,
     }
 }

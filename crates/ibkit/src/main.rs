@@ -166,6 +166,12 @@ struct BootTestArgs {
     /// Boot the two VMs one after the other instead of at the same time.
     #[arg(long)]
     sequential: bool,
+    /// Let the guests reach the host's loopback services (10.0.2.2) and
+    /// every address the host reaches. Default: a restricted network where
+    /// only the billing emulator is forwarded in (an untrusted image
+    /// reaches nothing of the host's).
+    #[arg(long)]
+    open_network: bool,
     /// First VM's flavor, VCPUS:MIB.
     #[arg(long, default_value = "1:1024", value_parser = parse_flavor)]
     small_flavor: ibkit_boottest::Flavor,
@@ -231,6 +237,7 @@ fn boot_test(a: BootTestArgs) -> Result<ExitCode> {
     opts.work_dir = a.work_dir;
     opts.keep = a.keep;
     opts.parallel = !a.sequential;
+    opts.open_network = a.open_network;
     opts.small = a.small_flavor;
     opts.large = a.large_flavor;
     opts.extra_disk = a.extra_disk_gib << 30;

@@ -215,6 +215,14 @@ fn clean_image_passes_everything() {
         flavor.iter().any(|d| d.contains("config drive")),
         "{flavor:?}"
     );
+    // The guests' network is restricted: the billing emulator is the one
+    // way out (socat per connection behind https://10.0.2.100).
+    assert!(
+        r.stderr
+            .contains("guests' network: restricted (only the billing emulator"),
+        "{}",
+        r.stderr
+    );
     // APP-BILLING: the image's client pushed both ways, through a rotation
     // that expired the first key.
     let billing = evidence(&r, "APP-BILLING");

@@ -16,3 +16,22 @@ pub fn qemu_img_binary() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("qemu-img"))
 }
+
+/// `socat`, the relay a [`GuestForward`](crate::qemu::GuestForward) runs
+/// for each guest connection: `$IBKIT_SOCAT`, else the first `socat` on
+/// `PATH`. The error names the package.
+pub fn socat_binary() -> Result<PathBuf, String> {
+    if let Some(v) = std::env::var_os("IBKIT_SOCAT") {
+        return Ok(PathBuf::from(v));
+    }
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|d| d.join("socat"))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            "socat not found on PATH: a guest forward (the billing emulator's) needs it \
+             (apt install socat)"
+                .to_string()
+        })
+}

@@ -33,6 +33,7 @@ pub mod ssh;
 
 pub use accel::{Accel, AccelChoice};
 pub use qemu::{
-    Forward, LaunchOptions, MacAddr, NetBackend, PreparedDisk, Proto, ShareState, Vm, VmConfig,
-    VmError, approve_image, detached_qemu_pid, find_virtiofsd, pidfile_path, stop_detached,
+    Forward, GuestForward, LaunchOptions, MacAddr, NetBackend, PreparedDisk, Proto, ShareState, Vm,
+    VmConfig, VmError, approve_image, detached_qemu_pid, find_virtiofsd, pidfile_path,
+    stop_detached,
 };

@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use ibkit_vm::ssh::{self, SshKey};
 use ibkit_vm::{
-    Accel, Forward, MacAddr, ShareState, Vm, VmConfig, find_virtiofsd, pcap, procs, seed,
+    Accel, Forward, GuestForward, MacAddr, ShareState, Vm, VmConfig, find_virtiofsd, pcap, procs,
+    seed,
 };
 
 fn repo_root() -> PathBuf {
@@ -116,6 +117,19 @@ async fn boot_debian_under_tcg() {
     config.drives = vec![seed_img];
     config.share_dir = Some(share.clone());
     config.forwards = vec![Forward::tcp(22), Forward::tcp(8080)];
+    // The restricted network (the default): one host service forwarded in,
+    // another on the host's loopback that the guest must not reach.
+    let forwarded = LoopbackService::start();
+    let hidden = LoopbackService::start();
+    assert!(
+        config.restrict_network,
+        "VmConfig::new restricts the network"
+    );
+    config.guest_forwards = vec![GuestForward {
+        guest_addr: GuestForward::DEFAULT_ADDR,
+        guest_port: 80,
+        host_port: forwarded.port,
+    }];
     let mut vm = Vm::start(config).await.expect("start VM");
     eprintln!("[boot test] QEMU: {}", vm.command_line().join(" "));
     assert!(vm.is_running());
@@ -175,6 +189,47 @@ async fn boot_debian_under_tcg() {
     assert!(out.success(), "mount failed: {out:?} {}", out.stderr_text());
     assert_eq!(out.stdout_text().trim(), marker);
     t.done("virtiofs mount and read");
+
+    let read = |addr: String| {
+        format!("timeout 20 bash -c 'exec 3<>/dev/tcp/{addr} && cat <&3'; echo \"rc=$?\"")
+    };
+    let out = session
+        .exec(&read("10.0.2.100/80".into()), Duration::from_secs(60))
+        .await
+        .expect("read through the guest forward");
+    eprintln!("[boot test] guest forward: {}", out.stdout_text().trim());
+    assert!(
+        out.stdout_text().contains(&forwarded.token),
+        "the guest forward did not reach the host service: {out:?} {}",
+        out.stderr_text()
+    );
+    // Twice: one relay per connection, not one shared stream.
+    let out = session
+        .exec(&read("10.0.2.100/80".into()), Duration::from_secs(60))
+        .await
+        .expect("read through the guest forward again");
+    assert!(out.stdout_text().contains(&forwarded.token), "{out:?}");
+    let out = session
+        .exec(
+            &read(format!("10.0.2.2/{}", hidden.port)),
+            Duration::from_secs(60),
+        )
+        .await
+        .expect("try the host's loopback");
+    eprintln!(
+        "[boot test] host loopback from the guest: {} {}",
+        out.stdout_text().trim(),
+        out.stderr_text().trim()
+    );
+    assert!(!out.stdout_text().contains(&hidden.token), "{out:?}");
+    assert!(!out.stdout_text().contains("rc=0"), "{out:?}");
+    assert_eq!(
+        hidden.accepted(),
+        0,
+        "the guest reached the host's loopback"
+    );
+    assert_eq!(forwarded.accepted(), 2);
+    t.done("restricted network: the guest forward answers, host loopback unreachable");
 
     let cap = std::fs::read(vm.pcap_path()).expect("pcap");
     let dhcp = pcap::dhcp_packets(&cap).expect("parse pcap");
@@ -259,6 +314,40 @@ async fn boot_debian_under_tcg() {
     );
     t.done("drop and clean-up checks");
     let _ = std::fs::remove_dir_all(&work);
+}
+
+/// A TCP service on 127.0.0.1 that writes its token to each connection
+/// and counts them.
+struct LoopbackService {
+    port: u16,
+    token: String,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl LoopbackService {
+    fn start() -> LoopbackService {
+        use std::io::Write;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let port = listener.local_addr().expect("local addr").port();
+        let token = format!("ibkit-service-{}-{port}", rand_suffix());
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (t, n) = (token.clone(), accepted.clone());
+        std::thread::spawn(move || {
+            for mut conn in listener.incoming().flatten() {
+                n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = writeln!(conn, "{t}");
+            }
+        });
+        LoopbackService {
+            port,
+            token,
+            accepted,
+        }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 fn rand_suffix() -> String {

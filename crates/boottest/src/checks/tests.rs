@@ -212,7 +212,7 @@ fn push(
 /// A 75 s watch with keys issued every 15 s, living 30 s.
 fn billing_watch(pushes: Vec<PushRecord>) -> BillingObs {
     BillingObs {
-        url: "https://10.0.2.2:40000".into(),
+        url: "https://10.0.2.100".into(),
         setup: Some(SetupRun {
             exit_code: Some(0),
             output_tail: String::new(),

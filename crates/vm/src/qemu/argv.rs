@@ -2,6 +2,8 @@
 
 use std::path::Path;
 
+#[cfg(test)]
+use super::config::GuestForward;
 use super::config::{Forward, LaunchOptions, NetBackend, VmConfig};
 use crate::accel::Accel;
 use crate::binary::qemu_binary;
@@ -27,6 +29,7 @@ pub(super) fn build_argv(
     vfs_sock: &Path,
     pidfile: &Path,
     share: bool,
+    relay: Option<&Path>,
 ) -> Vec<String> {
     let mut a: Vec<String> = vec![qemu_binary().display().to_string()];
     let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
@@ -67,7 +70,7 @@ pub(super) fn build_argv(
     ]);
     push(&["-qmp", &format!("unix:{},server=on,wait=off", qp(qmp))]);
     let mut netdev = match &opts.net {
-        NetBackend::User => "user,id=n0".to_string(),
+        NetBackend::User => user_netdev(c, relay),
         NetBackend::Tap { ifname } => {
             format!("tap,id=n0,ifname={},script=no,downscript=no", q(ifname))
         }
@@ -114,12 +117,57 @@ pub(super) fn build_argv(
     a
 }
 
+/// `-netdev user`: restricted unless the config opens it, with a
+/// `guestfwd` per guest forward that runs `relay` (socat) per connection.
+fn user_netdev(c: &VmConfig, relay: Option<&Path>) -> String {
+    let mut n = "user,id=n0".to_string();
+    if c.restrict_network {
+        n.push_str(",restrict=on");
+    }
+    if let Some(relay) = relay {
+        for g in &c.guest_forwards {
+            n.push_str(&format!(
+                ",guestfwd=tcp:{}:{}-cmd:{} STDIO TCP:127.0.0.1:{}",
+                g.guest_addr,
+                g.guest_port,
+                qp(relay),
+                g.host_port
+            ));
+        }
+    }
+    n
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::disk::cache_mode;
     use super::*;
     use serde_json::json;
     use std::path::Path;
+
+    /// The command line as one string, with the fixed paths of a VM in /w.
+    fn argv_line(
+        c: &VmConfig,
+        opts: &LaunchOptions,
+        ports: &[(Forward, u16)],
+        share: bool,
+        relay: Option<&Path>,
+    ) -> String {
+        build_argv(
+            c,
+            opts,
+            ports,
+            &[],
+            Path::new("/w/serial.log"),
+            Path::new("/w/qmp.sock"),
+            Path::new("/w/net.pcap"),
+            Path::new("/w/virtiofsd.sock"),
+            Path::new("/w/qemu.pid"),
+            share,
+            relay,
+        )
+        .join(" ")
+    }
 
     #[test]
     fn argv_shape() {
@@ -129,19 +177,7 @@ mod tests {
         c.mac = "fa:16:3e:00:00:01".parse().expect("mac");
         c.forwards = vec![Forward::tcp(22), Forward::udp(53)];
         let ports = vec![(Forward::tcp(22), 40022), (Forward::udp(53), 40053)];
-        let a = build_argv(
-            &c,
-            &LaunchOptions::default(),
-            &ports,
-            &[],
-            Path::new("/w/serial.log"),
-            Path::new("/w/qmp.sock"),
-            Path::new("/w/net.pcap"),
-            Path::new("/w/virtiofsd.sock"),
-            Path::new("/w/qemu.pid"),
-            true,
-        );
-        let s = a.join(" ");
+        let s = argv_line(&c, &LaunchOptions::default(), &ports, true, None);
         assert!(s.contains("-name t,,1,process=ibkit-t_1"), "{s}");
         assert!(s.contains("-accel tcg,thread=multi"), "{s}");
         assert!(
@@ -155,24 +191,42 @@ mod tests {
         );
         assert!(s.contains("vhost-user-fs-pci,chardev=vfs,tag=ibkit"), "{s}");
         assert!(!s.contains("-cpu"), "never -cpu host/max here: {s}");
+        assert!(s.contains("-netdev user,id=n0,restrict=on,hostfwd="), "{s}");
+    }
+
+    #[test]
+    fn guest_forwards_run_the_relay_and_an_open_network_is_asked_for() {
+        let mut c = VmConfig::new("g", "/img.qcow2", "/w");
+        c.guest_forwards = vec![GuestForward {
+            guest_addr: GuestForward::DEFAULT_ADDR,
+            guest_port: 443,
+            host_port: 40443,
+        }];
+        let argv = |c: &VmConfig, relay: Option<&Path>| {
+            argv_line(c, &LaunchOptions::default(), &[], false, relay)
+        };
+        let s = argv(&c, Some(Path::new("/usr/bin/socat")));
+        assert!(
+            s.contains(
+                "-netdev user,id=n0,restrict=on,guestfwd=tcp:10.0.2.100:443-cmd:/usr/bin/socat STDIO TCP:127.0.0.1:40443 "
+            ),
+            "{s}"
+        );
+        c.restrict_network = false;
+        let s = argv(&c, None);
+        assert!(s.contains("-netdev user,id=n0 "), "{s}");
     }
 
     #[test]
     fn argv_detached_on_tap() {
         let c = VmConfig::new("d", "/img.qcow2", "/w");
-        let a = build_argv(
+        let s = argv_line(
             &c,
             &LaunchOptions::detached_on_tap("ibkt0"),
             &[],
-            &[],
-            Path::new("/w/serial.log"),
-            Path::new("/w/qmp.sock"),
-            Path::new("/w/net.pcap"),
-            Path::new("/w/virtiofsd.sock"),
-            Path::new("/w/qemu.pid"),
             false,
+            None,
         );
-        let s = a.join(" ");
         assert!(
             s.contains("-netdev tap,id=n0,ifname=ibkt0,script=no,downscript=no "),
             "{s}"

@@ -2,6 +2,7 @@
 //! and launch options.
 
 use std::fmt;
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::str::FromStr;
 
@@ -116,6 +117,24 @@ impl Forward {
     }
 }
 
+/// A TCP address inside the guest's user network that leads to a port on
+/// the host's loopback (`guestfwd`, one relay process per connection).
+/// The only way out of a [restricted](VmConfig::restrict_network) network.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestForward {
+    /// In 10.0.2.0/24 but not 10.0.2.2 (the gateway) or 10.0.2.3 (DNS):
+    /// QEMU refuses those.
+    pub guest_addr: Ipv4Addr,
+    pub guest_port: u16,
+    /// On 127.0.0.1.
+    pub host_port: u16,
+}
+
+impl GuestForward {
+    /// The guest address [`GuestForward`]s use unless told otherwise.
+    pub const DEFAULT_ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 100);
+}
+
 #[derive(Clone, Debug)]
 pub struct VmConfig {
     /// For logs and process titles.
@@ -138,12 +157,21 @@ pub struct VmConfig {
     /// Shared with the guest over virtiofs, tag "ibkit".
     pub share_dir: Option<PathBuf>,
     pub forwards: Vec<Forward>,
+    /// User-mode networking only: the guest reaches nothing outside the VM
+    /// (`restrict=on`: no host loopback through 10.0.2.2, no other address,
+    /// no DNS) except [`guest_forwards`](Self::guest_forwards); `forwards`
+    /// into the guest still work. On by default: a booted image is
+    /// untrusted. Off, the guest reaches every service on the host's
+    /// loopback and every address the host reaches.
+    pub restrict_network: bool,
+    pub guest_forwards: Vec<GuestForward>,
     /// QEMU machine type, default "pc".
     pub machine: Option<String>,
 }
 
 impl VmConfig {
-    /// TCG, 1 vCPU, 1024 MiB, a random MAC, SSH (22/tcp) forwarded.
+    /// TCG, 1 vCPU, 1024 MiB, a random MAC, SSH (22/tcp) forwarded, a
+    /// restricted network.
     pub fn new(
         name: impl Into<String>,
         image: impl Into<PathBuf>,
@@ -162,6 +190,8 @@ impl VmConfig {
             drives: Vec::new(),
             share_dir: None,
             forwards: vec![Forward::tcp(22)],
+            restrict_network: true,
+            guest_forwards: Vec::new(),
             machine: None,
         }
     }

@@ -29,9 +29,10 @@ use std::time::Duration;
 use crate::command::CommandError;
 use crate::qmp::QmpError;
 
-pub use crate::binary::{qemu_binary, qemu_img_binary};
+pub use crate::binary::{qemu_binary, qemu_img_binary, socat_binary};
 pub use config::{
-    Forward, LaunchOptions, MacAddr, MacParseError, NetBackend, Proto, ShareState, VmConfig,
+    Forward, GuestForward, LaunchOptions, MacAddr, MacParseError, NetBackend, Proto, ShareState,
+    VmConfig,
 };
 pub use detached::{detached_qemu_pid, pidfile_path, stop_detached};
 pub use disk::{approve_image, create_overlay, disk_args, overlay_create_args, qemu_img_info_args};

@@ -18,6 +18,7 @@ use super::detached::{QemuProc, detached_qemu_pid, is_our_qemu, pidfile_path};
 use super::disk::{approve_image, cache_mode, create_overlay, disk_args};
 use super::virtiofsd::{find_virtiofsd, kill_tree, start_virtiofsd};
 use super::{VmError, private_file, read_log};
+use crate::binary::socat_binary;
 use crate::procs::ChildProc;
 use crate::qmp::Qmp;
 
@@ -220,6 +221,7 @@ impl Vm {
         let pidfile = pidfile_path(&work_dir);
         check_socket_path(&name, &qmp_sock)?;
         check_socket_path(&name, &vfs_sock)?;
+        let relay = guest_forward_relay(&config, &opts).map_err(&cfg_err)?;
         let drives: Vec<PathBuf> = config
             .drives
             .iter()
@@ -283,6 +285,7 @@ impl Vm {
             &vfs_sock,
             &pidfile,
             share == ShareState::Ready,
+            relay.as_deref(),
         );
         let log_file = private_file(&qemu_log).map_err(io("cannot create", &qemu_log))?;
         let log_err = log_file
@@ -678,6 +681,26 @@ impl Drop for Vm {
 
 /// Checks of a configuration and launch options made before anything is
 /// created.
+/// The relay guest forwards run, when there are any.
+fn guest_forward_relay(config: &VmConfig, opts: &LaunchOptions) -> Result<Option<PathBuf>, String> {
+    if config.guest_forwards.is_empty() || opts.net != NetBackend::User {
+        return Ok(None);
+    }
+    let relay = socat_binary()?;
+    // QEMU splits the command with shell rules and its option syntax.
+    let plain = relay.to_str().is_some_and(|s| {
+        s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._+-".contains(&b))
+    });
+    if !plain {
+        return Err(format!(
+            "the relay's path {} has characters QEMU's guestfwd cannot carry",
+            relay.display()
+        ));
+    }
+    Ok(Some(relay))
+}
+
 fn validate(config: &VmConfig, opts: &LaunchOptions) -> Result<(), VmError> {
     let cfg_err = |message: String| VmError::Config {
         name: config.name.clone(),
@@ -707,6 +730,22 @@ fn validate(config: &VmConfig, opts: &LaunchOptions) -> Result<(), VmError> {
         && (ifname.is_empty() || ifname.len() > 15 || ifname.contains([',', '/', ' ']))
     {
         return Err(cfg_err(format!("bad tap device name {ifname:?}")));
+    }
+    if !config.guest_forwards.is_empty() && opts.net != NetBackend::User {
+        return Err(cfg_err(
+            "guest forwards exist on the user network only (a tap guest reaches the host's address)"
+                .into(),
+        ));
+    }
+    for g in &config.guest_forwards {
+        let [a, b, c, d] = g.guest_addr.octets();
+        // .2 gateway, .3 DNS (QEMU refuses both), .15.. the DHCP pool.
+        if [a, b, c] != [10, 0, 2] || matches!(d, 0..=3 | 15..=30 | 255) {
+            return Err(cfg_err(format!(
+                "guest forward address {} must be 10.0.2.4-14 or 10.0.2.31-254",
+                g.guest_addr
+            )));
+        }
     }
     if cache_mode(&opts.disk_cache).is_none() {
         return Err(cfg_err(format!(
@@ -755,6 +794,35 @@ mod tests {
     use super::*;
     use crate::binary::qemu_img_binary;
     use crate::procs;
+    use crate::qemu::GuestForward;
+
+    #[test]
+    fn guest_forwards_are_checked_before_qemu_starts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut c = VmConfig::new("fwd", dir.path().join("img"), dir.path().join("w"));
+        let fwd = |last: u8| GuestForward {
+            guest_addr: std::net::Ipv4Addr::new(10, 0, 2, last),
+            guest_port: 443,
+            host_port: 40443,
+        };
+        for bad in [2, 3, 15, 255] {
+            c.guest_forwards = vec![fwd(bad)];
+            let e = validate(&c, &LaunchOptions::default()).expect_err("refused");
+            assert!(
+                e.to_string().contains("10.0.2.4-14 or 10.0.2.31-254"),
+                "{e}"
+            );
+        }
+        c.guest_forwards = vec![GuestForward {
+            guest_addr: std::net::Ipv4Addr::new(192, 168, 0, 100),
+            ..fwd(100)
+        }];
+        assert!(validate(&c, &LaunchOptions::default()).is_err());
+        c.guest_forwards = vec![fwd(100)];
+        validate(&c, &LaunchOptions::default()).expect("10.0.2.100 is fine");
+        let e = validate(&c, &LaunchOptions::detached_on_tap("ibkt0")).expect_err("tap");
+        assert!(e.to_string().contains("user network only"), "{e}");
+    }
 
     #[tokio::test]
     async fn early_exit_quotes_the_qemu_log() {
