@@ -81,6 +81,10 @@ pub struct VmRequest {
     /// The MIME multipart from [`crate::userdata::render_user_data`]; holds
     /// the host's pairing key.
     pub user_data: Vec<u8>,
+    /// The service as the VM reaches it (the URL in `user_data`). The QEMU
+    /// backend's firewall opens its port on the bridge address and nothing
+    /// else of the host's.
+    pub service_url: String,
     /// [`crate::HostDef::config_hash`], stored with the VM for `list`.
     pub config_hash: String,
     /// 1 for the first VM of a host; each recreation adds one.
@@ -101,6 +105,7 @@ impl std::fmt::Debug for VmRequest {
                 "user_data",
                 &format_args!("<{} bytes>", self.user_data.len()),
             )
+            .field("service_url", &self.service_url)
             .field("config_hash", &self.config_hash)
             .field("attempt", &self.attempt)
             .finish()
@@ -338,6 +343,7 @@ mod tests {
             os_flavor: None,
             ports: Vec::new(),
             user_data: b"key inside".to_vec(),
+            service_url: "https://10.77.0.1:8443".into(),
             config_hash: "h".into(),
             attempt,
         };

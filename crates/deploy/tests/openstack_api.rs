@@ -327,6 +327,7 @@ fn request(user_data: Vec<u8>, image: &str) -> VmRequest {
         os_flavor: None,
         ports: vec![443],
         user_data,
+        service_url: "https://203.0.113.10:8443".into(),
         config_hash: "h1".into(),
         attempt: 1,
     }

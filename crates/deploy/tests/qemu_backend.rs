@@ -56,6 +56,20 @@ impl Drop for Guard {
     }
 }
 
+/// A listener on `addr` that counts the connections it accepts.
+fn counting_listener(addr: Ipv4Addr) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = TcpListener::bind((addr, 0)).expect("listen on the bridge address");
+    let port = listener.local_addr().expect("addr").port();
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = hits.clone();
+    std::thread::spawn(move || {
+        for _ in listener.incoming().flatten() {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    (port, hits)
+}
+
 /// A tiny HTTP server on the bridge address: `/v1/agent/install.sh` is a
 /// script recording its arguments in the guest, anything else says ok.
 fn serve(listener: TcpListener) {
@@ -182,6 +196,7 @@ async fn two_vms_on_a_bridge_readopted_and_one_recreated() {
             os_flavor: None,
             ports: Vec::new(),
             user_data: render_user_data(&def, &boot).expect("user data"),
+            service_url: boot.service_url.clone(),
             config_hash: def.config_hash(),
             attempt,
         }
@@ -260,6 +275,31 @@ async fn two_vms_on_a_bridge_readopted_and_one_recreated() {
     assert_eq!(banner, "SSH-2.0", "a reaches b's port 22");
     let addr = exec(&sa, "ip -4 -o addr show scope global").await;
     assert!(addr.contains(&format!("{a_ip}/24")), "{addr}");
+    // The firewall: the service's port answers (above); another service on
+    // the bridge address is out of the VMs' reach.
+    let (hidden_port, hidden_hits) = counting_listener(host_ip);
+    let tried = exec(
+        &sa,
+        &format!(
+            "timeout 10 bash -c 'exec 3<>/dev/tcp/{host_ip}/{hidden_port}' && echo reached || echo blocked"
+        ),
+    )
+    .await;
+    assert_eq!(tried.trim(), "blocked", "a reached {host_ip}:{hidden_port}");
+    assert_eq!(
+        hidden_hits.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "a connection reached the hidden host service"
+    );
+    let table = std::process::Command::new("nft")
+        .args(["list", "table", "inet", &format!("ibkit_{BRIDGE}")])
+        .output()
+        .expect("nft list");
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.contains(&format!("elements = {{ {port} }}")),
+        "{table}"
+    );
     sa.close().await;
     sb.close().await;
     t.done("a reached the service (deploy bootstrap + curl) and b");
@@ -386,6 +426,14 @@ async fn two_vms_on_a_bridge_readopted_and_one_recreated() {
     backend.teardown_network().await.expect("teardown");
     assert_eq!(backend.dnsmasq_pid(), None);
     assert!(!link_exists(BRIDGE), "bridge removed");
+    let tables = std::process::Command::new("nft")
+        .args(["list", "tables"])
+        .output()
+        .expect("nft list tables");
+    assert!(
+        !String::from_utf8_lossy(&tables.stdout).contains(&format!("ibkit_{BRIDGE}")),
+        "firewall table removed"
+    );
     assert!(!ibkit_vm::procs::is_alive(dnsmasq), "dnsmasq stopped");
     let left = ibkit_vm::procs::pids_naming(&state.display().to_string());
     assert!(left.is_empty(), "processes left: {left:?}");
@@ -412,6 +460,7 @@ fn plain_request(image: &std::path::Path, host: &str) -> VmRequest {
         os_flavor: None,
         ports: Vec::new(),
         user_data: b"#cloud-config\n# pairing key: ibkp_secret\n".to_vec(),
+        service_url: "https://10.77.0.1:8443".into(),
         config_hash: "h".into(),
         attempt: 1,
     }

@@ -269,6 +269,7 @@ impl<B: ComputeBackend> Controller<B> {
             os_flavor: def.os_flavor.clone(),
             ports: def.ports.clone(),
             user_data,
+            service_url: boot.service_url.clone(),
             config_hash: def.config_hash(),
             attempt: seq,
         };

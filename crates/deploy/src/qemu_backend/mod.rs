@@ -19,13 +19,15 @@
 //! STATE/addresses.json   fixed IP per (instance id, host): a recreated VM keeps its IP
 //! STATE/dnsmasq.hosts    MAC,IP per VM directory (dnsmasq --dhcp-hostsfile, SIGHUP)
 //! STATE/dnsmasq.leases, dnsmasq.pid, dnsmasq.log
+//! STATE/firewall.nft, firewall.ports   the bridge's nftables table and its service ports
 //! ```
 //!
 //! Network (`network.rs`): a Linux bridge ([`NetworkConfig`], default `ibkbr0` with
 //! 10.77.0.1/24) holding the host's address, a persistent tap per VM
 //! enslaved to it, and dnsmasq (DHCP only, `--port=0`, static leases) bound
-//! to the bridge. VMs reach each other and the host (where `ibkit serve`
-//! listens); there is no NAT. A recreated VM gets a new MAC
+//! to the bridge. VMs reach each other and, on the host, DHCP and the
+//! service's port only (`firewall.rs`, nftables); nothing is routed out
+//! of the bridge. A recreated VM gets a new MAC
 //! (`fa:16:3e` + a hash of instance, host and attempt) and the host's fixed
 //! IP: the hosts file is rewritten and the old MAC's lease dropped (dnsmasq
 //! restarted) so dnsmasq does not refuse the address as "leased to"
@@ -39,6 +41,7 @@
 //! serialised by a lock; two processes on one state directory are not
 //! supported.
 
+mod firewall;
 mod network;
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -294,6 +297,7 @@ impl QemuBackend {
 
     async fn create(&self, r: VmRequest) -> Result<VmHandle, BackendError> {
         let (id, dir, image) = self.request_paths(&r)?;
+        let service_port = self.service_port(&r.service_url)?;
         // The image gate first: a refused image touches neither the network
         // nor the state directory.
         ibkit_vm::approve_image(&vm_name(&r), &image)
@@ -307,6 +311,7 @@ impl QemuBackend {
             )));
         }
         self.ensure_network().await?;
+        self.open_service_port(service_port).await?;
         let ip = self.address_for(&r.instance.id, &r.host)?;
         let others = self.all_records();
         let mut salt = 0;
@@ -575,6 +580,7 @@ pub fn force_cleanup(state_dir: &Path, bridge: &str) {
             .args(["link", "del", "dev", link])
             .status();
     }
+    firewall::force_remove(bridge);
 }
 
 /// Console output as plain text: colour and cursor escape sequences

@@ -98,7 +98,7 @@ fn dnsmasq_binary() -> String {
 }
 
 /// A failed host command as the backend's error.
-fn command_err(e: CommandError) -> BackendError {
+pub(super) fn command_err(e: CommandError) -> BackendError {
     let command = e.command();
     match e {
         CommandError::Spawn { source, .. } => BackendError::Command {
@@ -438,6 +438,7 @@ impl QemuBackend {
             )));
         }
         self.stop_dnsmasq().await?;
+        self.remove_firewall().await?;
         if link_exists(&self.network.bridge) {
             ip_cmd(&["link", "del", "dev", &self.network.bridge]).await?;
         }
