@@ -265,12 +265,15 @@ pub(crate) async fn run_course(
         .iter()
         .filter_map(crate::billing::Emulator::guest_forward)
         .collect();
-    clock.say(&if opts.open_network {
-        "guests' network: open (the host's loopback and every address it reaches)".to_string()
-    } else if guest_forwards.is_empty() {
-        "guests' network: restricted (nothing outside the VM)".to_string()
-    } else {
-        "guests' network: restricted (only the billing emulator, https://10.0.2.100)".to_string()
+    clock.say(&match (opts.open_network, guest_forwards.first()) {
+        (true, _) => {
+            "guests' network: open (the host's loopback and every address it reaches)".to_string()
+        }
+        (false, None) => "guests' network: restricted (nothing outside the VM)".to_string(),
+        (false, Some(f)) => format!(
+            "guests' network: restricted (only the billing emulator, https://{})",
+            f.guest_addr
+        ),
     });
     let plan = Arc::new(Plan {
         work: work.to_path_buf(),
@@ -426,9 +429,8 @@ async fn first_vm(
         if let Some(g) = boot.guest.as_mut() {
             read_listeners(&session, g).await;
         }
-        if let (Some(spec), Some(emulator)) =
-            (plan.billing.as_ref().filter(|b| b.bills()), emulator)
-        {
+        // The emulator exists only when the manifest bills.
+        if let (Some(spec), Some(emulator)) = (plan.billing.as_ref(), emulator) {
             let t = clock.now_s();
             billing = Some(crate::billing::watch(emulator, &session, spec, clock).await);
             clock.record(&format!("{label}: billing watch"), t, clock.now_s() - t);

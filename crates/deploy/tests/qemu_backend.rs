@@ -19,7 +19,7 @@ use ibkit_deploy::backend::{ComputeBackend, InstanceRef, VmRequest, VmState};
 use ibkit_deploy::manifest::{Flavor, HostDef, UserDataSpec};
 use ibkit_deploy::qemu_backend::{NetworkConfig, QemuBackend, force_cleanup};
 use ibkit_deploy::{AgentBootstrap, Secret, render_user_data};
-use ibkit_test_utils::{Phase, is_root, link_exists};
+use ibkit_test_utils::{CountingService, Phase, is_root, link_exists};
 use ibkit_vm::ssh::{self, SshKey, SshSession};
 
 const BRIDGE: &str = "ibkbrtest";
@@ -54,20 +54,6 @@ impl Drop for Guard {
             let _ = std::fs::remove_dir_all(&self.state);
         }
     }
-}
-
-/// A listener on `addr` that counts the connections it accepts.
-fn counting_listener(addr: Ipv4Addr) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-    let listener = TcpListener::bind((addr, 0)).expect("listen on the bridge address");
-    let port = listener.local_addr().expect("addr").port();
-    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counted = hits.clone();
-    std::thread::spawn(move || {
-        for _ in listener.incoming().flatten() {
-            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        }
-    });
-    (port, hits)
 }
 
 /// A tiny HTTP server on the bridge address: `/v1/agent/install.sh` is a
@@ -277,7 +263,8 @@ async fn two_vms_on_a_bridge_readopted_and_one_recreated() {
     assert!(addr.contains(&format!("{a_ip}/24")), "{addr}");
     // The firewall: the service's port answers (above); another service on
     // the bridge address is out of the VMs' reach.
-    let (hidden_port, hidden_hits) = counting_listener(host_ip);
+    let hidden = CountingService::start(host_ip.into());
+    let hidden_port = hidden.port;
     let tried = exec(
         &sa,
         &format!(
@@ -287,7 +274,7 @@ async fn two_vms_on_a_bridge_readopted_and_one_recreated() {
     .await;
     assert_eq!(tried.trim(), "blocked", "a reached {host_ip}:{hidden_port}");
     assert_eq!(
-        hidden_hits.load(std::sync::atomic::Ordering::SeqCst),
+        hidden.accepted(),
         0,
         "a connection reached the hidden host service"
     );

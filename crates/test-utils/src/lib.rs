@@ -128,7 +128,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context, Result, bail, ensure};
 
 pub use deadline::with_deadline;
-pub use host::{Phase, is_root, link_exists};
+pub use host::{CountingService, Phase, is_root, link_exists};
 pub use qemu_img::{qcow2_naming_backing, qcow2_over_raw, qemu_img};
 pub use spec::{Container, FsType, GptPart, Layout, PartTable, Volume};
 pub use tree::Tree;

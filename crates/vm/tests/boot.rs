@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use ibkit_test_utils::CountingService;
 use ibkit_vm::ssh::{self, SshKey};
 use ibkit_vm::{
     Accel, Forward, GuestForward, MacAddr, ShareState, Vm, VmConfig, find_virtiofsd, pcap, procs,
@@ -119,8 +120,9 @@ async fn boot_debian_under_tcg() {
     config.forwards = vec![Forward::tcp(22), Forward::tcp(8080)];
     // The restricted network (the default): one host service forwarded in,
     // another on the host's loopback that the guest must not reach.
-    let forwarded = LoopbackService::start();
-    let hidden = LoopbackService::start();
+    let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
+    let forwarded = CountingService::start(loopback);
+    let hidden = CountingService::start(loopback);
     assert!(
         config.restrict_network,
         "VmConfig::new restricts the network"
@@ -314,40 +316,6 @@ async fn boot_debian_under_tcg() {
     );
     t.done("drop and clean-up checks");
     let _ = std::fs::remove_dir_all(&work);
-}
-
-/// A TCP service on 127.0.0.1 that writes its token to each connection
-/// and counts them.
-struct LoopbackService {
-    port: u16,
-    token: String,
-    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-}
-
-impl LoopbackService {
-    fn start() -> LoopbackService {
-        use std::io::Write;
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
-        let port = listener.local_addr().expect("local addr").port();
-        let token = format!("ibkit-service-{}-{port}", rand_suffix());
-        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let (t, n) = (token.clone(), accepted.clone());
-        std::thread::spawn(move || {
-            for mut conn in listener.incoming().flatten() {
-                n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let _ = writeln!(conn, "{t}");
-            }
-        });
-        LoopbackService {
-            port,
-            token,
-            accepted,
-        }
-    }
-
-    fn accepted(&self) -> usize {
-        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
-    }
 }
 
 fn rand_suffix() -> String {

@@ -15,6 +15,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use ibkit_support::fs::write_atomic;
+use ibkit_vm::command::CommandError;
 
 use super::{QemuBackend, io_err};
 use crate::backend::BackendError;
@@ -131,10 +132,12 @@ impl QemuBackend {
         ibkit_vm::command::run(nft_binary(), &["-f", script_arg.as_str()])
             .await
             .map_err(|e| {
+                // Only a missing `nft` gets the hint: a rule refused by the
+                // kernel can say "No such file or directory" too.
+                let missing = matches!(&e, CommandError::Spawn { source, .. }
+                    if source.kind() == std::io::ErrorKind::NotFound);
                 let mut err = super::network::command_err(e);
-                if let BackendError::Command { stderr, .. } = &mut err
-                    && stderr.contains("No such file or directory")
-                {
+                if missing && let BackendError::Command { stderr, .. } = &mut err {
                     stderr.push_str(
                         " (the QEMU backend's firewall needs nftables: apt install nftables)",
                     );

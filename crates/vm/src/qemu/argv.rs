@@ -2,8 +2,6 @@
 
 use std::path::Path;
 
-#[cfg(test)]
-use super::config::GuestForward;
 use super::config::{Forward, LaunchOptions, NetBackend, VmConfig};
 use crate::accel::Accel;
 use crate::binary::qemu_binary;
@@ -140,6 +138,7 @@ fn user_netdev(c: &VmConfig, relay: Option<&Path>) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::super::config::GuestForward;
     use super::super::disk::cache_mode;
     use super::*;
     use serde_json::json;

@@ -8,16 +8,10 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use super::{private_file, read_log};
+use crate::binary::{is_executable, path_candidates};
 use crate::procs::{self, ChildProc};
 
 const VIRTIOFSD_VERSION: &str = "1.14.0";
-
-fn is_executable(p: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(p)
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
-}
 
 /// Find virtiofsd: `$IBKIT_VIRTIOFSD`, `PATH`, `/usr/libexec/virtiofsd`,
 /// `/usr/lib/qemu/virtiofsd`, the ibkit tool cache
@@ -35,10 +29,7 @@ pub fn find_virtiofsd() -> Result<PathBuf, String> {
             ))
         };
     }
-    let mut candidates: Vec<PathBuf> = Vec::new();
-    if let Some(path) = std::env::var_os("PATH") {
-        candidates.extend(std::env::split_paths(&path).map(|d| d.join("virtiofsd")));
-    }
+    let mut candidates = path_candidates("virtiofsd");
     candidates.push("/usr/libexec/virtiofsd".into());
     candidates.push("/usr/lib/qemu/virtiofsd".into());
     let cache = std::env::var_os("IBKIT_CACHE_DIR")

@@ -221,7 +221,7 @@ impl Vm {
         let pidfile = pidfile_path(&work_dir);
         check_socket_path(&name, &qmp_sock)?;
         check_socket_path(&name, &vfs_sock)?;
-        let relay = guest_forward_relay(&config, &opts).map_err(&cfg_err)?;
+        let relay = guest_forward_relay(&config).map_err(&cfg_err)?;
         let drives: Vec<PathBuf> = config
             .drives
             .iter()
@@ -679,11 +679,10 @@ impl Drop for Vm {
     }
 }
 
-/// Checks of a configuration and launch options made before anything is
-/// created.
-/// The relay guest forwards run, when there are any.
-fn guest_forward_relay(config: &VmConfig, opts: &LaunchOptions) -> Result<Option<PathBuf>, String> {
-    if config.guest_forwards.is_empty() || opts.net != NetBackend::User {
+/// The relay guest forwards run, when there are any ([`validate`] has
+/// refused them off the user network).
+fn guest_forward_relay(config: &VmConfig) -> Result<Option<PathBuf>, String> {
+    if config.guest_forwards.is_empty() {
         return Ok(None);
     }
     let relay = socat_binary()?;
@@ -701,6 +700,8 @@ fn guest_forward_relay(config: &VmConfig, opts: &LaunchOptions) -> Result<Option
     Ok(Some(relay))
 }
 
+/// Checks of a configuration and launch options made before anything is
+/// created.
 fn validate(config: &VmConfig, opts: &LaunchOptions) -> Result<(), VmError> {
     let cfg_err = |message: String| VmError::Config {
         name: config.name.clone(),
